@@ -1,0 +1,50 @@
+# `make run`: set up and run the whole pipeline on the embedded defaults (local Ray, MLflow on
+# SQLite, real Fashion-MNIST). `make test`: set up and run every test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+FASHION_DIR ?= /usr/share/datasets/fashion-mnist
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test install data lint bench clean
+
+install: $(VENV)/.installed
+
+# torch first, from the CPU wheel on disk: a bare `torch` requirement would pull CUDA packages.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { echo "Python venv is missing: apt-get install python3-venv" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+# The default data set is Debian's dataset-fashion-mnist; install it when we can (root), else say how.
+data:
+	@if [ -f "$(FASHION_DIR)/train-images-idx3-ubyte.gz" ] || [ -f "$(FASHION_DIR)/train-images-idx3-ubyte" ]; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+		echo "Fashion-MNIST not found in $(FASHION_DIR): run 'sudo apt-get install dataset-fashion-mnist'," >&2; \
+		echo "or point FASHION_DIR / --dataset at an IDX folder, image folder or Parquet data set." >&2; \
+		exit 1; \
+	fi
+
+run: install data
+	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/lethe run $(RUN_ARGS)
+
+test: install data
+	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check lethe tests ray_jobs components pipelines benchmarks
+	$(BIN)/ruff format --check lethe tests ray_jobs components pipelines benchmarks
+
+bench: install data
+	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python benchmarks/unlearn_vs_retrain.py
+
+clean:
+	rm -rf runs .pytest_cache

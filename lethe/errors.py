@@ -1,0 +1,60 @@
+"""Errors that reach the user as one clear line: what, where, what was expected, what was seen."""
+
+from __future__ import annotations
+
+
+class LetheError(Exception):
+    """Base class for every error lethe reports to a user (non-zero exit, one line)."""
+
+    def __init__(self, what: str, *, where: str = "", expected: str = "", seen: str = "") -> None:
+        self.what, self.where, self.expected, self.seen = what, where, expected, seen
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        parts = [self.what]
+        if self.where:
+            parts.append(f"at {self.where}")
+        if self.expected:
+            parts.append(f"expected {self.expected}")
+        if self.seen:
+            parts.append(f"got {self.seen}")
+        return "; ".join(parts)
+
+    def __reduce__(self):  # survive pickling through Ray tasks
+        return (_rebuild, (type(self), self.what, self.where, self.expected, self.seen))
+
+
+def _rebuild(cls, what, where, expected, seen):
+    return cls(what, where=where, expected=expected, seen=seen)
+
+
+class ConfigError(LetheError):
+    """A configuration field is invalid."""
+
+
+class DataError(LetheError):
+    """The data set or the forget request is unusable."""
+
+
+class CheckpointError(LetheError):
+    """A checkpoint is missing, corrupt or of another architecture."""
+
+
+class StorageError(LetheError):
+    """A path cannot be read or written."""
+
+
+def find_lethe_error(exc: BaseException) -> LetheError | None:
+    """Ray wraps worker exceptions; walk the cause chain to find ours."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, LetheError):
+            return cur
+        nxt = getattr(cur, "cause", None)
+        if isinstance(nxt, BaseException):
+            cur = nxt
+            continue
+        cur = cur.__cause__ or cur.__context__
+    return None

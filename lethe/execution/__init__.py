@@ -1,0 +1,1 @@
+"""Execution layer: Ray cluster set-up, Ray Train jobs. Sits on the plain-PyTorch math."""

@@ -1,0 +1,327 @@
+"""Every training in lethe (pretrain, oracle, feature net, unlearning) is a Ray Train TorchTrainer run.
+
+The driver builds a `TrainJob`, hands Ray Data shards to the trainer, and gets back a lethe
+checkpoint file. Workers report a checkpoint (model + optimiser state) every epoch / every
+`checkpoint_every` steps to `storage_path`, and resume from the last one after a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lethe.errors import LetheError, find_lethe_error
+
+log = logging.getLogger("lethe.train")
+
+MODEL_FILE = "model.pt"
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class TrainJob:
+    kind: str  # "pretrain" | "featnet" | "unlearn"
+    model_kind: str  # "mae" | "featnet"
+    arch: dict[str, Any]
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_frac: float
+    n_rows: int  # global rows of the main dataset ("train" or "forget")
+    seed: int = 0
+    threads: int = 1
+    epochs: int = 1
+    mask: dict[str, Any] = field(default_factory=dict)  # MaskSpec fields
+    meta: dict[str, Any] = field(default_factory=dict)  # stored in the final checkpoint
+    # unlearning only
+    method: str = ""
+    alpha: float = 0.0
+    noise: str = "gaussian"
+    unlearn_mask: str = "box"
+    passes: float = 1.0
+    max_steps: int | None = None
+    grad_clip: float | None = None
+    checkpoint_every: int = 50
+    fail_at_step: int | None = None  # fault injection for tests: raise once at this step
+
+    def to_config(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# worker side
+# ----------------------------------------------------------------------------------------------
+def _save_ckpt_dir(model, opt, sched, progress: dict[str, Any], meta: dict[str, Any]) -> str:
+    from lethe.models.checkpoint import save_checkpoint
+
+    d = tempfile.mkdtemp(prefix="lethe-ckpt-")
+    save_checkpoint(Path(d) / MODEL_FILE, model, meta)
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(), **progress}, Path(d) / STATE_FILE)
+    return d
+
+
+def _restore(model, opt, sched) -> dict[str, Any] | None:
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        payload = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    getattr(model, "module", model).load_state_dict(payload["state_dict"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    return state
+
+
+def _report(metrics: dict[str, Any], model, opt, sched, progress, meta) -> None:
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() == 0:
+        d = _save_ckpt_dir(model, opt, sched, progress, meta)
+        try:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    else:
+        ray.train.report(metrics, checkpoint=None)
+
+
+def _maybe_fail(job: dict[str, Any], step: int, resumed: bool) -> None:
+    # Only the first attempt fails, so the restarted worker group can finish from the checkpoint.
+    if job.get("fail_at_step") is not None and step == job["fail_at_step"] and not resumed:
+        import ray.train
+
+        if ray.train.get_context().get_world_rank() == 0:
+            os._exit(1)  # a hard worker death, as a lost node would look
+
+
+def train_loop_per_worker(job: dict[str, Any]) -> None:
+
+    from lethe.models.checkpoint import build_model
+
+    torch.set_num_threads(int(job["threads"]))
+    torch.manual_seed(job["seed"])
+    model = build_model(job["model_kind"], job["arch"])
+    if job["kind"] == "unlearn":
+        _unlearn_loop(job, model)
+    else:
+        _epoch_loop(job, model)
+
+
+def _epoch_loop(job: dict[str, Any], model) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from lethe.training import MaskSpec, classifier_loss, make_optimizer, optimizer_step, reconstruction_loss
+
+    ctx = ray.train.get_context()
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    steps_per_epoch = max(1, -(-job["n_rows"] // (job["batch_size"] * world)))
+    params = list(model.parameters())
+    opt, sched = make_optimizer(
+        params, job["lr"], job["weight_decay"], steps_per_epoch * job["epochs"], job["warmup_frac"]
+    )
+    state = _restore(model, opt, sched)
+    start_epoch = state["epoch"] + 1 if state else 0
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    spec = MaskSpec(**job["mask"]) if job["kind"] == "pretrain" else None
+    gen = torch.Generator().manual_seed(job["seed"] * 1000 + rank)
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, job["epochs"]):
+        t0, seen, total = time.perf_counter(), 0, 0.0
+        n_batches = 0
+        for batch in shard.iter_torch_batches(
+            batch_size=job["batch_size"],
+            local_shuffle_buffer_size=4 * job["batch_size"],
+            local_shuffle_seed=job["seed"] + epoch,
+            device=device,
+        ):
+            x = batch["image"]
+            if job["kind"] == "pretrain":
+                loss = reconstruction_loss(model, x, spec.sample(x.shape[0], gen))
+            else:
+                loss = classifier_loss(model, x, batch["label"])
+            optimizer_step(loss, opt, sched, params)
+            seen += x.shape[0]
+            total += loss.item() * x.shape[0]
+            n_batches += 1
+            if rank == 0 and n_batches % 50 == 0:
+                log.warning(
+                    "%s epoch %d/%d: %d images, loss %.4f, %.0f img/s",
+                    job["kind"],
+                    epoch + 1,
+                    job["epochs"],
+                    seen,
+                    total / seen,
+                    seen / (time.perf_counter() - t0),
+                )
+        dt = time.perf_counter() - t0
+        metrics = {"epoch": epoch, "loss": total / max(1, seen), "images_per_s": seen * world / max(dt, 1e-9)}
+        _report(metrics, model, opt, sched, {"epoch": epoch}, job["meta"])
+
+
+def _load_forget(device) -> torch.Tensor:
+    import ray.train
+
+    chunks = [b["image"] for b in ray.train.get_dataset_shard("forget").iter_torch_batches(batch_size=1024)]
+    if not chunks:
+        raise LetheError("a worker received no forget images", expected="at least one per worker")
+    return torch.cat(chunks).to(device)  # (N_f_local, C, H, W)
+
+
+def _unlearn_loop(job: dict[str, Any], student) -> None:
+    import copy
+
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from lethe import masks
+    from lethe.methods import get_method
+    from lethe.training import MaskSpec, make_optimizer, optimizer_step, unlearn_step, unlearn_total_steps
+
+    ctx = ray.train.get_context()
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    device = ray.train.torch.get_device()
+    teacher_state = ray.get(job["teacher_ref"]) if "teacher_ref" in job else job["teacher_state"]
+    student.load_state_dict(teacher_state)
+    teacher = copy.deepcopy(student).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    method = get_method(job["method"], noise=job["noise"])
+    params = method.trainable_parameters(student)
+    total = unlearn_total_steps(job["n_rows"], job["batch_size"], world, job["passes"], job["max_steps"])
+    opt, sched = make_optimizer(params, job["lr"], job["weight_decay"], total, job["warmup_frac"])
+    state = _restore(student, opt, sched)
+    start = state["step"] if state else 0
+    student = ray.train.torch.prepare_model(student)
+    spec = MaskSpec(**job["mask"])
+    box = masks.box_mask(spec.height, spec.width, spec.box_frac, spec.cell)
+    x_forget = _load_forget(device)
+    gen = torch.Generator().manual_seed(job["seed"] * 7919 + rank)
+    retain_shard = ray.train.get_dataset_shard("retain")
+    bs = job["batch_size"]
+
+    def retain_batches():
+        while True:  # cycle: a small retain shard may be shorter than the run
+            for b in retain_shard.iter_torch_batches(
+                batch_size=bs, local_shuffle_buffer_size=4 * bs, local_shuffle_seed=job["seed"], device=device
+            ):
+                yield b["image"]
+
+    def forget_batch(step: int) -> torch.Tensor:
+        # A fresh permutation per pass over the local forget set, derived from the step so a resumed
+        # run sees the same forget batches as an uninterrupted one.
+        per_pass = max(1, -(-len(x_forget) // bs))
+        g = torch.Generator().manual_seed(job["seed"] * 104729 + rank * 31 + step // per_pass)
+        perm = torch.randperm(len(x_forget), generator=g)
+        i = (step % per_pass) * bs
+        return x_forget[perm[i : i + bs]]
+
+    retain_iter = retain_batches()
+    student.train()
+    t0, seen, parts = time.perf_counter(), 0, {}
+    for step in range(start, total):
+        _maybe_fail(job, step, state is not None)
+        x_r, x_f = next(retain_iter), forget_batch(step)
+        if job["unlearn_mask"] == "box":
+            mask = box
+        else:
+            mask = masks.random_mask(len(x_r) + len(x_f), spec.height, spec.width, spec.cell, spec.ratio, gen)
+        loss, parts = unlearn_step(method, student, teacher, x_r, x_f, mask, job["alpha"], gen)
+        optimizer_step(loss, opt, sched, params, job["grad_clip"])
+        seen += len(x_r) + len(x_f)
+        done = step + 1
+        if done % job["checkpoint_every"] == 0 or done == total:
+            dt = time.perf_counter() - t0
+            metrics = {
+                "step": done,
+                "loss": loss.item(),
+                **{f"loss_{k}": v for k, v in parts.items()},
+                "images_per_s": seen * world / max(dt, 1e-9),
+            }
+            if rank == 0:
+                log.warning(
+                    "unlearn step %d/%d: loss %.5f, %.0f img/s",
+                    done,
+                    total,
+                    metrics["loss"],
+                    metrics["images_per_s"],
+                )
+            _report(metrics, student, opt, sched, {"step": done}, job["meta"])
+
+
+# ----------------------------------------------------------------------------------------------
+# driver side
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    checkpoint: Path
+    metrics: dict[str, Any]
+    wall_s: float
+
+
+def fit(
+    job: TrainJob,
+    datasets: dict[str, Any],
+    *,
+    num_workers: int,
+    use_gpu: bool,
+    cpus_per_worker: float,
+    storage_path: str,
+    name: str,
+    dest: Path,
+    teacher_state: dict[str, torch.Tensor] | None = None,
+    max_failures: int = 2,
+) -> FitResult:
+    """Run one TorchTrainer; copy its last checkpoint's model file to `dest` (atomically)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    config = job.to_config()
+    if teacher_state is not None:
+        # Through the object store, so workers on other nodes get it without a shared file system.
+        config["teacher_ref"] = ray.put(teacher_state)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    t0 = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        ours = find_lethe_error(e)
+        if ours is not None:
+            raise ours from None
+        raise
+    wall = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise LetheError(f"training {name!r} reported no checkpoint", where=storage_path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with result.checkpoint.as_directory() as d:
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(Path(d) / MODEL_FILE, tmp)
+        os.replace(tmp, dest)
+    return FitResult(checkpoint=dest, metrics=dict(result.metrics or {}), wall_s=wall)

@@ -1,0 +1,95 @@
+"""Checkpoints carry their architecture and load with `weights_only=True`.
+
+Format: {"format": "lethe.v1", "kind": <family>, "arch": {plain ints/floats}, "state_dict": ...,
+"meta": {plain values}}. Nothing in it needs unpickling of project classes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lethe.errors import CheckpointError
+from lethe.models.featnet import FeatNet, FeatNetArch
+from lethe.models.mae import MAE, MAEArch
+
+FORMAT = "lethe.v1"
+_KINDS: dict[str, tuple[type, type]] = {"mae": (MAE, MAEArch), "featnet": (FeatNet, FeatNetArch)}
+
+
+def build_model(kind: str, arch: dict[str, Any]) -> nn.Module:
+    if kind not in _KINDS:
+        raise CheckpointError("unknown model kind", expected=" or ".join(_KINDS), seen=repr(kind))
+    model_cls, arch_cls = _KINDS[kind]
+    return model_cls(arch_cls(**arch))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # DDP
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any] | None = None
+) -> Path:
+    """Atomic write: a crash never leaves a truncated checkpoint under the final name."""
+    model = _unwrap(model)
+    payload = {
+        "format": FORMAT,
+        "kind": model.family,
+        "arch": model.arch.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    expected_kind: str | None = None,
+    expected_arch: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found", where=str(path))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad checkpoint to the user
+        raise CheckpointError("cannot read checkpoint", where=str(path), seen=type(e).__name__) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError("not a lethe checkpoint", where=str(path), expected=f"format {FORMAT}")
+    kind, arch = payload["kind"], payload["arch"]
+    if expected_kind and kind != expected_kind:
+        raise CheckpointError(
+            "checkpoint is of another architecture", where=str(path), expected=expected_kind, seen=kind
+        )
+    if expected_arch:
+        diff = {k: (v, arch.get(k)) for k, v in expected_arch.items() if arch.get(k) != v}
+        if diff:
+            k, (want, got) = next(iter(diff.items()))
+            raise CheckpointError(
+                f"checkpoint architecture differs in {k}",
+                where=str(path),
+                expected=repr(want),
+                seen=repr(got),
+            )
+    try:
+        model = build_model(kind, arch)
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, RuntimeError) as e:
+        raise CheckpointError("checkpoint does not fit its declared architecture", where=str(path)) from e
+    return model, payload.get("meta", {})

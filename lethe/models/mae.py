@@ -1,0 +1,167 @@
+"""A small ViT masked autoencoder for image-to-image reconstruction (He et al. 2022, Li et al. 2024).
+
+The encoder sees only visible patches; the decoder fills mask tokens and predicts every pixel.
+The "encoder" that unlearning re-targets is patch embedding + encoder blocks + norm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def auto_patch(height: int, width: int) -> int:
+    """Patch side giving at most 8x8 tokens: 28 -> 4 (7x7), 64 -> 8, 8 -> 1."""
+    return max(1, math.ceil(max(height, width) / 8))
+
+
+@dataclass(frozen=True)
+class MAEArch:
+    height: int
+    width: int
+    channels: int
+    patch: int
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    dec_dim: int = 64
+    dec_depth: int = 2
+    dec_heads: int = 4
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return math.ceil(self.height / self.patch), math.ceil(self.width / self.patch)
+
+    @property
+    def num_tokens(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _block(dim: int, heads: int, mlp_ratio: float) -> nn.TransformerEncoderLayer:
+    return nn.TransformerEncoderLayer(
+        dim,
+        heads,
+        dim_feedforward=int(dim * mlp_ratio),
+        dropout=0.0,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+
+
+class MAE(nn.Module):
+    family = "mae"
+
+    def __init__(self, arch: MAEArch) -> None:
+        super().__init__()
+        self.arch = arch
+        p, c = arch.patch, arch.channels
+        self.patch_embed = nn.Linear(p * p * c, arch.dim)
+        self.pos = nn.Parameter(torch.zeros(1, arch.num_tokens, arch.dim))
+        self.blocks = nn.ModuleList(_block(arch.dim, arch.heads, arch.mlp_ratio) for _ in range(arch.depth))
+        self.norm = nn.LayerNorm(arch.dim)
+
+        self.dec_embed = nn.Linear(arch.dim, arch.dec_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, arch.dec_dim))
+        self.dec_pos = nn.Parameter(torch.zeros(1, arch.num_tokens, arch.dec_dim))
+        self.dec_blocks = nn.ModuleList(
+            _block(arch.dec_dim, arch.dec_heads, arch.mlp_ratio) for _ in range(arch.dec_depth)
+        )
+        self.dec_norm = nn.LayerNorm(arch.dec_dim)
+        self.head = nn.Linear(arch.dec_dim, p * p * c)
+        for prm in (self.pos, self.mask_token, self.dec_pos):
+            nn.init.trunc_normal_(prm, std=0.02)
+
+    # -- the family interface ------------------------------------------------------------------
+    @property
+    def mask_cell(self) -> int:
+        return self.arch.patch
+
+    def encoder_modules(self) -> list[nn.Module]:
+        return [self.patch_embed, self.blocks, self.norm]
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return [self.pos, *(p for m in self.encoder_modules() for p in m.parameters())]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, mode: str = "predict") -> torch.Tensor:
+        """One entry point so DDP sees every call: mode 'encode' -> (B, L_vis, D), 'predict' -> (B,C,H,W)."""
+        z, keep, hidden = self._encode(x, mask)
+        if mode == "encode":
+            return z
+        if mode != "predict":
+            raise ValueError(f"unknown mode {mode!r}")
+        return self._decode(z, keep, hidden)
+
+    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.forward(x, mask, mode="encode")
+
+    def inpaint(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The user-facing output: visible pixels kept, hidden ones predicted."""
+        return x * (1 - mask) + self.forward(x, mask) * mask
+
+    # -- internals -----------------------------------------------------------------------------
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        gh, gw = self.arch.grid
+        p = self.arch.patch
+        ph, pw = gh * p - x.shape[-2], gw * p - x.shape[-1]
+        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, H, W) -> (B, L, p*p*C)
+        x = self._pad(x)
+        b, c = x.shape[:2]
+        p = self.arch.patch
+        gh, gw = self.arch.grid
+        x = x.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 3, 5, 1)
+        return x.reshape(b, gh * gw, p * p * c)
+
+    def unpatchify(self, t: torch.Tensor) -> torch.Tensor:
+        # (B, L, p*p*C) -> (B, C, H, W), padding cropped
+        b = t.shape[0]
+        p, c = self.arch.patch, self.arch.channels
+        gh, gw = self.arch.grid
+        x = t.reshape(b, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, gh * p, gw * p)
+        return x[:, :, : self.arch.height, : self.arch.width]
+
+    def token_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B,1,H,W) pixel mask -> (B, L) bool, a patch hidden when most of it is hidden."""
+        return self.patchify(mask.expand(-1, 1, -1, -1).float()).mean(-1) > 0.5
+
+    def _encode(self, x: torch.Tensor, mask: torch.Tensor):
+        hidden = self.token_mask(mask.expand(x.shape[0], -1, -1, -1))  # (B, L)
+        n_vis = (~hidden).sum(1)
+        if not bool((n_vis == n_vis[0]).all()) or int(n_vis[0]) == 0:
+            raise ValueError("every image in a batch must hide the same, non-total number of patches")
+        # stable sort puts visible tokens first, in their original order
+        order = hidden.to(torch.int8).argsort(dim=1, stable=True)
+        keep = order[:, : int(n_vis[0])]  # (B, L_vis)
+        tokens = self.patch_embed(self.patchify(x)) + self.pos
+        z = torch.gather(tokens, 1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
+        for blk in self.blocks:
+            z = blk(z)
+        return self.norm(z), keep, hidden
+
+    def _decode(self, z: torch.Tensor, keep: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        b, n_tok = hidden.shape
+        v = self.dec_embed(z)
+        full = self.mask_token.expand(b, n_tok, -1).clone()
+        full.scatter_(1, keep[..., None].expand(-1, -1, v.shape[-1]), v)
+        y = full + self.dec_pos
+        for blk in self.dec_blocks:
+            y = blk(y)
+        return torch.sigmoid(self.unpatchify(self.head(self.dec_norm(y))))
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-image MSE inside the hidden region: (B,)."""
+    m = mask.expand_as(target)
+    return ((pred - target) ** 2 * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)

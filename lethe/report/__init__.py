@@ -1,0 +1,37 @@
+"""Run reports: the report.json contract, comparison image grids and the self-contained HTML page.
+
+Plain numpy / PIL only, so the report can be written (and re-rendered) anywhere, without Ray or
+MLflow installed.
+"""
+
+from __future__ import annotations
+
+from lethe.report.grids import GUTTER, HEADER_H, grid_size, image_grid, mask_overlay
+from lethe.report.html import IDS_NOTICE, format_number, write_html_report
+from lethe.report.schema import (
+    MODELS,
+    REQUEST_KINDS,
+    REQUIRED_METRICS,
+    SPLITS,
+    oracle_gaps,
+    validate_report,
+    write_report_json,
+)
+
+__all__ = [
+    "GUTTER",
+    "HEADER_H",
+    "IDS_NOTICE",
+    "MODELS",
+    "REQUEST_KINDS",
+    "REQUIRED_METRICS",
+    "SPLITS",
+    "format_number",
+    "grid_size",
+    "image_grid",
+    "mask_overlay",
+    "oracle_gaps",
+    "validate_report",
+    "write_html_report",
+    "write_report_json",
+]

@@ -1,0 +1,227 @@
+"""The human-readable report: one self-contained HTML file per run.
+
+Pictures are embedded as base64 data URIs so the single file works when opened from MLflow's
+artifact view (which serves one file, not a folder). All text from the report is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from lethe.report.schema import (
+    MODELS,
+    REQUIRED_METRICS,
+    SPLITS,
+    atomic_write_bytes,
+    oracle_gaps,
+    validate_report,
+)
+
+__all__ = ["write_html_report", "format_number", "GRID_CAPTIONS", "IDS_NOTICE"]
+
+IDS_NOTICE = "forget-set pictures are never shown for id requests"
+
+GRID_CAPTIONS: dict[str, str] = {
+    "retain_box": "Retain split (held out), centre-box mask: masked input, then each model's reconstruction.",
+    "forget_box": "Forget split (held out), centre-box mask: masked input, then each model's reconstruction. "
+    "A good unlearned model looks like the oracle here, not like the original.",
+}
+
+_DIGEST_SHOWN = 12
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 80em; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child, td.name { text-align: left; }
+thead th { background: #eee; }
+.callout { background: #fff6d5; border-left: 4px solid #e0b000; padding: 0.5em 1em; }
+.notice { background: #eef3ff; border-left: 4px solid #4060c0; padding: 0.5em 1em; }
+figure { margin: 1em 0; }
+figure img { image-rendering: pixelated; border: 1px solid #ccc; }
+figcaption { font-size: 0.9em; color: #444; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+pre { background: #f8f8f8; padding: 0.5em; overflow-x: auto; }
+"""
+
+
+def format_number(value: Any) -> str:
+    """Fixed 4 decimals for ordinary magnitudes, scientific for very large/small ones, '-' for none."""
+    if value is None:
+        return "-"
+    v = float(value)
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        return f"{v:.3e}"
+    return f"{v:.4f}"
+
+
+def _e(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def _short_digest(digest: str) -> str:
+    """First 12 hex characters, keeping an 'algo:' prefix such as 'sha256:' whole."""
+    prefix, sep, rest = digest.rpartition(":")
+    head = f"{prefix}{sep}" if sep else ""
+    return digest if len(rest) <= _DIGEST_SHOWN else f"{head}{rest[:_DIGEST_SHOWN]}..."
+
+
+def _metric_names(metrics: dict, split: str) -> list[str]:
+    """Required names first (contract order), then any extras that some model reports."""
+    names = list(REQUIRED_METRICS[split])
+    for model in MODELS:
+        for name in metrics.get(model, {}).get(split, {}):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _metrics_table(metrics: dict) -> str:
+    gaps = oracle_gaps(metrics)
+    head = (
+        "<tr><th>split</th><th>metric</th><th>original</th><th>unlearned</th><th>oracle</th>"
+        "<th>unlearned &minus; oracle</th><th>original &minus; oracle</th></tr>"
+    )
+    rows: list[str] = []
+    for split in SPLITS:
+        for name in _metric_names(metrics, split):
+            cells = [f"<td class='name'>{_e(split)}</td>", f"<td class='name'>{_e(name)}</td>"]
+            for model in MODELS:
+                value = metrics.get(model, {}).get(split, {}).get(name)
+                cells.append(f"<td>{_e(format_number(value))}</td>")
+            for model in ("unlearned", "original"):
+                gap = gaps.get(model, {}).get(split, {}).get(name)
+                cells.append(f"<td>{_e(format_number(gap['diff'] if gap else None))}</td>")
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _fd_callout(metrics: dict) -> str:
+    """FD of unlearned relative to original per split: >1 on forget (and ~1 on retain) is the goal."""
+    parts: list[str] = []
+    for split in SPLITS:
+        un = metrics.get("unlearned", {}).get(split, {}).get("fd")
+        orig = metrics.get("original", {}).get(split, {}).get("fd")
+        if un is None or orig is None or float(orig) <= 0:
+            text = "n/a"
+        else:
+            text = f"{float(un) / float(orig):.3f}&times;"
+        parts.append(f"<li>{_e(split)}: FD unlearned / original = {text}</li>")
+    return (
+        "<div class='callout'><strong>FD ratios (unlearned / original)</strong>"
+        f"<ul>{''.join(parts)}</ul>"
+        "FD is the Frechet distance in the project's own classifier feature space (not FID); "
+        "unlearning should raise it on forget and leave it near 1&times; on retain.</div>"
+    )
+
+
+def _timing_table(timing: dict) -> str:
+    rows = [
+        f"<tr><td class='name'>{_e(step)}</td><td>{float(sec):.2f}</td></tr>" for step, sec in timing.items()
+    ]
+    total = sum(float(sec) for sec in timing.values())
+    rows.append(f"<tr><td class='name'><strong>total</strong></td><td><strong>{total:.2f}</strong></td></tr>")
+    return (
+        f"<table><thead><tr><th>step</th><th>seconds</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _image_data_uri(path: Path) -> str:
+    mime = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}.get(
+        path.suffix.lower(), "image/png"
+    )
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def _grids_section(grids: dict[str, Path], kind: str) -> str:
+    parts: list[str] = []
+    for key, grid_path in grids.items():
+        # Id requests are typically about specific people's pictures; re-publishing them in a
+        # report would defeat the request, so forget grids are dropped whatever the caller passed.
+        if kind == "ids" and str(key).startswith("forget"):
+            continue
+        caption = GRID_CAPTIONS.get(str(key), str(key).replace("_", " "))
+        p = Path(grid_path)
+        if not p.is_file():
+            parts.append(f"<p class='notice'>Picture {_e(key)} is missing ({_e(p.name)}).</p>")
+            continue
+        parts.append(
+            f"<figure id='grid-{_e(key)}'><img alt='{_e(key)}' src='{_image_data_uri(p)}'>"
+            f"<figcaption><strong>{_e(key)}</strong>: {_e(caption)}</figcaption></figure>"
+        )
+    if kind == "ids":
+        parts.insert(0, f"<p class='notice'>Note: {_e(IDS_NOTICE)}.</p>")
+    return "".join(parts)
+
+
+def _mlflow_section(ml: dict) -> str:
+    uri = ml.get("tracking_uri") or ""
+    run_id = ml.get("run_id") or ""
+    rows = "".join(
+        f"<tr><td class='name'>{_e(k)}</td><td class='name'><code>{_e(ml.get(k) if ml.get(k) is not None else '-')}</code></td></tr>"
+        for k in ("tracking_uri", "run_id", "model_name", "model_version")
+    )
+    link = ""
+    if str(uri).startswith(("http://", "https://")) and run_id:
+        # MLflow's UI resolves /#/runs/<id> to the run page without needing the experiment id.
+        exp = ml.get("experiment_id")
+        route = f"#/experiments/{exp}/runs/{run_id}" if exp else f"#/runs/{run_id}"
+        href = f"{str(uri).rstrip('/')}/{route}"
+        link = f"<p><a href='{_e(href)}'>Open the run in MLflow</a></p>"
+    return f"<table><tbody>{rows}</tbody></table>{link}"
+
+
+def write_html_report(
+    report: dict,
+    grids: dict[str, Path],
+    path: Path,
+    extra_sections: list[tuple[str, str]] | None = None,
+) -> Path:
+    """Write the self-contained HTML report for a validated report dict; returns `path`.
+
+    `grids` maps keys such as "retain_box" / "forget_box" to PNG files. `extra_sections` are
+    (title, plain text) pairs; the text is escaped and shown preformatted (it is not HTML).
+    """
+    # Validating here too keeps the privacy guard (no ids keys) on the HTML path as well.
+    validate_report(report)
+    req = report["request"]
+    kind = str(req["kind"])
+    digest = str(req["forget_digest"])
+    short = _short_digest(digest)
+    title = f"lethe report: {report['dataset']} / {report['family']} / {report['method']}"
+
+    body: list[str] = [
+        f"<h1>{_e(title)}</h1>",
+        f"<p>Run <code>{_e(report['run_id'])}</code></p>",
+        "<h2>Request</h2>",
+        "<table><tbody>"
+        f"<tr><td class='name'>kind</td><td class='name'>{_e(kind)}</td></tr>"
+        f"<tr><td class='name'>forget count</td><td>{_e(req['forget_count'])}</td></tr>"
+        f"<tr><td class='name'>retain count</td><td>{_e(req['retain_count'])}</td></tr>"
+        f"<tr><td class='name'>forget digest</td><td class='name'><code>{_e(short)}</code></td></tr>"
+        "</tbody></table>",
+        "<h2>Metrics</h2>",
+        "<p>Held-out data, centre-box mask. The oracle is retrained from scratch without the forget "
+        "set; the closer the unlearned model is to it, the better.</p>",
+        _metrics_table(report["metrics"]),
+        _fd_callout(report["metrics"]),
+        "<h2>Pictures</h2>",
+        _grids_section(grids, kind),
+        "<h2>Timing</h2>",
+        _timing_table(report["timing_s"]),
+        "<h2>MLflow</h2>",
+        _mlflow_section(report["mlflow"]),
+    ]
+    for section_title, text in extra_sections or []:
+        body.append(f"<h2>{_e(section_title)}</h2><pre>{_e(text)}</pre>")
+
+    page = (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+    return atomic_write_bytes(Path(path), page.encode("utf-8"))

@@ -1,0 +1,225 @@
+"""The report.json contract (DESIGN.md section 7): validation, oracle gaps, atomic writing.
+
+Users script against report.json, so a report that misses a key must fail when it is written, with
+the exact key path in the message, not later in somebody's notebook. Extra keys are allowed (for
+example metrics for other masks under a separate key); the keys below are the floor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MODELS",
+    "SPLITS",
+    "REQUIRED_METRICS",
+    "REQUEST_KINDS",
+    "FORBIDDEN_KEYS",
+    "validate_report",
+    "oracle_gaps",
+    "write_report_json",
+    "atomic_write_bytes",
+]
+
+MODELS: tuple[str, ...] = ("original", "unlearned", "oracle")
+SPLITS: tuple[str, ...] = ("forget", "retain")
+REQUIRED_METRICS: dict[str, tuple[str, ...]] = {
+    "retain": ("psnr", "ssim", "fd", "embed_cos"),
+    "forget": ("psnr", "ssim", "fd", "embed_cos", "mia_auc"),
+}
+REQUEST_KINDS: tuple[str, ...] = ("classes", "ids", "feature")
+# Privacy guard: the ids of a forget request must never be copied into a report or an artifact.
+FORBIDDEN_KEYS: frozenset[str] = frozenset({"ids", "forget_ids"})
+
+_MLFLOW_KEYS: tuple[str, ...] = ("tracking_uri", "run_id", "model_name", "model_version")
+
+
+def _is_number(x: Any) -> bool:
+    # bool is an int subclass but "true" is never a metric; numpy scalars register as numbers.Real.
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and type(x).__name__ != "bool_"
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool) and type(x).__name__ != "bool_"
+
+
+def _find_forbidden(obj: Any, path: str) -> str | None:
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            sub = f"{path}.{key}"
+            if str(key) in FORBIDDEN_KEYS:
+                return sub
+            found = _find_forbidden(value, sub)
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            found = _find_forbidden(value, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _get(obj: Mapping[str, Any], key: str, path: str) -> Any:
+    if key not in obj:
+        raise ValueError(f"{path}.{key}: missing")
+    return obj[key]
+
+
+def _mapping(obj: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected an object, got {type(obj).__name__}")
+    return obj
+
+
+def _str(obj: Mapping[str, Any], key: str, path: str) -> str:
+    value = _get(obj, key, path)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{path}.{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _finite(value: Any, path: str) -> None:
+    if not _is_number(value):
+        raise ValueError(f"{path}: expected a number, got {value!r}")
+    if not math.isfinite(float(value)):
+        # NaN/inf are not valid JSON; scripts reading the report (jq, JS) would choke on them.
+        raise ValueError(f"{path}: expected a finite number, got {value!r}")
+
+
+def validate_report(report: dict) -> None:
+    """Raise ValueError naming the first missing or invalid key path, e.g.
+    "report.metrics.unlearned.forget.fd: missing". Returns None when the report is valid."""
+    root = "report"
+    rep = _mapping(report, root)
+    bad = _find_forbidden(rep, root)
+    if bad:
+        raise ValueError(f"{bad}: forbidden key (forget ids never go into reports)")
+
+    for key in ("run_id", "dataset", "family", "method"):
+        _str(rep, key, root)
+
+    req_path = f"{root}.request"
+    req = _mapping(_get(rep, "request", root), req_path)
+    kind = _str(req, "kind", req_path)
+    if kind not in REQUEST_KINDS:
+        raise ValueError(f"{req_path}.kind: expected one of {', '.join(REQUEST_KINDS)}, got {kind!r}")
+    for key in ("forget_count", "retain_count"):
+        value = _get(req, key, req_path)
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"{req_path}.{key}: expected a non-negative integer, got {value!r}")
+    _str(req, "forget_digest", req_path)
+
+    met_path = f"{root}.metrics"
+    metrics = _mapping(_get(rep, "metrics", root), met_path)
+    for model in MODELS:
+        model_path = f"{met_path}.{model}"
+        per_model = _mapping(_get(metrics, model, met_path), model_path)
+        for split in SPLITS:
+            split_path = f"{model_path}.{split}"
+            per_split = _mapping(_get(per_model, split, model_path), split_path)
+            for name in REQUIRED_METRICS[split]:
+                _finite(_get(per_split, name, split_path), f"{split_path}.{name}")
+
+    timing_path = f"{root}.timing_s"
+    timing = _mapping(_get(rep, "timing_s", root), timing_path)
+    for step, seconds in timing.items():
+        _finite(seconds, f"{timing_path}.{step}")
+        if float(seconds) < 0:
+            raise ValueError(f"{timing_path}.{step}: expected seconds >= 0, got {seconds!r}")
+
+    ml_path = f"{root}.mlflow"
+    ml = _mapping(_get(rep, "mlflow", root), ml_path)
+    for key in ("tracking_uri", "run_id", "model_name"):
+        _str(ml, key, ml_path)
+    # model_version is None when the unlearned model was not (yet) registered / promoted.
+    version = _get(ml, "model_version", ml_path)
+    if version is not None and not (isinstance(version, str) or _is_int(version)):
+        raise ValueError(f"{ml_path}.model_version: expected a string, integer or null, got {version!r}")
+
+
+def oracle_gaps(metrics: dict) -> dict:
+    """Distance of original and unlearned from the oracle (retrained without the forget set).
+
+    gaps[model][split][name] = {"diff": value - oracle, "ratio": value / oracle or None}. The ratio
+    is given for fd only (a distance, where "x times the oracle" reads naturally) and only when the
+    oracle value is > 0. Names present in both the model and the oracle are covered, extras included.
+    """
+    gaps: dict[str, dict[str, dict[str, dict[str, float | None]]]] = {}
+    oracle = metrics.get("oracle", {})
+    for model in ("original", "unlearned"):
+        per_model = metrics.get(model, {})
+        for split in SPLITS:
+            values = per_model.get(split, {})
+            refs = oracle.get(split, {})
+            for name, value in values.items():
+                ref = refs.get(name)
+                if not (_is_number(value) and _is_number(ref)):
+                    continue
+                ratio = float(value) / float(ref) if name == "fd" and float(ref) > 0 else None
+                gaps.setdefault(model, {}).setdefault(split, {})[name] = {
+                    "diff": float(value) - float(ref),
+                    "ratio": ratio,
+                }
+    return gaps
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write via a temp file in the same directory + os.replace, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy / torch scalars and paths turn up in reports built from metric code; store plain values.
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"report value of type {type(obj).__name__} is not JSON serialisable")
+
+
+def _find_nonfinite(obj: Any, path: str) -> str | None:
+    if isinstance(obj, Mapping):
+        items: Any = ((f"{path}.{k}", v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return path if _is_number(obj) and not math.isfinite(float(obj)) else None
+    for sub, value in items:
+        found = _find_nonfinite(value, sub)
+        if found:
+            return found
+    return None
+
+
+def write_report_json(report: dict, path: Path) -> Path:
+    """Validate, then write report.json atomically (indent 2, sorted keys, strict JSON)."""
+    validate_report(report)
+    # Extra (unvalidated) keys may still hold NaN; name the path rather than json's generic error.
+    bad = _find_nonfinite(report, "report")
+    if bad:
+        raise ValueError(f"{bad}: expected a finite number (NaN/inf are not valid JSON)")
+    text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False, default=_json_default)
+    return atomic_write_bytes(Path(path), (text + "\n").encode("utf-8"))

@@ -1,0 +1,292 @@
+"""lethe.report: the report.json contract, the image grids and the HTML page."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lethe.report import (
+    GUTTER,
+    HEADER_H,
+    IDS_NOTICE,
+    MODELS,
+    REQUIRED_METRICS,
+    SPLITS,
+    format_number,
+    grid_size,
+    image_grid,
+    mask_overlay,
+    oracle_gaps,
+    validate_report,
+    write_html_report,
+    write_report_json,
+)
+
+
+def _report(kind: str = "classes") -> dict[str, Any]:
+    # Distinct values per cell so the HTML test can find each number.
+    metrics: dict[str, Any] = {}
+    for mi, model in enumerate(MODELS):
+        metrics[model] = {}
+        for si, split in enumerate(SPLITS):
+            metrics[model][split] = {
+                name: round(1.0 + mi + 0.1 * si + 0.01 * ni + 0.0003, 4)
+                for ni, name in enumerate(REQUIRED_METRICS[split])
+            }
+    return {
+        "run_id": "run-123",
+        "dataset": "fashion-mnist",
+        "family": "mae",
+        "method": "encoder_noise",
+        "request": {
+            "kind": kind,
+            "forget_count": 6000,
+            "retain_count": 54000,
+            "forget_digest": "sha256:0123456789abcdef0123456789abcdef",
+        },
+        "metrics": metrics,
+        "timing_s": {"split": 1.5, "pretrain": 30.25, "unlearn": 4.0, "oracle": 29.0, "evaluate": 2.0},
+        "mlflow": {
+            "tracking_uri": "http://mlflow.local:5000",
+            "run_id": "abc123",
+            "model_name": "lethe-mae",
+            "model_version": None,
+        },
+    }
+
+
+def _required_paths() -> list[tuple[str, ...]]:
+    paths: list[tuple[str, ...]] = [("run_id",), ("dataset",), ("family",), ("method",), ("request",)]
+    paths += [("request", k) for k in ("kind", "forget_count", "retain_count", "forget_digest")]
+    paths += [("metrics",)] + [("metrics", m) for m in MODELS]
+    paths += [("metrics", m, s) for m in MODELS for s in SPLITS]
+    paths += [("metrics", m, s, n) for m in MODELS for s in SPLITS for n in REQUIRED_METRICS[s]]
+    paths += [("timing_s",), ("mlflow",)]
+    paths += [("mlflow", k) for k in ("tracking_uri", "run_id", "model_name", "model_version")]
+    return paths
+
+
+# --- schema -------------------------------------------------------------------------------------
+
+
+def test_valid_report_passes() -> None:
+    validate_report(_report())
+    validate_report(_report("ids"))
+
+
+@pytest.mark.parametrize("path", _required_paths(), ids=lambda p: ".".join(p))
+def test_validate_report_names_missing_key(path: tuple[str, ...]) -> None:
+    rep = _report()
+    parent: Any = rep
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    with pytest.raises(ValueError) as err:
+        validate_report(rep)
+    msg = str(err.value)
+    assert msg == "report." + ".".join(path) + ": missing"
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key_path"),
+    [
+        (lambda r: r["request"].__setitem__("forget_count", "6000"), "report.request.forget_count"),
+        (lambda r: r["request"].__setitem__("retain_count", True), "report.request.retain_count"),
+        (lambda r: r["request"].__setitem__("kind", "everything"), "report.request.kind"),
+        (lambda r: r.__setitem__("run_id", 7), "report.run_id"),
+        (
+            lambda r: r["metrics"]["oracle"]["forget"].__setitem__("fd", float("nan")),
+            "report.metrics.oracle.forget.fd",
+        ),
+        (
+            lambda r: r["metrics"]["unlearned"]["retain"].__setitem__("psnr", "high"),
+            "report.metrics.unlearned.retain.psnr",
+        ),
+        (lambda r: r["metrics"].__setitem__("original", []), "report.metrics.original"),
+        (lambda r: r["timing_s"].__setitem__("unlearn", "slow"), "report.timing_s.unlearn"),
+        (lambda r: r["mlflow"].__setitem__("tracking_uri", None), "report.mlflow.tracking_uri"),
+        (lambda r: r["mlflow"].__setitem__("model_name", None), "report.mlflow.model_name"),
+    ],
+)
+def test_validate_report_rejects_invalid_values(mutate: Any, key_path: str) -> None:
+    rep = _report()
+    mutate(rep)
+    with pytest.raises(ValueError, match=f"^{key_path.replace('.', '[.]')}: "):
+        validate_report(rep)
+
+
+def test_validate_report_accepts_numpy_numbers_and_model_version() -> None:
+    rep = _report()
+    rep["metrics"]["oracle"]["retain"]["psnr"] = np.float32(21.5)
+    rep["request"]["forget_count"] = np.int64(3)
+    rep["mlflow"]["model_version"] = "4"
+    validate_report(rep)
+
+
+@pytest.mark.parametrize(
+    ("where", "key"),
+    [
+        (("request",), "ids"),
+        ((), "forget_ids"),
+        (("metrics", "unlearned"), "ids"),
+    ],
+)
+def test_validate_report_rejects_id_keys(where: tuple[str, ...], key: str) -> None:
+    rep = _report()
+    parent: Any = rep
+    for k in where:
+        parent = parent[k]
+    parent[key] = [1, 2, 3]
+    with pytest.raises(ValueError, match="forbidden") as err:
+        validate_report(rep)
+    assert str(err.value).startswith(".".join(("report", *where, key)) + ":")
+
+
+def test_validate_report_rejects_ids_nested_in_lists() -> None:
+    rep = _report()
+    rep["extra"] = {"masks": [{"name": "box"}, {"forget_ids": [4]}]}
+    with pytest.raises(ValueError, match=r"^report\.extra\.masks\[1\]\.forget_ids: forbidden"):
+        validate_report(rep)
+
+
+def test_oracle_gaps_diff_and_fd_ratio() -> None:
+    metrics = {
+        "original": {"forget": {"fd": 2.0, "psnr": 30.0}, "retain": {"fd": 1.0}},
+        "unlearned": {"forget": {"fd": 6.0, "psnr": 20.0}, "retain": {"fd": 0.5}},
+        "oracle": {"forget": {"fd": 4.0, "psnr": 21.0}, "retain": {"fd": 0.0}},
+    }
+    gaps = oracle_gaps(metrics)
+    assert gaps["unlearned"]["forget"]["fd"] == {"diff": 2.0, "ratio": 1.5}
+    assert gaps["original"]["forget"]["fd"] == {"diff": -2.0, "ratio": 0.5}
+    assert gaps["unlearned"]["forget"]["psnr"] == {"diff": -1.0, "ratio": None}
+    assert gaps["original"]["retain"]["fd"] == {"diff": 1.0, "ratio": None}  # oracle 0: no ratio
+
+
+def test_write_report_json_roundtrip(tmp_path: Path) -> None:
+    rep = _report()
+    rep["metrics"]["unlearned"]["forget"]["mia_auc"] = np.float64(0.51)
+    out = write_report_json(rep, tmp_path / "sub" / "report.json")
+    text = out.read_text()
+    loaded = json.loads(text)
+    assert loaded["metrics"]["unlearned"]["forget"]["mia_auc"] == pytest.approx(0.51)
+    assert loaded["request"] == rep["request"]
+    assert text == json.dumps(loaded, indent=2, sort_keys=True) + "\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.json"]  # no temp files left
+
+
+def test_write_report_json_refuses_invalid_report(tmp_path: Path) -> None:
+    rep = _report()
+    rep["request"]["ids"] = [1]
+    with pytest.raises(ValueError, match="report.request.ids"):
+        write_report_json(rep, tmp_path / "report.json")
+    assert not (tmp_path / "report.json").exists()
+    rep = _report()
+    rep["extra"] = {"other_mask": {"psnr": float("inf")}}
+    with pytest.raises(ValueError, match=r"report\.extra\.other_mask\.psnr"):
+        write_report_json(rep, tmp_path / "report.json")
+
+
+# --- grids --------------------------------------------------------------------------------------
+
+
+def test_image_grid_size_and_pixels(tmp_path: Path) -> None:
+    n, h, w, scale = 4, 28, 28, 3
+    black = np.zeros((n, 1, h, w), dtype=np.float32)
+    white_rgb = np.ones((n, 3, h, w), dtype=np.float32)
+    red = np.zeros((n, 3, h, w), dtype=np.float32)
+    red[:, 0] = 1.0
+    out = image_grid(
+        [("masked input", black), ("original", white_rgb), ("a very long column title indeed", red)],
+        tmp_path / "grid.png",
+        scale=scale,
+    )
+    img = Image.open(out).convert("RGB")
+    # Layout: 2 px gutter left of every column and at the right edge; a header band, then each row
+    # followed by a 2 px gutter.
+    expected_w = 2 + 3 * (w * scale + 2)
+    expected_h = HEADER_H + n * (h * scale + 2)
+    assert GUTTER == 2
+    assert img.size == (expected_w, expected_h) == grid_size(n, 3, h, w, scale)
+    cell = w * scale + GUTTER
+    # First pixel of row 0 col 0 is black; col 2 row 3 is red; the gutter beside it is white.
+    assert img.getpixel((GUTTER, HEADER_H)) == (0, 0, 0)
+    assert img.getpixel((GUTTER + 2 * cell, HEADER_H + 3 * (h * scale + GUTTER))) == (255, 0, 0)
+    assert img.getpixel((GUTTER + w * scale, HEADER_H + 5)) == (255, 255, 255)
+    # The header holds some dark title text.
+    header = np.asarray(img.crop((0, 0, expected_w, HEADER_H)))
+    assert header.min() < 128
+
+
+def test_image_grid_rejects_mismatched_columns(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="expected N,H,W"):
+        image_grid([("a", np.zeros((2, 1, 8, 8))), ("b", np.zeros((3, 1, 8, 8)))], tmp_path / "g.png")
+    with pytest.raises(ValueError, match="C in 1/3"):
+        image_grid([("a", np.zeros((2, 2, 8, 8)))], tmp_path / "g.png")
+
+
+def test_mask_overlay_paints_hidden_region_grey() -> None:
+    images = np.ones((2, 3, 6, 6), dtype=np.float32)
+    mask = np.zeros((2, 1, 6, 6), dtype=np.float32)
+    mask[:, :, 1:3, 1:3] = 1.0
+    out = mask_overlay(images, mask)
+    assert out.shape == images.shape
+    np.testing.assert_allclose(out[:, :, 1:3, 1:3], 0.5)
+    assert out[:, :, 4:, 4:].min() == 1.0
+    assert images.min() == 1.0  # input untouched
+
+
+# --- HTML ---------------------------------------------------------------------------------------
+
+
+def _grid(tmp_path: Path, name: str) -> Path:
+    return image_grid([("x", np.full((2, 1, 8, 8), 0.3))], tmp_path / f"{name}.png", scale=1)
+
+
+def test_html_report_has_numbers_grids_and_timing(tmp_path: Path) -> None:
+    rep = _report()
+    rep["dataset"] = "<script>alert(1)</script>"
+    grids = {"retain_box": _grid(tmp_path, "retain"), "forget_box": _grid(tmp_path, "forget")}
+    out = write_html_report(rep, grids, tmp_path / "report.html", extra_sections=[("Notes", "a < b")])
+    page = out.read_text(encoding="utf-8")
+    for model in MODELS:
+        for split in SPLITS:
+            for value in rep["metrics"][model][split].values():
+                assert format_number(value) in page
+    assert (
+        format_number(rep["metrics"]["unlearned"]["forget"]["fd"] - rep["metrics"]["oracle"]["forget"]["fd"])
+        in page
+    )
+    assert page.count("data:image/png;base64,") == 2
+    assert "grid-forget_box" in page and "grid-retain_box" in page
+    for step in rep["timing_s"]:
+        assert f"<td class='name'>{step}</td>" in page
+    assert "FD unlearned / original" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "a &lt; b" in page
+    # Digest is shortened; the MLflow run is linked.
+    assert "sha256:0123456789ab..." in page and rep["request"]["forget_digest"] not in page
+    assert "http://mlflow.local:5000/#/runs/abc123" in page
+
+
+def test_html_report_never_shows_forget_grid_for_id_requests(tmp_path: Path) -> None:
+    rep = _report("ids")
+    grids = {"retain_box": _grid(tmp_path, "retain"), "forget_box": _grid(tmp_path, "forget")}
+    page = write_html_report(rep, grids, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == 1
+    assert "grid-forget_box" not in page and "grid-retain_box" in page
+    assert IDS_NOTICE in page
+
+
+def test_html_report_refuses_ids_keys(tmp_path: Path) -> None:
+    rep = copy.deepcopy(_report("ids"))
+    rep["request"]["forget_ids"] = [1, 2]
+    with pytest.raises(ValueError, match="forbidden"):
+        write_html_report(rep, {}, tmp_path / "report.html")
+    assert not (tmp_path / "report.html").exists()
