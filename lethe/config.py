@@ -90,7 +90,7 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     """Recipe shared by the original model and the oracle (the oracle must use the same one)."""
 
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1.5e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
@@ -140,6 +140,9 @@ class ResourcesConfig(_Strict):
     torch_threads: int | None = Field(None, ge=1, description="None: cores / workers")
     ray_address: str | None = None
     ray_num_cpus: int | None = Field(None, ge=1, description="logical CPUs for a local Ray; None: 2x cores")
+    worker_cache_mb: float = Field(
+        1024.0, ge=0, description="keep a worker's shard in memory below this; 0: stream"
+    )
 
 
 class TrackingConfig(_Strict):

@@ -172,6 +172,16 @@ def _mask_spec(cfg: RunConfig, arch: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _job_common(cfg: RunConfig) -> dict[str, Any]:
+    from lethe.execution.ray_env import worker_threads
+
+    return {
+        "seed": cfg.seed,
+        "threads": worker_threads(cfg.resources),
+        "cache_mb": cfg.resources.worker_cache_mb,
+    }
+
+
 def _fit_kwargs(cfg: RunConfig, lay: Layout) -> dict[str, Any]:
     r = cfg.resources
     return {
@@ -201,7 +211,6 @@ def _train_model(
     import ray.data
 
     from lethe.data import shard_dataset
-    from lethe.execution.ray_env import worker_threads
     from lethe.execution.train import TrainJob, fit
 
     cfg, lay = ctx.cfg, ctx.lay
@@ -231,8 +240,7 @@ def _train_model(
                 warmup_frac=0.0,
                 n_rows=n_rows,
                 epochs=f.epochs,
-                seed=cfg.seed,
-                threads=worker_threads(cfg.resources),
+                **_job_common(cfg),
                 meta={"role": "featnet", "cache_key": cache_key},
             )
         else:
@@ -248,8 +256,7 @@ def _train_model(
                 warmup_frac=p.warmup_frac,
                 n_rows=n_rows,
                 epochs=p.epochs,
-                seed=cfg.seed,
-                threads=worker_threads(cfg.resources),
+                **_job_common(cfg),
                 mask=_mask_spec(cfg, arch),
                 meta={"role": dest_name, "cache_key": cache_key, "train_rows": n_rows},
             )
@@ -309,7 +316,6 @@ def step_oracle(ctx: Context) -> Path:
 
 def step_unlearn(ctx: Context) -> Path:
     from lethe.data import shard_dataset
-    from lethe.execution.ray_env import worker_threads
     from lethe.execution.train import TrainJob, fit
     from lethe.models.checkpoint import load_checkpoint
 
@@ -329,8 +335,7 @@ def step_unlearn(ctx: Context) -> Path:
             weight_decay=u.weight_decay,
             warmup_frac=u.warmup_frac,
             n_rows=man.shards["forget"].count,
-            seed=cfg.seed,
-            threads=worker_threads(cfg.resources),
+            **_job_common(cfg),
             mask=_mask_spec(cfg, arch),
             method=cfg.method,
             alpha=u.alpha,

@@ -1,0 +1,311 @@
+"""`lethe` as a user runs it: whole smoke pipelines end to end, and every kind of bad input.
+
+Each test starts the real CLI in a subprocess (its own local Ray, MLflow on SQLite in the work dir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lethe.report import validate_report
+
+FASHION = Path(os.environ.get("LETHE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+LETHE = [sys.executable, "-m", "lethe.cli"]
+
+
+def lethe(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([*LETHE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def runs_by_status(db: Path) -> dict[str, int]:
+    if not db.exists():
+        return {}
+    with sqlite3.connect(db) as con:
+        return dict(con.execute("select status, count(*) from runs group by status").fetchall())
+
+
+def registered_versions(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as con:
+        return con.execute("select count(*) from model_versions").fetchone()[0]
+
+
+def all_text_under(root: Path) -> bytes:
+    """Every byte MLflow and the reports wrote: the SQLite store and all artifact files."""
+    out = []
+    for p in root.rglob("*"):
+        if p.is_file() and "shards" not in p.parts and "models" not in p.parts[-2:] and "ray" not in p.parts:
+            out.append(p.read_bytes())
+    return b"\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# end to end
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    r = lethe("run", "--preset", "smoke", "--workdir", str(work), "--forget-classes", "Trouser", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report_path = Path(r.stdout.strip().splitlines()[-1])
+    assert report_path == work / "report" / "report.json"
+    report = json.loads(report_path.read_text())
+    validate_report(report)
+    assert report["dataset"] == "fashion-mnist" and report["family"] == "mae"
+    assert report["request"]["kind"] == "classes" and report["request"]["forget_count"] > 0
+    for step in ("split", "pretrain", "oracle", "unlearn", "evaluate", "promote", "cleanup"):
+        assert report["timing_s"][step] > 0
+    assert report["mlflow"]["model_version"] == "1"
+    # held-out pictures for both splits, embedded in the HTML report
+    assert (work / "report" / "grid_retain_box.png").is_file() and (
+        work / "report" / "grid_forget_box.png"
+    ).is_file()
+    assert (work / "report" / "report.html").read_text().count("data:image/png;base64") == 2
+    # cleanup: the forget shard is gone, and the report says so
+    assert not (work / "shards" / "forget").exists()
+    assert all(d["absent_after"] for d in report["cleanup"]["deleted"])
+
+    db = work / "mlflow.db"
+    assert runs_by_status(db) == {"FINISHED": 8}  # the pipeline run and its seven steps
+    with sqlite3.connect(db) as con:
+        names = {n for (n,) in con.execute("select name from datasets")}
+        digests = {d for (d,) in con.execute("select dataset_digest from datasets")}
+        tags = dict(con.execute("select key, value from model_version_tags"))
+    assert names == {"forget", "retain", "heldout_forget", "heldout_retain"}
+    assert report["request"]["forget_digest"][:32] in digests
+    assert (
+        tags["lethe.method"] == "encoder_noise"
+        and tags["lethe.forget_digest"] == report["request"]["forget_digest"]
+    )
+
+    # a second run reuses the cached original, feature net and oracle instead of retraining
+    r2 = lethe(
+        "run", "--preset", "smoke", "--workdir", str(work), "--forget-classes", "Trouser", cwd=tmp_path
+    )
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "reusing cached model" in r2.stderr
+    assert registered_versions(db) == 2
+
+
+@pytest.mark.slow
+def test_id_request_keeps_ids_out_of_mlflow_logs_and_reports(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    n = len(load_digits().target)
+    forget_ids = [f"digits-{i:04d}" for i in range(0, n, 29)]  # 62 images of mixed classes
+    ids_file = tmp_path / "forget.txt"
+    ids_file.write_text("# deletion requests\n" + "\n".join(forget_ids) + "\n")
+    work = tmp_path / "work"
+    r = lethe(
+        "run",
+        "--preset",
+        "smoke",
+        "--dataset",
+        "digits",
+        "--forget-ids",
+        str(ids_file),
+        "--workdir",
+        str(work),
+        "--method",
+        "retain_label",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    assert report["request"]["kind"] == "ids" and report["request"]["forget_count"] == len(forget_ids)
+    assert set(report["metrics"]["unlearned"]["forget"]) >= {"psnr", "ssim", "fd", "embed_cos", "mia_auc"}
+    # no picture of the requested images
+    assert not (work / "report" / "grid_forget_box.png").exists()
+    assert (work / "report" / "report.html").read_text().count("data:image/png;base64") == 1
+    written = all_text_under(work) + r.stdout.encode() + r.stderr.encode()
+    leaked = [i for i in forget_ids if i.encode() in written]
+    assert not leaked, f"{len(leaked)} forget ids leaked into MLflow / reports / logs"
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one line, non-zero exit, nothing half-written
+# ----------------------------------------------------------------------------------------------
+def _assert_clean_failure(r: subprocess.CompletedProcess[str], work: Path, *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    line = [ln for ln in r.stderr.splitlines() if ln.startswith("lethe: error:")]
+    assert len(line) == 1, r.stderr[-2000:]
+    for needle in needles:
+        assert needle in line[0], line[0]
+    assert "Traceback" not in r.stderr.split("lethe: error:")[-1]
+    assert not (work / "shards").exists()
+    assert not list(work.parent.glob(".shards*")) and not list(work.glob(".shards*"))
+    statuses = runs_by_status(work / "mlflow.db")
+    assert "FINISHED" not in statuses, statuses
+    assert registered_versions(work / "mlflow.db") == 0
+
+
+def _png(path: Path, size: tuple[int, int] = (8, 8), mode: str = "L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, 128).save(path)
+
+
+@pytest.fixture()
+def image_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "imgs"
+    for cls in ("cat", "dog"):
+        for i in range(6):
+            _png(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--dataset", "digits", "--forget-classes", "Unicorn"], ["unknown class name", "Unicorn"]),
+        (["--dataset", "/nonexistent/data"], ["data set folder not found", "/nonexistent/data"]),
+        (
+            ["--dataset", "digits", "--forget-classes", ",".join(str(i) for i in range(10))],
+            ["forget request covers all training data"],
+        ),
+    ],
+    ids=["unknown-class", "missing-folder", "forget-all"],
+)
+def test_bad_requests(tmp_path: Path, args: list[str], needles: list[str]) -> None:
+    work = tmp_path / "work"
+    r = lethe("split", "--preset", "smoke", "--workdir", str(work), *args, cwd=tmp_path)
+    _assert_clean_failure(r, work, *needles)
+
+
+def test_empty_forget_set_and_unknown_ids(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing requested\n")
+    r = lethe(
+        "split",
+        "--preset",
+        "smoke",
+        "--workdir",
+        str(work),
+        "--dataset",
+        "digits",
+        "--forget-ids",
+        str(empty),
+        cwd=tmp_path,
+    )
+    _assert_clean_failure(r, work, "empty forget set")
+
+    unknown = tmp_path / "unknown.txt"
+    unknown.write_text("digits-0001\nsecret-person-42\n")
+    r = lethe(
+        "split",
+        "--preset",
+        "smoke",
+        "--workdir",
+        str(work),
+        "--dataset",
+        "digits",
+        "--forget-ids",
+        str(unknown),
+        cwd=tmp_path,
+    )
+    _assert_clean_failure(r, work, "ids not in the data set", "1 unknown")
+    assert "secret-person-42" not in r.stderr + r.stdout
+
+
+@pytest.mark.slow
+def test_corrupt_and_mixed_images(tmp_path: Path, image_folder: Path) -> None:
+    work = tmp_path / "work"
+    bad = image_folder / "dog" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    r = lethe(
+        "split",
+        "--preset",
+        "smoke",
+        "--workdir",
+        str(work),
+        "--dataset",
+        str(image_folder),
+        "--forget-classes",
+        "cat",
+        cwd=tmp_path,
+    )
+    _assert_clean_failure(r, work, "cannot decode image", "broken.png")
+
+    bad.unlink()
+    _png(image_folder / "dog" / "big.png", size=(10, 10))
+    r = lethe(
+        "split",
+        "--preset",
+        "smoke",
+        "--workdir",
+        str(work),
+        "--dataset",
+        str(image_folder),
+        "--forget-classes",
+        "cat",
+        cwd=tmp_path,
+    )
+    _assert_clean_failure(r, work, "mixed sizes")
+
+
+def test_unwritable_work_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    # A directory under a regular file cannot be created, even by root.
+    r = lethe(
+        "split", "--preset", "smoke", "--workdir", str(blocker / "work"), "--dataset", "digits", cwd=tmp_path
+    )
+    assert r.returncode == 2
+    assert "work dir is not writable" in r.stderr and str(blocker) in r.stderr
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_architecture(tmp_path: Path) -> None:
+    import torch
+
+    from lethe.models import FeatNet, FeatNetArch, save_checkpoint
+
+    work = tmp_path / "work"
+    r = lethe(
+        "split",
+        "--preset",
+        "smoke",
+        "--workdir",
+        str(work),
+        "--dataset",
+        "digits",
+        "--forget-classes",
+        "3",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    torch.manual_seed(0)
+    save_checkpoint(work / "models" / "original.pt", FeatNet(FeatNetArch(8, 8, 1, 10, 4, 8)))
+    r = lethe(
+        "unlearn",
+        "--preset",
+        "smoke",
+        "--workdir",
+        str(work),
+        "--dataset",
+        "digits",
+        "--forget-classes",
+        "3",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2
+    line = [ln for ln in r.stderr.splitlines() if ln.startswith("lethe: error:")]
+    assert len(line) == 1 and "another architecture" in line[0] and "expected mae" in line[0]
+    assert not (work / "models" / "unlearned.pt").exists()
+    assert registered_versions(work / "mlflow.db") == 0
+
+
+def test_bad_flag_value_names_the_field(tmp_path: Path) -> None:
+    r = lethe("split", "--preset", "smoke", "--workdir", str(tmp_path / "w"), "--alpha", "-3", cwd=tmp_path)
+    assert r.returncode == 2 and "unlearn.alpha" in r.stderr
