@@ -427,9 +427,9 @@ def step_evaluate(ctx: Context) -> Path:
         for model, splits in metrics.items():
             for split, vals in splits.items():
                 ctx.tracker.log_metrics({f"{model}.{split}.{k}": v for k, v in vals.items()})
+        ctx.state["evaluate"] = {"run_id": run_id}
         report = build_report(ctx, man, metrics, extra)
         report["oracle_gaps"] = oracle_gaps(metrics)
-        ctx.state["evaluate"] = {"run_id": run_id}
         report_path = write_report_json(report, lay.report_dir / "report.json")
         html = write_html_report(report, grids, lay.report_dir / "report.html")
         ctx.tracker.log_artifact(report_path, "report")
@@ -442,6 +442,8 @@ def step_evaluate(ctx: Context) -> Path:
 def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any]:
     cfg = ctx.cfg
     st = ctx.state
+    # The pipeline run when there is one; the evaluate step's own run when it ran alone.
+    run_id = st.get("run_id") or st["evaluate"]["run_id"]
     request: dict[str, Any] = {
         "kind": cfg.request.kind,
         "forget_count": man.shards["forget"].count,
@@ -455,7 +457,7 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
         s: _ratio(metrics["unlearned"][s]["fd"], metrics["original"][s]["fd"]) for s in ("forget", "retain")
     }
     return {
-        "run_id": st.get("run_id") or st.get("evaluate", {}).get("run_id") or "",
+        "run_id": run_id,
         "dataset": man.dataset,
         "source_uri": man.source_uri,
         "family": cfg.family,
@@ -480,7 +482,7 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
         ),
         "mlflow": {
             "tracking_uri": _redact(cfg.tracking_uri),
-            "run_id": st.get("run_id") or "",
+            "run_id": run_id,
             "model_name": cfg.model_name,
             "model_version": st.get("promote", {}).get("model_version"),
         },
@@ -612,6 +614,7 @@ RUNNERS = {
 
 def run_step(cfg: RunConfig, name: str) -> Any:
     ctx = make_context(cfg)
+    ctx.state.pop("run_id", None)  # a step run alone belongs to no pipeline run
     return RUNNERS[name](ctx)
 
 

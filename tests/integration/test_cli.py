@@ -26,6 +26,11 @@ def lethe(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProc
     return subprocess.run([*LETHE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def split_cmd(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cwd = next(p for p in work.parents if p.is_dir())  # the work dir may be unreachable on purpose
+    return lethe("split", "--preset", "smoke", "--workdir", str(work), *args, cwd=cwd)
+
+
 def runs_by_status(db: Path) -> dict[str, int]:
     if not db.exists():
         return {}
@@ -96,6 +101,15 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "reusing cached model" in r2.stderr
     assert registered_versions(db) == 2
+
+    # each step also runs alone: re-split (cleanup removed the forget shard), then evaluate by itself
+    flags = ("--preset", "smoke", "--workdir", str(work), "--forget-classes", "Trouser")
+    assert lethe("split", *flags, cwd=tmp_path).returncode == 0
+    r3 = lethe("evaluate", *flags, cwd=tmp_path)
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    alone = json.loads(report_path.read_text())
+    validate_report(alone)
+    assert alone["run_id"] not in (report["run_id"], "") and alone["run_id"] == alone["mlflow"]["run_id"]
 
 
 @pytest.mark.slow
@@ -178,7 +192,7 @@ def image_folder(tmp_path: Path) -> Path:
 )
 def test_bad_requests(tmp_path: Path, args: list[str], needles: list[str]) -> None:
     work = tmp_path / "work"
-    r = lethe("split", "--preset", "smoke", "--workdir", str(work), *args, cwd=tmp_path)
+    r = split_cmd(work, *args)
     _assert_clean_failure(r, work, *needles)
 
 
@@ -186,34 +200,12 @@ def test_empty_forget_set_and_unknown_ids(tmp_path: Path) -> None:
     work = tmp_path / "work"
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing requested\n")
-    r = lethe(
-        "split",
-        "--preset",
-        "smoke",
-        "--workdir",
-        str(work),
-        "--dataset",
-        "digits",
-        "--forget-ids",
-        str(empty),
-        cwd=tmp_path,
-    )
+    r = split_cmd(work, "--dataset", "digits", "--forget-ids", str(empty))
     _assert_clean_failure(r, work, "empty forget set")
 
     unknown = tmp_path / "unknown.txt"
     unknown.write_text("digits-0001\nsecret-person-42\n")
-    r = lethe(
-        "split",
-        "--preset",
-        "smoke",
-        "--workdir",
-        str(work),
-        "--dataset",
-        "digits",
-        "--forget-ids",
-        str(unknown),
-        cwd=tmp_path,
-    )
+    r = split_cmd(work, "--dataset", "digits", "--forget-ids", str(unknown))
     _assert_clean_failure(r, work, "ids not in the data set", "1 unknown")
     assert "secret-person-42" not in r.stderr + r.stdout
 
@@ -223,34 +215,12 @@ def test_corrupt_and_mixed_images(tmp_path: Path, image_folder: Path) -> None:
     work = tmp_path / "work"
     bad = image_folder / "dog" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    r = lethe(
-        "split",
-        "--preset",
-        "smoke",
-        "--workdir",
-        str(work),
-        "--dataset",
-        str(image_folder),
-        "--forget-classes",
-        "cat",
-        cwd=tmp_path,
-    )
+    r = split_cmd(work, "--dataset", str(image_folder), "--forget-classes", "cat")
     _assert_clean_failure(r, work, "cannot decode image", "broken.png")
 
     bad.unlink()
     _png(image_folder / "dog" / "big.png", size=(10, 10))
-    r = lethe(
-        "split",
-        "--preset",
-        "smoke",
-        "--workdir",
-        str(work),
-        "--dataset",
-        str(image_folder),
-        "--forget-classes",
-        "cat",
-        cwd=tmp_path,
-    )
+    r = split_cmd(work, "--dataset", str(image_folder), "--forget-classes", "cat")
     _assert_clean_failure(r, work, "mixed sizes")
 
 
@@ -258,9 +228,7 @@ def test_unwritable_work_dir(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     # A directory under a regular file cannot be created, even by root.
-    r = lethe(
-        "split", "--preset", "smoke", "--workdir", str(blocker / "work"), "--dataset", "digits", cwd=tmp_path
-    )
+    r = split_cmd(blocker / "work", "--dataset", "digits")
     assert r.returncode == 2
     assert "work dir is not writable" in r.stderr and str(blocker) in r.stderr
 
@@ -272,18 +240,7 @@ def test_checkpoint_of_another_architecture(tmp_path: Path) -> None:
     from lethe.models import FeatNet, FeatNetArch, save_checkpoint
 
     work = tmp_path / "work"
-    r = lethe(
-        "split",
-        "--preset",
-        "smoke",
-        "--workdir",
-        str(work),
-        "--dataset",
-        "digits",
-        "--forget-classes",
-        "3",
-        cwd=tmp_path,
-    )
+    r = split_cmd(work, "--dataset", "digits", "--forget-classes", "3")
     assert r.returncode == 0, r.stderr[-2000:]
     torch.manual_seed(0)
     save_checkpoint(work / "models" / "original.pt", FeatNet(FeatNetArch(8, 8, 1, 10, 4, 8)))
@@ -307,5 +264,5 @@ def test_checkpoint_of_another_architecture(tmp_path: Path) -> None:
 
 
 def test_bad_flag_value_names_the_field(tmp_path: Path) -> None:
-    r = lethe("split", "--preset", "smoke", "--workdir", str(tmp_path / "w"), "--alpha", "-3", cwd=tmp_path)
+    r = split_cmd(tmp_path / "w", "--alpha", "-3")
     assert r.returncode == 2 and "unlearn.alpha" in r.stderr
