@@ -146,6 +146,9 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
     spec = MaskSpec(**job["mask"]) if job["kind"] == "pretrain" else None
     gen = torch.Generator().manual_seed(job["seed"] * 1000 + rank)
     shard = ray.train.get_dataset_shard("train")
+    # Time inside the training loop (data loading included, worker start-up excluded), carried
+    # across restarts: with the wall time it separates algorithmic cost from Ray's fixed cost.
+    loop_s = state.get("loop_s", 0.0) if state else 0.0
     preload = ShardEpochs.fits(job["n_rows"], world, job["arch"], job["cache_mb"])
     source = ShardEpochs(shard, job["batch_size"], job["seed"], device, preload)
     for epoch in range(start_epoch, job["epochs"]):
@@ -169,8 +172,14 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
                     seen / (time.perf_counter() - t0),
                 )
         dt = time.perf_counter() - t0
-        metrics = {"epoch": epoch, "loss": total / max(1, seen), "images_per_s": seen * world / max(dt, 1e-9)}
-        _report(metrics, model, opt, sched, {"epoch": epoch}, job["meta"])
+        loop_s += dt
+        metrics = {
+            "epoch": epoch,
+            "loss": total / max(1, seen),
+            "images_per_s": seen * world / max(dt, 1e-9),
+            "loop_s": loop_s,
+        }
+        _report(metrics, model, opt, sched, {"epoch": epoch, "loop_s": loop_s}, job["meta"])
 
 
 class ShardEpochs:
@@ -259,6 +268,7 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
     student = ray.train.torch.prepare_model(student)
     spec = MaskSpec(**job["mask"])
     box = masks.box_mask(spec.height, spec.width, spec.box_frac, spec.cell)
+    loop_start = time.perf_counter() - (state.get("loop_s", 0.0) if state else 0.0)
     bs = job["batch_size"]
     x_forget = ShardEpochs(ray.train.get_dataset_shard("forget"), bs, job["seed"], device, True).load()[0]
     x_forget = x_forget.to(device)  # (N_f_local, C, H, W): small, kept whole
@@ -304,6 +314,7 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
                 "loss": loss.item(),
                 **{f"loss_{k}": v for k, v in parts.items()},
                 "images_per_s": seen * world / max(dt, 1e-9),
+                "loop_s": time.perf_counter() - loop_start,
             }
             if rank == 0:
                 _progress(
@@ -313,7 +324,7 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
                     metrics["loss"],
                     metrics["images_per_s"],
                 )
-            _report(metrics, student, opt, sched, {"step": done}, job["meta"])
+            _report(metrics, student, opt, sched, {"step": done, "loop_s": metrics["loop_s"]}, job["meta"])
 
 
 # ----------------------------------------------------------------------------------------------
