@@ -358,9 +358,11 @@ _FAMILY_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "model": {"diffusion": {"ch": 8, "mults": [1, 2], "sample_steps": 4}},
         "unlearn": {"alpha": 0.1},
     },
+    # The samplers cost several network passes per image: evaluate on 500 forget / 1000 retain.
     ("demo", "vqgan"): {
         "pretrain": {"epochs": 4},
-        "model": {"vqgan": {"tokenizer_share": 0.25}},
+        "model": {"vqgan": {"tokenizer_share": 0.25, "adv_start_step": 100}},
+        "eval": {"n_forget": 500, "n_retain": 1000, "n_mia": 500},
     },
     ("demo", "diffusion"): {
         "pretrain": {"epochs": 3},

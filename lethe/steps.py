@@ -217,6 +217,8 @@ def _train_model(
     cached = lay.cached(kind, cache_key)
     dest = lay.model(dest_name)
     info: dict[str, Any] = {"cache_key": cache_key, "cached": cached.is_file()}
+    if kind != "featnet":
+        info["phases"] = ",".join(_phases(cfg))  # e.g. VQ-GAN: tokenizer,transformer,transformer
     if cached.is_file():
         log.warning("%s: reusing cached model %s", dest_name, cached.name)
     else:
@@ -296,7 +298,9 @@ def step_pretrain(ctx: Context) -> Path:
         path, info = _train_model(ctx, cfg.family, ("forget", "retain"), key_orig, "original")
         key_feat = _key(man.data_digest, cfg.digest("featnet", "seed"))
         _, finfo = _train_model(ctx, "featnet", ("forget", "retain"), key_feat, "featnet")
-        ctx.tracker.log_params({"original.cache_key": key_orig, "featnet.cache_key": key_feat})
+        ctx.tracker.log_params(
+            {"original.cache_key": key_orig, "featnet.cache_key": key_feat, "original.phases": info["phases"]}
+        )
         ctx.tracker.log_metrics(_numeric({**_prefix("original", info), **_prefix("featnet", finfo)}))
         ctx.state["pretrain"] = {"original": info, "featnet": finfo}
     return path
