@@ -33,7 +33,7 @@ from lethe.training import (
     MaskSpec,
     make_optimizer,
     optimizer_step,
-    reconstruction_loss,
+    training_loss,
     unlearn_step,
     unlearn_total_steps,
 )
@@ -56,7 +56,7 @@ def plain_unlearn(cfg, man, teacher_path: Path) -> tuple[float, int]:
     opt, sched = make_optimizer(params, u.lr, u.weight_decay, total, u.warmup_frac)
     x_f, x_r = _tensor(man, "forget"), _tensor(man, "retain")
     a = teacher.arch
-    box = masks.box_mask(a.height, a.width, cfg.eval.box_frac, a.patch)
+    box = masks.box_mask(a.height, a.width, cfg.eval.box_frac, teacher.mask_cell)
     gen = torch.Generator().manual_seed(cfg.seed)
     bs = u.batch_size
     t0 = time.perf_counter()
@@ -69,20 +69,21 @@ def plain_unlearn(cfg, man, teacher_path: Path) -> tuple[float, int]:
 
 
 def plain_pretrain_epoch(cfg, man, arch: dict) -> tuple[float, int]:
+    """One epoch of the first pretraining phase (the only one for single-phase families)."""
     model = build_model(cfg.family, arch)
+    phase = steps._phases(cfg)[0]
+    params = model.phase_parameters(phase)
     p = cfg.pretrain
     x = _tensor(man, "retain")
     steps_ = -(-len(x) // p.batch_size)
-    opt, sched = make_optimizer(list(model.parameters()), p.lr, p.weight_decay, steps_, p.warmup_frac)
+    opt, sched = make_optimizer(params, p.lr, p.weight_decay, steps_, p.warmup_frac)
     spec = MaskSpec(**steps._mask_spec(cfg, arch))
     gen = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(len(x), generator=gen)
     t0 = time.perf_counter()
     for i in range(0, len(x), p.batch_size):
         xb = x[perm[i : i + p.batch_size]]
-        optimizer_step(
-            reconstruction_loss(model, xb, spec.sample(len(xb), gen)), opt, sched, list(model.parameters())
-        )
+        optimizer_step(training_loss(model, xb, spec.sample(len(xb), gen), gen, phase), opt, sched, params)
     return time.perf_counter() - t0, len(x)
 
 
@@ -110,7 +111,7 @@ def main() -> None:
     unlearn_s = ctx.state["unlearn"]["train_wall_s"]
     ray_unlearn_ips = ctx.state["unlearn"].get("images_per_s")
     plain_unlearn_s, plain_unlearn_imgs = plain_unlearn(cfg, man, ctx.lay.model("original"))
-    arch = steps._mae_arch(cfg, man)
+    arch = steps._arch(cfg, man)
     plain_epoch_s, epoch_imgs = plain_pretrain_epoch(cfg, man, arch)
     oracle_epochs = cfg.pretrain.epochs
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lethe.errors import ConfigError
 
 FAMILIES = ("mae", "vqgan", "diffusion", "gan", "vae")
-IMPLEMENTED_FAMILIES = ("mae",)
+IMPLEMENTED_FAMILIES = ("mae", "vqgan", "diffusion")
 METHODS = (
     "encoder_noise",
     "max_loss",
@@ -64,8 +64,8 @@ class RequestConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
-    """MAE architecture; the image shape and patch size come from the data."""
+class MAEConfig(_Strict):
+    """ViT masked autoencoder; the image shape and patch size come from the data."""
 
     dim: int = Field(128, ge=8)
     depth: int = Field(4, ge=1)
@@ -77,14 +77,101 @@ class ModelConfig(_Strict):
     patch: int | None = Field(None, ge=1, description="None: chosen from the image size (<= 8x8 tokens)")
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> ModelConfig:
-        if self.dim % self.heads:
-            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
-        if self.dec_dim % self.dec_heads:
-            raise ValueError(
-                f"model.dec_dim ({self.dec_dim}) must be divisible by model.dec_heads ({self.dec_heads})"
-            )
+    def _heads_divide(self) -> MAEConfig:
+        _check_heads(self.dim, self.heads, "dim", "heads")
+        _check_heads(self.dec_dim, self.dec_heads, "dec_dim", "dec_heads")
         return self
+
+
+class VQGANConfig(_Strict):
+    """VQ tokenizer (conv encoder / codebook / conv decoder, adversarial + perceptual training) and a
+    MAGE-style masked-token transformer decoded with MaskGIT. Token grid <= 8x8 from the data."""
+
+    # tokenizer
+    ch: int = Field(16, ge=4, description="tokenizer base channels (doubled after the first stage)")
+    downsample: int | None = Field(None, ge=0, le=4, description="stride-2 stages; None: <= 8x8 tokens")
+    codebook_size: int = Field(256, ge=2)
+    code_dim: int = Field(32, ge=2)
+    codebook_update: Literal["ema", "gradient"] = "ema"
+    ema_decay: float = Field(0.99, gt=0, lt=1)
+    commitment: float = Field(0.25, ge=0)
+    perceptual_weight: float = Field(0.1, ge=0, description="frozen random-conv feature loss (see vqgan.py)")
+    adv_weight: float = Field(0.1, ge=0)
+    adv_start_step: int = Field(200, ge=0, description="tokenizer steps before the discriminator joins")
+    disc_ch: int = Field(16, ge=4)
+    tokenizer_share: float = Field(0.4, gt=0, lt=1, description="share of pretrain.epochs for the tokenizer")
+    # token transformer
+    dim: int = Field(128, ge=8)
+    depth: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(2.0, gt=0)
+    dec_dim: int = Field(64, ge=8)
+    dec_depth: int = Field(2, ge=1)
+    dec_heads: int = Field(4, ge=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    # MaskGIT sampler
+    decode_steps: int = Field(8, ge=1)
+    temperature: float = Field(1.0, ge=0, description="token sampling temperature; 0 = greedy")
+    choice_temperature: float = Field(2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> VQGANConfig:
+        _check_heads(self.dim, self.heads, "dim", "heads")
+        _check_heads(self.dec_dim, self.dec_heads, "dec_dim", "dec_heads")
+        return self
+
+
+class DiffusionConfig(_Strict):
+    """Palette-style conditional inpainting DDPM with a small UNet, sampled with DDIM."""
+
+    ch: int = Field(16, ge=4, description="UNet base channels")
+    mults: list[int] = Field(default_factory=lambda: [1, 2, 2], min_length=1, max_length=4)
+    res_blocks: int = Field(1, ge=1)
+    attention: bool = True
+    timesteps: int = Field(1000, ge=2)
+    schedule: Literal["cosine", "linear"] = "cosine"
+    sample_steps: int = Field(10, ge=1, description="DDIM steps at evaluation")
+    eta: float = Field(0.0, ge=0, le=1, description="0 = deterministic DDIM")
+
+    @model_validator(mode="after")
+    def _steps(self) -> DiffusionConfig:
+        if self.sample_steps > self.timesteps:
+            raise ValueError(
+                f"sample_steps ({self.sample_steps}) must not exceed timesteps ({self.timesteps})"
+            )
+        if any(m < 1 for m in self.mults):
+            raise ValueError("mults must be positive")
+        return self
+
+
+def _check_heads(dim: int, heads: int, dim_name: str, heads_name: str) -> None:
+    if dim % heads:
+        raise ValueError(f"{dim_name} ({dim}) must be divisible by {heads_name} ({heads})")
+
+
+_MAE_KEYS = frozenset(MAEConfig.model_fields)
+
+
+class ModelConfig(_Strict):
+    """One typed section per family; a run uses the section of `family` (the others are ignored
+    and stay out of its cache keys)."""
+
+    mae: MAEConfig = Field(default_factory=MAEConfig)
+    vqgan: VQGANConfig = Field(default_factory=VQGANConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_flat_mae(cls, data: Any) -> Any:
+        # Configs written before the families existed put MAE fields directly under `model`.
+        if isinstance(data, dict) and any(k in _MAE_KEYS for k in data):
+            data = dict(data)
+            flat = {k: data.pop(k) for k in list(data) if k in _MAE_KEYS}
+            data["mae"] = {**(data.get("mae") or {}), **flat}
+        return data
+
+    def section(self, family: str) -> dict[str, Any]:
+        return getattr(self, family).model_dump(mode="json")
 
 
 class TrainConfig(_Strict):
@@ -129,6 +216,10 @@ class FeatNetConfig(_Strict):
 
 class EvalConfig(_Strict):
     box_frac: float = Field(12 / 28, gt=0, lt=1, description="side of the centre box as a share of each side")
+    outpaint: bool = Field(True, description="also evaluate outpainting (border mask), under metrics_by_mask")
+    outpaint_frac: float = Field(
+        4 / 28, gt=0, lt=0.5, description="width of the hidden border as a share of each side"
+    )
     n_forget: int = Field(1000, ge=2)
     n_retain: int = Field(2000, ge=2)
     n_mia: int = Field(1000, ge=2)
@@ -183,6 +274,12 @@ class RunConfig(_Strict):
             )
         return v
 
+    @model_validator(mode="after")
+    def _family_needs(self) -> RunConfig:
+        if self.family == "vqgan" and self.pretrain.epochs < 2:
+            raise ValueError("family vqgan needs pretrain.epochs >= 2 (tokenizer, then transformer)")
+        return self
+
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
@@ -216,13 +313,16 @@ class RunConfig(_Strict):
         return self.tracking.model_name or f"lethe-{self.family}"
 
     def digest(self, *sections: str) -> str:
-        """Stable digest of some config sections, for cache keys."""
+        """Stable digest of some config sections, for cache keys. "model" stands for the active
+        family's section only, so tuning another family never invalidates this one's models."""
         dump = self.model_dump(mode="json")
+        dump["model"] = {self.family: dump["model"][self.family]}
         payload = {s: dump[s] for s in sections} if sections else dump
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _preset(name: str) -> dict[str, Any]:
+    """What a preset sets whatever the family (data caps, unlearning steps, evaluation sizes)."""
     if name == "demo":
         return {"preset": "demo"}
     if name == "smoke":
@@ -230,13 +330,62 @@ def _preset(name: str) -> dict[str, Any]:
             "preset": "smoke",
             "workdir": "runs/smoke",
             "data": {"max_train": 1500, "max_heldout": 400},
-            "model": {"dim": 32, "depth": 1, "heads": 2, "dec_dim": 16, "dec_depth": 1, "dec_heads": 2},
             "pretrain": {"epochs": 1, "batch_size": 128},
             "unlearn": {"batch_size": 32, "forget_passes": 1.0, "max_steps": 6, "checkpoint_every": 3},
             "featnet": {"epochs": 1, "width": 8, "feat_dim": 32},
             "eval": {"n_forget": 64, "n_retain": 128, "n_mia": 64, "grid_rows": 4, "batch_size": 128},
         }
     raise ConfigError("unknown preset", where="--preset", expected=" or ".join(PRESETS), seen=repr(name))
+
+
+# Per (preset, family) settings, applied over the preset and under the YAML file and the flags.
+# Demo timings on the 2-core development machine are in README.md ("Model families").
+_TINY_TRANSFORMER = {"dim": 32, "depth": 1, "heads": 2, "dec_dim": 16, "dec_depth": 1, "dec_heads": 2}
+_FAMILY_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("smoke", "mae"): {"model": {"mae": _TINY_TRANSFORMER}},
+    ("smoke", "vqgan"): {
+        "model": {
+            "vqgan": {
+                **_TINY_TRANSFORMER,
+                "ch": 8,
+                "codebook_size": 32,
+                "code_dim": 8,
+                "disc_ch": 8,
+                "adv_start_step": 4,
+                "decode_steps": 4,
+            }
+        },
+        "pretrain": {"epochs": 2},
+    },
+    ("smoke", "diffusion"): {
+        "model": {"diffusion": {"ch": 8, "mults": [1, 2], "sample_steps": 4}},
+        "unlearn": {"alpha": 0.1},
+    },
+    # The samplers cost several network passes per image: evaluate on 500 forget / 1000 retain.
+    ("demo", "vqgan"): {
+        "pretrain": {"epochs": 4},
+        "model": {"vqgan": {"tokenizer_share": 0.25, "adv_start_step": 100}},
+        "eval": {"n_forget": 500, "n_retain": 1000, "n_mia": 500},
+    },
+    ("demo", "diffusion"): {
+        "pretrain": {"epochs": 3},
+        "unlearn": {"alpha": 0.1},
+        "eval": {"n_forget": 500, "n_retain": 1000, "n_mia": 500},
+    },
+}
+
+
+def _family_preset(name: str, family: str) -> dict[str, Any]:
+    return _FAMILY_PRESETS.get((name, family), {})
+
+
+def _family_of(*layers: dict[str, Any] | None) -> str:
+    """The family a run will use: the last layer that names one, else the default."""
+    family = str(RunConfig.model_fields["family"].default)
+    for layer in layers:
+        if layer and isinstance(layer.get("family"), str):
+            family = layer["family"]
+    return family
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -262,9 +411,11 @@ def build_config(
     config_file: str | os.PathLike[str] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Preset < YAML file < overrides (nested dicts, e.g. {"unlearn": {"alpha": 0.5}})."""
+    """Preset < the preset's family settings < YAML file < overrides (nested dicts, e.g.
+    {"unlearn": {"alpha": 0.5}}). The family is known before merging (file or flags name it)."""
     merged: dict[str, Any] = _preset(preset or "demo")
     source = f"--preset {preset or 'demo'}"
+    loaded: dict[str, Any] | None = None
     if config_file:
         path = Path(config_file)
         if not path.is_file():
@@ -277,8 +428,10 @@ def build_config(
             ) from e
         if not isinstance(loaded, dict):
             raise ConfigError("config file must hold a mapping", where=str(path), seen=type(loaded).__name__)
-        merged = _deep_merge(merged, loaded)
         source = str(path)
+    merged = _deep_merge(merged, _family_preset(preset or "demo", _family_of(loaded, overrides)))
+    if loaded:
+        merged = _deep_merge(merged, loaded)
     if overrides:
         merged = _deep_merge(merged, overrides)
     try:

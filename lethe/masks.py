@@ -26,6 +26,17 @@ def box_mask(height: int, width: int, frac: float, cell: int = 1) -> torch.Tenso
     return _cells_to_pixels(cells[None], height, width, cell)[:, None]
 
 
+def border_mask(height: int, width: int, frac: float, cell: int = 1) -> torch.Tensor:
+    """Outpainting: a frame about `frac` of each side wide hidden on every side, snapped to whole
+    cells, at least one cell and always leaving a visible centre: (1, 1, H, W)."""
+    gh, gw = grid_shape(height, width, cell)
+    bh = min(max(1, round(frac * gh)), (gh - 1) // 2)
+    bw = min(max(1, round(frac * gw)), (gw - 1) // 2)
+    cells = torch.ones(gh, gw)
+    cells[bh : gh - bh, bw : gw - bw] = 0.0
+    return _cells_to_pixels(cells[None], height, width, cell)[:, None]
+
+
 def random_mask(
     n: int, height: int, width: int, cell: int, ratio: float, generator: torch.Generator
 ) -> torch.Tensor:

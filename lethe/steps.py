@@ -141,35 +141,34 @@ def _manifest(ctx: Context):
     return Manifest.load(ctx.lay.manifest)
 
 
-def _mae_arch(cfg: RunConfig, man) -> dict[str, Any]:
-    from lethe.models.mae import MAEArch, auto_patch
+def _arch(cfg: RunConfig, man) -> dict[str, Any]:
+    """The family's architecture for this data (shape from the manifest), via the registry."""
+    from lethe.models.families import get_family
 
-    m = cfg.model
-    patch = m.patch or auto_patch(man.height, man.width)
-    return MAEArch(
-        height=man.height,
-        width=man.width,
-        channels=man.channels,
-        patch=patch,
-        dim=m.dim,
-        depth=m.depth,
-        heads=m.heads,
-        mlp_ratio=m.mlp_ratio,
-        dec_dim=m.dec_dim,
-        dec_depth=m.dec_depth,
-        dec_heads=m.dec_heads,
-    ).to_dict()
+    return get_family(cfg.family).build_arch(
+        cfg.model.section(cfg.family), man.height, man.width, man.channels
+    )
 
 
 def _mask_spec(cfg: RunConfig, arch: dict[str, Any]) -> dict[str, Any]:
+    from lethe.models.families import get_family
+
+    fam = get_family(cfg.family)
     return {
         "height": arch["height"],
         "width": arch["width"],
-        "cell": arch["patch"],
+        "cell": fam.cell(arch),
         "box_frac": cfg.eval.box_frac,
         "ratio": cfg.pretrain.mask_ratio,
         "box_prob": cfg.pretrain.box_mask_prob,
+        "schedule": fam.mask_schedule,
     }
+
+
+def _phases(cfg: RunConfig) -> list[str]:
+    from lethe.models.families import get_family
+
+    return get_family(cfg.family).phases(cfg.model.section(cfg.family), cfg.pretrain.epochs)
 
 
 def _job_common(cfg: RunConfig) -> dict[str, Any]:
@@ -220,6 +219,8 @@ def _train_model(
     # Training numbers live beside the cached model, so a reused oracle still has its retrain cost.
     sidecar = cached.with_suffix(".json")
     info: dict[str, Any] = {"cache_key": cache_key, "cached": cached.is_file()}
+    if kind != "featnet":
+        info["phases"] = ",".join(_phases(cfg))  # e.g. VQ-GAN: tokenizer,transformer,transformer
     if cached.is_file():
         log.warning("%s: reusing cached model %s", dest_name, cached.name)
         if sidecar.is_file():
@@ -248,7 +249,7 @@ def _train_model(
                 meta={"role": "featnet", "cache_key": cache_key},
             )
         else:
-            arch = _mae_arch(cfg, man)
+            arch = _arch(cfg, man)
             p = cfg.pretrain
             job = TrainJob(
                 kind="pretrain",
@@ -262,6 +263,7 @@ def _train_model(
                 epochs=p.epochs,
                 **_job_common(cfg),
                 mask=_mask_spec(cfg, arch),
+                phases=_phases(cfg),
                 meta={"role": dest_name, "cache_key": cache_key, "train_rows": n_rows},
             )
         assert isinstance(ds, ray.data.Dataset)
@@ -302,7 +304,9 @@ def step_pretrain(ctx: Context) -> Path:
         path, info = _train_model(ctx, cfg.family, ("forget", "retain"), key_orig, "original")
         key_feat = _key(man.data_digest, cfg.digest("featnet", "seed"))
         _, finfo = _train_model(ctx, "featnet", ("forget", "retain"), key_feat, "featnet")
-        ctx.tracker.log_params({"original.cache_key": key_orig, "featnet.cache_key": key_feat})
+        ctx.tracker.log_params(
+            {"original.cache_key": key_orig, "featnet.cache_key": key_feat, "original.phases": info["phases"]}
+        )
         ctx.tracker.log_metrics(_numeric({**_prefix("original", info), **_prefix("featnet", finfo)}))
         ctx.state["pretrain"] = {"original": info, "featnet": finfo}
     return path
@@ -329,7 +333,7 @@ def step_unlearn(ctx: Context) -> Path:
     u = cfg.unlearn
     with ctx.step("unlearn", {"method": cfg.method, **_flat("unlearn", cfg)}):
         man = _manifest(ctx)
-        arch = _mae_arch(cfg, man)
+        arch = _arch(cfg, man)
         teacher, _ = load_checkpoint(lay.model("original"), expected_kind=cfg.family, expected_arch=arch)
         _ray(cfg)
         job = TrainJob(
@@ -419,7 +423,7 @@ def step_evaluate(ctx: Context) -> Path:
     cfg, lay = ctx.cfg, ctx.lay
     with ctx.step("evaluate", _flat("eval", cfg)) as run_id:
         man = _manifest(ctx)
-        arch = _mae_arch(cfg, man)
+        arch = _arch(cfg, man)
         models = {
             n: load_checkpoint(lay.model(n), expected_kind=cfg.family, expected_arch=arch)[0]
             for n in MODEL_NAMES
@@ -428,13 +432,32 @@ def step_evaluate(ctx: Context) -> Path:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         data = _eval_data(ctx)
         metrics, grids, extra = evaluate_models(
-            models, featnet, data, cfg.eval.box_frac, cfg.eval.grid_rows, lay.report_dir, cfg.eval.batch_size
+            models,
+            featnet,
+            data,
+            cfg.eval.box_frac,
+            cfg.eval.grid_rows,
+            lay.report_dir,
+            cfg.eval.batch_size,
+            outpaint_frac=cfg.eval.outpaint_frac if cfg.eval.outpaint else None,
+            seed=cfg.seed,
         )
-        for model, splits in metrics.items():
-            for split, vals in splits.items():
-                ctx.tracker.log_metrics({f"{model}.{split}.{k}": v for k, v in vals.items()})
+        by_mask = extra.pop("metrics_by_mask", {})
+        for prefix, per_model in [("", metrics), *((f"{k}.", v) for k, v in by_mask.items())]:
+            for model, splits in per_model.items():
+                for split, vals in splits.items():
+                    ctx.tracker.log_metrics({f"{prefix}{model}.{split}.{k}": v for k, v in vals.items()})
         ctx.state["evaluate"] = {"run_id": run_id}
         report = build_report(ctx, man, metrics, extra)
+        if by_mask:
+            # Other masks sit beside the headline metrics, never inside them (report.json contract).
+            report["metrics_by_mask"] = by_mask
+            report["fd_ratio_by_mask"] = {
+                kind: {
+                    s: _ratio(m["unlearned"][s]["fd"], m["original"][s]["fd"]) for s in ("forget", "retain")
+                }
+                for kind, m in by_mask.items()
+            }
         report["oracle_gaps"] = oracle_gaps(metrics)
         report_path = write_report_json(report, lay.report_dir / "report.json")
         html = write_html_report(report, grids, lay.report_dir / "report.html")
@@ -477,6 +500,8 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
         },
         "metrics": metrics,
         "fd_ratio_unlearned_vs_original": fd,
+        # Which sampler produced every output, and with how many steps (MaskGIT / DDIM / one pass).
+        "sampler": extra.get("sampler", {}),
         "evaluation": {
             **extra,
             "fd_feature_space": "project feature net (penultimate layer); not Inception, not FID",
@@ -500,7 +525,7 @@ def step_promote(ctx: Context) -> str | None:
     cfg, lay = ctx.cfg, ctx.lay
     with ctx.step("promote", {"model_name": cfg.model_name}):
         man = _manifest(ctx)
-        arch = _mae_arch(cfg, man)
+        arch = _arch(cfg, man)
         model, meta = load_checkpoint(lay.model("unlearned"), expected_kind=cfg.family, expected_arch=arch)
         if not cfg.tracking.register_model:
             log.warning("promote: registration disabled (tracking.register_model=false)")

@@ -15,7 +15,7 @@ from torch import nn
 
 from lethe import masks
 from lethe.methods import Batch, Method
-from lethe.models.mae import masked_mse
+from lethe.models.layers import MAIN_PHASE, masked_mse
 
 
 def warmup_cosine(total_steps: int, warmup_frac: float):
@@ -46,18 +46,35 @@ class MaskSpec:
     box_frac: float
     ratio: float = 0.5
     box_prob: float = 0.0
+    # "fixed": hide `ratio` of the cells; "cosine": MaskGIT's r = cos(pi/2 * u), u ~ U(0, 1), drawn
+    # per batch (every image of a batch hides the same count, which the token encoders need).
+    schedule: str = "fixed"
 
     def box(self) -> torch.Tensor:
         return masks.box_mask(self.height, self.width, self.box_frac, self.cell)
+
+    def draw_ratio(self, generator: torch.Generator) -> float:
+        if self.schedule == "cosine":
+            return math.cos(math.pi / 2 * float(torch.rand((), generator=generator)))
+        return self.ratio
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Training mask: random patches, or the evaluation box with probability box_prob."""
         if self.box_prob > 0 and float(torch.rand((), generator=generator)) < self.box_prob:
             return self.box()
-        return masks.random_mask(n, self.height, self.width, self.cell, self.ratio, generator)
+        return masks.random_mask(n, self.height, self.width, self.cell, self.draw_ratio(generator), generator)
+
+
+def training_loss(
+    model: nn.Module, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, phase: str = MAIN_PHASE
+) -> torch.Tensor:
+    """The family's pretraining loss, through forward (mode "loss") so DDP sees the call."""
+    mask = masks.expand(mask, x.shape[0]).to(x.device)
+    return model(x, mask, mode="loss", generator=generator, phase=phase)
 
 
 def reconstruction_loss(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked MSE of the single-pass prediction (the MAE objective; kept for callers of the old API)."""
     mask = masks.expand(mask, x.shape[0]).to(x.device)
     return masked_mse(model(x, mask, mode="predict"), x, mask).mean()
 

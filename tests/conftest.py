@@ -24,3 +24,40 @@ def ray_session() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+# Tiny model sections per family: seconds-fast on CPU, still exercising every code path
+# (the VQ-GAN's discriminator is on from step 0, diffusion has a down/up level and attention).
+TINY_SECTIONS: dict[str, dict] = {
+    "mae": {"dim": 16, "depth": 1, "heads": 2, "dec_dim": 8, "dec_depth": 1, "dec_heads": 2},
+    "vqgan": {
+        "ch": 4,
+        "codebook_size": 16,
+        "code_dim": 4,
+        "disc_ch": 4,
+        "adv_start_step": 0,
+        "dim": 16,
+        "depth": 1,
+        "heads": 2,
+        "dec_dim": 8,
+        "dec_depth": 1,
+        "dec_heads": 2,
+        "decode_steps": 3,
+    },
+    "diffusion": {"ch": 4, "mults": [1, 2], "sample_steps": 3},
+}
+
+
+@pytest.fixture()
+def tiny_model():
+    """make(family, h=16, w=16, c=1, **section overrides) -> a seeded tiny model of that family."""
+    import torch
+
+    from lethe.models import build_model, get_family
+
+    def make(family: str, h: int = 16, w: int = 16, c: int = 1, **over):
+        torch.manual_seed(0)
+        arch = get_family(family).build_arch({**TINY_SECTIONS[family], **over}, h, w, c)
+        return build_model(family, arch)
+
+    return make

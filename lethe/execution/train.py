@@ -36,7 +36,7 @@ STATE_FILE = "train_state.pt"
 @dataclass
 class TrainJob:
     kind: str  # "pretrain" | "featnet" | "unlearn"
-    model_kind: str  # "mae" | "featnet"
+    model_kind: str  # a family of lethe.models.families, or "featnet"
     arch: dict[str, Any]
     batch_size: int
     lr: float
@@ -47,6 +47,8 @@ class TrainJob:
     threads: int = 1
     epochs: int = 1
     mask: dict[str, Any] = field(default_factory=dict)  # MaskSpec fields
+    # pretraining: the family's phase of each epoch (VQ-GAN: tokenizer..., transformer...); empty = one
+    phases: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # stored in the final checkpoint
     # unlearning only
     method: str = ""
@@ -76,7 +78,8 @@ def _save_ckpt_dir(model, opt, sched, progress: dict[str, Any], meta: dict[str, 
     return d
 
 
-def _restore(model, opt, sched) -> dict[str, Any] | None:
+def _restore_model(model) -> dict[str, Any] | None:
+    """Load the last reported checkpoint's weights; return its training state (optimiser, progress)."""
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
@@ -86,8 +89,14 @@ def _restore(model, opt, sched) -> dict[str, Any] | None:
         payload = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     getattr(model, "module", model).load_state_dict(payload["state_dict"])
-    opt.load_state_dict(state["opt"])
-    sched.load_state_dict(state["sched"])
+    return state
+
+
+def _restore(model, opt, sched) -> dict[str, Any] | None:
+    state = _restore_model(model)
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
     return state
 
 
@@ -126,22 +135,52 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         _epoch_loop(job, model)
 
 
+def _phase_segment(phases: list[str], epoch: int) -> tuple[int, int]:
+    """First epoch and length of the run of equal phases that contains `epoch`."""
+    start = epoch
+    while start > 0 and phases[start - 1] == phases[epoch]:
+        start -= 1
+    end = epoch
+    while end + 1 < len(phases) and phases[end + 1] == phases[epoch]:
+        end += 1
+    return start, end - start + 1
+
+
 def _epoch_loop(job: dict[str, Any], model) -> None:
     import ray.train
     import ray.train.torch
 
-    from lethe.training import MaskSpec, classifier_loss, make_optimizer, optimizer_step, reconstruction_loss
+    from lethe.training import MaskSpec, classifier_loss, make_optimizer, optimizer_step, training_loss
 
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     steps_per_epoch = max(1, -(-job["n_rows"] // (job["batch_size"] * world)))
-    params = list(model.parameters())
-    opt, sched = make_optimizer(
-        params, job["lr"], job["weight_decay"], steps_per_epoch * job["epochs"], job["warmup_frac"]
-    )
-    state = _restore(model, opt, sched)
+    phases = list(job.get("phases") or []) or ["main"] * job["epochs"]
+    base = model
+
+    def optimiser_for(epoch: int):
+        # Each phase trains its own parameters with its own warm-up + cosine schedule (a VQ-GAN's
+        # transformer starts fresh once its tokenizer is done).
+        start, length = _phase_segment(phases, epoch)
+        params = (
+            base.phase_parameters(phases[epoch]) if job["kind"] == "pretrain" else list(base.parameters())
+        )
+        opt, sched = make_optimizer(
+            params, job["lr"], job["weight_decay"], steps_per_epoch * length, job["warmup_frac"]
+        )
+        return params, opt, sched
+
+    state = _restore_model(model)
     start_epoch = state["epoch"] + 1 if state else 0
-    model = ray.train.torch.prepare_model(model)
+    if start_epoch >= job["epochs"]:
+        return
+    params, opt, sched = optimiser_for(start_epoch)
+    if state and phases[state["epoch"]] == phases[start_epoch]:
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+    # Multi-phase families leave whole sub-networks without gradients in a phase; DDP must expect it.
+    ddp_kwargs = {"find_unused_parameters": True} if len(set(phases)) > 1 else {}
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs or None)
     device = ray.train.torch.get_device()
     spec = MaskSpec(**job["mask"]) if job["kind"] == "pretrain" else None
     gen = torch.Generator().manual_seed(job["seed"] * 1000 + rank)
@@ -152,10 +191,13 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
     preload = ShardEpochs.fits(job["n_rows"], world, job["arch"], job["cache_mb"])
     source = ShardEpochs(shard, job["batch_size"], job["seed"], device, preload)
     for epoch in range(start_epoch, job["epochs"]):
+        phase = phases[epoch]
+        if epoch > start_epoch and phase != phases[epoch - 1]:
+            params, opt, sched = optimiser_for(epoch)
         t0, seen, total = time.perf_counter(), 0, 0.0
         for n_batches, (x, y) in enumerate(source.epoch(epoch), start=1):
             if job["kind"] == "pretrain":
-                loss = reconstruction_loss(model, x, spec.sample(x.shape[0], gen))
+                loss = training_loss(model, x, spec.sample(x.shape[0], gen), gen, phase)
             else:
                 loss = classifier_loss(model, x, y)
             optimizer_step(loss, opt, sched, params)
@@ -163,8 +205,9 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
             total += loss.item() * x.shape[0]
             if rank == 0 and n_batches % 50 == 0:
                 _progress(
-                    "%s epoch %d/%d: %d images, loss %.4f, %.0f img/s",
+                    "%s %s epoch %d/%d: %d images, loss %.4f, %.0f img/s",
                     job["kind"],
+                    phase,
                     epoch + 1,
                     job["epochs"],
                     seen,
@@ -179,7 +222,7 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
             "images_per_s": seen * world / max(dt, 1e-9),
             "loop_s": loop_s,
         }
-        _report(metrics, model, opt, sched, {"epoch": epoch, "loop_s": loop_s}, job["meta"])
+        _report(metrics, model, opt, sched, {"epoch": epoch, "phase": phase, "loop_s": loop_s}, job["meta"])
 
 
 class ShardEpochs:

@@ -1,11 +1,14 @@
 """Unlearning methods for image-to-image families, one interface (DESIGN.md 2.1).
 
 A method says which part of the student it trains ("encoder" or "full") and computes one loss from a
-retain batch and a forget batch that share one mask. Methods only use the family interface:
-`model(x, mask, mode="encode" | "predict")`, `model.encoder_parameters()`; no per-family branches.
+retain batch and a forget batch that share one mask. Methods only use the family interface
+(lethe/models/layers.py `I2IModel`): `model(x, mask, mode="encode" | "predict", seed=...)`,
+`encoder_parameters()`, `full_parameters()`, `forget_partner()`; no per-family branches.
 
 Student calls go through `student(...)` exactly once per step, on the retain and forget batches
-concatenated, so DDP sees one forward per backward.
+concatenated, so DDP sees one forward per backward. Teacher calls use the same concatenated layout
+and the same `seed`, so a stochastic family (diffusion: random timestep and noise) corrupts a
+sample identically for student and teacher, and an untouched student matches its teacher exactly.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lethe.models.mae import masked_mse
+from lethe.models.layers import masked_mse
 
 Part = Literal["encoder", "full"]
 
@@ -49,15 +52,12 @@ class Method:
 
     def trainable_parameters(self, student: nn.Module) -> list[nn.Parameter]:
         """Freeze what the method must not touch; return what the optimiser gets."""
-        model = getattr(student, "module", student)
-        if self.trains == "full":
-            params = list(model.parameters())
-        else:
-            enc = {id(p) for p in model.encoder_parameters()}
-            params = [p for p in model.parameters() if id(p) in enc]
-            for p in model.parameters():
-                p.requires_grad_(id(p) in enc)
-        return params
+        model = _unwrap(student)
+        chosen = model.full_parameters() if self.trains == "full" else model.encoder_parameters()
+        ids = {id(p) for p in chosen}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in ids)
+        return [p for p in model.parameters() if id(p) in ids]
 
     def loss(
         self, student: nn.Module, teacher: nn.Module, b: Batch, alpha: float
@@ -72,9 +72,22 @@ def _masks(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return m[:n_r], m[n_r:]
 
 
-def _both(student: nn.Module, b: Batch, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # DDP
+
+
+def _seed(b: Batch) -> int:
+    """One randomness key per step, shared by the student and teacher calls."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=b.generator))
+
+
+def _both(
+    model: nn.Module, b: Batch, mode: str, seed: int, x_f: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One call on [retain; forget] (forget replaced by `x_f` when given): (retain out, forget out)."""
     m_r, m_f = _masks(b)
-    out = student(torch.cat([b.x_r, b.x_f]), torch.cat([m_r, m_f]), mode=mode)
+    x = torch.cat([b.x_r, b.x_f if x_f is None else x_f])
+    out = model(x, torch.cat([m_r, m_f]), mode=mode, seed=seed)
     return out[: len(b.x_r)], out[len(b.x_r) :]
 
 
@@ -91,11 +104,14 @@ class EncoderNoise(Method):
         self.noise = noise
 
     def loss(self, student, teacher, b, alpha):
-        z_r, z_f = _both(student, b, "encode")
         with torch.no_grad():
-            t_r = teacher(b.x_r, _masks(b)[0], mode="encode")
             n = matched_noise(b.x_f, self.noise, b.generator)
-            t_f = teacher(n, _masks(b)[1], mode="encode")
+            # The family decides what "noise in place of the forget image" means for its teacher
+            # (MAE / VQ-GAN: the noise image; diffusion: noise inside the mask only).
+            partner = _unwrap(teacher).forget_partner(b.x_f, n, _masks(b)[1])
+            seed = _seed(b)
+            t_r, t_f = _both(teacher, b, "encode", seed, x_f=partner)
+        z_r, z_f = _both(student, b, "encode", seed)
         l_r, l_f = _mse(z_r, t_r), _mse(z_f, t_f)
         return l_r + alpha * l_f, {"retain": l_r.item(), "forget": l_f.item()}
 
@@ -106,9 +122,10 @@ class RetainLabel(Method):
     name, trains = "retain_label", "encoder"
 
     def loss(self, student, teacher, b, alpha):
-        z_r, z_f = _both(student, b, "encode")
+        seed = _seed(b)
         with torch.no_grad():
-            t_r = teacher(b.x_r, _masks(b)[0], mode="encode")
+            t_r, _ = _both(teacher, b, "encode", seed)
+        z_r, z_f = _both(student, b, "encode", seed)
         k = min(len(z_f), len(t_r))
         l_r, l_f = _mse(z_r, t_r), _mse(z_f[:k], t_r[:k])
         return l_r + alpha * l_f, {"retain": l_r.item(), "forget": l_f.item()}
@@ -120,11 +137,11 @@ class RandomEncoder(Method):
     name, trains = "random_encoder", "encoder"
 
     def loss(self, student, teacher, b, alpha):
-        z_r, z_f = _both(student, b, "encode")
+        seed = _seed(b)
         with torch.no_grad():
-            t_r = teacher(b.x_r, _masks(b)[0], mode="encode")
-            t_f = teacher(b.x_f, _masks(b)[1], mode="encode")
+            t_r, t_f = _both(teacher, b, "encode", seed)
             target = torch.randn(t_f.shape, generator=b.generator).to(t_f.device) * t_f.std() + t_f.mean()
+        z_r, z_f = _both(student, b, "encode", seed)
         l_r, l_f = _mse(z_r, t_r), _mse(z_f, target)
         return l_r + alpha * l_f, {"retain": l_r.item(), "forget": l_f.item()}
 
@@ -135,7 +152,7 @@ class MaxLoss(Method):
     name, trains = "max_loss", "full"
 
     def loss(self, student, teacher, b, alpha):
-        p_r, p_f = _both(student, b, "predict")
+        p_r, p_f = _both(student, b, "predict", _seed(b))
         l_r = masked_mse(p_r, b.x_r, _masks(b)[0]).mean()
         l_f = masked_mse(p_f, b.x_f, _masks(b)[1]).mean()
         return l_r - alpha * l_f, {"retain": l_r.item(), "forget": l_f.item()}
@@ -150,7 +167,7 @@ class NoisyLabel(Method):
         self.noise = noise
 
     def loss(self, student, teacher, b, alpha):
-        p_r, p_f = _both(student, b, "predict")
+        p_r, p_f = _both(student, b, "predict", _seed(b))
         target = matched_noise(b.x_f, self.noise, b.generator)
         l_r = masked_mse(p_r, b.x_r, _masks(b)[0]).mean()
         l_f = masked_mse(p_f, target, _masks(b)[1]).mean()
@@ -163,7 +180,7 @@ class FinetuneRetain(Method):
     name, trains, uses_alpha = "finetune_retain", "full", False
 
     def loss(self, student, teacher, b, alpha):
-        p_r = student(b.x_r, _masks(b)[0], mode="predict")
+        p_r = student(b.x_r, _masks(b)[0], mode="predict", seed=_seed(b))
         l_r = masked_mse(p_r, b.x_r, _masks(b)[0]).mean()
         return l_r, {"retain": l_r.item(), "forget": 0.0}
 

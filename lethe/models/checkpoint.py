@@ -15,11 +15,15 @@ import torch
 from torch import nn
 
 from lethe.errors import CheckpointError
+from lethe.models.families import FAMILIES
 from lethe.models.featnet import FeatNet, FeatNetArch
-from lethe.models.mae import MAE, MAEArch
 
 FORMAT = "lethe.v1"
-_KINDS: dict[str, tuple[type, type]] = {"mae": (MAE, MAEArch), "featnet": (FeatNet, FeatNetArch)}
+# Every image-to-image family of the registry, plus the feature net.
+_KINDS: dict[str, tuple[type, type]] = {
+    **{name: (f.model_cls, f.arch_cls) for name, f in FAMILIES.items()},
+    "featnet": (FeatNet, FeatNetArch),
+}
 
 
 def build_model(kind: str, arch: dict[str, Any]) -> nn.Module:
@@ -90,6 +94,6 @@ def load_checkpoint(
     try:
         model = build_model(kind, arch)
         model.load_state_dict(payload["state_dict"])
-    except (TypeError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError("checkpoint does not fit its declared architecture", where=str(path)) from e
     return model, payload.get("meta", {})

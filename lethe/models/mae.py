@@ -13,6 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lethe.models.layers import (
+    MAIN_PHASE,
+    I2IModel,
+    cell_hidden,
+    keep_visible,
+    masked_mse,
+    transformer_block,
+)
+
+__all__ = ["MAE", "MAEArch", "auto_patch", "masked_mse"]
+
 
 def auto_patch(height: int, width: int) -> int:
     """Patch side giving at most 8x8 tokens: 28 -> 4 (7x7), 64 -> 8, 8 -> 1."""
@@ -42,23 +53,18 @@ class MAEArch:
         gh, gw = self.grid
         return gh * gw
 
+    @property
+    def cell(self) -> int:
+        return self.patch
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _block(dim: int, heads: int, mlp_ratio: float) -> nn.TransformerEncoderLayer:
-    return nn.TransformerEncoderLayer(
-        dim,
-        heads,
-        dim_feedforward=int(dim * mlp_ratio),
-        dropout=0.0,
-        activation="gelu",
-        batch_first=True,
-        norm_first=True,
-    )
+_block = transformer_block
 
 
-class MAE(nn.Module):
+class MAE(I2IModel):
     family = "mae"
 
     def __init__(self, arch: MAEArch) -> None:
@@ -82,31 +88,30 @@ class MAE(nn.Module):
             nn.init.trunc_normal_(prm, std=0.02)
 
     # -- the family interface ------------------------------------------------------------------
-    @property
-    def mask_cell(self) -> int:
-        return self.arch.patch
-
     def encoder_modules(self) -> list[nn.Module]:
         return [self.patch_embed, self.blocks, self.norm]
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return [self.pos, *(p for m in self.encoder_modules() for p in m.parameters())]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, mode: str = "predict") -> torch.Tensor:
-        """One entry point so DDP sees every call: mode 'encode' -> (B, L_vis, D), 'predict' -> (B,C,H,W)."""
-        z, keep, hidden = self._encode(x, mask)
-        if mode == "encode":
-            return z
-        if mode != "predict":
-            raise ValueError(f"unknown mode {mode!r}")
-        return self._decode(z, keep, hidden)
+    def _encode(self, x: torch.Tensor, mask: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        # 'encode' -> (B, L_vis, D): the encoder sees visible patches only; nothing random.
+        return self._encode_tokens(x, mask)[0]
 
-    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.forward(x, mask, mode="encode")
+    def _predict(self, x: torch.Tensor, mask: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        # 'predict' -> (B, C, H, W) in [0, 1], every pixel predicted
+        return self._decode(*self._encode_tokens(x, mask))
 
-    def inpaint(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The user-facing output: visible pixels kept, hidden ones predicted."""
-        return x * (1 - mask) + self.forward(x, mask) * mask
+    def training_loss(
+        self, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, phase: str = MAIN_PHASE
+    ) -> torch.Tensor:
+        """Masked reconstruction: MSE on the hidden patches only (He et al.)."""
+        return masked_mse(self._predict(x, mask), x, mask).mean()
+
+    def inpaint(self, x: torch.Tensor, mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """The user-facing output: visible pixels kept, hidden ones predicted (deterministic)."""
+        mask = mask.expand(x.shape[0], -1, -1, -1) if mask.shape[0] == 1 else mask
+        return x * (1 - mask) + self._predict(x, mask) * mask
 
     # -- internals -----------------------------------------------------------------------------
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,16 +139,11 @@ class MAE(nn.Module):
 
     def token_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """(B,1,H,W) pixel mask -> (B, L) bool, a patch hidden when most of it is hidden."""
-        return self.patchify(mask.expand(-1, 1, -1, -1).float()).mean(-1) > 0.5
+        return cell_hidden(mask[:, :1], self.arch.patch)
 
-    def _encode(self, x: torch.Tensor, mask: torch.Tensor):
+    def _encode_tokens(self, x: torch.Tensor, mask: torch.Tensor):
         hidden = self.token_mask(mask.expand(x.shape[0], -1, -1, -1))  # (B, L)
-        n_vis = (~hidden).sum(1)
-        if not bool((n_vis == n_vis[0]).all()) or int(n_vis[0]) == 0:
-            raise ValueError("every image in a batch must hide the same, non-total number of patches")
-        # stable sort puts visible tokens first, in their original order
-        order = hidden.to(torch.int8).argsort(dim=1, stable=True)
-        keep = order[:, : int(n_vis[0])]  # (B, L_vis)
+        keep = keep_visible(hidden)  # (B, L_vis)
         tokens = self.patch_embed(self.patchify(x)) + self.pos
         z = torch.gather(tokens, 1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
         for blk in self.blocks:
@@ -159,9 +159,3 @@ class MAE(nn.Module):
         for blk in self.dec_blocks:
             y = blk(y)
         return torch.sigmoid(self.unpatchify(self.head(self.dec_norm(y))))
-
-
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-image MSE inside the hidden region: (B,)."""
-    m = mask.expand_as(target)
-    return ((pred - target) ** 2 * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)

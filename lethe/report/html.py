@@ -28,6 +28,8 @@ GRID_CAPTIONS: dict[str, str] = {
     "retain_box": "Retain split (held out), centre-box mask: masked input, then each model's reconstruction.",
     "forget_box": "Forget split (held out), centre-box mask: masked input, then each model's reconstruction. "
     "A good unlearned model looks like the oracle here, not like the original.",
+    "retain_outpaint": "Retain split (held out), border mask (outpainting): masked input, then each model's output.",
+    "forget_outpaint": "Forget split (held out), border mask (outpainting): masked input, then each model's output.",
 }
 
 _DIGEST_SHOWN = 12
@@ -97,6 +99,34 @@ def _metrics_table(metrics: dict) -> str:
                 cells.append(f"<td>{_e(format_number(gap['diff'] if gap else None))}</td>")
             rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _other_masks_section(by_mask: dict) -> str:
+    """metrics_by_mask[kind][model][split][name]: one plain table per extra mask."""
+    parts: list[str] = []
+    for kind, per_model in by_mask.items():
+        head = "<tr><th>split</th><th>metric</th>" + "".join(f"<th>{_e(m)}</th>" for m in MODELS) + "</tr>"
+        rows: list[str] = []
+        for split in SPLITS:
+            names: list[str] = []
+            for model in MODELS:
+                names += [n for n in per_model.get(model, {}).get(split, {}) if n not in names]
+            for name in names:
+                cells = [f"<td class='name'>{_e(split)}</td>", f"<td class='name'>{_e(name)}</td>"]
+                cells += [
+                    f"<td>{_e(format_number(per_model.get(m, {}).get(split, {}).get(name)))}</td>"
+                    for m in MODELS
+                ]
+                rows.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append(f"<h3>{_e(kind)}</h3><table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
+    return "".join(parts)
+
+
+def _sampler_line(sampler: dict) -> str:
+    if not sampler:
+        return ""
+    facts = ", ".join(f"{_e(k)} {_e(v)}" for k, v in sampler.items() if k != "name")
+    return f"<p>Sampler: <strong>{_e(sampler.get('name', '?'))}</strong> ({facts}).</p>"
 
 
 def _fd_callout(metrics: dict) -> str:
@@ -206,8 +236,14 @@ def write_html_report(
         "<h2>Metrics</h2>",
         "<p>Held-out data, centre-box mask. The oracle is retrained from scratch without the forget "
         "set; the closer the unlearned model is to it, the better.</p>",
+        _sampler_line(report.get("sampler") or {}),
         _metrics_table(report["metrics"]),
         _fd_callout(report["metrics"]),
+        *(
+            ["<h2>Other masks</h2>", _other_masks_section(report["metrics_by_mask"])]
+            if report.get("metrics_by_mask")
+            else []
+        ),
         "<h2>Pictures</h2>",
         _grids_section(grids, kind),
         "<h2>Timing</h2>",

@@ -76,7 +76,10 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     assert (work / "report" / "grid_retain_box.png").is_file() and (
         work / "report" / "grid_forget_box.png"
     ).is_file()
-    assert (work / "report" / "report.html").read_text().count("data:image/png;base64") == 2
+    # centre box and outpainting border, for both splits
+    assert (work / "report" / "report.html").read_text().count("data:image/png;base64") == 4
+    assert set(report["metrics_by_mask"]["outpaint"]["unlearned"]["retain"]) >= {"psnr", "ssim", "fd"}
+    assert report["sampler"]["name"] == "single_pass"
     # cleanup: the forget shard is gone, and the report says so
     assert not (work / "shards" / "forget").exists()
     assert all(d["absent_after"] for d in report["cleanup"]["deleted"])
@@ -113,6 +116,43 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("family", "sampler"), [("vqgan", "maskgit"), ("diffusion", "ddim")])
+def test_smoke_run_of_each_generative_family(tmp_path: Path, family: str, sampler: str) -> None:
+    """The whole pipeline per family on the 8x8 digits (the smallest real data set)."""
+    import torch
+
+    work = tmp_path / "work"
+    r = lethe(
+        "run",
+        "--preset",
+        "smoke",
+        "--family",
+        family,
+        "--dataset",
+        "digits",
+        "--forget-classes",
+        "3",
+        "--workdir",
+        str(work),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    validate_report(report)
+    assert report["family"] == family and report["mlflow"]["model_version"] == "1"
+    assert report["sampler"]["name"] == sampler and report["sampler"]["steps"] >= 1
+    assert set(report["metrics_by_mask"]["outpaint"]) == {"original", "unlearned", "oracle"}
+    for kind in ("box", "outpaint"):
+        assert (work / "report" / f"grid_retain_{kind}.png").is_file()
+    for name in ("original", "oracle", "unlearned"):
+        assert torch.load(work / "models" / f"{name}.pt", weights_only=True)["kind"] == family
+    # the pretrain step records the phases it ran (VQ-GAN: tokenizer, then transformer)
+    phases = json.loads((work / "state.json").read_text())["pretrain"]["original"]["phases"].split(",")
+    assert phases == (["tokenizer", "transformer"] if family == "vqgan" else ["main"])
+    assert runs_by_status(work / "mlflow.db") == {"FINISHED": 8}
+
+
+@pytest.mark.slow
 def test_id_request_keeps_ids_out_of_mlflow_logs_and_reports(tmp_path: Path) -> None:
     from sklearn.datasets import load_digits
 
@@ -141,7 +181,8 @@ def test_id_request_keeps_ids_out_of_mlflow_logs_and_reports(tmp_path: Path) -> 
     assert set(report["metrics"]["unlearned"]["forget"]) >= {"psnr", "ssim", "fd", "embed_cos", "mia_auc"}
     # no picture of the requested images
     assert not (work / "report" / "grid_forget_box.png").exists()
-    assert (work / "report" / "report.html").read_text().count("data:image/png;base64") == 1
+    assert not (work / "report" / "grid_forget_outpaint.png").exists()
+    assert (work / "report" / "report.html").read_text().count("data:image/png;base64") == 2
     written = all_text_under(work) + r.stdout.encode() + r.stderr.encode()
     leaked = [i for i in forget_ids if i.encode() in written]
     assert not leaked, f"{len(leaked)} forget ids leaked into MLflow / reports / logs"

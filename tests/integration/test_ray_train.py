@@ -109,3 +109,68 @@ def test_two_worker_pretrain_then_unlearn(digits_shards, tmp_path: Path) -> None
             assert same, f"decoder parameter {name} moved during encoder re-targeting"
             frozen_same += 1
     assert changed > 0 and frozen_same > 0
+
+
+def test_two_worker_vqgan_phases_then_unlearning(digits_shards, tmp_path: Path) -> None:
+    """The two-phase family under DDP: unused sub-networks per phase, EMA codebook statistics
+    all-reduced across workers, then encoder re-targeting with the tokenizer frozen."""
+    from lethe.models.families import get_family
+
+    man = digits_shards
+    fam = get_family("vqgan")
+    section = {"ch": 4, "codebook_size": 16, "code_dim": 4, "disc_ch": 4, "adv_start_step": 2}
+    section |= {"dim": 16, "depth": 1, "heads": 2, "dec_dim": 8, "dec_depth": 1, "dec_heads": 2}
+    arch = fam.build_arch(section, man.height, man.width, man.channels)
+    mask = {**_mask({**arch, "patch": fam.cell(arch)}), "schedule": fam.mask_schedule}
+    common = {
+        "num_workers": 2,
+        "use_gpu": False,
+        "cpus_per_worker": 1.0,
+        "storage_path": str(tmp_path / "ray"),
+    }
+    pre = TrainJob(
+        kind="pretrain",
+        model_kind="vqgan",
+        arch=arch,
+        batch_size=64,
+        lr=2e-3,
+        weight_decay=0.0,
+        warmup_frac=0.1,
+        n_rows=man.shards["forget"].count + man.shards["retain"].count,
+        epochs=2,
+        mask=mask,
+        phases=fam.phases(section, 2),
+        threads=1,
+        cache_mb=64,
+    )
+    ds = shard_dataset(man, "forget").union(shard_dataset(man, "retain"))
+    res = fit(pre, {"train": ds}, name="vq", dest=tmp_path / "vq.pt", **common)
+    assert res.metrics["epoch"] == 1 and res.metrics["loss"] < 2.8  # token CE below ln(16)
+    original, _ = load_checkpoint(tmp_path / "vq.pt", expected_kind="vqgan", expected_arch=arch)
+    assert bool(original.quantizer.initted) and int(original.tok_step) > 2
+
+    un = TrainJob(
+        kind="unlearn",
+        model_kind="vqgan",
+        arch=arch,
+        batch_size=16,
+        lr=1e-3,
+        weight_decay=0.05,
+        warmup_frac=0.1,
+        n_rows=man.shards["forget"].count,
+        mask=mask,
+        threads=1,
+        method="encoder_noise",
+        alpha=0.2,
+        passes=1.0,
+        max_steps=4,
+        grad_clip=3.0,
+        checkpoint_every=2,
+    )
+    datasets = {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")}
+    fit(un, datasets, name="vq-un", dest=tmp_path / "vq-un.pt", teacher_state=original.state_dict(), **common)
+    unlearned, _ = load_checkpoint(tmp_path / "vq-un.pt", expected_kind="vqgan", expected_arch=arch)
+    enc = {n for n, p in unlearned.named_parameters() if any(p is q for q in unlearned.encoder_parameters())}
+    before, after = original.state_dict(), unlearned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in enc)
+    assert any(not torch.equal(before[k], after[k]) for k in enc)

@@ -20,7 +20,7 @@ def test_yaml_then_overrides(tmp_path) -> None:
     f.write_text("unlearn:\n  alpha: 0.7\nmethod: max_loss\n")
     cfg = build_config("smoke", f, {"unlearn": {"lr": 0.01}})
     assert (cfg.unlearn.alpha, cfg.unlearn.lr, cfg.method) == (0.7, 0.01, "max_loss")
-    assert cfg.model.dim == 32  # preset values survive the merge
+    assert cfg.model.mae.dim == 32  # preset values survive the merge
 
 
 @pytest.mark.parametrize(
@@ -46,3 +46,52 @@ def test_bad_yaml_file(tmp_path) -> None:
         build_config(config_file=f)
     with pytest.raises(ConfigError, match="config file not found"):
         build_config(config_file=tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("family", ["mae", "vqgan", "diffusion"])
+@pytest.mark.parametrize("preset", ["smoke", "demo"])
+def test_every_family_has_valid_presets(family: str, preset: str) -> None:
+    from lethe.models.families import get_family
+
+    cfg = build_config(preset, overrides={"family": family})
+    assert cfg.family == family
+    fam = get_family(family)
+    arch = fam.build_arch(cfg.model.section(family), 28, 28, 1)
+    assert fam.cell(arch) == 4  # every family evaluates on the same 4x4-cell masks of 28x28 images
+    assert len(fam.phases(cfg.model.section(family), cfg.pretrain.epochs)) == cfg.pretrain.epochs
+
+
+def test_family_preset_sits_under_the_yaml_file_and_flags(tmp_path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("family: diffusion\nmodel:\n  diffusion:\n    sample_steps: 7\n")
+    cfg = build_config("smoke", f)
+    assert cfg.model.diffusion.sample_steps == 7 and cfg.model.diffusion.ch == 8  # file over smoke preset
+    assert cfg.unlearn.alpha == 0.1  # the diffusion preset (authors' alpha) applied
+    assert build_config("smoke", f, {"unlearn": {"alpha": 0.3}}).unlearn.alpha == 0.3
+
+
+def test_legacy_flat_mae_model_keys_still_work() -> None:
+    cfg = build_config("smoke", overrides={"model": {"dim": 64, "heads": 4}})
+    assert cfg.model.mae.dim == 64 and cfg.model.mae.depth == 1
+
+
+def test_cache_digest_covers_only_the_active_family() -> None:
+    a = build_config("smoke", overrides={"family": "vqgan"})
+    b = build_config("smoke", overrides={"family": "vqgan", "model": {"diffusion": {"ch": 32}}})
+    c = build_config("smoke", overrides={"family": "vqgan", "model": {"vqgan": {"ch": 32}}})
+    assert a.digest("family", "model") == b.digest("family", "model") != c.digest("family", "model")
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"family": "vqgan", "pretrain": {"epochs": 1}}, r"\(root\): .*pretrain.epochs >= 2"),
+        ({"model": {"vqgan": {"dim": 30, "heads": 4}}}, "model.vqgan"),
+        ({"model": {"diffusion": {"sample_steps": 2000}}}, "model.diffusion"),
+        ({"model": {"diffusion": {"schedule": "quad"}}}, "model.diffusion.schedule"),
+        ({"family": "gan"}, "family"),
+    ],
+)
+def test_bad_family_fields_name_the_field(over, field) -> None:
+    with pytest.raises(ConfigError, match=f"invalid configuration field ({field})"):
+        build_config("smoke", overrides=over)

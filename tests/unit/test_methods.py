@@ -127,3 +127,29 @@ def test_unlearn_steps_are_the_same_on_every_worker() -> None:
     assert unlearn_total_steps(6000, 64, 1, 1.5, None) == 141
     assert unlearn_total_steps(6000, 64, 2, 1.5, None) == 71
     assert unlearn_total_steps(6000, 64, 1, 1.5, 10) == 10
+
+
+@pytest.mark.parametrize("family", ["mae", "vqgan", "diffusion"])
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_runs_on_every_family(tiny_model, family: str, name: str) -> None:
+    """Same method code for every family: finite losses, and only the allowed part moves."""
+    student, teacher = tiny_model(family), tiny_model(family).eval()
+    method = get_method(name)
+    params = method.trainable_parameters(student)
+    allowed = {n for n, p in student.named_parameters() if p.requires_grad}
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    opt, sched = make_optimizer(params, 1e-2, 0.0, 2, 0.0)
+    g = torch.Generator().manual_seed(0)
+    for mask in (
+        masks.box_mask(16, 16, 0.5, student.mask_cell),
+        masks.border_mask(16, 16, 0.2, student.mask_cell),
+    ):
+        x_r, x_f = torch.rand(6, 1, 16, 16, generator=g), torch.rand(4, 1, 16, 16, generator=g)
+        loss, parts = unlearn_step(method, student, teacher, x_r, x_f, mask, 0.5, g)
+        assert torch.isfinite(loss) and set(parts) == {"retain", "forget"}
+        optimizer_step(loss, opt, sched, params, clip=3.0)
+    after = student.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= allowed, sorted(changed - allowed)
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
