@@ -396,7 +396,13 @@ def file_digest(path: Path) -> str:
 def _unlearn_job(cfg: RunConfig, man, arch: dict[str, Any], u, meta: dict[str, Any]):
     from lethe.execution.train import FAULT_ENV, TrainJob
 
-    fault = os.environ.get(FAULT_ENV)
+    fault = os.environ.get(FAULT_ENV, "").strip()
+    if fault and not fault.isdigit():
+        from lethe.errors import ConfigError
+
+        raise ConfigError(
+            "invalid fault-injection step", where=FAULT_ENV, expected="a step number", seen=fault
+        )
     return TrainJob(
         kind="unlearn",
         model_kind=cfg.family,

@@ -173,7 +173,15 @@ def s3_settings() -> S3Settings:
     return S3Settings(endpoint, region, attempts, backoff)
 
 
-_clients: dict[tuple[S3Settings, int], Any] = {}
+_clients: dict[tuple[S3Settings, int, str], Any] = {}
+
+
+def _credentials_fingerprint() -> str:
+    # Clients are cached per process; a change of credentials in the environment needs a new one.
+    import hashlib
+
+    raw = "|".join(os.environ.get(n, "") for n in _SECRET_ENV) + "|" + os.environ.get("AWS_PROFILE", "")
+    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 def s3_client() -> Any:
@@ -182,7 +190,7 @@ def s3_client() -> Any:
     from botocore.config import Config
 
     st = s3_settings()
-    key = (st, os.getpid())
+    key = (st, os.getpid(), _credentials_fingerprint())
     if key not in _clients:
         _clients[key] = boto3.session.Session().client(
             "s3",
@@ -500,9 +508,9 @@ def delete(uri: str) -> int:
         markers = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/"):
             markers += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith("/")]
-        if is_file(uri):
+        if key not in keys and is_file(uri):
             keys.append(key)
-        todo = keys + markers
+        todo = sorted(set(keys + markers))
         for i in range(0, len(todo), 1000):
             batch = [{"Key": k} for k in todo[i : i + 1000]]
             resp = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})

@@ -435,6 +435,15 @@ def fit(
     where: dict[str, Any] = {"storage_path": storage.fs_path(storage_path) if remote else storage_path}
     if remote:
         where["storage_filesystem"] = storage.s3_filesystem()
+    extra: dict[str, Any] = {}
+    if job.kind == "unlearn":
+        from ray.train import DataConfig
+
+        # Rows reach each worker in the same order on every attempt, so the rows a worker preloads
+        # (and the step-derived batches drawn from them) are the same after a restart.
+        opts = DataConfig.default_ingest_options()
+        opts.preserve_order = True
+        extra["dataset_config"] = DataConfig(execution_options=opts)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -449,6 +458,7 @@ def fit(
             **where,
         ),
         datasets=datasets,
+        **extra,
     )
     t0 = time.perf_counter()
     try:

@@ -90,6 +90,7 @@ class SeaweedS3:
         logs.mkdir(exist_ok=True)
         cmd = [
             binary,
+            f"-logdir={logs}",  # a global flag: before the command
             "mini",
             f"-dir={data}",
             "-ip=127.0.0.1",
@@ -99,7 +100,6 @@ class SeaweedS3:
             "-webdav=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
-            f"-logdir={logs}",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
         ]
         with open(self.log_path, "ab") as log:

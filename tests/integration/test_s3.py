@@ -89,8 +89,13 @@ def test_object_operations(s3_env, s3_server) -> None:
     storage.check_writable(base)
     with pytest.raises(StorageError, match="object not found"):
         storage.read_bytes(f"{base}/missing.json")
-    with pytest.raises(StorageError, match="storage is not writable") as err:
-        storage.check_writable("s3://no-such-bucket-lethe/x")
+
+    # Wrong credentials: one line saying what failed and where, without any key in it.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + s3_env["AWS_SECRET_ACCESS_KEY"])
+        with pytest.raises(StorageError, match="storage is not writable") as err:
+            storage.check_writable(base)
+    assert base in str(err.value) and "wrong-" not in str(err.value)
     assert s3_env["AWS_SECRET_ACCESS_KEY"] not in str(err.value)
 
 
