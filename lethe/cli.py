@@ -129,12 +129,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lethe import steps
 
         if args.command == "run":
-            report = steps.run_all(cfg)
-            print(report)
+            last: object = steps.run_all(cfg)
         else:
             out = steps.run_step(cfg, args.command)
+            last = None
             if out is not None and not isinstance(out, dict):
-                print(out if not hasattr(out, "to_json") else steps.layout(cfg).manifest_uri)
+                last = out if not hasattr(out, "to_json") else steps.layout(cfg).manifest_uri
+        # Ray's log monitor prints worker and raylet lines to stdout asynchronously: stop it first,
+        # so the path we print really is the last line of stdout.
+        _shutdown_ray()
+        if last is not None:
+            print(last, flush=True)
         return 0
     except Exception as e:  # noqa: BLE001 - the user gets one line for our errors, a traceback for bugs
         ours = find_lethe_error(e)

@@ -150,9 +150,10 @@ def run_tune(
             metric=METRIC,
             mode="min",
             num_samples=t.num_samples,
-            max_concurrent_trials=t.max_concurrent_trials,
-            # Seeded: the same config draws the same alphas and learning rates.
-            search_alg=BasicVariantGenerator(random_state=seed),
+            # Seeded: the same config draws the same alphas and learning rates. The concurrency
+            # limit goes to the generator itself: Tune ignores TuneConfig(max_concurrent_trials)
+            # when a BasicVariantGenerator is passed in.
+            search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=t.max_concurrent_trials),
             scheduler=ASHAScheduler(
                 time_attr="training_iteration",
                 max_t=max_iter,
