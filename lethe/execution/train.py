@@ -115,7 +115,20 @@ def _maybe_fail(job: dict[str, Any], step: int, resumed: bool) -> None:
     if job.get("fail_at_step") is not None and step == job["fail_at_step"] and not resumed:
         import ray.train
 
-        if ray.train.get_context().get_world_rank() == 0:
+        ctx = ray.train.get_context()
+        if ctx.get_world_rank() == 0:
+            # A report reaches the controller when it next polls the workers: a worker that dies
+            # right after reporting can take its newest checkpoint with it (the run then resumes
+            # from the one before, or from scratch). The drill should test resuming, so die only
+            # once the controller has recorded a checkpoint in the run's snapshot.
+            st = ctx.get_storage()
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                info = st.storage_filesystem.get_file_info(st.checkpoint_manager_snapshot_path)
+                if info.size:
+                    break
+                time.sleep(0.2)
+            _progress("fault drill: rank 0 exits at step %d", step)
             os._exit(1)  # a hard worker death, as a lost node would look
 
 
