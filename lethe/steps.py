@@ -489,10 +489,9 @@ def step_unlearn(ctx: Context) -> Path:
             settings,
             file_digest(original),
         )
-        datasets = {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")}
         res = fit(
             job,
-            datasets,
+            lambda: {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")},
             name=name,
             dest=lay.model("unlearned"),
             teacher_state=teacher.state_dict(),

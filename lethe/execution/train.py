@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -400,7 +401,7 @@ def _finished(storage_path: str, name: str) -> dict[str, Any] | None:
 
 def fit(
     job: TrainJob,
-    datasets: dict[str, Any],
+    datasets: dict[str, Any] | Callable[[], dict[str, Any]],
     *,
     num_workers: int,
     use_gpu: bool,
@@ -417,6 +418,8 @@ def fit(
     """Run one TorchTrainer; copy its last checkpoint's model file to `dest` (atomically).
 
     storage_path is a local folder or an s3:// URI (checkpoints go there through pyarrow.fs).
+    datasets may be a function that builds them: it is not called when the run had finished (its
+    inputs, e.g. forget shards deleted by cleanup, may be gone by then).
     A worker that dies is replaced up to `max_failures` times and the run resumes from the last
     reported checkpoint. Re-running a run that crashed (same name and storage_path) resumes from
     its last checkpoint (Ray Train v2 restores its checkpoint-manager snapshot); re-running one that
@@ -438,6 +441,8 @@ def fit(
             checkpoint=dest, metrics=dict(done["metrics"]), wall_s=float(done["wall_s"]), reused=True
         )
 
+    if callable(datasets):
+        datasets = datasets()
     config = job.to_config()
     if teacher_state is not None:
         # Through the object store, so workers on other nodes get it without a shared file system.
