@@ -7,7 +7,7 @@ FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test install data lint bench clean
+.PHONY: run test install data lint bench bench-scaling clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ lint: install
 
 bench: install data
 	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python benchmarks/unlearn_vs_retrain.py
+
+# Ray Train 1 vs 2 workers, Ray Tune per-trial time, shards on S3 (local SeaweedFS) vs local disk.
+bench-scaling: install data
+	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python benchmarks/scaling.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -20,6 +20,7 @@ STEP_HELP = {
     "pretrain": "train the original model and the feature net (Ray Train; cached)",
     "oracle": "retrain from scratch on retain only (Ray Train; cached)",
     "unlearn": "unlearn the forget set from the original model (Ray Train)",
+    "tune": "search alpha and lr with Ray Tune (ASHA; each trial a Ray Train run); writes tune/best.json",
     "evaluate": "compare original / unlearned / oracle on held-out data; write the report",
     "promote": "register the unlearned model in the MLflow registry",
     "cleanup": "delete the forget shards and record the deletion",
@@ -44,6 +45,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-workers", type=int, help="Ray Train workers")
     g.add_argument("--use-gpu", action="store_true", default=None, help="Ray Train workers on GPUs")
     g.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
+    g.add_argument(
+        "--storage",
+        metavar="URI",
+        help="s3://bucket/prefix (or a folder) for shards, models, checkpoints, reports (default: the work dir)",
+    )
+    g.add_argument(
+        "--tune", action="store_true", default=None, help="tune alpha/lr first (run) or use tune/best.json"
+    )
     g.add_argument("--seed", type=int)
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -89,6 +98,8 @@ def overrides_from_args(a: argparse.Namespace) -> dict[str, Any]:
     put("resources.num_workers", a.num_workers)
     put("resources.use_gpu", a.use_gpu)
     put("resources.ray_address", a.ray_address)
+    put("storage.uri", a.storage)
+    put("tune.enabled", a.tune)
     put("seed", a.seed)
     return o
 
@@ -118,12 +129,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lethe import steps
 
         if args.command == "run":
-            report = steps.run_all(cfg)
-            print(report)
+            last: object = steps.run_all(cfg)
         else:
             out = steps.run_step(cfg, args.command)
+            last = None
             if out is not None and not isinstance(out, dict):
-                print(out if not hasattr(out, "to_json") else cfg.workdir_path / "shards" / "manifest.json")
+                last = out if not hasattr(out, "to_json") else steps.layout(cfg).manifest_uri
+        # Ray's log monitor prints worker and raylet lines to stdout asynchronously: stop it first,
+        # so the path we print really is the last line of stdout.
+        _shutdown_ray()
+        if last is not None:
+            print(last, flush=True)
         return 0
     except Exception as e:  # noqa: BLE001 - the user gets one line for our errors, a traceback for bugs
         ours = find_lethe_error(e)

@@ -239,6 +239,61 @@ class ResourcesConfig(_Strict):
     )
 
 
+class StorageConfig(_Strict):
+    """Where a run's outputs live. The work dir always stays local (scratch copies, local MLflow store)."""
+
+    uri: str | None = Field(
+        None,
+        description="None: the work dir. s3://bucket/prefix: shards, models, Ray checkpoints, reports and "
+        "state go there (endpoint, region and credentials from the AWS_* variables or AWS config)",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is None or not v.startswith("s3://"):
+            return v
+        bucket = v[len("s3://") :].partition("/")[0]
+        if not bucket or bucket != bucket.lower():
+            raise ValueError(f"expected s3://bucket/prefix with a lower-case bucket name, got {v!r}")
+        return v.rstrip("/")
+
+
+class TuneConfig(_Strict):
+    """Ray Tune search over unlearning alpha and learning rate, ASHA early stopping.
+
+    Objective (lower is better), on held-out validation images disjoint from the evaluation ones:
+    |log(FD_forget(unlearned) / FD_forget(oracle))| + retain_weight * max(0, FD_retain(unlearned) /
+    FD_retain(original) - 1).
+    """
+
+    enabled: bool = Field(False, description="`lethe run` tunes first and unlearns with the best config")
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(
+        0.25, gt=0, description="the Tune function that drives a trial's TorchTrainer"
+    )
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers of each trial")
+    cpus_per_worker: float = Field(0.5, gt=0, description="fractional CPUs let trials share small machines")
+    alpha_range: tuple[float, float] = (0.02, 2.0)
+    lr_range: tuple[float, float] = (1e-4, 2e-3)
+    grace_period: int = Field(1, ge=1, description="ASHA: evaluations a trial gets before it may be stopped")
+    reduction_factor: int = Field(2, ge=2)
+    retain_weight: float = Field(1.0, ge=0, description="w in the objective")
+    val_forget: int = Field(200, ge=8, description="validation images from the end of heldout_forget")
+    val_retain: int = Field(400, ge=8, description="validation images from the end of heldout_retain")
+
+    @field_validator("alpha_range", "lr_range")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo < hi:
+            raise ValueError(
+                f"expected [low, high] with 0 < low < high (searched on a log scale), got {list(v)}"
+            )
+        return v
+
+
 class TrackingConfig(_Strict):
     tracking_uri: str | None = Field(None, description="None: sqlite store in the work dir")
     experiment: str = "lethe"
@@ -262,6 +317,17 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    @field_validator("workdir", "cache_dir")
+    @classmethod
+    def _local_dir(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v:
+            raise ValueError(
+                f"must be a local folder, got {v!r}; put outputs on object storage with storage.uri (--storage)"
+            )
+        return v
 
     @field_validator("family")
     @classmethod
@@ -334,6 +400,7 @@ def _preset(name: str) -> dict[str, Any]:
             "unlearn": {"batch_size": 32, "forget_passes": 1.0, "max_steps": 6, "checkpoint_every": 3},
             "featnet": {"epochs": 1, "width": 8, "feat_dim": 32},
             "eval": {"n_forget": 64, "n_retain": 128, "n_mia": 64, "grid_rows": 4, "batch_size": 128},
+            "tune": {"num_samples": 3, "max_concurrent_trials": 2, "val_forget": 32, "val_retain": 64},
         }
     raise ConfigError("unknown preset", where="--preset", expected=" or ".join(PRESETS), seen=repr(name))
 

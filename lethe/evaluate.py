@@ -60,6 +60,42 @@ def _recon_errors(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, bs: int
     return torch.cat(errs).numpy()
 
 
+def features(featnet: nn.Module, x: torch.Tensor, bs: int = 500) -> np.ndarray:
+    """Feature-net features (N, D) of images on the CPU, for FD baselines."""
+    return _features(featnet, x, bs)
+
+
+@torch.no_grad()
+def model_fd(
+    model: nn.Module,
+    featnet: nn.Module,
+    x: torch.Tensor,
+    box_frac: float,
+    truth_feats: np.ndarray,
+    bs: int = 500,
+) -> float:
+    """FD between a model's centre-box inpaintings of x and the features of x itself.
+
+    Runs on the model's device (a Ray Train worker may hold it on a GPU); leaves the model in the
+    train/eval mode it was in. Used for tuning, where it is computed many times on a small subset.
+    """
+    device = next(model.parameters()).device
+    _, _, h, w = x.shape
+    mask = masks.box_mask(h, w, box_frac, model.mask_cell).to(device)
+    was_training = model.training
+    model.eval()
+    featnet.eval()
+    feats = []
+    try:
+        for i in range(0, len(x), bs):
+            xb = x[i : i + bs].to(device)
+            out = model.inpaint(xb, masks.expand(mask, len(xb)))
+            feats.append(featnet.features(out).cpu())
+    finally:
+        model.train(was_training)
+    return metrics.frechet_distance(torch.cat(feats).numpy(), truth_feats)
+
+
 def split_metrics(
     outputs: torch.Tensor, truth: torch.Tensor, featnet: nn.Module, truth_feats: np.ndarray, bs: int
 ) -> dict[str, float]:

@@ -25,6 +25,7 @@ __all__ = [
     "mia_auc",
     "mia_scores_from_errors",
     "masked_mse_per_image",
+    "unlearning_objective",
 ]
 
 PSNR_CAP_DB = 100.0
@@ -217,3 +218,27 @@ def masked_mse_per_image(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     sq = (pred.detach().double() - target.detach().double()).pow(2) * m
     out_dtype = pred.dtype if pred.is_floating_point() else torch.float32
     return (sq.flatten(1).sum(dim=1) / weight).to(out_dtype)
+
+
+def unlearning_objective(
+    fd_forget: float,
+    fd_forget_oracle: float,
+    fd_retain: float,
+    fd_retain_original: float,
+    retain_weight: float = 1.0,
+) -> float:
+    """Tuning objective, lower is better (0: forgets like the oracle, retain as good as the original).
+
+    |log(FD_forget / FD_forget_oracle)| + retain_weight * max(0, FD_retain / FD_retain_original - 1)
+
+    The first term is symmetric in log space: forgetting less than the oracle (the model still
+    reconstructs the forget class) and more than the oracle (over-forgetting, Varshney & Torra 2025)
+    are both penalised. The second term only penalises retain damage, never improvement.
+    """
+    eps = 1e-12
+    values = (fd_forget, fd_forget_oracle, fd_retain, fd_retain_original)
+    if not all(np.isfinite(v) for v in values):
+        return float("inf")
+    forget_term = abs(float(np.log(max(fd_forget, eps) / max(fd_forget_oracle, eps))))
+    retain_term = max(0.0, max(fd_retain, 0.0) / max(fd_retain_original, eps) - 1.0)
+    return forget_term + retain_weight * retain_term

@@ -6,9 +6,15 @@ previous one left:
     <workdir>/shards/            manifest.json + forget / retain / heldout_* Parquet shards
     <workdir>/models/            original.pt, featnet.pt, oracle.pt, unlearned.pt
     <workdir>/report/            report.json, report.html, grid_*.png
-    <workdir>/ray/               Ray Train storage_path (checkpoints)
+    <workdir>/ray/               Ray Train / Tune storage_path (checkpoints)
+    <workdir>/tune/              best.json (the tuned alpha and lr) and result.json (every trial)
     <workdir>/state.json         timings and tracking ids of the last run
     <cache_dir>/models/          original / oracle / feature net, keyed by data digest + config
+
+With `storage.uri` set (e.g. s3://bucket/run), shards and Ray checkpoints live only there, and models,
+reports, tune results and state are published there after each step (the same relative layout) and
+fetched from there by the next step, so steps can run on different machines. The work dir keeps
+local copies, the local MLflow store and the model cache.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from lethe.errors import CheckpointError, DataError, StorageError
 
 log = logging.getLogger("lethe")
 
-STEPS = ("split", "pretrain", "oracle", "unlearn", "evaluate", "promote", "cleanup")
+STEPS = ("split", "pretrain", "oracle", "tune", "unlearn", "evaluate", "promote", "cleanup")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -41,6 +47,7 @@ STEPS = ("split", "pretrain", "oracle", "unlearn", "evaluate", "promote", "clean
 class Layout:
     root: Path
     cache: Path
+    remote: str | None = None  # storage.uri: where shards, checkpoints and published outputs live
 
     @property
     def shards(self) -> Path:
@@ -49,6 +56,14 @@ class Layout:
     @property
     def manifest(self) -> Path:
         return self.shards / "manifest.json"
+
+    @property
+    def shards_uri(self) -> str:
+        return self.uri(self.shards)
+
+    @property
+    def manifest_uri(self) -> str:
+        return self.uri(self.manifest)
 
     def model(self, name: str) -> Path:
         return self.root / "models" / f"{name}.pt"
@@ -62,19 +77,65 @@ class Layout:
         return self.root / "ray"
 
     @property
+    def ray_storage_uri(self) -> str:
+        return self.uri(self.ray_storage)
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.root / "tune"
+
+    @property
     def state(self) -> Path:
         return self.root / "state.json"
 
     def cached(self, kind: str, key: str) -> Path:
         return self.cache / "models" / f"{kind}-{key}.pt"
 
+    # -- remote storage ------------------------------------------------------------------------
+    def uri(self, path: Path) -> str:
+        """Where a layout path lives: the same relative path under storage.uri, or the path itself."""
+        if not self.remote:
+            return str(path)
+        from lethe import storage
+
+        return storage.join(self.remote, *Path(path).relative_to(self.root).parts)
+
+    def publish(self, path: Path) -> None:
+        """Upload a local output (file, or every file of a folder) to storage.uri."""
+        if not self.remote:
+            return
+        from lethe import storage
+
+        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+        for f in files:
+            storage.upload_file(f, self.uri(f))
+
+    def fetch(self, path: Path) -> Path:
+        """The local copy of a layout file, downloaded from storage.uri when that is where it lives."""
+        if self.remote:
+            from lethe import storage
+
+            if storage.is_file(self.uri(path)):
+                storage.download_file(self.uri(path), path)
+        return path
+
+    def exists(self, path: Path) -> bool:
+        if not self.remote:
+            return path.exists()
+        from lethe import storage
+
+        return storage.is_file(self.uri(path))
+
 
 def layout(cfg: RunConfig) -> Layout:
-    return Layout(cfg.workdir_path, cfg.cache_path)
+    from lethe import storage
+
+    remote = storage.normalize(cfg.storage.uri) if cfg.storage.uri else None
+    return Layout(cfg.workdir_path, cfg.cache_path, remote)
 
 
 def check_workdir(cfg: RunConfig) -> Layout:
-    """Fail early, before any work, when the work dir cannot be written."""
+    """Fail early, before any work, when the work dir (or storage.uri) cannot be written."""
     lay = layout(cfg)
     for d in (lay.root, lay.cache):
         try:
@@ -86,10 +147,15 @@ def check_workdir(cfg: RunConfig) -> Layout:
             raise StorageError(
                 "work dir is not writable", where=str(d), seen=e.strerror or type(e).__name__
             ) from None
+    if lay.remote:
+        from lethe import storage
+
+        storage.check_writable(lay.remote)
     return lay
 
 
 def load_state(lay: Layout) -> dict[str, Any]:
+    lay.fetch(lay.state)
     if lay.state.is_file():
         return json.loads(lay.state.read_text())
     return {"timing_s": {}}
@@ -99,6 +165,7 @@ def save_state(lay: Layout, state: dict[str, Any]) -> None:
     tmp = lay.state.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
     os.replace(tmp, lay.state)
+    lay.publish(lay.state)
 
 
 @dataclass
@@ -134,11 +201,12 @@ def make_context(cfg: RunConfig) -> Context:
 # helpers
 # ----------------------------------------------------------------------------------------------
 def _manifest(ctx: Context):
+    from lethe import storage
     from lethe.data import Manifest
 
-    if not ctx.lay.manifest.is_file():
-        raise DataError("no shards found", where=str(ctx.lay.shards), expected="run `lethe split` first")
-    return Manifest.load(ctx.lay.manifest)
+    if not storage.is_file(ctx.lay.manifest_uri):
+        raise DataError("no shards found", where=ctx.lay.shards_uri, expected="run `lethe split` first")
+    return Manifest.load(ctx.lay.manifest_uri)
 
 
 def _arch(cfg: RunConfig, man) -> dict[str, Any]:
@@ -187,7 +255,7 @@ def _fit_kwargs(cfg: RunConfig, lay: Layout) -> dict[str, Any]:
         "num_workers": r.num_workers,
         "use_gpu": r.use_gpu,
         "cpus_per_worker": r.cpus_per_worker,
-        "storage_path": str(lay.ray_storage),
+        "storage_path": lay.ray_storage_uri,
     }
 
 
@@ -274,6 +342,7 @@ def _train_model(
         log.warning("%s: trained in %.1f s (%s)", dest_name, res.wall_s, res.metrics)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(cached, dest)
+    lay.publish(dest)
     return dest, info
 
 
@@ -286,7 +355,7 @@ def step_split(ctx: Context):
     cfg = ctx.cfg
     with ctx.step("split", {"dataset": cfg.data.dataset, "request.kind": cfg.request.kind}):
         _ray(cfg)
-        man = split_dataset(cfg, ctx.lay.shards)
+        man = split_dataset(cfg, ctx.lay.shards_uri)
         for name, sh in man.shards.items():
             # Counts, digests and where the shards live: never ids or pixels.
             ctx.tracker.log_dataset(name, sh.digest, sh.count, sh.path, context=name)
@@ -324,58 +393,323 @@ def step_oracle(ctx: Context) -> Path:
     return path
 
 
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _unlearn_job(cfg: RunConfig, man, arch: dict[str, Any], u, meta: dict[str, Any]):
+    from lethe.execution.train import FAULT_ENV, TrainJob
+
+    fault = os.environ.get(FAULT_ENV, "").strip()
+    if fault and not fault.isdigit():
+        from lethe.errors import ConfigError
+
+        raise ConfigError(
+            "invalid fault-injection step", where=FAULT_ENV, expected="a step number", seen=fault
+        )
+    return TrainJob(
+        kind="unlearn",
+        model_kind=cfg.family,
+        arch=arch,
+        batch_size=u.batch_size,
+        lr=u.lr,
+        weight_decay=u.weight_decay,
+        warmup_frac=u.warmup_frac,
+        n_rows=man.shards["forget"].count,
+        **_job_common(cfg),
+        mask=_mask_spec(cfg, arch),
+        method=cfg.method,
+        alpha=u.alpha,
+        noise=u.noise,
+        unlearn_mask=u.mask,
+        passes=u.forget_passes,
+        max_steps=u.max_steps,
+        grad_clip=u.grad_clip,
+        checkpoint_every=u.checkpoint_every,
+        fail_at_step=int(fault) if fault else None,
+        meta=meta,
+    )
+
+
+def effective_unlearn(ctx: Context, man=None) -> tuple[Any, dict[str, Any] | None]:
+    """The unlearning settings to use: the config's, or with the tuned alpha and lr (tune.enabled)."""
+    from lethe.errors import ConfigError
+
+    cfg, lay = ctx.cfg, ctx.lay
+    if not cfg.tune.enabled:
+        return cfg.unlearn, None
+    man = man or _manifest(ctx)
+    best_path = lay.fetch(lay.tune_dir / "best.json")
+    if not best_path.is_file():
+        raise ConfigError(
+            "tune.enabled but no tuning result",
+            where=lay.uri(best_path),
+            expected="run `lethe tune` first (or `lethe run --tune`)",
+        )
+    best = json.loads(best_path.read_text())
+    original = lay.fetch(lay.model("original"))
+    if best.get("request_digest") != man.request_digest or best.get("original_digest") != file_digest(
+        original
+    ):
+        raise ConfigError(
+            "the tuning result belongs to another forget request or original model",
+            where=lay.uri(best_path),
+            expected="run `lethe tune` again",
+        )
+    return cfg.unlearn.model_copy(update={"alpha": float(best["alpha"]), "lr": float(best["lr"])}), best
+
+
 def step_unlearn(ctx: Context) -> Path:
+    import hashlib
+
     from lethe.data import shard_dataset
-    from lethe.execution.train import TrainJob, fit
+    from lethe.execution.train import fit
     from lethe.models.checkpoint import load_checkpoint
 
     cfg, lay = ctx.cfg, ctx.lay
-    u = cfg.unlearn
-    with ctx.step("unlearn", {"method": cfg.method, **_flat("unlearn", cfg)}):
-        man = _manifest(ctx)
+    man = _manifest(ctx)
+    u, tuned = effective_unlearn(ctx, man)
+    params = {"method": cfg.method, **{f"unlearn.{k}": v for k, v in u.model_dump().items()}}
+    with ctx.step("unlearn", {**params, "tuned": tuned is not None}):
         arch = _arch(cfg, man)
-        teacher, _ = load_checkpoint(lay.model("original"), expected_kind=cfg.family, expected_arch=arch)
+        original = lay.fetch(lay.model("original"))
+        teacher, _ = load_checkpoint(original, expected_kind=cfg.family, expected_arch=arch)
         _ray(cfg)
-        job = TrainJob(
-            kind="unlearn",
-            model_kind=cfg.family,
-            arch=arch,
-            batch_size=u.batch_size,
-            lr=u.lr,
-            weight_decay=u.weight_decay,
-            warmup_frac=u.warmup_frac,
-            n_rows=man.shards["forget"].count,
-            **_job_common(cfg),
-            mask=_mask_spec(cfg, arch),
-            method=cfg.method,
-            alpha=u.alpha,
-            noise=u.noise,
-            unlearn_mask=u.mask,
-            passes=u.forget_passes,
-            max_steps=u.max_steps,
-            grad_clip=u.grad_clip,
-            checkpoint_every=u.checkpoint_every,
-            meta={
-                "role": "unlearned",
-                "method": cfg.method,
-                "alpha": u.alpha,
-                "forget_digest": man.shards["forget"].digest,
-            },
+        meta = {
+            "role": "unlearned",
+            "method": cfg.method,
+            "alpha": u.alpha,
+            "lr": u.lr,
+            "tuned": tuned is not None,
+            "forget_digest": man.shards["forget"].digest,
+        }
+        job = _unlearn_job(cfg, man, arch, u, meta)
+        # Same request, recipe, settings and original model => same run name: a re-run resumes the
+        # crashed run or returns the finished one (see lethe.execution.train.fit).
+        settings = hashlib.sha256(json.dumps(u.model_dump(), sort_keys=True).encode()).hexdigest()
+        name = "unlearn-" + _key(
+            man.request_digest,
+            cfg.digest("family", "model", "pretrain", "method", "seed"),
+            settings,
+            file_digest(original),
         )
-        name = f"unlearn-{_key(man.request_digest, cfg.digest('family', 'model', 'pretrain', 'unlearn', 'method', 'seed'))}"
-        datasets = {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")}
         res = fit(
             job,
-            datasets,
+            lambda: {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")},
             name=name,
             dest=lay.model("unlearned"),
             teacher_state=teacher.state_dict(),
             **_fit_kwargs(cfg, lay),
         )
+        lay.publish(lay.model("unlearned"))
         ctx.tracker.log_metrics(_numeric({"train_wall_s": res.wall_s, **res.metrics}))
-        ctx.state["unlearn"] = {"train_wall_s": res.wall_s, **_numeric(res.metrics)}
+        ctx.tracker.set_tags({"lethe.ray_run": name, "lethe.reused_finished_run": str(res.reused).lower()})
+        ctx.state["unlearn"] = {"train_wall_s": res.wall_s, "reused": res.reused, **_numeric(res.metrics)}
         log.warning("unlearned in %.1f s (%s)", res.wall_s, res.metrics)
     return lay.model("unlearned")
+
+
+def _tune_prerequisites(ctx: Context) -> None:
+    """`lethe tune` alone: run split / pretrain / oracle first when their outputs are missing."""
+    from lethe import storage
+
+    lay = ctx.lay
+    if not storage.is_file(lay.manifest_uri):
+        step_split(ctx)
+    if not (lay.exists(lay.model("original")) and lay.exists(lay.model("featnet"))):
+        step_pretrain(ctx)
+    if not lay.exists(lay.model("oracle")):
+        step_oracle(ctx)
+
+
+def _validation(man, name: str, n: int, eval_n: int) -> tuple[torch.Tensor, int]:
+    """The last n images of a held-out shard in id-hash order (evaluation takes the first ones)."""
+    from lethe.data import read_shard_numpy, to_chw_float
+
+    imgs, _, _ = read_shard_numpy(man, name)
+    take = min(n, len(imgs))
+    overlap = max(0, min(eval_n, len(imgs)) + take - len(imgs))
+    x = torch.from_numpy(to_chw_float(imgs[len(imgs) - take :]).copy())
+    return x, overlap
+
+
+def step_tune(ctx: Context) -> Path:
+    from lethe.evaluate import features, model_fd
+    from lethe.execution.tune import OBJECTIVE_TEXT, run_tune
+    from lethe.models.checkpoint import load_checkpoint
+
+    cfg, lay = ctx.cfg, ctx.lay
+    t = cfg.tune
+    with ctx.step("tune", {f"tune.{k}": v for k, v in t.model_dump().items() if k != "enabled"}):
+        man = _manifest(ctx)
+        arch = _arch(cfg, man)
+        paths = {n: lay.fetch(lay.model(n)) for n in ("original", "oracle", "featnet")}
+        digests = {n: file_digest(p) for n, p in paths.items()}
+        base = cfg.unlearn.model_dump(exclude={"alpha", "lr"})
+        key = _key(
+            man.request_digest,
+            json.dumps(base, sort_keys=True),
+            json.dumps(t.model_dump(exclude={"enabled"}), sort_keys=True),
+            cfg.method,
+            str(cfg.seed),
+            *digests.values(),
+        )
+        best_path, result_path = lay.tune_dir / "best.json", lay.tune_dir / "result.json"
+        lay.fetch(best_path)
+        lay.fetch(result_path)
+        if (
+            best_path.is_file()
+            and result_path.is_file()
+            and json.loads(best_path.read_text()).get("key") == key
+        ):
+            # Same request, models and search: the finished search is returned, not run again.
+            log.warning("tune: reusing the finished search in %s", lay.uri(lay.tune_dir))
+            result = json.loads(result_path.read_text())
+            ctx.state["tune"] = {"best": result["best"], "reused": True}
+            return best_path
+
+        teacher, _ = load_checkpoint(paths["original"], expected_kind=cfg.family, expected_arch=arch)
+        oracle, _ = load_checkpoint(paths["oracle"], expected_kind=cfg.family, expected_arch=arch)
+        featnet, fmeta = load_checkpoint(paths["featnet"], expected_kind="featnet")
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        e = cfg.eval
+        x_f, overlap_f = _validation(man, "heldout_forget", t.val_forget, e.n_forget)
+        x_r, overlap_r = _validation(man, "heldout_retain", t.val_retain, e.n_retain)
+        if len(x_f) < 2 or len(x_r) < 2:
+            raise DataError(
+                "too few held-out images to tune on",
+                where=lay.shards_uri,
+                expected="at least 2 held-out forget and retain images (class requests)",
+                seen=f"{len(x_f)} / {len(x_r)}",
+            )
+        if overlap_f or overlap_r:
+            log.warning(
+                "tune: validation images overlap the evaluation images (%d forget, %d retain): "
+                "the held-out shards are smaller than eval.n_* + tune.val_*",
+                overlap_f,
+                overlap_r,
+            )
+        bs = e.batch_size
+        feats_f, feats_r = features(featnet, x_f, bs), features(featnet, x_r, bs)
+        baselines = {
+            "fd_forget_oracle": model_fd(oracle, featnet, x_f, e.box_frac, feats_f, bs),
+            "fd_retain_original": model_fd(teacher, featnet, x_r, e.box_frac, feats_r, bs),
+            "fd_forget_original": model_fd(teacher, featnet, x_f, e.box_frac, feats_f, bs),
+        }
+        payload = {
+            "featnet_arch": featnet.arch.to_dict(),
+            "featnet_state": featnet.state_dict(),
+            "x_forget": x_f,
+            "x_retain": x_r,
+            "forget_feats": feats_f,
+            "retain_feats": feats_r,
+            "box_frac": e.box_frac,
+            "batch_size": bs,
+            "retain_weight": t.retain_weight,
+            **baselines,
+        }
+        _ray(cfg)
+        from lethe.training import unlearn_total_steps
+
+        u = cfg.unlearn
+        job = _unlearn_job(cfg, man, arch, u, {"role": "tune-trial", "method": cfg.method})
+        job.fail_at_step = None  # fault drills target the unlearn step, not every trial
+        # Trials share the machine: split the cores between the workers that run at once.
+        running = t.max_concurrent_trials * t.workers_per_trial
+        job.threads = cfg.resources.torch_threads or max(1, (os.cpu_count() or 2) // running)
+        total = unlearn_total_steps(
+            man.shards["forget"].count, u.batch_size, t.workers_per_trial, u.forget_passes, u.max_steps
+        )
+        outcome = run_tune(
+            job=job,
+            manifest=man,
+            teacher_state=teacher.state_dict(),
+            eval_payload=payload,
+            tune_cfg=t,
+            total_steps=total,
+            storage_path=lay.ray_storage_uri,
+            name=f"tune-{key}",
+            seed=cfg.seed,
+            use_gpu=cfg.resources.use_gpu,
+        )
+        # One child run per trial, logged from the driver: params, objective, FD ratios, how it ended.
+        for trial in outcome.trials:
+            with ctx.tracker.step(f"tune-trial-{trial.trial_id}", {"alpha": trial.alpha, "lr": trial.lr}):
+                ctx.tracker.set_tags({"lethe.trial_id": trial.trial_id, "lethe.trial_status": trial.status})
+                ctx.tracker.log_metrics(
+                    _numeric(
+                        {
+                            "objective": trial.objective,
+                            "fd_forget_vs_oracle": trial.fd_forget_vs_oracle,
+                            "fd_retain_vs_original": trial.fd_retain_vs_original,
+                            "iterations": trial.iterations,
+                            "steps": trial.steps,
+                            "trial_wall_s": trial.wall_s,
+                        }
+                    )
+                )
+        best = outcome.best
+        result = {
+            **outcome.to_json(),
+            "key": key,
+            "objective": OBJECTIVE_TEXT,
+            "retain_weight": t.retain_weight,
+            "scheduler": {
+                "kind": "ASHA",
+                "time_attr": "training_iteration",
+                "grace_period": min(t.grace_period, outcome.max_iterations),
+                "reduction_factor": t.reduction_factor,
+                "max_t": outcome.max_iterations,
+            },
+            "search": {
+                "alpha": {"low": t.alpha_range[0], "high": t.alpha_range[1], "scale": "log"},
+                "lr": {"low": t.lr_range[0], "high": t.lr_range[1], "scale": "log"},
+                "num_samples": t.num_samples,
+                "max_concurrent_trials": t.max_concurrent_trials,
+            },
+            "validation": {
+                "forget_count": len(x_f),
+                "retain_count": len(x_r),
+                "overlaps_evaluation": {"forget": overlap_f, "retain": overlap_r},
+            },
+            "baselines": baselines,
+        }
+        best_doc = {
+            "key": key,
+            "alpha": best.alpha,
+            "lr": best.lr,
+            "objective": best.objective,
+            "trial_id": best.trial_id,
+            "request_digest": man.request_digest,
+            "original_digest": digests["original"],
+            "method": cfg.method,
+        }
+        from lethe import storage
+
+        storage.write_json(str(result_path), result)
+        storage.write_json(str(best_path), best_doc)
+        lay.publish(lay.tune_dir)
+        ctx.tracker.log_params({"best.alpha": best.alpha, "best.lr": best.lr, "best.trial_id": best.trial_id})
+        ctx.tracker.log_metrics(_numeric({"best.objective": best.objective, "tune_wall_s": outcome.wall_s}))
+        ctx.tracker.log_dict(result, "tune/result.json")
+        ctx.state["tune"] = {"best": result["best"], "reused": False, "wall_s": outcome.wall_s}
+        for trial in outcome.trials:
+            log.warning(
+                "tune trial %s: alpha %.4g lr %.3g objective %s (%s)",
+                trial.trial_id,
+                trial.alpha,
+                trial.lr,
+                "-" if trial.objective is None else f"{trial.objective:.4f}",
+                trial.status,
+            )
+        log.warning("tune: best alpha %.4g, lr %.3g, objective %.4f", best.alpha, best.lr, best.objective)
+    return best_path
 
 
 def _eval_data(ctx: Context):
@@ -424,11 +758,13 @@ def step_evaluate(ctx: Context) -> Path:
     with ctx.step("evaluate", _flat("eval", cfg)) as run_id:
         man = _manifest(ctx)
         arch = _arch(cfg, man)
-        models = {
-            n: load_checkpoint(lay.model(n), expected_kind=cfg.family, expected_arch=arch)[0]
+        loaded = {
+            n: load_checkpoint(lay.fetch(lay.model(n)), expected_kind=cfg.family, expected_arch=arch)
             for n in MODEL_NAMES
         }
-        featnet, _ = load_checkpoint(lay.model("featnet"), expected_kind="featnet")
+        models = {n: m for n, (m, _) in loaded.items()}
+        ctx.state["unlearned_meta"] = _numeric_or_str(loaded["unlearned"][1])
+        featnet, _ = load_checkpoint(lay.fetch(lay.model("featnet")), expected_kind="featnet")
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         data = _eval_data(ctx)
         metrics, grids, extra = evaluate_models(
@@ -465,7 +801,29 @@ def step_evaluate(ctx: Context) -> Path:
         ctx.tracker.log_artifact(html, "report")
         for g in grids.values():
             ctx.tracker.log_artifact(g, "report")
+        lay.publish(lay.report_dir)
     return report_path
+
+
+def _numeric_or_str(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
+
+
+def _tune_section(ctx: Context) -> dict[str, Any] | None:
+    """Every trial's objective for the report, when the unlearned model used the tuned settings."""
+    lay = ctx.lay
+    if not ctx.cfg.tune.enabled or not ctx.state.get("unlearned_meta", {}).get("tuned"):
+        return None
+    path = lay.fetch(lay.tune_dir / "result.json")
+    if not path.is_file():
+        return None
+    return {**tune_summary(json.loads(path.read_text())), "used_by_unlearned_model": True}
+
+
+def tune_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The report's `tune` key from tune/result.json: every trial, the best, how it was searched."""
+    keep = ("trials", "best", "objective", "retain_weight", "scheduler", "search", "validation", "baselines")
+    return {k: result[k] for k in keep if k in result} | {"wall_s": result.get("wall_s")}
 
 
 def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any]:
@@ -485,13 +843,21 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
     fd = {
         s: _ratio(metrics["unlearned"][s]["fd"], metrics["original"][s]["fd"]) for s in ("forget", "retain")
     }
-    return {
+    meta = st.get("unlearned_meta", {})
+    report: dict[str, Any] = {
         "run_id": run_id,
         "dataset": man.dataset,
-        "source_uri": man.source_uri,
+        "source_uri": _redact(man.source_uri),
         "family": cfg.family,
         "method": cfg.method,
-        "alpha": cfg.unlearn.alpha,
+        # What the unlearned model was trained with (the tuned values when tuning was on).
+        "alpha": float(meta.get("alpha", cfg.unlearn.alpha)),
+        "unlearn": {
+            "alpha": float(meta.get("alpha", cfg.unlearn.alpha)),
+            "lr": float(meta.get("lr", cfg.unlearn.lr)),
+            "tuned": bool(meta.get("tuned", False)),
+        },
+        "storage_uri": ctx.lay.remote or str(ctx.lay.root),
         "preset": cfg.preset,
         "request": request,
         "heldout": {
@@ -517,6 +883,10 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
         },
         "code_version": code_version(),
     }
+    tune = _tune_section(ctx)
+    if tune is not None:
+        report["tune"] = tune
+    return report
 
 
 def step_promote(ctx: Context) -> str | None:
@@ -526,7 +896,8 @@ def step_promote(ctx: Context) -> str | None:
     with ctx.step("promote", {"model_name": cfg.model_name}):
         man = _manifest(ctx)
         arch = _arch(cfg, man)
-        model, meta = load_checkpoint(lay.model("unlearned"), expected_kind=cfg.family, expected_arch=arch)
+        unlearned = lay.fetch(lay.model("unlearned"))
+        model, meta = load_checkpoint(unlearned, expected_kind=cfg.family, expected_arch=arch)
         if not cfg.tracking.register_model:
             log.warning("promote: registration disabled (tracking.register_model=false)")
             return None
@@ -535,9 +906,11 @@ def step_promote(ctx: Context) -> str | None:
         from lethe import masks
 
         mask = masks.expand(masks.box_mask(h, w, cfg.eval.box_frac, model.mask_cell), 4).contiguous()
+        digest = _state_digest(model)
         tags = {
             "lethe.method": cfg.method,
-            "lethe.alpha": str(cfg.unlearn.alpha),
+            "lethe.alpha": str(meta.get("alpha", cfg.unlearn.alpha)),
+            "lethe.model_digest": digest,
             "lethe.family": cfg.family,
             "lethe.forget_digest": man.shards["forget"].digest,
             "lethe.forget_count": str(man.shards["forget"].count),
@@ -545,16 +918,27 @@ def step_promote(ctx: Context) -> str | None:
             "lethe.request_digest": man.request_digest,
             "lethe.code_version": code_version(),
         }
-        version = ctx.tracker.register_model(
-            model,
-            cfg.model_name,
-            (example, mask),
-            tags,
-            description=f"lethe {cfg.method} unlearning of {cfg.family}",
-        )
+        same = [
+            v for v in ctx.tracker.find_versions(cfg.model_name) if v.tags.get("lethe.model_digest") == digest
+        ]
+        if same:
+            # A re-run that returned the finished unlearning run has the same weights: no duplicate version.
+            version = str(min(int(v.version) for v in same))
+            ctx.tracker.set_tags({"lethe.promote": "already registered"})
+            log.warning(
+                "%s version %s already holds this model (digest %s)", cfg.model_name, version, digest[:12]
+            )
+        else:
+            version = ctx.tracker.register_model(
+                model,
+                cfg.model_name,
+                (example, mask),
+                tags,
+                description=f"lethe {cfg.method} unlearning of {cfg.family}",
+            )
         ctx.state["promote"] = {"model_version": version}
         # report.json was written before registration: record the version in it now.
-        rp = lay.report_dir / "report.json"
+        rp = lay.fetch(lay.report_dir / "report.json")
         if rp.is_file():
             from lethe.report import write_report_json
 
@@ -562,23 +946,44 @@ def step_promote(ctx: Context) -> str | None:
             report["mlflow"]["model_version"] = version
             write_report_json(report, rp)
             ctx.tracker.log_artifact(rp, "report")
+            lay.publish(rp)
         log.warning("registered %s version %s", cfg.model_name, version)
     return version
 
 
+def _state_digest(model: torch.nn.Module) -> str:
+    """sha256 over the weights (names, dtypes, shapes, bytes): equal models, equal digests."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
 def step_cleanup(ctx: Context) -> dict[str, Any]:
+    from lethe import storage
+    from lethe.data.split import temp_prefixes
+
     with ctx.step("cleanup"):
         man = _manifest(ctx)
         deleted = []
         for name in ("forget", "heldout_forget"):
-            p = Path(man.shards[name].path)
-            if p.exists():
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-            deleted.append({"shard": name, "uri": str(p), "absent_after": not p.exists()})
+            uri = man.shards[name].path
+            storage.delete(uri)
+            deleted.append({"shard": name, "uri": uri, "absent_after": not storage.list_files(uri)})
+        # Temp shard prefixes of an interrupted split to S3 also hold forget pixels.
+        for tmp in temp_prefixes(ctx.lay.shards_uri) if ctx.lay.remote else []:
+            storage.delete(tmp)
+            deleted.append(
+                {"shard": "interrupted-split", "uri": tmp, "absent_after": not storage.list_files(tmp)}
+            )
         ctx.state["cleanup"] = {"deleted": deleted}
         ctx.tracker.log_dict({"deleted": deleted}, "cleanup.json")
         if not all(d["absent_after"] for d in deleted):
-            raise StorageError("forget shards still present after cleanup", where=str(ctx.lay.shards))
+            raise StorageError("forget shards still present after cleanup", where=ctx.lay.shards_uri)
     return ctx.state["cleanup"]
 
 
@@ -595,6 +1000,7 @@ def run_all(cfg: RunConfig) -> Path:
         "preset": cfg.preset,
         "request.kind": cfg.request.kind,
         "alpha": cfg.unlearn.alpha,
+        "tune.enabled": cfg.tune.enabled,
         "seed": cfg.seed,
     }
     tags = {"lethe.code_version": code_version(), "lethe.pipeline": "lethe run"}
@@ -604,6 +1010,8 @@ def run_all(cfg: RunConfig) -> Path:
         step_split(ctx)
         step_pretrain(ctx)
         step_oracle(ctx)
+        if cfg.tune.enabled:
+            step_tune(ctx)
         step_unlearn(ctx)
         report_path = step_evaluate(ctx)
         step_promote(ctx)
@@ -628,12 +1036,14 @@ def _finalise_report(ctx: Context, report_path: Path) -> None:
     html = write_html_report(report, grids, report_path.parent / "report.html")
     ctx.tracker.log_artifact(report_path, "report")
     ctx.tracker.log_artifact(html, "report")
+    ctx.lay.publish(ctx.lay.report_dir)
 
 
 RUNNERS = {
     "split": step_split,
     "pretrain": step_pretrain,
     "oracle": step_oracle,
+    "tune": step_tune,
     "unlearn": step_unlearn,
     "evaluate": step_evaluate,
     "promote": step_promote,
@@ -644,7 +1054,31 @@ RUNNERS = {
 def run_step(cfg: RunConfig, name: str) -> Any:
     ctx = make_context(cfg)
     ctx.state.pop("run_id", None)  # a step run alone belongs to no pipeline run
-    return RUNNERS[name](ctx)
+    if name == "tune":
+        _tune_prerequisites(ctx)
+    out = RUNNERS[name](ctx)
+    if name == "tune":
+        _add_tune_to_report(ctx)
+    return out
+
+
+def _add_tune_to_report(ctx: Context) -> None:
+    """`lethe tune` alone: show the search in an existing report (it cannot have used it yet)."""
+    from lethe.report import write_html_report, write_report_json
+
+    rp = ctx.lay.fetch(ctx.lay.report_dir / "report.json")
+    result = ctx.lay.tune_dir / "result.json"
+    if not rp.is_file() or not result.is_file():
+        return
+    report = json.loads(rp.read_text())
+    report["tune"] = {
+        **tune_summary(json.loads(result.read_text())),
+        "used_by_unlearned_model": bool(report.get("unlearn", {}).get("tuned")),
+    }
+    write_report_json(report, rp)
+    grids = {p.stem.removeprefix("grid_"): p for p in sorted(rp.parent.glob("grid_*.png"))}
+    write_html_report(report, grids, rp.parent / "report.html")
+    ctx.lay.publish(ctx.lay.report_dir)
 
 
 # ----------------------------------------------------------------------------------------------

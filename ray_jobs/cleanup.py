@@ -4,8 +4,13 @@ Inside a Ray job RAY_ADDRESS is set, so lethe joins that cluster instead of star
 """
 
 import sys
+from pathlib import Path
 
-from lethe.cli import main
+# `python ray_jobs/x.py` puts ray_jobs/ on sys.path, not the uploaded working dir that holds lethe/:
+# add it, so the job runs the code that was submitted (not whatever lethe the image has installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lethe.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["cleanup", *sys.argv[1:]]))

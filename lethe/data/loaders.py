@@ -50,6 +50,7 @@ BLOCK_ROWS = 10_000
 # Image folders: decoding is the expensive part, so use smaller blocks to spread it over workers.
 FILE_BLOCK_ROWS = 2_000
 
+_S3_EXPECTED = "a Parquet file or a prefix of Parquet files with columns id,label,image (on S3)"
 _NOT_FOUND_EXPECTED = (
     "an IDX folder, an image folder root/<class>/*.png, or a Parquet file/folder with columns id,label,image"
 )
@@ -102,7 +103,16 @@ class Source:
             )
         if self.kind == "parquet":
             columns = ["id", "label", "image"] + (["subset"] if self.state["has_subset"] else [])
-            ds = surface_udf_errors(ray.data.read_parquet(self.info.source_uri, columns=columns))
+            if self.state.get("remote"):
+                from lethe import storage
+
+                # Pickled into Ray tasks without credentials: they read AWS_* from their own env.
+                fs, _ = storage.filesystem(self.info.source_uri)
+                paths = [storage.fs_path(f) for f in self.state["files"]]
+                read = ray.data.read_parquet(paths, columns=columns, filesystem=fs)
+            else:
+                read = ray.data.read_parquet(self.info.source_uri, columns=columns)
+            ds = surface_udf_errors(read)
             return ds.map_batches(
                 decode_parquet_batch,
                 batch_format="pyarrow",
@@ -130,9 +140,16 @@ def surface_udf_errors(ds: ray.data.Dataset) -> ray.data.Dataset:
 
 
 def resolve_dataset(spec: str) -> str:
-    """Map a data set spec to what `open_source` reads: a named data set or an absolute path."""
+    """Map a data set spec to what `open_source` reads: a named data set, an absolute path or s3:// URI."""
+    from lethe import storage
+
     if spec == DIGITS:
         return DIGITS
+    if storage.is_s3(spec):
+        uri = storage.normalize(spec)
+        if not storage.exists(uri):
+            raise DataError("data set not found", where=uri, expected=_S3_EXPECTED)
+        return uri
     if spec == FASHION_MNIST:
         path = Path(os.environ.get(FASHION_MNIST_ENV) or DEFAULT_FASHION_MNIST_DIR)
     else:
@@ -151,9 +168,16 @@ def load_dataset(spec: str) -> tuple[ray.data.Dataset, DatasetInfo]:
 
 def open_source(spec: str) -> Source:
     """Read everything but the pixels in the driver; checks the first image's shape."""
+    from lethe import storage
+
     resolved = resolve_dataset(spec)
     if resolved == DIGITS:
         return _open_digits()
+    if storage.is_s3(resolved):
+        files = storage.list_files(resolved, ".parquet")
+        if not files:
+            raise DataError("no Parquet files found", where=resolved, expected=_S3_EXPECTED)
+        return _open_parquet_files(files, resolved, spec, remote=True)
     path = Path(resolved)
     name = FASHION_MNIST if spec == FASHION_MNIST else spec
     if path.is_file():
@@ -327,25 +351,42 @@ def _parquet_files(path: Path) -> list[Path]:
 
 
 def _open_parquet(path: Path, name: str) -> Source:
-    files = _parquet_files(path)
+    return _open_parquet_files([str(f) for f in _parquet_files(path)], str(path), name, remote=False)
+
+
+def _open_parquet_files(files: list[str], where: str, name: str, remote: bool) -> Source:
+    """Ids, labels, subsets and the first image of a Parquet data set (local files or s3:// objects)."""
+    from lethe import storage
+
+    fs = storage.filesystem(files[0])[0] if remote else None
+    paths = [storage.fs_path(f) for f in files] if remote else files
+
+    def io(what: str, fn):
+        # Local reads fail fast; S3 reads retry transient errors first.
+        return storage.with_retries(what, where, fn) if remote else fn()
+
     try:
-        schema = pq.read_schema(files[0])
+        schema = io("reading the Parquet schema", lambda: pq.read_schema(paths[0], filesystem=fs))
     except (OSError, pa.ArrowException) as e:
-        raise DataError("cannot read Parquet file", where=str(files[0]), seen=str(e).splitlines()[0]) from e
+        raise DataError("cannot read Parquet file", where=files[0], seen=str(e).splitlines()[0]) from e
     for column in ("id", "label", "image"):
         if column not in schema.names:
             raise DataError(
                 f"Parquet data set has no column '{column}'",
-                where=str(path),
+                where=where,
                 expected="columns id, label, image",
                 seen="columns " + ", ".join(schema.names),
             )
     has_subset = "subset" in schema.names
     columns = ["id", "label"] + (["subset"] if has_subset else [])
     try:
-        table = pq.read_table(files if len(files) > 1 else files[0], columns=columns)
+        table = io(
+            "reading the Parquet data set",
+            lambda: pq.read_table(paths if len(paths) > 1 else paths[0], columns=columns, filesystem=fs),
+        )
     except (OSError, pa.ArrowException) as e:
-        raise DataError("cannot read Parquet data set", where=str(path), seen=str(e).splitlines()[0]) from e
+        raise DataError("cannot read Parquet data set", where=where, seen=str(e).splitlines()[0]) from e
+    path = where
     ids = pc.cast(table.column("id"), pa.string())
     if ids.null_count:
         raise DataError("Parquet data set has empty ids", where=str(path), expected="an id on every row")
@@ -363,12 +404,17 @@ def _open_parquet(path: Path, name: str) -> Source:
         raise DataError("Parquet data set has empty labels", where=str(path), expected="a label on every row")
     label_values, labels = encode_labels(raw_labels, str(path))
     subsets = _subset_column(table.column("subset")) if has_subset else pa.array([""] * len(ids), pa.string())
-    first_image = pq.ParquetFile(files[0]).read_row_group(0, columns=["image"]).column("image")[0].as_py()
-    first = decode_image(first_image, f"{files[0]} (first row, column image)")
+
+    def first_row() -> bytes:
+        source = fs.open_input_file(paths[0]) if fs is not None else paths[0]
+        return pq.ParquetFile(source).read_row_group(0, columns=["image"]).column("image")[0].as_py()
+
+    first = decode_image(io("reading the first image", first_row), f"{files[0]} (first row, column image)")
     _check_max_side(first.shape, str(files[0]))
     info = DatasetInfo(name, str(path), [str(v) for v in label_values], *first.shape)
     meta = pa.table({"id": ids.combine_chunks(), "label": pa.array(labels, pa.int64()), "subset": subsets})
-    return Source(info, meta, "parquet", {"label_values": label_values, "has_subset": has_subset})
+    state = {"label_values": label_values, "has_subset": has_subset, "remote": remote, "files": files}
+    return Source(info, meta, "parquet", state)
 
 
 def encode_labels(raw: pa.ChunkedArray | pa.Array, where: str) -> tuple[list[Any], np.ndarray]:

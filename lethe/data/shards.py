@@ -76,31 +76,52 @@ class Manifest:
                 "manifest is malformed", expected="a manifest written by `lethe split`", seen=repr(e)
             ) from e
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        target = manifest_path(path)
-        tmp = target.with_name(f".{target.name}.tmp")
+    def save(self, path: str | os.PathLike[str]) -> Path | str:
+        """Write manifest.json (atomically) into a shards folder / prefix, or to a .json path."""
+        from lethe import storage
+
+        if storage.is_s3(path):
+            target = manifest_uri(str(path))
+            text = json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+            storage.write_bytes(target, text.encode("utf-8"))  # one PUT: atomic
+            return target
+        target_p = manifest_path(path)
+        tmp = target_p.with_name(f".{target_p.name}.tmp")
         try:
             tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, target)
+            os.replace(tmp, target_p)
         except OSError as e:
-            raise StorageError("cannot write manifest", where=str(target), seen=e.strerror or str(e)) from e
-        return target
+            raise StorageError("cannot write manifest", where=str(target_p), seen=e.strerror or str(e)) from e
+        return target_p
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Manifest:
-        target = manifest_path(path)
-        if not target.is_file():
+        from lethe import storage
+
+        if storage.is_s3(path):
+            target = manifest_uri(str(path))
+            # A prefix without a manifest is never trusted: shards are written first, the manifest last.
+            if not storage.is_file(target):
+                raise DataError(
+                    "no shards found; run `lethe split` first", where=target, expected=MANIFEST_FILE
+                )
+            manifest = cls.from_json(storage.read_json(target))
+            for name, shard in manifest.shards.items():
+                shard.path = storage.join(storage.parent(target), name)
+            return manifest
+        target_p = manifest_path(path)
+        if not target_p.is_file():
             raise DataError(
-                "no shards found; run `lethe split` first", where=str(target), expected=MANIFEST_FILE
+                "no shards found; run `lethe split` first", where=str(target_p), expected=MANIFEST_FILE
             )
         try:
-            payload = json.loads(target.read_text())
+            payload = json.loads(target_p.read_text())
         except (OSError, ValueError) as e:
-            raise DataError("cannot read manifest", where=str(target), seen=str(e).splitlines()[0]) from e
+            raise DataError("cannot read manifest", where=str(target_p), seen=str(e).splitlines()[0]) from e
         manifest = cls.from_json(payload)
         # Shards always live next to their manifest, so a moved/copied folder still works.
         for name, shard in manifest.shards.items():
-            shard.path = str(target.parent / name)
+            shard.path = str(target_p.parent / name)
         return manifest
 
 
@@ -108,6 +129,15 @@ def manifest_path(path: str | os.PathLike[str]) -> Path:
     """A manifest file, or a shards folder holding manifest.json."""
     p = Path(path)
     return p if p.suffix == ".json" else p / MANIFEST_FILE
+
+
+def manifest_uri(path: str) -> str:
+    """manifest_path for local paths and s3:// URIs alike."""
+    from lethe import storage
+
+    if storage.is_s3(path):
+        return path if path.endswith(".json") else storage.join(path, MANIFEST_FILE)
+    return str(manifest_path(path))
 
 
 # -- digests --------------------------------------------------------------------------------------
@@ -139,14 +169,29 @@ def _shard(manifest: Manifest, name: str) -> ShardInfo:
     return manifest.shards[name]
 
 
-def _shard_files(shard: ShardInfo) -> list[Path]:
-    folder = Path(shard.path)
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+def _shard_files(shard: ShardInfo) -> list[str]:
+    from lethe import storage
+
+    files = storage.list_files(shard.path, ".parquet")
     if not files:
         raise DataError(
-            "shard is missing; run `lethe split` again", where=str(folder), expected="Parquet files"
+            "shard is missing; run `lethe split` again", where=str(shard.path), expected="Parquet files"
         )
     return files
+
+
+def _read_table(files: list[str]) -> pa.Table:
+    from lethe import storage
+
+    if not storage.is_s3(files[0]):
+        return pq.read_table(files, schema=SHARD_SCHEMA)
+    fs, _ = storage.filesystem(files[0])
+    paths = [storage.fs_path(f) for f in files]
+    return storage.with_retries(
+        "reading shard",
+        storage.parent(files[0]),
+        lambda: pq.read_table(paths, schema=SHARD_SCHEMA, filesystem=fs),
+    )
 
 
 def read_shard_numpy(
@@ -157,7 +202,7 @@ def read_shard_numpy(
     The hash order makes `limit` a fixed subset that does not depend on how Ray laid out the files.
     """
     shard = _shard(manifest, name)
-    table = pq.read_table([str(f) for f in _shard_files(shard)], schema=SHARD_SCHEMA)
+    table = _read_table(_shard_files(shard))
     ids = table.column("id").to_pylist()
     order = sorted(range(len(ids)), key=lambda i: sha256_hex(ids[i].encode()))
     if limit is not None:
@@ -196,10 +241,19 @@ def shard_dataset(manifest: Manifest, name: str) -> ray.data.Dataset:
     import ray.data
 
     shard = _shard(manifest, name)
-    files = [str(f) for f in _shard_files(shard)]
+    from lethe import storage
     from lethe.data.loaders import surface_udf_errors
 
-    ds = surface_udf_errors(ray.data.read_parquet(files, columns=["label", "pixels"]))
+    files = _shard_files(shard)
+    if storage.is_s3(files[0]):
+        # The filesystem pickles without credentials: Ray tasks read them from their own AWS_* env.
+        fs, _ = storage.filesystem(files[0])
+        read = ray.data.read_parquet(
+            [storage.fs_path(f) for f in files], columns=["label", "pixels"], filesystem=fs
+        )
+    else:
+        read = ray.data.read_parquet(files, columns=["label", "pixels"])
+    ds = surface_udf_errors(read)
     return ds.map_batches(
         pixels_to_chw, batch_format="numpy", fn_kwargs={"shape": manifest.shape}
     ).select_columns(["image", "label"])

@@ -131,6 +131,16 @@ def resolve_classes(requested: Sequence[str], class_names: Sequence[str]) -> lis
 
 def read_ids_file(path: str | os.PathLike[str]) -> list[str]:
     """One id per line; blank lines and '#' comments are skipped. Sorted and distinct."""
+    from lethe import storage
+
+    if storage.is_s3(path):
+        try:
+            text = storage.read_text(str(path))
+        except UnicodeDecodeError as e:
+            raise DataError(
+                "cannot read ids file", where=str(path), expected="a UTF-8 text file with one id per line"
+            ) from e
+        return _parse_ids(text)
     p = Path(path).expanduser()
     try:
         text = p.read_text()
@@ -142,6 +152,10 @@ def read_ids_file(path: str | os.PathLike[str]) -> list[str]:
         raise DataError(
             "cannot read ids file", where=str(p), expected="a UTF-8 text file with one id per line"
         ) from e
+    return _parse_ids(text)
+
+
+def _parse_ids(text: str) -> list[str]:
     ids = {line.split("#", 1)[0].strip() for line in text.splitlines()}
     ids.discard("")
     return sorted(ids)
@@ -263,24 +277,60 @@ def _in_ray(what: str, fn: Callable[[], T]) -> T:
         raise
 
 
-def _write_shard(ds: Any, name: str, folder: Path) -> None:
+def _write_shard(ds: Any, name: str, folder: str | Path) -> None:
     from ray.data.expressions import col
 
+    from lethe import storage
+
+    folder = str(folder)
     shard = ds.filter(expr=col("part") == name).select_columns(["id", "label", "pixels"])
+    if storage.is_s3(folder):
+        fs, path = storage.filesystem(folder)
+
+        def write() -> None:
+            shard.write_parquet(path, filesystem=fs)
+    else:
+
+        def write() -> None:
+            shard.write_parquet(folder)
+
     try:
-        _in_ray(f"writing shard {name}", lambda: shard.write_parquet(str(folder)))
+        _in_ray(f"writing shard {name}", write)
     except LetheError:
         raise
     except Exception as e:
-        raise StorageError("cannot write shard", where=str(folder), seen=str(e).splitlines()[0][:200]) from e
-    if not any(folder.glob("*.parquet")):
+        msg = storage.scrub(str(e).splitlines()[0][:200])
+        raise StorageError("cannot write shard", where=folder, seen=msg) from e
+    if not storage.list_files(folder, ".parquet"):
         # Ray writes no file for an empty shard; readers still need the schema.
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(SHARD_SCHEMA.empty_table(), folder / "empty.parquet")
+        if storage.is_s3(folder):
+            fs, path = storage.filesystem(folder)
+            storage.with_retries(
+                "writing an empty shard",
+                folder,
+                lambda: pq.write_table(SHARD_SCHEMA.empty_table(), f"{path}/empty.parquet", filesystem=fs),
+            )
+        else:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            pq.write_table(SHARD_SCHEMA.empty_table(), Path(folder) / "empty.parquet")
 
 
-def _count_rows(folder: Path) -> int:
-    return sum(pq.read_metadata(f).num_rows for f in folder.glob("*.parquet"))
+def _count_rows(folder: str | Path) -> int:
+    from lethe import storage
+
+    files = storage.list_files(str(folder), ".parquet")
+    if not files or not storage.is_s3(files[0]):
+        return sum(pq.read_metadata(f).num_rows for f in files)
+    fs, _ = storage.filesystem(files[0])
+
+    def count() -> int:
+        total = 0
+        for f in files:
+            with fs.open_input_file(storage.fs_path(f)) as fh:
+                total += pq.read_metadata(fh).num_rows
+        return total
+
+    return storage.with_retries("counting shard rows", str(folder), count)
 
 
 # -- atomic output --------------------------------------------------------------------------------
@@ -319,8 +369,16 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def split_dataset(cfg: RunConfig, out_dir: Path) -> Manifest:
-    """Write the four shards and manifest.json to out_dir (atomically); return the manifest."""
+def split_dataset(cfg: RunConfig, out_dir: str | Path) -> Manifest:
+    """Write the four shards and manifest.json to out_dir (atomically); return the manifest.
+
+    out_dir is a local folder or an s3:// prefix. Locally the shards go to a temp folder renamed into
+    place. On S3 there is no rename: see `_split_to_s3`.
+    """
+    from lethe import storage
+
+    if storage.is_s3(out_dir):
+        return _split_to_s3(cfg, storage.normalize(str(out_dir)))
     out_dir = Path(out_dir).expanduser().resolve()
     tmp = _make_temp_dir(out_dir)
     try:
@@ -332,7 +390,50 @@ def split_dataset(cfg: RunConfig, out_dir: Path) -> Manifest:
     return manifest
 
 
-def _split_into(cfg: RunConfig, out_dir: Path, tmp: Path) -> Manifest:
+TMP_MARK = ".tmp-"
+
+
+def temp_prefixes(out_dir: str) -> list[str]:
+    """Leftover temp shard prefixes of an interrupted split to S3 (they may hold forget pixels)."""
+    from lethe import storage
+
+    stem = f".{storage.basename(out_dir)}{TMP_MARK}"
+    return storage.list_children(storage.parent(out_dir), startswith=stem)
+
+
+def _split_to_s3(cfg: RunConfig, out_dir: str) -> Manifest:
+    """S3 has no atomic rename of a prefix, so:
+
+    1. write every shard and the manifest under a fresh temp prefix beside out_dir;
+    2. delete out_dir's old manifest first (from here on readers refuse out_dir), then its old shards;
+    3. copy the shards server-side to out_dir, and the manifest last;
+    4. delete the temp prefix.
+    A failure anywhere leaves out_dir either as it was (steps 1) or without a manifest (steps 2-3),
+    never a manifest over partial shards; the temp prefix is deleted on failure too when the server
+    answers, and `lethe cleanup` sweeps leftovers of a crash.
+    """
+    from lethe import storage
+    from lethe.data.shards import MANIFEST_FILE
+
+    tmp = storage.join(
+        storage.parent(out_dir), f".{storage.basename(out_dir)}{TMP_MARK}{secrets.token_hex(4)}"
+    )
+    try:
+        manifest = _split_into(cfg, out_dir, tmp)
+        storage.delete(storage.join(out_dir, MANIFEST_FILE))
+        for name in SHARD_NAMES:
+            storage.delete(storage.join(out_dir, name))
+            storage.copy_tree(storage.join(tmp, name), storage.join(out_dir, name))
+        manifest.save(out_dir)  # last: it is what makes out_dir trusted
+    finally:
+        try:
+            storage.delete(tmp)
+        except LetheError as e:
+            log.warning("could not delete temp shards %s (%s); `lethe cleanup` removes them", tmp, e.seen)
+    return manifest
+
+
+def _split_into(cfg: RunConfig, out_dir: str | Path, tmp: str | Path) -> Manifest:
     src: Source = open_source(cfg.data.dataset)
     info = src.info
     plan, request, expected_parts = plan_split(cfg, info, src.meta)
@@ -368,9 +469,11 @@ def _split_into(cfg: RunConfig, out_dir: Path, tmp: Path) -> Manifest:
         idx = np.flatnonzero(mask)
         return shard_digest([ids[i] for i in idx], labels[idx], [pixhash[i] for i in idx])
 
+    from lethe import storage
+
     shards: dict[str, ShardInfo] = {}
     for name in SHARD_NAMES:
-        folder = tmp / name
+        folder = storage.join(tmp, name)
         _write_shard(parted, name, folder)
         written = _count_rows(folder)
         if written != counts[name]:
@@ -380,7 +483,7 @@ def _split_into(cfg: RunConfig, out_dir: Path, tmp: Path) -> Manifest:
                 expected=str(counts[name]),
                 seen=str(written),
             )
-        shards[name] = ShardInfo(name, str(out_dir / name), written, digest_of(parts == name))
+        shards[name] = ShardInfo(name, storage.join(out_dir, name), written, digest_of(parts == name))
 
     dataset_digest = digest_of(np.ones(len(ids), dtype=bool))
     request_payload = {

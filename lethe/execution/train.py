@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,12 @@ def _progress(msg: str, *args: Any) -> None:
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
+# Written by lethe next to Ray Train's run folder once a run has finished: re-running the same run
+# (same name and storage_path) returns this result instead of starting worker groups again.
+FINISHED_FILE = "lethe_finished.json"
+# Fault injection for tests and drills: rank 0 of an unlearning run dies (os._exit) at this step on
+# the first attempt. An environment variable, not a config field, so it never changes run names.
+FAULT_ENV = "LETHE_FAULT_UNLEARN_STEP"
 
 
 @dataclass
@@ -60,7 +67,7 @@ class TrainJob:
     grad_clip: float | None = None
     checkpoint_every: int = 50
     cache_mb: float = 1024.0  # keep a worker's shard in memory after one pass when it fits
-    fail_at_step: int | None = None  # fault injection for tests: raise once at this step
+    fail_at_step: int | None = None  # fault injection for tests: rank 0 exits once at this step
 
     def to_config(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,7 +125,20 @@ def _maybe_fail(job: dict[str, Any], step: int, resumed: bool) -> None:
     if job.get("fail_at_step") is not None and step == job["fail_at_step"] and not resumed:
         import ray.train
 
-        if ray.train.get_context().get_world_rank() == 0:
+        ctx = ray.train.get_context()
+        if ctx.get_world_rank() == 0:
+            # A report reaches the controller when it next polls the workers: a worker that dies
+            # right after reporting can take its newest checkpoint with it (the run then resumes
+            # from the one before, or from scratch). The drill should test resuming, so die only
+            # once the controller has recorded a checkpoint in the run's snapshot.
+            st = ctx.get_storage()
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                info = st.storage_filesystem.get_file_info(st.checkpoint_manager_snapshot_path)
+                if info.size:
+                    break
+                time.sleep(0.2)
+            _progress("fault drill: rank 0 exits at step %d", step)
             os._exit(1)  # a hard worker death, as a lost node would look
 
 
@@ -315,33 +335,35 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
     bs = job["batch_size"]
     x_forget = ShardEpochs(ray.train.get_dataset_shard("forget"), bs, job["seed"], device, True).load()[0]
     x_forget = x_forget.to(device)  # (N_f_local, C, H, W): small, kept whole
-    gen = torch.Generator().manual_seed(job["seed"] * 7919 + rank)
     # Unlearning takes ~1.5 passes over the forget set, far less than one pass over retain: preload
     # just the retain rows the run will use (same reason as ShardEpochs: no streaming contention).
-    retain = ShardEpochs(
+    x_retain = ShardEpochs(
         ray.train.get_dataset_shard("retain"),
         job["batch_size"],
         job["seed"],
         device,
         True,
         max_rows=total * job["batch_size"],
-    )
+    ).load()[0]
+    x_retain = x_retain.to(device)
 
-    def forget_batch(step: int) -> torch.Tensor:
-        # A fresh permutation per pass over the local forget set, derived from the step so a resumed
-        # run sees the same forget batches as an uninterrupted one.
-        per_pass = max(1, -(-len(x_forget) // bs))
-        g = torch.Generator().manual_seed(job["seed"] * 104729 + rank * 31 + step // per_pass)
-        perm = torch.randperm(len(x_forget), generator=g)
+    def batch_at(x: torch.Tensor, step: int, salt: int) -> torch.Tensor:
+        # A fresh permutation per pass over the local rows, derived from the step alone, so a run
+        # resumed from a checkpoint sees exactly the batches an uninterrupted run would have seen.
+        per_pass = max(1, -(-len(x) // bs))
+        g = torch.Generator().manual_seed(job["seed"] * 104729 + rank * 31 + salt * 7 + step // per_pass)
+        perm = torch.randperm(len(x), generator=g)
         i = (step % per_pass) * bs
-        return x_forget[perm[i : i + bs]]
+        return x[perm[i : i + bs]]
 
-    retain_iter = (x for x, _ in retain.cycle())
+    evaluate = _evaluator(job, device) if rank == 0 else None
     student.train()
     t0, seen, parts = time.perf_counter(), 0, {}
     for step in range(start, total):
         _maybe_fail(job, step, state is not None)
-        x_r, x_f = next(retain_iter), forget_batch(step)
+        x_r, x_f = batch_at(x_retain, step, 1), batch_at(x_forget, step, 0)
+        # Noise and random masks from a per-step generator: same reason (bit-identical resume).
+        gen = torch.Generator().manual_seed(job["seed"] * 7919 + rank * 1_000_003 + step)
         if job["unlearn_mask"] == "box":
             mask = box
         else:
@@ -359,6 +381,8 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
                 "images_per_s": seen * world / max(dt, 1e-9),
                 "loop_s": time.perf_counter() - loop_start,
             }
+            if evaluate is not None:
+                metrics.update(evaluate(student))
             if rank == 0:
                 _progress(
                     "unlearn step %d/%d: loss %.5f, %.0f img/s",
@@ -370,38 +394,128 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
             _report(metrics, student, opt, sched, {"step": done, "loop_s": metrics["loop_s"]}, job["meta"])
 
 
+def _evaluator(job: dict[str, Any], device):
+    """Tuning only: the objective on validation images, computed by rank 0 at every report (ASHA
+    needs it at every rung). Plain lethe.evaluate / lethe.metrics code, run inside the trial."""
+    if "eval_ref" not in job:
+        return None
+    import ray
+
+    from lethe.evaluate import model_fd
+    from lethe.metrics import unlearning_objective
+    from lethe.models.checkpoint import build_model
+
+    p = ray.get(job["eval_ref"])
+    featnet = build_model("featnet", p["featnet_arch"])
+    featnet.load_state_dict(p["featnet_state"])
+    featnet = featnet.to(device).eval()
+
+    def run(student) -> dict[str, float]:
+        model = getattr(student, "module", student)
+        bs = p["batch_size"]
+        fd_f = model_fd(model, featnet, p["x_forget"], p["box_frac"], p["forget_feats"], bs)
+        fd_r = model_fd(model, featnet, p["x_retain"], p["box_frac"], p["retain_feats"], bs)
+        return {
+            "objective": unlearning_objective(
+                fd_f, p["fd_forget_oracle"], fd_r, p["fd_retain_original"], p["retain_weight"]
+            ),
+            "fd_forget": fd_f,
+            "fd_retain": fd_r,
+            "fd_forget_vs_oracle": fd_f / max(p["fd_forget_oracle"], 1e-12),
+            "fd_retain_vs_original": fd_r / max(p["fd_retain_original"], 1e-12),
+        }
+
+    return run
+
+
 # ----------------------------------------------------------------------------------------------
 # driver side
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class FitResult:
-    checkpoint: Path
+    checkpoint: Path | None
     metrics: dict[str, Any]
     wall_s: float
+    reused: bool = False  # the run had finished before: its result was returned, nothing trained
+
+
+def _finished(storage_path: str, name: str) -> dict[str, Any] | None:
+    from lethe import storage
+
+    marker = storage.join(storage_path, name, FINISHED_FILE)
+    if not storage.is_file(marker):
+        return None
+    done = storage.read_json(marker)
+    ckpt = done.get("checkpoint")
+    if not ckpt or not storage.is_file(storage.join(ckpt, MODEL_FILE)):
+        log.warning("run %s is marked finished but its checkpoint is gone; training again", name)
+        return None
+    return done
 
 
 def fit(
     job: TrainJob,
-    datasets: dict[str, Any],
+    datasets: dict[str, Any] | Callable[[], dict[str, Any]],
     *,
     num_workers: int,
     use_gpu: bool,
     cpus_per_worker: float,
     storage_path: str,
     name: str,
-    dest: Path,
+    dest: Path | None,
     teacher_state: dict[str, torch.Tensor] | None = None,
     max_failures: int = 2,
+    callbacks: list[Any] | None = None,
+    eval_payload: dict[str, Any] | None = None,
+    reuse_finished: bool = True,
 ) -> FitResult:
-    """Run one TorchTrainer; copy its last checkpoint's model file to `dest` (atomically)."""
+    """Run one TorchTrainer; copy its last checkpoint's model file to `dest` (atomically).
+
+    storage_path is a local folder or an s3:// URI (checkpoints go there through pyarrow.fs).
+    datasets may be a function that builds them: it is not called when the run had finished (its
+    inputs, e.g. forget shards deleted by cleanup, may be gone by then).
+    A worker that dies is replaced up to `max_failures` times and the run resumes from the last
+    reported checkpoint. Re-running a run that crashed (same name and storage_path) resumes from
+    its last checkpoint (Ray Train v2 restores its checkpoint-manager snapshot); re-running one that
+    finished returns its result without starting workers (lethe's FINISHED_FILE marker: Ray would
+    start a worker group, restore the last checkpoint and run the loop for zero steps).
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from lethe import storage
+
+    done = _finished(storage_path, name) if reuse_finished else None
+    if done is not None:
+        _progress("run %s finished before: returning its result", name)
+        if dest is not None:
+            storage.download_file(storage.join(done["checkpoint"], MODEL_FILE), dest)
+        return FitResult(
+            checkpoint=dest, metrics=dict(done["metrics"]), wall_s=float(done["wall_s"]), reused=True
+        )
+
+    if callable(datasets):
+        datasets = datasets()
     config = job.to_config()
     if teacher_state is not None:
         # Through the object store, so workers on other nodes get it without a shared file system.
         config["teacher_ref"] = ray.put(teacher_state)
+    if eval_payload is not None:
+        config["eval_ref"] = ray.put(eval_payload)
+    remote = storage.is_s3(storage_path)
+    where: dict[str, Any] = {"storage_path": storage.fs_path(storage_path) if remote else storage_path}
+    if remote:
+        where["storage_filesystem"] = storage.s3_filesystem()
+    extra: dict[str, Any] = {}
+    if job.kind == "unlearn":
+        from ray.train import DataConfig
+
+        # Rows reach each worker in the same order on every attempt, so the rows a worker preloads
+        # (and the step-derived batches drawn from them) are the same after a restart.
+        opts = DataConfig.default_ingest_options()
+        opts.preserve_order = True
+        extra["dataset_config"] = DataConfig(execution_options=opts)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -410,11 +524,13 @@ def fit(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=storage_path,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+            **where,
         ),
         datasets=datasets,
+        **extra,
     )
     t0 = time.perf_counter()
     try:
@@ -427,9 +543,20 @@ def fit(
     wall = time.perf_counter() - t0
     if result.checkpoint is None:
         raise LetheError(f"training {name!r} reported no checkpoint", where=storage_path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with result.checkpoint.as_directory() as d:
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(Path(d) / MODEL_FILE, tmp)
-        os.replace(tmp, dest)
-    return FitResult(checkpoint=dest, metrics=dict(result.metrics or {}), wall_s=wall)
+    if dest is not None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with result.checkpoint.as_directory() as d:
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            shutil.copyfile(Path(d) / MODEL_FILE, tmp)
+            os.replace(tmp, dest)
+    metrics = {k: v for k, v in dict(result.metrics or {}).items() if isinstance(v, (int, float, str, bool))}
+    storage.write_json(
+        storage.join(storage_path, name, FINISHED_FILE),
+        {
+            "name": name,
+            "checkpoint": storage.to_uri(result.checkpoint.path, remote),
+            "metrics": metrics,
+            "wall_s": wall,
+        },
+    )
+    return FitResult(checkpoint=dest, metrics=metrics, wall_s=wall)

@@ -159,6 +159,49 @@ def _timing_table(timing: dict) -> str:
     )
 
 
+def _tune_table(tune: dict) -> str:
+    """Every trial's alpha, lr and objective; the best one in bold."""
+    best = tune.get("best", {}) or {}
+    head = (
+        "<tr><th>trial</th><th>alpha</th><th>lr</th><th>objective</th><th>FD forget / oracle</th>"
+        "<th>FD retain / original</th><th>reports</th><th>status</th></tr>"
+    )
+    rows = []
+    for t in sorted(
+        tune.get("trials", []), key=lambda t: (t.get("objective") is None, t.get("objective") or 0)
+    ):
+        cells = [
+            f"<td class='name'>{_e(t.get('trial_id'))}</td>",
+            f"<td>{_e(format_number(t.get('alpha')))}</td>",
+            f"<td>{_e(format_number(t.get('lr')))}</td>",
+            f"<td>{_e(format_number(t.get('objective')))}</td>",
+            f"<td>{_e(format_number(t.get('fd_forget_vs_oracle')))}</td>",
+            f"<td>{_e(format_number(t.get('fd_retain_vs_original')))}</td>",
+            f"<td>{_e(t.get('iterations', '-'))}</td>",
+            f"<td class='name'>{_e(t.get('status'))}</td>",
+        ]
+        row = "".join(cells)
+        if t.get("trial_id") == best.get("trial_id"):
+            row = row.replace("<td", "<td style='font-weight:bold'")
+        rows.append(f"<tr>{row}</tr>")
+    used = tune.get("used_by_unlearned_model")
+    note = (
+        ""
+        if used is None
+        else (
+            " The unlearned model used the best trial's settings."
+            if used
+            else " The unlearned model in this report did not use them."
+        )
+    )
+    return (
+        f"<p>Objective (lower is better): <code>{_e(tune.get('objective', ''))}</code>, "
+        f"w = {_e(tune.get('retain_weight', '-'))}, on held-out validation images. "
+        f"Best: alpha {_e(format_number(best.get('alpha')))}, lr {_e(format_number(best.get('lr')))}.{_e(note)}</p>"
+        f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def _image_data_uri(path: Path) -> str:
     mime = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}.get(
         path.suffix.lower(), "image/png"
@@ -251,6 +294,8 @@ def write_html_report(
         "<h2>MLflow</h2>",
         _mlflow_section(report["mlflow"]),
     ]
+    if isinstance(report.get("tune"), dict):
+        body += ["<h2>Tuning (Ray Tune)</h2>", _tune_table(report["tune"])]
     for section_title, text in extra_sections or []:
         body.append(f"<h2>{_e(section_title)}</h2><pre>{_e(text)}</pre>")
 

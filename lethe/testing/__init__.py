@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks (local servers); not used by the pipeline."""
