@@ -118,6 +118,23 @@ def _importable_in_subprocesses() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
 
 
+def _start_shared_ray(cfg: RunConfig) -> bool:
+    """One local Ray for the whole local run, joined by every task through RAY_ADDRESS.
+
+    Each task would otherwise start (and tear down) a Ray of its own, which costs more than most
+    smoke-sized steps. Nothing to do when the config names a cluster or one is already set.
+    """
+    if cfg.resources.ray_address or os.environ.get("RAY_ADDRESS"):
+        return False
+    import ray
+
+    from lethe.execution.ray_env import ensure_ray
+
+    ensure_ray(cfg.resources)
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    return True
+
+
 @dataclass
 class LocalResult:
     report: Path
@@ -148,13 +165,21 @@ def run_local(
     )
     pipeline = build(cfg, retries=retries, cluster=False, tune=tune)
     failure: BaseException | None = None
-    with warnings.catch_warnings():
-        # "lethe:0.1.0" is not a python image name: expected, the local runner uses this interpreter.
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        try:
-            pipeline(**pipeline_arguments(cfg, tune))
-        except RuntimeError as e:  # kfp.local: "Pipeline ... finished with status FAILURE"
-            failure = e
+    shared_ray = _start_shared_ray(cfg)
+    try:
+        with warnings.catch_warnings():
+            # "lethe:0.1.0" is not a python image name: expected, the local runner uses this interpreter.
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            try:
+                pipeline(**pipeline_arguments(cfg, tune))
+            except RuntimeError as e:  # kfp.local: "Pipeline ... finished with status FAILURE"
+                failure = e
+    finally:
+        if shared_ray:
+            import ray
+
+            ray.shutdown()
+            os.environ.pop("RAY_ADDRESS", None)
     state = steps.load_state(steps.layout(cfg))
     if failure is not None or state.get("failed"):
         f = state.get("failed") or {}
