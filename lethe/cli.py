@@ -80,6 +80,13 @@ def _pipeline_parsers(pipe: argparse.ArgumentParser) -> None:
         if action == "run":
             g.add_argument("--local", action="store_true", help="use kfp's local runner (required)")
             g.add_argument("--no-cache", action="store_true", help="run every task, ignoring KFP's cache")
+        if action != "run":
+            g.add_argument(
+                "--pvc", metavar="CLAIM", help="PersistentVolumeClaim mounted in every task (the work dir)"
+            )
+            g.add_argument(
+                "--pvc-mount", metavar="PATH", help="where to mount it (default: the work dir's parent)"
+            )
         if action in ("submit", "schedule"):
             g.add_argument("--host", required=True, metavar="URL", help="Kubeflow Pipelines API endpoint")
             g.add_argument("--namespace", help="Kubeflow profile namespace (multi-user deployments)")
@@ -180,8 +187,9 @@ def _pipeline(args: argparse.Namespace, cfg: RunConfig) -> int:
         print(res.report)
         return 0
     retries = args.retries if args.retries is not None else 2
+    volume = kfp_client.Volume(args.pvc, args.pvc_mount) if args.pvc else None
     if args.action == "compile":
-        print(kfp_client.compile_pipeline(cfg, args.output, retries=retries, tune=args.tune))
+        print(kfp_client.compile_pipeline(cfg, args.output, retries=retries, tune=args.tune, volume=volume))
     elif args.action == "submit":
         run_id = kfp_client.submit(
             cfg,
@@ -191,6 +199,7 @@ def _pipeline(args: argparse.Namespace, cfg: RunConfig) -> int:
             tune=args.tune,
             retries=retries,
             namespace=args.namespace,
+            volume=volume,
         )
         print(run_id)
     else:
@@ -205,6 +214,7 @@ def _pipeline(args: argparse.Namespace, cfg: RunConfig) -> int:
             retries=retries,
             namespace=args.namespace,
             max_concurrency=args.max_concurrency,
+            volume=volume,
         )
         print(
             f"recurring run {sched.recurring_run_id}: cron '{sched.cron}', pipeline {sched.pipeline_id} "

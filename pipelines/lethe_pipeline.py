@@ -51,7 +51,22 @@ _HEAVY = {"cpu": "2", "memory": "6G"}
 _LIGHT = {"cpu": "500m", "memory": "1G"}
 
 
-def _task(task: Any, retries: int, cache: bool, resources: dict | None) -> Any:
+def mount_volume(task: Any, pvc: str, mount_path: str) -> Any:
+    """Mount an existing PersistentVolumeClaim in the task's pod (KFP's Kubernetes platform spec).
+
+    The same structure `kfp.kubernetes.mount_pvc` writes; set directly because kfp-kubernetes
+    2.17.3 requires kfp >= 2.17.3, which lethe cannot pin (see PLATFORM-NOTES).
+    """
+    mounts = task.platform_config.setdefault("kubernetes", {}).setdefault("pvcMount", [])
+    mounts.append(
+        {"mountPath": mount_path, "constant": pvc, "pvcNameParameter": {"runtimeValue": {"constant": pvc}}}
+    )
+    return task
+
+
+def _task(task: Any, retries: int, cache: bool, resources: dict | None, volume: tuple | None = None) -> Any:
+    if volume:
+        mount_volume(task, *volume)
     task.set_caching_options(enable_caching=cache)
     if retries > 0:
         task.set_retry(
@@ -63,29 +78,42 @@ def _task(task: Any, retries: int, cache: bool, resources: dict | None) -> Any:
 
 
 def build_pipeline(
-    config_json: str, workdir: str, retries: int = 2, cluster: bool = True, tune_enabled: bool = False
+    config_json: str,
+    workdir: str,
+    retries: int = 2,
+    cluster: bool = True,
+    tune_enabled: bool = False,
+    pvc: str | None = None,
+    pvc_mount: str | None = None,
 ) -> Any:
     """The pipeline function, with this run configuration as its parameters' defaults.
 
     `retries`: retries per task (0 locally: a failure there is a bug or bad input, not a flaky
-    service). `cluster`: also set Kubernetes resource requests.
+    service). `cluster`: also set Kubernetes resource requests. `pvc`: an existing
+    PersistentVolumeClaim (ReadWriteMany) mounted at `pvc_mount` in every task: the shared work dir.
     """
     heavy = _HEAVY if cluster else None
     light = _LIGHT if cluster else None
+    vol = (pvc, pvc_mount) if pvc else None
 
     @dsl.pipeline(name=PIPELINE_NAME, description=PIPELINE_DESCRIPTION)
     def lethe_pipeline(config_json: str = config_json, workdir: str = workdir, tune: bool = tune_enabled):
-        exit_task = _task(cleanup(config_json=config_json, workdir=workdir), retries, False, light)
+        exit_task = _task(cleanup(config_json=config_json, workdir=workdir), retries, False, light, vol)
         with dsl.ExitHandler(exit_task, name="unlearning"):
             b = _task(
                 begin(config_json=config_json, workdir=workdir, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
                 retries,
                 False,
                 light,
+                vol,
             )
             run_id = b.outputs["parent_run_id"]
             s = _task(
-                split(config_json=config_json, workdir=workdir, parent_run_id=run_id), retries, False, heavy
+                split(config_json=config_json, workdir=workdir, parent_run_id=run_id),
+                retries,
+                False,
+                heavy,
+                vol,
             )
             p = _task(
                 resolve_or_pretrain(
@@ -97,12 +125,14 @@ def build_pipeline(
                 retries,
                 True,
                 heavy,
+                vol,
             )
             o = _task(
                 oracle(config_json=config_json, workdir=workdir, retain_digest=s.outputs["retain_digest"]),
                 retries,
                 True,
                 heavy,
+                vol,
             ).after(p)
             t = _task(
                 tune_component(
@@ -116,6 +146,7 @@ def build_pipeline(
                 retries,
                 False,
                 heavy,
+                vol,
             )
             u = _task(
                 unlearn(
@@ -128,6 +159,7 @@ def build_pipeline(
                 retries,
                 False,
                 heavy,
+                vol,
             )
             e = _task(
                 evaluate(
@@ -142,6 +174,7 @@ def build_pipeline(
                 retries,
                 False,
                 heavy,
+                vol,
             )
             _task(
                 promote(
@@ -154,6 +187,7 @@ def build_pipeline(
                 retries,
                 False,
                 light,
+                vol,
             )
 
     return lethe_pipeline

@@ -72,20 +72,54 @@ def pipeline_arguments(cfg: RunConfig, tune: bool = False, cluster: bool = False
     return {"config_json": cfg.model_dump_json(), "workdir": workdir, "tune": bool(tune)}
 
 
-def build(cfg: RunConfig, retries: int = 2, cluster: bool = True, tune: bool = False):
+@dataclass
+class Volume:
+    """An existing PersistentVolumeClaim mounted in every task; the work dir must lie on it."""
+
+    pvc: str
+    mount_path: str | None = None  # default: the work dir's parent (so the model cache is on it too)
+
+    def resolve(self, workdir: str) -> tuple[str, str]:
+        mount = self.mount_path or str(Path(workdir).parent)
+        inside = Path(workdir) == Path(mount) or Path(mount) in Path(workdir).parents
+        if not Path(mount).is_absolute() or not inside:
+            raise PipelineError(
+                "the work dir must lie on the mounted volume",
+                where="--pvc-mount",
+                expected=f"an absolute path containing {workdir}",
+                seen=repr(mount),
+            )
+        return self.pvc, mount
+
+
+def build(
+    cfg: RunConfig, retries: int = 2, cluster: bool = True, tune: bool = False, volume: Volume | None = None
+):
     mod = _import_pipeline_module()
     args = pipeline_arguments(cfg, tune, cluster=cluster)
+    pvc, mount = volume.resolve(args["workdir"]) if volume else (None, None)
     return mod.build_pipeline(
-        args["config_json"], args["workdir"], retries=retries, cluster=cluster, tune_enabled=tune
+        args["config_json"],
+        args["workdir"],
+        retries=retries,
+        cluster=cluster,
+        tune_enabled=tune,
+        pvc=pvc,
+        pvc_mount=mount,
     )
 
 
 def compile_pipeline(
-    cfg: RunConfig, output: str | os.PathLike[str], retries: int = 2, tune: bool = False
+    cfg: RunConfig,
+    output: str | os.PathLike[str],
+    retries: int = 2,
+    tune: bool = False,
+    volume: Volume | None = None,
 ) -> Path:
     """Write the pipeline's IR YAML (this config as the parameters' defaults); atomic."""
     from kfp import compiler
 
+    pipeline = build(cfg, retries=retries, tune=tune, volume=volume)  # bad arguments fail before writing
     out = Path(output).expanduser().resolve()
     if out.suffix not in (".yaml", ".yml", ".json"):
         raise PipelineError("pipeline file must end in .yaml, .yml or .json", where=str(out))
@@ -98,7 +132,7 @@ def compile_pipeline(
             "cannot write the pipeline file", where=str(out), seen=e.strerror or str(e)
         ) from None
     try:
-        compiler.Compiler().compile(pipeline_func=build(cfg, retries=retries, tune=tune), package_path=tmp)
+        compiler.Compiler().compile(pipeline_func=pipeline, package_path=tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -239,10 +273,13 @@ def submit(
     retries: int = 2,
     namespace: str | None = None,
     pipeline_root: str | None = None,
+    volume: Volume | None = None,
 ) -> str:
     """One run on a KFP server; returns its run id."""
     with tempfile.TemporaryDirectory(prefix="lethe-kfp-") as d:
-        package = compile_pipeline(cfg, Path(d) / "lethe-pipeline.yaml", retries=retries, tune=tune)
+        package = compile_pipeline(
+            cfg, Path(d) / "lethe-pipeline.yaml", retries=retries, tune=tune, volume=volume
+        )
         client = _client(host, namespace)
         result = _api(
             "create the run",
@@ -286,6 +323,7 @@ def schedule(
     namespace: str | None = None,
     max_concurrency: int = 1,
     catchup: bool = False,
+    volume: Volume | None = None,
 ) -> Schedule:
     """A recurring run of a pinned pipeline version on a KFP server.
 
@@ -300,7 +338,9 @@ def schedule(
     mod = _import_pipeline_module()
     pipeline_name = pipeline_name or mod.PIPELINE_NAME
     with tempfile.TemporaryDirectory(prefix="lethe-kfp-") as d:
-        package = compile_pipeline(cfg, Path(d) / "lethe-pipeline.yaml", retries=retries, tune=tune)
+        package = compile_pipeline(
+            cfg, Path(d) / "lethe-pipeline.yaml", retries=retries, tune=tune, volume=volume
+        )
         digest = hashlib.sha256(package.read_bytes()).hexdigest()[:12]
         version_name = f"{pipeline_name}-{lethe.__version__}-{digest}"
         client = _client(host, namespace)
@@ -361,6 +401,7 @@ __all__ = [
     "LocalResult",
     "PipelineError",
     "Schedule",
+    "Volume",
     "build",
     "compile_pipeline",
     "pipeline_arguments",

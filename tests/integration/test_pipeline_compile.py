@@ -132,3 +132,30 @@ def test_cluster_needs_an_absolute_work_dir_and_bad_output_writes_nothing(
 def test_run_without_local_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["pipeline", "run", "--preset", "smoke", "--workdir", str(tmp_path)]) == 2
     assert "needs --local" in capsys.readouterr().err
+
+
+def test_shared_work_dir_volume_is_mounted_in_every_task(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "p.yaml"
+    argv = [
+        "pipeline",
+        "compile",
+        "--preset",
+        "smoke",
+        "--workdir",
+        "/mnt/lethe/nightly",
+        "--output",
+        str(out),
+    ]
+    assert main([*argv, "--pvc", "lethe-work"]) == 0
+    pipeline_doc, platform_doc = list(yaml.safe_load_all(out.read_text()))
+    executors = platform_doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == set(pipeline_doc["deploymentSpec"]["executors"])  # all nine
+    for spec in executors.values():
+        (mount,) = spec["pvcMount"]
+        assert mount["mountPath"] == "/mnt/lethe"  # the work dir's parent: the model cache is there too
+        assert mount["pvcNameParameter"]["runtimeValue"]["constant"] == "lethe-work"
+
+    assert main([*argv, "--pvc", "lethe-work", "--pvc-mount", "/data"]) == 2
+    assert "work dir must lie on the mounted volume" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,21 @@ import yaml
 
 FASHION = Path(os.environ.get("LETHE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 STEPS = {"split", "pretrain", "oracle", "unlearn", "evaluate", "promote", "cleanup"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_globals() -> Iterator[None]:
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def lethe(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
@@ -90,6 +106,8 @@ def test_local_pipeline_promotes_refuses_and_always_cleans_up(mlflow_server: str
     assert tags["lethe.code_version"].startswith("0.1.0")
     assert tags["lethe.gates"] == "passed" and tags["lethe.gate.mia"] == "pass"
     assert "lethe.oracle_gap.forget.fd_ratio" in tags
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
     assert mlflow.models.get_model_info(f"models:/{name}/1").signature is not None
 
     parent = client.get_run(report["run_id"])
