@@ -236,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _pipeline(args, cfg)
         if args.command == "run":
             report = steps.run_all(cfg)
+            cert = steps.layout(cfg).certificate_dir / "certificate.json"
+            if cert.is_file():
+                print(f"certificate: {cert}", file=sys.stderr)
             print(report)
         else:
             out = steps.run_step(cfg, args.command)

@@ -306,8 +306,16 @@ def step_split(ctx: Context):
         man = split_dataset(cfg, ctx.lay.shards)
         for name, sh in man.shards.items():
             # Counts, digests and where the shards live: never ids or pixels.
-            ctx.tracker.log_dataset(name, sh.digest, sh.count, sh.path, context=name)
-        ctx.tracker.log_params({"data_digest": man.data_digest, "request_digest": man.request_digest})
+            ctx.tracker.log_dataset(
+                name, sh.digest, sh.count, sh.path, context=name, tags={"derived_from": man.source_uri}
+            )
+        ctx.tracker.log_params(
+            {
+                "data_digest": man.data_digest,
+                "request_digest": man.request_digest,
+                "source_uri": man.source_uri,
+            }
+        )
         ctx.tracker.log_metrics({f"{n}_count": float(s.count) for n, s in man.shards.items()})
         ctx.state["split"] = {"request_digest": man.request_digest}
     return man

@@ -59,6 +59,7 @@ def _setup_logging() -> None:
 @contextmanager
 def _component(step: str, cfg: RunConfig) -> Iterator[None]:
     _setup_logging()
+    ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     try:
         yield
     except BaseException as e:
@@ -69,11 +70,9 @@ def _component(step: str, cfg: RunConfig) -> Iterator[None]:
             print(f"lethe: error: {ours.line()}", file=sys.stderr, flush=True)
         raise
     finally:
-        if "ray" in sys.modules:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
+        # Disconnect from the Ray this step started or joined (not one the caller already had).
+        if not ray_before and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
 
 
 def _run_step(cfg: RunConfig, step: str, parent_run_id: str | None) -> dict[str, Any]:

@@ -392,12 +392,21 @@ class Tracker:
         self._require_run("log_dict")
         mlflow.log_dict(d, artifact_file)
 
-    def log_dataset(self, name: str, digest: str, count: int, source_uri: str, context: str) -> None:
+    def log_dataset(
+        self,
+        name: str,
+        digest: str,
+        count: int,
+        source_uri: str,
+        context: str,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         """Lineage of one data split: name, content digest, row count and where it came from."""
         self._require_run("log_dataset")
         # MLflow caps a dataset digest at 36 characters: the field gets a prefix, a tag the whole.
         dataset = MetaDataset(source=_UriSource(str(source_uri)), name=name, digest=digest[:_MAX_DIGEST])
-        mlflow.log_input(dataset, context=context, tags={"count": str(int(count)), "digest_sha256": digest})
+        all_tags = {"count": str(int(count)), "digest_sha256": digest, **(tags or {})}
+        mlflow.log_input(dataset, context=context, tags=all_tags)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._require_run("set_tags")
