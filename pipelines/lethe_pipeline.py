@@ -141,6 +141,7 @@ def build_pipeline(
                     parent_run_id=run_id,
                     enabled=tune,
                     original=p.outputs["original"],
+                    featnet=p.outputs["featnet"],
                     oracle=o.outputs["oracle"],
                 ),
                 retries,

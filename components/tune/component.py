@@ -20,6 +20,7 @@ def tune(
     parent_run_id: str,
     enabled: bool,
     original: Input[Model],
+    featnet: Input[Model],
     oracle: Input[Model],
     trials: Output[Metrics],
 ) -> float:
@@ -31,6 +32,7 @@ def tune(
         parent_run_id: MLflow pipeline run (from begin).
         enabled: run the search; False returns the configured alpha.
         original: the source model.
+        featnet: the feature network (the search's objective uses FD).
         oracle: the retrained model (the search's target).
         trials: alpha and the trials' metrics.
 
@@ -39,4 +41,4 @@ def tune(
     """
     from lethe.orchestration import kfp_steps
 
-    return kfp_steps.tune(config_json, workdir, parent_run_id, enabled, original, oracle, trials)
+    return kfp_steps.tune(config_json, workdir, parent_run_id, enabled, original, featnet, oracle, trials)

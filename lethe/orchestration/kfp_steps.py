@@ -244,7 +244,14 @@ def oracle(config_json: str, workdir: str, retain_digest: str, oracle: Any) -> N
 
 
 def tune(
-    config_json: str, workdir: str, parent_run_id: str, enabled: bool, original: Any, oracle: Any, trials: Any
+    config_json: str,
+    workdir: str,
+    parent_run_id: str,
+    enabled: bool,
+    original: Any,
+    featnet: Any,
+    oracle: Any,
+    trials: Any,
 ) -> float:
     """Choose alpha for the unlearn step.
 
@@ -261,19 +268,22 @@ def tune(
             return alpha
         lay = steps.layout(cfg)
         stage_file(original, lay.model("original"))
+        stage_file(featnet, lay.model("featnet"))
         stage_file(oracle, lay.model("oracle"))
         step_tune = getattr(steps, "step_tune", None)
         ctx = steps.make_context(cfg, parent_run_id=parent_run_id)
         if step_tune is not None:
-            result = step_tune(ctx)
-            alpha = float(getattr(result, "alpha", None) or ctx.state.get("tune", {}).get("alpha", alpha))
-            _log_metrics(trials, {"alpha": alpha, **steps._numeric(ctx.state.get("tune", {}))})
+            # The Ray Tune search (raydist branch): its best trial's alpha; it also records the
+            # best lr, which `steps.step_unlearn` picks up itself when tune.enabled.
+            step_tune(ctx)
+            best = (ctx.state.get("tune") or {}).get("best") or {}
+            alpha = float(best.get("alpha", alpha))
+            _log_metrics(trials, {"alpha": alpha, **steps._numeric(best)})
             return alpha
         with ctx.step(
             "tune", {"alpha": alpha, "search": "configured alpha only (no step_tune yet)"}
         ) as run_id:
-            trial = steps.make_context(cfg, parent_run_id=run_id)
-            steps.step_unlearn(trial)
+            _run_step(cfg, "unlearn", run_id)  # the trial, a child of the tune run
             ctx.state = steps.load_state(lay)
             ctx.state["tune"] = {"alpha": alpha, "trials": 1}
         _log_metrics(trials, {"alpha": alpha, "trials": 1.0, **steps._numeric(ctx.state.get("unlearn", {}))})

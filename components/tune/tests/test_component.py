@@ -14,6 +14,7 @@ def test_interface(tmp_path):
             "parent_run_id": "String",
             "enabled": "Boolean",
             "original": "system.Model@0.0.1",
+            "featnet": "system.Model@0.0.1",
             "oracle": "system.Model@0.0.1",
         },
         outputs={"trials": "system.Metrics@0.0.1", "Output": "Float"},
@@ -34,6 +35,7 @@ def test_disabled_returns_the_configured_alpha_without_training(tmp_path):
         parent_run_id="",
         enabled=False,
         original=model,
+        featnet=model,
         oracle=model,
         trials=trials,
     )
