@@ -29,7 +29,9 @@ def check_component(component, tmp_path: Path, inputs: dict[str, str], outputs: 
     # The image has lethe and kfp installed: nothing may be pip-installed at run time.
     assert not any("pip install" in part for part in [*container.command, *(container.args or [])])
     # Thin: the body is one call into the package.
-    assert "lethe.orchestration import kfp_steps" in path.read_text()
+    assert "from lethe.orchestration import kfp_steps" in "\n".join(
+        [*container.command, *(container.args or [])]
+    )
     return spec
 
 
