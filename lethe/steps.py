@@ -947,7 +947,8 @@ def finish_pipeline(cfg: RunConfig, succeeded: bool, error: str | None = None) -
         except LetheError as e:
             cleanup_error = e
     failed = ctx.state.get("failed")
-    reason = error or (f"{failed['step']}: {failed['error']}" if failed else None)
+    # The step's own one-line error beats the orchestrator's generic one ("Task exit-handler-1 failed.").
+    reason = (f"{failed['step']}: {failed['error']}" if failed else None) or error
     if cleanup_error is not None:
         reason = f"{reason + '; ' if reason else ''}cleanup: {cleanup_error.line()}"
     ok = succeeded and failed is None and cleanup_error is None
