@@ -26,6 +26,7 @@ log = logging.getLogger("lethe.ray_submit")
 # Steps that do their work on Ray (Ray Data / Ray Train); the others run where they are called.
 RAY_STEPS = ("split", "pretrain", "oracle", "unlearn")
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+_AGENT_WAIT_S = 120.0
 
 
 class RemoteStepError(LetheError):
@@ -72,11 +73,23 @@ def submit_step(
             seen=str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
         ) from None
     submission_id = f"lethe-{step}-{uuid.uuid4().hex[:8]}"
-    job_id = client.submit_job(
-        entrypoint=job_entrypoint(cfg, step, parent_run_id),
-        submission_id=submission_id,
-        metadata={"lethe.step": step, "lethe.workdir": str(cfg.workdir_path)},
-    )
+    deadline = time.monotonic() + _AGENT_WAIT_S
+    while True:
+        try:
+            job_id = client.submit_job(
+                entrypoint=job_entrypoint(cfg, step, parent_run_id),
+                submission_id=submission_id,
+                metadata={"lethe.step": step, "lethe.workdir": str(cfg.workdir_path)},
+            )
+            break
+        except RuntimeError as exc:
+            # A head that just started (or a restarted agent) answers 500 until its job agent is
+            # up; anything else, or a wait past the deadline, is a real refusal.
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise RemoteStepError(
+                    "the Ray cluster refused the job", where=address, seen=str(exc).splitlines()[0][:200]
+                ) from None
+            time.sleep(2)
     log.warning("%s: submitted Ray job %s to %s", step, job_id, address)
     start = time.monotonic()
     status = "PENDING"

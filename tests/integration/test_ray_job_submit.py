@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,20 +22,6 @@ from lethe.config import build_config
 from lethe.orchestration import kfp_steps
 from lethe.orchestration.ray_submit import RemoteStepError, is_jobs_address, job_entrypoint
 
-_HEAD = """
-import os, signal, sys, time
-import ray
-ctx = ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=int(sys.argv[1]),
-               object_store_memory=256 * 1024**2)
-def stop(*_):
-    ray.shutdown()
-    sys.exit(0)
-signal.signal(signal.SIGTERM, stop)
-print("READY", flush=True)
-while True:
-    time.sleep(1)
-"""
-
 
 def _free_port() -> int:
     import socket
@@ -44,54 +31,89 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _own_pids(marker: str) -> list[int]:
+    """Processes whose command line names our head's temp dir: every daemon of that head."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
 @pytest.fixture(scope="module")
-def ray_jobs_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ray_jobs_api() -> Iterator[str]:
+    """`ray start --head` with every port chosen here (other Rays may share the machine), stopped by
+    killing exactly its processes (never `ray stop`, which would stop every Ray on the machine)."""
     from ray.job_submission import JobSubmissionClient
 
-    port = _free_port()
-    log = tmp_path_factory.mktemp("ray_head") / "head.log"
-    bin_dir = str(Path(sys.executable).parent)
+    temp = tempfile.mkdtemp(prefix="lkj-", dir="/tmp")  # short: Ray's socket paths are length-limited
+    names = ("gcs", "dash", "agent", "agent_grpc", "client", "metrics", "nm", "om", "rtenv")
+    ports = {n: _free_port() for n in names}
+    lo = 20000 + _free_port() % 20000
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
-        # Jobs run `python -m lethe...`: the interpreter of this test session, with lethe importable.
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        # Jobs run `python -m lethe...`: this interpreter, with this checkout importable.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": os.pathsep.join(
-            p for p in [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")] if p
+            p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")) if p
         ),
     }
     env.pop("RAY_ADDRESS", None)
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _HEAD, str(port)],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={ports['gcs']}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={ports['dash']}",
+        f"--dashboard-agent-listen-port={ports['agent']}",
+        f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+        f"--ray-client-server-port={ports['client']}",
+        f"--metrics-export-port={ports['metrics']}",
+        f"--node-manager-port={ports['nm']}",
+        f"--object-manager-port={ports['om']}",
+        f"--runtime-env-agent-port={ports['rtenv']}",
+        f"--min-worker-port={lo}",
+        f"--max-worker-port={lo + 200}",
+        f"--temp-dir={temp}",
+        "--num-cpus=4",
+        "--object-store-memory=300000000",
+        "--disable-usage-stats",
+    ]
+    start = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, start_new_session=True)
+    url = f"http://127.0.0.1:{ports['dash']}"
     try:
+        assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
         deadline = time.monotonic() + 120
         while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ray head exited:\n{log.read_text()[-3000:]}")
             try:
                 JobSubmissionClient(url).list_jobs()
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 if time.monotonic() > deadline:
-                    pytest.fail(f"Ray Jobs API not up after 120 s:\n{log.read_text()[-3000:]}")
+                    pytest.fail("Ray Jobs API not up after 120 s")
                 time.sleep(1)
         yield url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _own_pids(temp):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 15
+            while _own_pids(temp) and time.monotonic() < deadline:
+                time.sleep(0.5)
+        assert not _own_pids(temp), "our Ray head did not stop"
 
 
 class _Artifact:
