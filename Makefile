@@ -1,5 +1,6 @@
-# `make run`: set up and run the whole pipeline on the embedded defaults (local Ray, MLflow on
-# SQLite, real Fashion-MNIST). `make test`: set up and run every test.
+# `make run`: set up and run the whole pipeline on the embedded defaults (the Kubeflow pipeline on
+# kfp's local runner, local Ray, MLflow on SQLite, real Fashion-MNIST, demo preset); the last line is
+# the path of report.json. `make test`: set up and run every test.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,9 @@ FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test install data lint bench bench-scaling clean
+IMAGE ?= lethe:0.1.0
+
+.PHONY: run run-direct test install data lint bench bench-scaling image pipeline clean
 
 install: $(VENV)/.installed
 
@@ -34,7 +37,20 @@ data:
 	fi
 
 run: install data
+	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/lethe pipeline run --local $(RUN_ARGS)
+
+# The same steps chained in one process, without kfp (`lethe run`).
+run-direct: install data
 	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/lethe run $(RUN_ARGS)
+
+# The pipeline's IR YAML for a cluster: `make pipeline WORKDIR=/mnt/lethe/nightly`.
+WORKDIR ?= /mnt/lethe/nightly
+pipeline: install
+	LETHE_IMAGE=$(IMAGE) $(BIN)/lethe pipeline compile --workdir $(WORKDIR) --output lethe-pipeline.yaml $(RUN_ARGS)
+
+# The image every component and Ray job runs in (needs Docker).
+image:
+	docker build -f infra/Dockerfile -t $(IMAGE) --build-arg LETHE_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null) .
 
 test: install data
 	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -51,4 +67,4 @@ bench-scaling: install data
 	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python benchmarks/scaling.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache lethe-pipeline.yaml

@@ -1,4 +1,5 @@
-"""`lethe` command line: `lethe run` runs the whole pipeline, `lethe <step>` one step (DESIGN.md 7).
+"""`lethe` command line: `lethe run` runs the whole pipeline, `lethe <step>` one step (DESIGN.md 7),
+`lethe pipeline compile | run --local | submit | schedule` the Kubeflow pipeline.
 
 Flags are a thin layer over `RunConfig`: preset < --config YAML < flags. A LetheError becomes one
 line on stderr and exit code 2; nothing else is printed to stdout after the report path.
@@ -22,7 +23,7 @@ STEP_HELP = {
     "unlearn": "unlearn the forget set from the original model (Ray Train)",
     "tune": "search alpha and lr with Ray Tune (ASHA; each trial a Ray Train run); writes tune/best.json",
     "evaluate": "compare original / unlearned / oracle on held-out data; write the report",
-    "promote": "register the unlearned model in the MLflow registry",
+    "promote": "register the unlearned model in the MLflow registry; move the alias if the gates pass",
     "cleanup": "delete the forget shards and record the deletion",
 }
 
@@ -54,7 +55,59 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--tune", action="store_true", default=None, help="tune alpha/lr first (run) or use tune/best.json"
     )
     g.add_argument("--seed", type=int)
+    g.add_argument(
+        "--source-model",
+        metavar="URI",
+        help="unlearn this registered model (models:/NAME/VERSION or models:/NAME@ALIAS) instead of pretraining",
+    )
+    g.add_argument(
+        "--alias", help="registry alias moved to the new version when the gates pass (default champion)"
+    )
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+PIPELINE_HELP = {
+    "compile": "write the pipeline's IR YAML (this run configuration as the parameters' defaults)",
+    "run": "run the pipeline with kfp's local runner (--local) and print the path of report.json",
+    "submit": "start one run of the pipeline on a Kubeflow Pipelines server",
+    "schedule": "create a recurring run of the pipeline on a Kubeflow Pipelines server",
+}
+
+
+def _pipeline_parsers(pipe: argparse.ArgumentParser) -> None:
+    sub = pipe.add_subparsers(dest="action", required=True, metavar="{compile,run,submit,schedule}")
+    for action, text in PIPELINE_HELP.items():
+        p = sub.add_parser(action, help=text, description=text)
+        _common(p)
+        g = p.add_argument_group("pipeline")
+        g.add_argument("--retries", type=int, help="retries per task (default 2 on a cluster, 0 locally)")
+        if action == "compile":
+            g.add_argument("--output", required=True, metavar="FILE", help="pipeline YAML to write")
+        if action == "run":
+            g.add_argument("--local", action="store_true", help="use kfp's local runner (required)")
+            g.add_argument("--no-cache", action="store_true", help="run every task, ignoring KFP's cache")
+        if action != "run":
+            g.add_argument(
+                "--pvc", metavar="CLAIM", help="PersistentVolumeClaim mounted in every task (the work dir)"
+            )
+            g.add_argument(
+                "--pvc-mount", metavar="PATH", help="where to mount it (default: the work dir's parent)"
+            )
+        if action in ("submit", "schedule"):
+            g.add_argument("--host", required=True, metavar="URL", help="Kubeflow Pipelines API endpoint")
+            g.add_argument("--namespace", help="Kubeflow profile namespace (multi-user deployments)")
+            g.add_argument("--experiment", default="lethe", help="KFP experiment (created if missing)")
+        if action == "submit":
+            g.add_argument("--run-name", help="display name of the run")
+        if action == "schedule":
+            g.add_argument(
+                "--cron", required=True, metavar="EXPR", help="'SEC MIN HOUR DOM MON DOW' or 5-field cron"
+            )
+            g.add_argument("--job-name", help="display name of the recurring run")
+            g.add_argument(
+                "--pipeline-name", help="KFP pipeline to add the version to (default lethe-unlearning)"
+            )
+            g.add_argument("--max-concurrency", type=int, default=1, help="runs at the same time (default 1)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -65,8 +118,10 @@ def parser() -> argparse.ArgumentParser:
     _common(sub.add_parser("run", help="run the whole pipeline and print the path of report.json"))
     for name, text in STEP_HELP.items():
         _common(sub.add_parser(name, help=text))
-    pipe = sub.add_parser("pipeline", help="Kubeflow pipeline commands")
-    pipe.add_argument("action", choices=["compile", "run", "submit", "schedule"])
+    pipe = sub.add_parser(
+        "pipeline", help="Kubeflow pipeline commands: compile, run --local, submit, schedule"
+    )
+    _pipeline_parsers(pipe)
     return p
 
 
@@ -101,6 +156,8 @@ def overrides_from_args(a: argparse.Namespace) -> dict[str, Any]:
     put("storage.uri", a.storage)
     put("tune.enabled", a.tune)
     put("seed", a.seed)
+    put("source_model", a.source_model)
+    put("tracking.alias", a.alias)
     return o
 
 
@@ -118,18 +175,82 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("lethe").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def _pipeline(args: argparse.Namespace, cfg: RunConfig) -> int:
+    from lethe.orchestration import kfp_client
+
+    if args.action == "run":
+        if not args.local:
+            raise LetheError(
+                "`lethe pipeline run` needs --local (kfp's local runner)",
+                expected="--local, or `lethe pipeline submit --host URL` for a Kubeflow Pipelines server",
+            )
+        res = kfp_client.run_local(
+            cfg,
+            tune=cfg.tune.enabled,
+            cache=not args.no_cache,
+            retries=args.retries if args.retries is not None else 0,
+        )
+        if res.certificate:
+            print(f"certificate: {res.certificate}", file=sys.stderr)
+        print(res.report)
+        return 0
+    retries = args.retries if args.retries is not None else 2
+    volume = kfp_client.Volume(args.pvc, args.pvc_mount) if args.pvc else None
+    if args.action == "compile":
+        print(
+            kfp_client.compile_pipeline(
+                cfg, args.output, retries=retries, tune=cfg.tune.enabled, volume=volume
+            )
+        )
+    elif args.action == "submit":
+        run_id = kfp_client.submit(
+            cfg,
+            args.host,
+            experiment=args.experiment,
+            run_name=args.run_name,
+            tune=cfg.tune.enabled,
+            retries=retries,
+            namespace=args.namespace,
+            volume=volume,
+        )
+        print(run_id)
+    else:
+        sched = kfp_client.schedule(
+            cfg,
+            args.host,
+            args.cron,
+            experiment=args.experiment,
+            job_name=args.job_name,
+            pipeline_name=args.pipeline_name,
+            tune=cfg.tune.enabled,
+            retries=retries,
+            namespace=args.namespace,
+            max_concurrency=args.max_concurrency,
+            volume=volume,
+        )
+        print(
+            f"recurring run {sched.recurring_run_id}: cron '{sched.cron}', pipeline {sched.pipeline_id} "
+            f"version {sched.version_id}, experiment {sched.experiment_id}",
+            file=sys.stderr,
+        )
+        print(sched.recurring_run_id)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "pipeline":
-        print("lethe pipeline: the Kubeflow pipeline commands are not available yet", file=sys.stderr)
-        return 2
     _setup_logging(args.verbose)
     try:
         cfg = config_from_args(args)
         from lethe import steps
 
+        if args.command == "pipeline":
+            return _pipeline(args, cfg)
         if args.command == "run":
             last: object = steps.run_all(cfg)
+            cert = steps.layout(cfg).certificate_dir / "certificate.json"
+            if cert.is_file():
+                print(f"certificate: {cert}", file=sys.stderr)
         else:
             out = steps.run_step(cfg, args.command)
             last = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -294,11 +295,54 @@ class TuneConfig(_Strict):
         return v
 
 
+# MLflow's rules for alias names (mlflow.utils.validation._validate_model_alias_name), checked here
+# so a bad alias fails before any work instead of after the model version exists.
+_ALIAS_RE = re.compile(r"^[\w\-]{1,255}$")
+_RESERVED_ALIAS_RE = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+# models:/NAME/VERSION or models:/NAME@ALIAS (DESIGN.md 3.2: the source model of an unlearning run).
+SOURCE_MODEL_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))$")
+
+
+def parse_source_model(uri: str) -> tuple[str, str | None, str | None]:
+    """`models:/NAME/VERSION` -> (NAME, VERSION, None); `models:/NAME@ALIAS` -> (NAME, None, ALIAS)."""
+    m = SOURCE_MODEL_RE.match(uri.strip())
+    if not m:
+        raise ValueError(f"source_model must be models:/NAME/VERSION or models:/NAME@ALIAS, got {uri!r}")
+    return m["name"], m["version"], m["alias"]
+
+
 class TrackingConfig(_Strict):
     tracking_uri: str | None = Field(None, description="None: sqlite store in the work dir")
     experiment: str = "lethe"
-    model_name: str | None = Field(None, description="None: lethe-<family>")
+    model_name: str | None = Field(
+        None, description="None: the source model's registered model, else lethe-<family>"
+    )
     register_model: bool = True
+    alias: str = Field("champion", description="registry alias moved to a new version when the gates pass")
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        if not _ALIAS_RE.match(v) or _RESERVED_ALIAS_RE.match(v):
+            raise ValueError(
+                f"alias {v!r} is not usable: letters, digits, '_' and '-' only, and not 'latest' or 'v<N>'"
+            )
+        return v
+
+
+class GatesConfig(_Strict):
+    """When `lethe promote` may move the alias to the new version (see lethe.gates).
+
+    forget: FD_unlearned / FD_oracle on held-out forget data lies in [1/(1+x), 1+x] (as far from the
+    oracle as the model may be, in either direction: under-forgetting and over-forgetting both fail).
+    retain: FD_unlearned / FD_source on held-out retain data <= 1 + y, and the PSNR drop from the
+    source model <= retain_psnr_drop_db. mia: |AUC - 0.5| <= z for the unlearned model.
+    """
+
+    forget_oracle_tol: float = Field(1.0, ge=0, description="x: forget FD within a factor 1+x of the oracle")
+    retain_fd_tol: float = Field(0.15, ge=0, description="y: retain FD ratio to the source <= 1+y")
+    retain_psnr_drop_db: float = Field(1.0, ge=0, description="retain PSNR may drop this much (dB)")
+    mia_auc_tol: float = Field(0.1, ge=0, le=0.5, description="z: |MIA AUC - 0.5| <= z")
 
 
 class RunConfig(_Strict):
@@ -308,6 +352,11 @@ class RunConfig(_Strict):
     cache_dir: str | None = Field(None, description="None: <workdir>/../cache, shared by runs")
     family: str = "mae"
     method: str = "encoder_noise"
+    source_model: str | None = Field(
+        None,
+        description="models:/NAME/VERSION or models:/NAME@ALIAS: unlearn this registered model "
+        "instead of pretraining one; the result becomes a new version of NAME",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     request: RequestConfig = Field(default_factory=RequestConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -328,6 +377,28 @@ class RunConfig(_Strict):
                 f"must be a local folder, got {v!r}; put outputs on object storage with storage.uri (--storage)"
             )
         return v
+
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+
+    @field_validator("source_model")
+    @classmethod
+    def _source_model(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        parse_source_model(v)
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _one_registered_model(self) -> RunConfig:
+        if self.source_model and self.tracking.model_name:
+            name = parse_source_model(self.source_model)[0]
+            if name != self.tracking.model_name:
+                raise ValueError(
+                    f"tracking.model_name {self.tracking.model_name!r} differs from the source model's "
+                    f"registered model {name!r}; the unlearned model is registered as a new version of the "
+                    "source model, so leave tracking.model_name unset"
+                )
+        return self
 
     @field_validator("family")
     @classmethod
@@ -376,7 +447,12 @@ class RunConfig(_Strict):
 
     @property
     def model_name(self) -> str:
-        return self.tracking.model_name or f"lethe-{self.family}"
+        """The registered model the unlearned model joins: the source model's, else lethe-<family>."""
+        if self.tracking.model_name:
+            return self.tracking.model_name
+        if self.source_model:
+            return parse_source_model(self.source_model)[0]
+        return f"lethe-{self.family}"
 
     def digest(self, *sections: str) -> str:
         """Stable digest of some config sections, for cache keys. "model" stands for the active

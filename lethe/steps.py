@@ -6,9 +6,11 @@ previous one left:
     <workdir>/shards/            manifest.json + forget / retain / heldout_* Parquet shards
     <workdir>/models/            original.pt, featnet.pt, oracle.pt, unlearned.pt
     <workdir>/report/            report.json, report.html, grid_*.png
+    <workdir>/certificate/       certificate.json, certificate.html (written after cleanup)
     <workdir>/ray/               Ray Train / Tune storage_path (checkpoints)
     <workdir>/tune/              best.json (the tuned alpha and lr) and result.json (every trial)
-    <workdir>/state.json         timings and tracking ids of the last run
+    <workdir>/state.json         timings and tracking ids of the last run (also how steps run in
+                                 separate processes, e.g. KFP components, find the pipeline's MLflow run)
     <cache_dir>/models/          original / oracle / feature net, keyed by data digest + config
 
 With `storage.uri` set (e.g. s3://bucket/run), shards and Ray checkpoints live only there, and models,
@@ -26,6 +28,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ import torch
 
 from lethe import __version__
 from lethe.config import RunConfig
-from lethe.errors import CheckpointError, DataError, StorageError
+from lethe.errors import CheckpointError, DataError, LetheError, StorageError
 
 log = logging.getLogger("lethe")
 
@@ -87,6 +90,10 @@ class Layout:
     @property
     def state(self) -> Path:
         return self.root / "state.json"
+
+    @property
+    def certificate_dir(self) -> Path:
+        return self.root / "certificate"
 
     def cached(self, kind: str, key: str) -> Path:
         return self.cache / "models" / f"{kind}-{key}.pt"
@@ -176,25 +183,43 @@ class Context:
     lay: Layout
     tracker: Any  # lethe.tracking.Tracker
     state: dict[str, Any] = field(default_factory=dict)
+    # The pipeline's MLflow run when it was opened in another process (KFP components); None: the
+    # active run of this process (`lethe run`), or no parent (a step run alone).
+    parent_run_id: str | None = None
 
     @contextmanager
     def step(self, name: str, params: dict[str, Any] | None = None):
         t0 = time.perf_counter()
+        started = now_iso()
         log.warning("== %s", name)
-        with self.tracker.step(name, params) as run_id:
+        with self.tracker.step(name, params, parent_run_id=self.parent_run_id) as run_id:
             yield run_id
             dt = time.perf_counter() - t0
             self.state.setdefault("timing_s", {})[name] = round(dt, 3)
+            self.state.setdefault("steps_at", {})[name] = {"started_at": started, "finished_at": now_iso()}
             self.tracker.log_metrics({"wall_s": dt})
             save_state(self.lay, self.state)
 
 
-def make_context(cfg: RunConfig) -> Context:
+def make_context(cfg: RunConfig, parent_run_id: str | None = None) -> Context:
     from lethe.tracking import Tracker
 
     lay = check_workdir(cfg)
     tracker = Tracker(cfg.tracking_uri, cfg.tracking.experiment)
-    return Context(cfg=cfg, lay=lay, tracker=tracker, state=load_state(lay))
+    return Context(cfg=cfg, lay=lay, tracker=tracker, state=load_state(lay), parent_run_id=parent_run_id)
+
+
+def preflight(ctx: Context) -> str | None:
+    """Checks that need no data, before anything is written: the source model must exist.
+
+    Returns the source model pinned to a version (`models:/NAME/VERSION`), or None when lethe
+    pretrains the source model itself. An alias is resolved once here so that every later step of
+    the same run uses the same version even if the alias moves meanwhile.
+    """
+    if not ctx.cfg.source_model:
+        return None
+    mv = ctx.tracker.resolve_model_version(ctx.cfg.source_model)
+    return f"models:/{mv.name}/{mv.version}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,26 +383,85 @@ def step_split(ctx: Context):
         man = split_dataset(cfg, ctx.lay.shards_uri)
         for name, sh in man.shards.items():
             # Counts, digests and where the shards live: never ids or pixels.
-            ctx.tracker.log_dataset(name, sh.digest, sh.count, sh.path, context=name)
-        ctx.tracker.log_params({"data_digest": man.data_digest, "request_digest": man.request_digest})
+            ctx.tracker.log_dataset(
+                name, sh.digest, sh.count, sh.path, context=name, tags={"derived_from": man.source_uri}
+            )
+        ctx.tracker.log_params(
+            {
+                "data_digest": man.data_digest,
+                "request_digest": man.request_digest,
+                "source_uri": man.source_uri,
+            }
+        )
         ctx.tracker.log_metrics({f"{n}_count": float(s.count) for n, s in man.shards.items()})
         ctx.state["split"] = {"request_digest": man.request_digest}
     return man
 
 
+def _resolve_source(ctx: Context, man) -> tuple[Path, dict[str, Any]]:
+    """Load the registered source model through MLflow and save it as the lethe checkpoint."""
+    from lethe.models.checkpoint import save_checkpoint
+    from lethe.models.mae import MAE
+
+    cfg, lay = ctx.cfg, ctx.lay
+    mv = ctx.tracker.resolve_model_version(cfg.source_model)
+    name, version = mv.name, str(mv.version)
+    uri = f"models:/{name}/{version}"
+    model = ctx.tracker.load_registered_model(name, version)
+    if not isinstance(model, MAE) or model.family != cfg.family:
+        raise CheckpointError(
+            "source model is not a lethe model of the configured family",
+            where=uri,
+            expected=f"a {cfg.family} model registered by lethe",
+            seen=type(model).__name__,
+        )
+    want, got = _arch(cfg, man), model.arch.to_dict()
+    diff = [k for k in want if got.get(k) != want[k]]
+    if diff:
+        k = diff[0]
+        raise CheckpointError(
+            f"source model architecture differs from the configuration in {k} (set model.{k} to match)",
+            where=uri,
+            expected=repr(want[k]),
+            seen=repr(got.get(k)),
+        )
+    dest = save_checkpoint(lay.model("original"), model, {"role": "original", "source_model": uri})
+    requested = ctx.state.get("source_requested") or cfg.source_model
+    info = {"uri": uri, "requested": requested, "name": name, "version": version, "run_id": mv.run_id}
+    log.warning("pretrain: source model %s (requested as %s)", uri, requested)
+    return dest, info
+
+
 def step_pretrain(ctx: Context) -> Path:
+    """Resolve-or-pretrain: the registered `source_model` when set, else train the original here."""
     cfg = ctx.cfg
-    with ctx.step("pretrain", {"family": cfg.family, **_flat("pretrain", cfg)}):
+    params = {"family": cfg.family, "source_model": cfg.source_model or "pretrain"}
+    if not cfg.source_model:
+        params.update(_flat("pretrain", cfg))
+    with ctx.step("pretrain", params):
         man = _manifest(ctx)
-        key_orig = _key(man.data_digest, cfg.digest("family", "model", "pretrain", "eval", "seed"))
-        path, info = _train_model(ctx, cfg.family, ("forget", "retain"), key_orig, "original")
+        source: dict[str, Any] = {}
+        if cfg.source_model:
+            path, source = _resolve_source(ctx, man)
+            info: dict[str, Any] = {"cache_key": None, "cached": False}
+            ctx.tracker.set_tags(
+                {"lethe.source_model": source["uri"], "lethe.source_model_requested": source["requested"]}
+            )
+            key_orig = None
+        else:
+            key_orig = _key(man.data_digest, cfg.digest("family", "model", "pretrain", "eval", "seed"))
+            path, info = _train_model(ctx, cfg.family, ("forget", "retain"), key_orig, "original")
         key_feat = _key(man.data_digest, cfg.digest("featnet", "seed"))
         _, finfo = _train_model(ctx, "featnet", ("forget", "retain"), key_feat, "featnet")
         ctx.tracker.log_params(
-            {"original.cache_key": key_orig, "featnet.cache_key": key_feat, "original.phases": info["phases"]}
+            {
+                "original.cache_key": key_orig or "",
+                "featnet.cache_key": key_feat,
+                "original.phases": info.get("phases", ""),
+            }
         )
         ctx.tracker.log_metrics(_numeric({**_prefix("original", info), **_prefix("featnet", finfo)}))
-        ctx.state["pretrain"] = {"original": info, "featnet": finfo}
+        ctx.state["pretrain"] = {"original": info, "featnet": finfo, "source": source}
     return path
 
 
@@ -510,7 +594,12 @@ def step_unlearn(ctx: Context) -> Path:
         lay.publish(lay.model("unlearned"))
         ctx.tracker.log_metrics(_numeric({"train_wall_s": res.wall_s, **res.metrics}))
         ctx.tracker.set_tags({"lethe.ray_run": name, "lethe.reused_finished_run": str(res.reused).lower()})
-        ctx.state["unlearn"] = {"train_wall_s": res.wall_s, "reused": res.reused, **_numeric(res.metrics)}
+        ctx.state["unlearn"] = {
+            "train_wall_s": res.wall_s,
+            "reused": res.reused,
+            **_numeric(res.metrics),
+            "alpha": u.alpha,
+        }
         log.warning("unlearned in %.1f s (%s)", res.wall_s, res.metrics)
     return lay.model("unlearned")
 
@@ -882,6 +971,7 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
             "model_version": st.get("promote", {}).get("model_version"),
         },
         "code_version": code_version(),
+        "source_model": (st.get("pretrain") or {}).get("source", {}).get("uri"),
     }
     tune = _tune_section(ctx)
     if tune is not None:
@@ -889,11 +979,74 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
     return report
 
 
+def _read_report(ctx: Context) -> dict[str, Any]:
+    rp = ctx.lay.report_dir / "report.json"
+    if not rp.is_file():
+        raise DataError("no evaluation report found", where=str(rp), expected="run `lethe evaluate` first")
+    return json.loads(rp.read_text())
+
+
+def _gap_tags(report: dict[str, Any]) -> dict[str, str]:
+    """Oracle gaps of the unlearned model as registry tags (FD ratio, PSNR and MIA differences)."""
+    gaps = (report.get("oracle_gaps") or {}).get("unlearned", {})
+    out: dict[str, str] = {}
+    for split, names in gaps.items():
+        for name, g in names.items():
+            if name in ("fd", "psnr", "mia_auc"):
+                out[f"lethe.oracle_gap.{split}.{name}"] = f"{g['diff']:.6g}"
+                if g.get("ratio") is not None:
+                    out[f"lethe.oracle_gap.{split}.{name}_ratio"] = f"{g['ratio']:.6g}"
+    return out
+
+
+def register_and_promote(
+    tracker: Any,
+    model: torch.nn.Module,
+    name: str,
+    example: tuple,
+    tags: dict[str, str],
+    description: str,
+    alias: str,
+    promote: bool,
+    after: Any = None,
+) -> tuple[str, bool, str | None]:
+    """Register `model` as a new version of `name`; move `alias` to it only if `promote`.
+
+    All or nothing: if moving the alias or `after(version, moved, previous)` (the caller's
+    bookkeeping) fails, the alias goes back to where it was and the new version is deleted.
+    Returns (version, moved, previous alias target).
+    """
+    previous = tracker.alias_version(name, alias)
+    version = tracker.register_model(model, name, example, tags, description=description)
+    moved = False
+    try:
+        if promote:
+            tracker.set_alias(name, alias, version)
+            moved = True
+        if after is not None:
+            after(version, moved, previous)
+    except BaseException:
+        try:
+            if moved:
+                tracker.restore_alias(name, alias, previous)
+            tracker.delete_version(name, version)
+        except Exception:  # noqa: BLE001 - report the original failure, not the rollback's
+            log.error("promote: rollback of %s version %s failed; delete it by hand", name, version)
+        raise
+    return version, moved, previous
+
+
 def step_promote(ctx: Context) -> str | None:
+    """Register the unlearned model with its lineage; move the alias only if the gates pass."""
+    from lethe import masks
+    from lethe.certificate import CERT_DIR, JSON_NAME
+    from lethe.gates import evaluate_gates
     from lethe.models.checkpoint import load_checkpoint
 
     cfg, lay = ctx.cfg, ctx.lay
-    with ctx.step("promote", {"model_name": cfg.model_name}):
+    alias = cfg.tracking.alias
+    params = {"model_name": cfg.model_name, "alias": alias, **_flat("gates", cfg)}
+    with ctx.step("promote", params) as run_id:
         man = _manifest(ctx)
         arch = _arch(cfg, man)
         unlearned = lay.fetch(lay.model("unlearned"))
@@ -901,53 +1054,112 @@ def step_promote(ctx: Context) -> str | None:
         if not cfg.tracking.register_model:
             log.warning("promote: registration disabled (tracking.register_model=false)")
             return None
+        report = _read_report(ctx)
+        decision = evaluate_gates(report["metrics"], cfg.gates)
         h, w, c = man.height, man.width, man.channels
         example = torch.rand(4, c, h, w)
-        from lethe import masks
-
         mask = masks.expand(masks.box_mask(h, w, cfg.eval.box_frac, model.mask_cell), 4).contiguous()
         digest = _state_digest(model)
+        st = ctx.state
+        source = (st.get("pretrain") or {}).get("source") or {}
+        alpha = st.get("unlearn", {}).get("alpha", cfg.unlearn.alpha)
+        # The certificate is written after cleanup, into the pipeline run (or this run when the
+        # step runs alone); its address is fixed now so the version is complete when created.
+        anchor = st.get("run_id") or run_id
+        cert_uri = f"runs:/{anchor}/{CERT_DIR}/{JSON_NAME}"
+        name = cfg.model_name
+        verdict = "passed" if decision.passed else "failed"
         tags = {
             "lethe.method": cfg.method,
-            "lethe.alpha": str(meta.get("alpha", cfg.unlearn.alpha)),
+            "lethe.alpha": str(alpha),
             "lethe.model_digest": digest,
             "lethe.family": cfg.family,
             "lethe.forget_digest": man.shards["forget"].digest,
             "lethe.forget_count": str(man.shards["forget"].count),
             "lethe.retain_count": str(man.shards["retain"].count),
             "lethe.request_digest": man.request_digest,
+            "lethe.data_digest": man.data_digest,
+            "lethe.dataset": man.dataset,
             "lethe.code_version": code_version(),
+            "lethe.source_model": source.get("uri") or "pretrained by lethe",
+            "lethe.pipeline_run_id": st.get("run_id") or "",
+            "lethe.alias": alias,
+            "lethe.gates": verdict,
+            "lethe.gates.summary": decision.summary(),
+            "lethe.certificate_uri": cert_uri,
+            **({"lethe.source_model_requested": source["requested"]} if source.get("requested") else {}),
+            **decision.tags(),
+            **_gap_tags(report),
         }
-        same = [
-            v for v in ctx.tracker.find_versions(cfg.model_name) if v.tags.get("lethe.model_digest") == digest
-        ]
+        if decision.passed:
+            description = f"lethe {cfg.method} unlearning of {cfg.family}; gates passed, promoted to @{alias}"
+        else:
+            description = (
+                f"lethe {cfg.method} unlearning of {cfg.family}; NOT promoted to @{alias}: "
+                f"{decision.summary()}"
+            )
+
+        def bookkeeping(version: str, moved: bool, previous: str | None) -> None:
+            if moved:
+                log.warning("promote: %s version %s is now @%s (was %s)", name, version, alias, previous)
+            else:
+                log.warning(
+                    "promote: %s version %s registered but NOT promoted; @%s stays on %s: %s",
+                    name,
+                    version,
+                    alias,
+                    f"version {previous}" if previous else "no version",
+                    decision.summary(),
+                )
+            run_tags = {
+                "lethe.promoted": str(moved).lower(),
+                "lethe.gates": verdict,
+                "lethe.gates.summary": decision.summary(),
+                "lethe.model_version": version,
+            }
+            ctx.tracker.set_tags({**run_tags, "mlflow.note.content": description})
+            if anchor != run_id:
+                ctx.tracker.set_run_tags(anchor, run_tags)
+            ctx.tracker.log_dict(decision.to_dict(), "gates.json")
+            ctx.tracker.log_metrics(
+                {f"gate.{r.name}.value": r.value for r in decision.results if r.value is not None}
+            )
+            st["promote"] = {
+                "model_name": name,
+                "model_version": version,
+                "alias": alias,
+                "promoted": moved,
+                "previous_alias_version": previous,
+                "gates": decision.to_dict(),
+                "run_id": run_id,
+                "certificate_run_id": anchor,
+                "certificate_uri": cert_uri,
+            }
+            # report.json was written before registration: record the version and decision in it.
+            from lethe.report import write_report_json
+
+            report["mlflow"]["model_version"] = version
+            report["promotion"] = {
+                "alias": alias,
+                "promoted": moved,
+                "previous_alias_version": previous,
+                "gates": decision.to_dict(),
+            }
+            rp = write_report_json(report, lay.report_dir / "report.json")
+            ctx.tracker.log_artifact(rp, "report")
+            lay.publish(rp)
+
+        same = [v for v in ctx.tracker.find_versions(name) if v.tags.get("lethe.model_digest") == digest]
         if same:
             # A re-run that returned the finished unlearning run has the same weights: no duplicate version.
             version = str(min(int(v.version) for v in same))
-            ctx.tracker.set_tags({"lethe.promote": "already registered"})
-            log.warning(
-                "%s version %s already holds this model (digest %s)", cfg.model_name, version, digest[:12]
-            )
-        else:
-            version = ctx.tracker.register_model(
-                model,
-                cfg.model_name,
-                (example, mask),
-                tags,
-                description=f"lethe {cfg.method} unlearning of {cfg.family}",
-            )
-        ctx.state["promote"] = {"model_version": version}
-        # report.json was written before registration: record the version in it now.
-        rp = lay.fetch(lay.report_dir / "report.json")
-        if rp.is_file():
-            from lethe.report import write_report_json
-
-            report = json.loads(rp.read_text())
-            report["mlflow"]["model_version"] = version
-            write_report_json(report, rp)
-            ctx.tracker.log_artifact(rp, "report")
-            lay.publish(rp)
-        log.warning("registered %s version %s", cfg.model_name, version)
+            ctx.tracker.set_tags({"lethe.promote": "already registered", "lethe.model_version": version})
+            st["promote"] = {"model_name": name, "model_version": version, "alias": alias, "reused": True}
+            log.warning("%s version %s already holds this model (digest %s)", name, version, digest[:12])
+            return version
+        version, _moved, _previous = register_and_promote(
+            ctx.tracker, model, name, (example, mask), tags, description, alias, decision.passed, bookkeeping
+        )
     return version
 
 
@@ -963,23 +1175,29 @@ def _state_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def step_cleanup(ctx: Context) -> dict[str, Any]:
+def delete_forget_shards(lay: Layout) -> list[dict[str, Any]]:
+    """Delete the forget shards (training and held-out) and any temp prefix of an interrupted split to
+    S3 (those hold forget pixels too), then check each is gone. Needs no tracking store."""
     from lethe import storage
+    from lethe.data import Manifest
     from lethe.data.split import temp_prefixes
 
+    man = Manifest.load(lay.manifest_uri)
+    targets = [(name, man.shards[name].path) for name in ("forget", "heldout_forget")]
+    targets += [("interrupted-split", t) for t in (temp_prefixes(lay.shards_uri) if lay.remote else [])]
+    deleted = []
+    for name, uri in targets:
+        storage.delete(uri)
+        deleted.append(
+            {"shard": name, "uri": uri, "absent_after": not storage.list_files(uri), "at": now_iso()}
+        )
+    return deleted
+
+
+def step_cleanup(ctx: Context) -> dict[str, Any]:
     with ctx.step("cleanup"):
-        man = _manifest(ctx)
-        deleted = []
-        for name in ("forget", "heldout_forget"):
-            uri = man.shards[name].path
-            storage.delete(uri)
-            deleted.append({"shard": name, "uri": uri, "absent_after": not storage.list_files(uri)})
-        # Temp shard prefixes of an interrupted split to S3 also hold forget pixels.
-        for tmp in temp_prefixes(ctx.lay.shards_uri) if ctx.lay.remote else []:
-            storage.delete(tmp)
-            deleted.append(
-                {"shard": "interrupted-split", "uri": tmp, "absent_after": not storage.list_files(tmp)}
-            )
+        _manifest(ctx)
+        deleted = delete_forget_shards(ctx.lay)
         ctx.state["cleanup"] = {"deleted": deleted}
         ctx.tracker.log_dict({"deleted": deleted}, "cleanup.json")
         if not all(d["absent_after"] for d in deleted):
@@ -990,10 +1208,8 @@ def step_cleanup(ctx: Context) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # the whole pipeline
 # ----------------------------------------------------------------------------------------------
-def run_all(cfg: RunConfig) -> Path:
-    ctx = make_context(cfg)
-    ctx.state = {"timing_s": {}}
-    params = {
+def _pipeline_params(cfg: RunConfig) -> dict[str, Any]:
+    return {
         "family": cfg.family,
         "method": cfg.method,
         "dataset": cfg.data.dataset,
@@ -1002,10 +1218,18 @@ def run_all(cfg: RunConfig) -> Path:
         "alpha": cfg.unlearn.alpha,
         "tune.enabled": cfg.tune.enabled,
         "seed": cfg.seed,
+        "source_model": cfg.source_model or "pretrain",
     }
+
+
+def run_all(cfg: RunConfig) -> Path:
+    """`lethe run`: every step in this process, one MLflow parent run with a child run per step."""
+    ctx = make_context(cfg)
+    ctx.state = {"timing_s": {}, "started_at": now_iso(), "source_requested": cfg.source_model}
+    preflight(ctx)  # an unknown source model fails here, before anything is written
     tags = {"lethe.code_version": code_version(), "lethe.pipeline": "lethe run"}
     t0 = time.perf_counter()
-    with ctx.tracker.pipeline_run(f"lethe-{cfg.family}-{cfg.method}", params, tags) as run_id:
+    with ctx.tracker.pipeline_run(f"lethe-{cfg.family}-{cfg.method}", _pipeline_params(cfg), tags) as run_id:
         ctx.state["run_id"] = run_id
         step_split(ctx)
         step_pretrain(ctx)
@@ -1017,7 +1241,7 @@ def run_all(cfg: RunConfig) -> Path:
         step_promote(ctx)
         step_cleanup(ctx)
         ctx.state["timing_s"]["total"] = round(time.perf_counter() - t0, 3)
-        _finalise_report(ctx, report_path)
+        finalize(ctx, orchestrator="lethe run")
     save_state(ctx.lay, ctx.state)
     return report_path
 
@@ -1027,16 +1251,171 @@ def _finalise_report(ctx: Context, report_path: Path) -> None:
     from lethe.report import write_html_report, write_report_json
 
     report = json.loads(report_path.read_text())
-    report["timing_s"] = dict(ctx.state["timing_s"])
-    report["run_id"] = ctx.state["run_id"]
-    report["mlflow"]["run_id"] = ctx.state["run_id"]
+    report["timing_s"] = dict(ctx.state.get("timing_s", {}))
+    run_id = ctx.state.get("run_id")
+    if run_id:
+        report["run_id"] = run_id
+        report["mlflow"]["run_id"] = run_id
     report["cleanup"] = ctx.state.get("cleanup", {})
+    if ctx.state.get("promote"):
+        report["certificate_uri"] = ctx.state["promote"]["certificate_uri"]
     write_report_json(report, report_path)
     grids = {p.stem.removeprefix("grid_"): p for p in sorted(report_path.parent.glob("grid_*.png"))}
     html = write_html_report(report, grids, report_path.parent / "report.html")
-    ctx.tracker.log_artifact(report_path, "report")
-    ctx.tracker.log_artifact(html, "report")
     ctx.lay.publish(ctx.lay.report_dir)
+    if run_id:
+        ctx.tracker.log_artifact_to(run_id, report_path, "report")
+        ctx.tracker.log_artifact_to(run_id, html, "report")
+
+
+def _request_only_report(ctx: Context) -> dict[str, Any]:
+    """What a certificate can say when the run failed before `evaluate`: the request, from the manifest."""
+    if not ctx.lay.manifest.is_file():
+        return {}
+    man = _manifest(ctx)
+    return {
+        "dataset": man.dataset,
+        "source_uri": man.source_uri,
+        "family": ctx.cfg.family,
+        "method": ctx.cfg.method,
+        "request": {
+            "kind": ctx.cfg.request.kind,
+            "forget_count": man.shards["forget"].count,
+            "retain_count": man.shards["retain"].count,
+            "forget_digest": man.shards["forget"].digest,
+            "request_digest": man.request_digest,
+        },
+        "metrics": {},
+        "code_version": code_version(),
+    }
+
+
+def finalize(
+    ctx: Context, orchestrator: str, status: str = "complete", error: str | None = None
+) -> Path | None:
+    """After cleanup: final report (timings, cleanup) and the unlearning certificate.
+
+    The certificate goes to `<workdir>/certificate/`, to the pipeline's MLflow run (or the promote
+    run when there is none) under `certificate/`, which is where the model version's
+    `lethe.certificate_uri` tag points. Returns the certificate JSON path (None: nothing to certify).
+    """
+    from lethe.certificate import CERT_DIR, build_certificate, write_certificate
+
+    report_path = ctx.lay.report_dir / "report.json"
+    report: dict[str, Any] = {}
+    if report_path.is_file():
+        if status == "complete":
+            _finalise_report(ctx, report_path)
+        report = json.loads(report_path.read_text())
+    if not report:
+        report = _request_only_report(ctx)
+    if not report:
+        return None  # the run failed before the split: nothing was requested, nothing to certify
+    hp = ctx.cfg.unlearn.model_dump(mode="json")
+    hp["alpha"] = ctx.state.get("unlearn", {}).get("alpha", hp["alpha"])
+    cert = build_certificate(
+        report,
+        ctx.state,
+        hyperparameters=hp,
+        tracking={"tracking_uri": _redact(ctx.cfg.tracking_uri), "experiment": ctx.cfg.tracking.experiment},
+        orchestrator=orchestrator,
+        status=status,
+        error=error,
+    )
+    json_path, html_path = write_certificate(cert, ctx.lay.certificate_dir)
+    anchor = (ctx.state.get("promote") or {}).get("certificate_run_id") or ctx.state.get("run_id")
+    if anchor:
+        ctx.tracker.log_artifact_to(anchor, json_path, CERT_DIR)
+        ctx.tracker.log_artifact_to(anchor, html_path, CERT_DIR)
+    ctx.state["certificate"] = {"path": str(json_path), "status": status}
+    save_state(ctx.lay, ctx.state)
+    log.warning("certificate: %s (%s)", json_path, status)
+    return json_path
+
+
+def open_pipeline(cfg: RunConfig, orchestrator: str, tags: dict[str, str] | None = None) -> tuple[str, str]:
+    """First step of a pipeline run spread over processes (KFP): check, then open the MLflow run.
+
+    Resets the work dir's state (so no later step can attach to an older run), opens the parent
+    run, which stays RUNNING until `finish_pipeline`, and records its id in state.json. Returns
+    (run id, source model pinned to a version or "").
+    """
+    ctx = make_context(cfg)
+    ctx.state = {"timing_s": {}, "started_at": now_iso(), "source_requested": cfg.source_model}
+    save_state(ctx.lay, ctx.state)
+    pinned = preflight(ctx) or ""
+    all_tags = {"lethe.code_version": code_version(), "lethe.pipeline": orchestrator, **(tags or {})}
+    run_id = ctx.tracker.open_run(f"lethe-{cfg.family}-{cfg.method}", _pipeline_params(cfg), all_tags)
+    ctx.state.update({"run_id": run_id, "orchestrator": orchestrator, "source_pinned": pinned})
+    save_state(ctx.lay, ctx.state)
+    log.warning("pipeline run %s opened (%s)", run_id, orchestrator)
+    return run_id, pinned
+
+
+def record_failure(cfg: RunConfig, step: str, exc: BaseException) -> None:
+    """Note in state.json which step failed and why (one line; no data), for the exit handler."""
+    from lethe.errors import find_lethe_error
+
+    ours = find_lethe_error(exc)
+    line = ours.line() if ours is not None else f"internal error {type(exc).__name__} (see the step's log)"
+    lay = layout(cfg)
+    if not lay.root.is_dir():
+        return
+    state = load_state(lay)
+    state["failed"] = {"step": step, "error": line, "at": now_iso()}
+    save_state(lay, state)
+
+
+def finish_pipeline(cfg: RunConfig, succeeded: bool, error: str | None = None) -> dict[str, Any]:
+    """Last step of a pipeline run spread over processes, run whatever happened before (KFP exit
+    handler): delete the forget shards, write the final report and certificate, and close the
+    pipeline's MLflow run as FINISHED or FAILED with the reason. Raises if cleanup failed."""
+    try:
+        ctx = make_context(cfg)
+    except LetheError:
+        # No tracking store (or no work dir access through it): still delete the forget data.
+        lay = layout(cfg)
+        if lay.manifest.is_file():
+            state = load_state(lay)
+            state["cleanup"] = {"deleted": delete_forget_shards(lay)}
+            save_state(lay, state)
+        raise
+    run_id = ctx.state.get("run_id")
+    ctx.parent_run_id = run_id
+    orchestrator = ctx.state.get("orchestrator", "kfp")
+    cleanup_error: LetheError | None = None
+    if ctx.lay.manifest.is_file():
+        try:
+            step_cleanup(ctx)
+        except LetheError as e:
+            cleanup_error = e
+    failed = ctx.state.get("failed")
+    # The step's own one-line error beats the orchestrator's generic one ("Task exit-handler-1 failed.").
+    reason = (f"{failed['step']}: {failed['error']}" if failed else None) or error
+    if cleanup_error is not None:
+        reason = f"{reason + '; ' if reason else ''}cleanup: {cleanup_error.line()}"
+    ok = succeeded and failed is None and cleanup_error is None
+    if "started_at" in ctx.state:
+        t0 = datetime.fromisoformat(ctx.state["started_at"])
+        ctx.state.setdefault("timing_s", {})["total"] = round(
+            (datetime.now(timezone.utc) - t0).total_seconds(), 3
+        )
+    cert = None
+    try:
+        cert = finalize(
+            ctx, orchestrator, status="complete" if ok else "incomplete", error=None if ok else reason
+        )
+    finally:
+        if run_id:
+            status = "FINISHED" if ok else "FAILED"
+            tags = {"lethe.status": "succeeded" if ok else "failed"}
+            if not ok:
+                tags["lethe.error"] = reason or "a step failed (see the pipeline's logs)"
+                tags["mlflow.note.content"] = f"lethe pipeline failed: {tags['lethe.error']}"
+            ctx.tracker.close_run(run_id, status, tags)
+    if cleanup_error is not None:
+        raise cleanup_error
+    return {"succeeded": ok, "reason": reason, "certificate": str(cert) if cert else None, "run_id": run_id}
 
 
 RUNNERS = {
@@ -1059,6 +1438,9 @@ def run_step(cfg: RunConfig, name: str) -> Any:
     out = RUNNERS[name](ctx)
     if name == "tune":
         _add_tune_to_report(ctx)
+    if name == "cleanup":
+        # Cleanup ends a run made of single steps too: certify it.
+        finalize(ctx, orchestrator="lethe steps")
     return out
 
 
@@ -1084,9 +1466,17 @@ def _add_tune_to_report(ctx: Context) -> None:
 # ----------------------------------------------------------------------------------------------
 # small utilities
 # ----------------------------------------------------------------------------------------------
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def code_version() -> str:
+    """Package version plus the git commit: from the checkout, or baked into the image (infra/Dockerfile)."""
     import subprocess
 
+    baked = os.environ.get("LETHE_CODE_VERSION_COMMIT", "").strip()
+    if baked:
+        return f"{__version__}+{baked}"
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

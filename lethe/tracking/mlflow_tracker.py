@@ -392,12 +392,21 @@ class Tracker:
         self._require_run("log_dict")
         mlflow.log_dict(d, artifact_file)
 
-    def log_dataset(self, name: str, digest: str, count: int, source_uri: str, context: str) -> None:
+    def log_dataset(
+        self,
+        name: str,
+        digest: str,
+        count: int,
+        source_uri: str,
+        context: str,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         """Lineage of one data split: name, content digest, row count and where it came from."""
         self._require_run("log_dataset")
         # MLflow caps a dataset digest at 36 characters: the field gets a prefix, a tag the whole.
         dataset = MetaDataset(source=_UriSource(str(source_uri)), name=name, digest=digest[:_MAX_DIGEST])
-        mlflow.log_input(dataset, context=context, tags={"count": str(int(count)), "digest_sha256": digest})
+        all_tags = {"count": str(int(count)), "digest_sha256": digest, **(tags or {})}
+        mlflow.log_input(dataset, context=context, tags=all_tags)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._require_run("set_tags")
@@ -461,3 +470,109 @@ class Tracker:
         """Every version of registered model `name` (empty when it does not exist)."""
         escaped = name.replace("'", "\\'")
         return list(self.client.search_model_versions(f"name='{escaped}'"))
+
+    # -- pipelines spread over processes (KFP components, Ray jobs) ------------------------------
+
+    def open_run(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """Start a top-level run that stays RUNNING after this process exits; returns its id.
+
+        The KFP pipeline opens its parent run in one component and closes it in the exit handler;
+        every step in between attaches to it with `step(..., parent_run_id=...)`.
+        """
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={_clean_key(k): _truncate(str(v), _MAX_TAG_VALUE) for k, v in tags.items()},
+        )
+        run_id = run.info.run_id
+        flat = flatten_params(params)
+        if flat:
+            from mlflow.entities import Param
+
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()], synchronous=True)
+        return run_id
+
+    def close_run(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+        """End a run opened with `open_run`: status FINISHED, FAILED or KILLED."""
+        if tags:
+            self.set_run_tags(run_id, tags)
+        self.client.set_terminated(run_id, status)
+
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        clean = [RunTag(_clean_key(k), _truncate(str(v), _MAX_TAG_VALUE)) for k, v in tags.items()]
+        if clean:
+            self.client.log_batch(run_id, tags=clean, synchronous=True)
+
+    def log_artifact_to(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        """Log a file into any run (also a finished one), without touching the active run."""
+        self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+    def artifact_uri(self, run_id: str, artifact_path: str) -> str:
+        base = self.client.get_run(run_id).info.artifact_uri.rstrip("/")
+        return f"{base}/{artifact_path.lstrip('/')}"
+
+    # -- registry: source models, aliases, rollback ----------------------------------------------
+
+    def resolve_model_version(self, uri: str) -> ModelVersion:
+        """`models:/NAME/VERSION` or `models:/NAME@ALIAS` -> that model version, or one clear error."""
+        from lethe.config import parse_source_model
+
+        try:
+            name, version, alias = parse_source_model(uri)
+        except ValueError:
+            raise TrackingError(
+                "malformed source model URI", expected="models:/NAME/VERSION or models:/NAME@ALIAS", seen=uri
+            ) from None
+        try:
+            if alias is not None:
+                return self.client.get_model_version_by_alias(name, alias)
+            return self.client.get_model_version(name, str(version))
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+                raise TrackingError(
+                    "unknown source model",
+                    where=self.tracking_uri if not _is_http(self.tracking_uri) else uri,
+                    expected="a registered model version or alias (see `mlflow models` / the Models page)",
+                    seen=uri,
+                ) from None
+            raise
+
+    def load_registered_model(self, name: str, version: str) -> torch.nn.Module:
+        self._activate()
+        return mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version `alias` points at, or None (no such alias or no such registered model)."""
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def restore_alias(self, name: str, alias: str, previous: str | None) -> None:
+        """Put `alias` back where it was before a failed promotion (or remove it if it was unset)."""
+        if previous is None:
+            try:
+                self.client.delete_registered_model_alias(name, alias)
+            except MlflowException:
+                pass
+        else:
+            self.client.set_registered_model_alias(name, alias, previous)
+
+    def delete_version(self, name: str, version: str) -> None:
+        self.client.delete_model_version(name, str(version))
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(
+                name, str(version), _clean_key(key), _truncate(str(value), _MAX_TAG_VALUE)
+            )

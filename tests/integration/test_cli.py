@@ -83,6 +83,9 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     # cleanup: the forget shard is gone, and the report says so
     assert not (work / "shards" / "forget").exists()
     assert all(d["absent_after"] for d in report["cleanup"]["deleted"])
+    cert = json.loads((work / "certificate" / "certificate.json").read_text())
+    assert cert["status"] == "complete" and cert["pipeline"]["orchestrator"] == "lethe run"
+    assert cert["cleanup"]["all_absent"] and cert["result_model"]["version"] == "1"
 
     db = work / "mlflow.db"
     assert runs_by_status(db) == {"FINISHED": 8}  # the pipeline run and its seven steps

@@ -1,0 +1,3 @@
+from components.begin.component import begin
+
+__all__ = ["begin"]

@@ -1,0 +1,3 @@
+from components.cleanup.component import cleanup
+
+__all__ = ["cleanup"]

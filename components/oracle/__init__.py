@@ -1,0 +1,3 @@
+from components.oracle.component import oracle
+
+__all__ = ["oracle"]

@@ -1,0 +1,3 @@
+from components.source_model.component import resolve_or_pretrain
+
+__all__ = ["resolve_or_pretrain"]

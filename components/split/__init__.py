@@ -1,0 +1,3 @@
+from components.split.component import split
+
+__all__ = ["split"]

@@ -1,0 +1,3 @@
+from components.tune.component import tune
+
+__all__ = ["tune"]

@@ -1,0 +1,3 @@
+from components.unlearn.component import unlearn
+
+__all__ = ["unlearn"]

@@ -1,0 +1,310 @@
+"""The unlearning certificate: what was forgotten, how well, who promoted what, and proof of cleanup.
+
+One JSON document (machine-checked) plus a readable HTML page, written at the very end of a run
+(after cleanup, so the proof is real), logged to MLflow and linked from the registered model
+version by the tag `lethe.certificate_uri`. Plain Python: it reads report.json and the run state.
+
+Privacy: a certificate holds counts, digests, class names, metrics and paths of deleted shards;
+never forget-set ids or pixels. `validate_certificate` refuses the keys that would carry ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from lethe.report.schema import FORBIDDEN_KEYS, atomic_write_bytes
+
+KIND = "lethe.unlearning-certificate"
+VERSION = 1
+CERT_DIR = "certificate"
+JSON_NAME = "certificate.json"
+HTML_NAME = "certificate.html"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _forbidden(obj: Any, path: str) -> str | None:
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if str(key) in FORBIDDEN_KEYS:
+                return f"{path}.{key}"
+            found = _forbidden(value, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            found = _forbidden(value, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def verify_cleanup(deleted: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Check again, now, that every deleted shard is absent (local paths; other URIs as recorded)."""
+    out = []
+    for entry in deleted:
+        uri = str(entry.get("uri", ""))
+        local = "://" not in uri or uri.startswith("file://")
+        path = uri.removeprefix("file://")
+        absent_now = (not os.path.exists(path)) if local else bool(entry.get("absent_after"))
+        out.append({**entry, "absent_at_issue": absent_now})
+    return out
+
+
+def _vs_source(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    def get(model: str, split: str, name: str) -> float | None:
+        try:
+            v = metrics[model][split][name]
+        except (KeyError, TypeError):
+            return None
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b not in (None, 0.0) else None
+
+    out: dict[str, Any] = {}
+    for split in ("forget", "retain"):
+        un, src = get("unlearned", split, "fd"), get("original", split, "fd")
+        ps_un, ps_src = get("unlearned", split, "psnr"), get("original", split, "psnr")
+        out[split] = {
+            "fd_ratio": ratio(un, src),
+            "psnr_drop_db": (ps_src - ps_un) if ps_un is not None and ps_src is not None else None,
+        }
+    return out
+
+
+def build_certificate(
+    report: Mapping[str, Any],
+    state: Mapping[str, Any],
+    *,
+    hyperparameters: Mapping[str, Any],
+    tracking: Mapping[str, Any],
+    orchestrator: str,
+    status: str = "complete",
+    error: str | None = None,
+) -> dict[str, Any]:
+    """Assemble the certificate from report.json and the run state (see module docstring)."""
+    metrics = report.get("metrics", {})
+    promote = dict(state.get("promote") or {})
+    source = dict((state.get("pretrain") or {}).get("source") or {})
+    cleanup = dict(state.get("cleanup") or {})
+    deleted = verify_cleanup(list(cleanup.get("deleted", [])))
+    request = {
+        k: report.get("request", {}).get(k)
+        for k in ("kind", "forget_count", "retain_count", "forget_digest", "request_digest", "classes")
+        if k in report.get("request", {})
+    }
+    name, version = promote.get("model_name"), promote.get("model_version")
+    cert: dict[str, Any] = {
+        "kind": KIND,
+        "version": VERSION,
+        "status": status,
+        "error": error,
+        "issued_at": now_iso(),
+        "code_version": report.get("code_version"),
+        "pipeline": {
+            "orchestrator": orchestrator,
+            "mlflow_run_id": state.get("run_id") or report.get("run_id"),
+            **{k: tracking.get(k) for k in ("tracking_uri", "experiment")},
+        },
+        "request": request,
+        "dataset": {
+            "name": report.get("dataset"),
+            "source_uri": report.get("source_uri"),
+            "heldout": report.get("heldout"),
+        },
+        "source_model": {
+            "uri": source.get("uri"),
+            "requested": source.get("requested"),
+            "pretrained_by_lethe": not source,
+            "cache_key": ((state.get("pretrain") or {}).get("original") or {}).get("cache_key"),
+        },
+        "result_model": {
+            "name": name,
+            "version": version,
+            "uri": f"models:/{name}/{version}" if name and version else None,
+            "alias": promote.get("alias"),
+            "promoted": bool(promote.get("promoted")),
+            "previous_alias_version": promote.get("previous_alias_version"),
+        },
+        "method": {
+            "family": report.get("family"),
+            "name": report.get("method"),
+            "hyperparameters": dict(hyperparameters),
+        },
+        "metrics": metrics,
+        "vs_oracle": (report.get("oracle_gaps") or {}).get("unlearned"),
+        "vs_source": _vs_source(metrics),
+        "membership_inference": {
+            "method": (report.get("evaluation") or {}).get("mia"),
+            "auc": {m: (metrics.get(m, {}).get("forget", {}) or {}).get("mia_auc") for m in metrics},
+        },
+        "gates": promote.get("gates"),
+        "cleanup": {
+            "deleted": deleted,
+            "all_absent": bool(deleted)
+            and all(d.get("absent_after") and d["absent_at_issue"] for d in deleted),
+            "verified_at": now_iso(),
+        },
+        "timestamps": {
+            "started_at": state.get("started_at"),
+            "finished_at": now_iso(),
+            "steps": dict(state.get("steps_at") or {}),
+            "timing_s": dict(state.get("timing_s") or {}),
+        },
+    }
+    validate_certificate(cert)
+    return cert
+
+
+def validate_certificate(cert: Mapping[str, Any]) -> None:
+    bad = _forbidden(cert, "certificate")
+    if bad:
+        raise ValueError(f"{bad}: forbidden key (forget ids never go into certificates)")
+    for key in ("kind", "status", "request", "cleanup", "issued_at"):
+        if key not in cert:
+            raise ValueError(f"certificate.{key}: missing")
+
+
+def _e(v: Any) -> str:
+    return escape("-" if v is None else str(v), quote=True)
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return _e(v)
+    return f"{float(v):.4g}"
+
+
+def _rows(pairs: list[tuple[str, Any]]) -> str:
+    return "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in pairs)
+
+
+def render_html(cert: Mapping[str, Any]) -> str:
+    req, src, res = cert["request"], cert["source_model"], cert["result_model"]
+    gates = cert.get("gates") or {}
+    gate_rows = "".join(
+        f"<tr><td>{_e(g['name'])}</td><td class='{'ok' if g['passed'] else 'bad'}'>"
+        f"{'pass' if g['passed'] else 'FAIL'}</td><td>{_num(g.get('value'))}</td><td>{_e(g['limit'])}</td></tr>"
+        for g in gates.get("results", [])
+    )
+    metric_rows = []
+    for split in ("forget", "retain"):
+        names = sorted({n for m in cert["metrics"].values() for n in (m.get(split) or {})})
+        for n in names:
+            cells = "".join(
+                f"<td>{_num((cert['metrics'].get(m, {}).get(split) or {}).get(n))}</td>"
+                for m in ("original", "unlearned", "oracle")
+            )
+            metric_rows.append(f"<tr><td>{_e(split)}</td><td>{_e(n)}</td>{cells}</tr>")
+    cleanup_rows = "".join(
+        f"<tr><td>{_e(d.get('shard'))}</td><td><code>{_e(d.get('uri'))}</code></td>"
+        f"<td>{_e(d.get('absent_after'))}</td><td>{_e(d.get('absent_at_issue'))}</td></tr>"
+        for d in cert["cleanup"]["deleted"]
+    )
+    status = cert["status"]
+    body = f"""
+<h1>Unlearning certificate</h1>
+<p class='{"ok" if status == "complete" else "bad"}'>Status: <strong>{_e(status)}</strong>
+{("&mdash; " + _e(cert.get("error"))) if cert.get("error") else ""}</p>
+<table>{
+        _rows(
+            [
+                ("issued at", cert["issued_at"]),
+                ("code version", cert.get("code_version")),
+                ("orchestrator", cert["pipeline"].get("orchestrator")),
+                ("MLflow run", cert["pipeline"].get("mlflow_run_id")),
+                ("tracking URI", cert["pipeline"].get("tracking_uri")),
+            ]
+        )
+    }</table>
+<h2>What was forgotten</h2>
+<p>Counts and a SHA-256 digest of the forget set: never its ids or pictures.</p>
+<table>{
+        _rows([(k, v if not isinstance(v, list) else ", ".join(map(str, v))) for k, v in req.items()])
+    }</table>
+<h2>Models</h2>
+<table>{
+        _rows(
+            [
+                ("source model", src.get("uri") or "pretrained by lethe on the full data"),
+                ("source requested as", src.get("requested")),
+                ("result model", res.get("uri")),
+                ("alias", res.get("alias")),
+                ("promoted (alias moved)", res.get("promoted")),
+                ("alias before", res.get("previous_alias_version")),
+            ]
+        )
+    }</table>
+<h2>Method</h2>
+<table>{
+        _rows(
+            [("family", cert["method"]["family"]), ("method", cert["method"]["name"])]
+            + [(f"hp.{k}", v) for k, v in cert["method"]["hyperparameters"].items()]
+        )
+    }</table>
+<h2>Metrics (held-out data)</h2>
+<table><tr><th>split</th><th>metric</th><th>source</th><th>unlearned</th><th>oracle</th></tr>
+{"".join(metric_rows)}</table>
+<p>Membership inference: {_e(cert["membership_inference"].get("method"))}.</p>
+<h2>Promotion gates</h2>
+<p>{_e(gates.get("summary", "no gate decision (model not registered)"))}</p>
+<table><tr><th>gate</th><th>result</th><th>value</th><th>rule</th></tr>{gate_rows}</table>
+<h2>Cleanup proof</h2>
+<p>Forget shards deleted at the end of the run, and checked again when this certificate was issued.</p>
+<table><tr><th>shard</th><th>URI</th><th>absent after cleanup</th><th>absent at issue</th></tr>
+{cleanup_rows}</table>
+<p>All absent: <strong>{_e(cert["cleanup"]["all_absent"])}</strong></p>
+<h2>Timestamps</h2>
+<table>{
+        _rows(
+            [
+                ("started", cert["timestamps"].get("started_at")),
+                ("finished", cert["timestamps"].get("finished_at")),
+            ]
+            + [(f"{k} (s)", v) for k, v in cert["timestamps"].get("timing_s", {}).items()]
+        )
+    }</table>
+"""
+    css = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #bbb;padding:.2em .6em;"
+        "text-align:left}.ok{color:#176b2c}.bad{color:#a40000}code{background:#f4f4f4}"
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>lethe unlearning certificate"
+        f"</title><style>{css}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def write_certificate(cert: Mapping[str, Any], folder: Path) -> tuple[Path, Path]:
+    """Write certificate.json and certificate.html atomically into `folder`."""
+    validate_certificate(cert)
+    folder = Path(folder)
+    text = json.dumps(cert, indent=2, sort_keys=True, allow_nan=False, default=str)
+    j = atomic_write_bytes(folder / JSON_NAME, (text + "\n").encode())
+    h = atomic_write_bytes(folder / HTML_NAME, render_html(cert).encode())
+    return j, h
+
+
+__all__ = [
+    "CERT_DIR",
+    "HTML_NAME",
+    "JSON_NAME",
+    "KIND",
+    "build_certificate",
+    "render_html",
+    "validate_certificate",
+    "verify_cleanup",
+    "write_certificate",
+]

@@ -1,0 +1,412 @@
+"""`lethe pipeline compile | run --local | submit | schedule`: the pipeline, built and driven.
+
+The DAG lives in `pipelines/lethe_pipeline.py` and its components in `components/`, next to this
+package in the source tree (DESIGN.md 4). Everything a user can get wrong (config, source model,
+cron, unreachable servers, unwritable output) is checked before any work starts or anything is
+written, and reported as one LetheError line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lethe
+from lethe.config import RunConfig
+from lethe.errors import LetheError, StorageError
+
+log = logging.getLogger("lethe.pipeline")
+
+DEFAULT_EXPERIMENT = "lethe"
+
+
+class PipelineError(LetheError):
+    """The pipeline could not be built, run, submitted or scheduled."""
+
+
+def source_root() -> Path:
+    """The source tree holding lethe/, components/ and pipelines/."""
+    return Path(lethe.__file__).resolve().parent.parent
+
+
+def _import_pipeline_module():
+    root = source_root()
+    if not (root / "pipelines" / "lethe_pipeline.py").is_file() or not (root / "components").is_dir():
+        raise PipelineError(
+            "the KFP pipeline definition is not available",
+            where=str(root),
+            expected="a lethe source checkout (components/ and pipelines/ next to lethe/), installed with pip -e",
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from pipelines import lethe_pipeline
+
+    return lethe_pipeline
+
+
+def pipeline_arguments(cfg: RunConfig, tune: bool = False, cluster: bool = False) -> dict[str, Any]:
+    """The pipeline's run parameters for this configuration.
+
+    Locally the work dir is resolved against this machine's current directory; for a cluster it
+    must already be absolute: a path on the volume every task mounts.
+    """
+    if cluster:
+        if not Path(cfg.workdir).is_absolute():
+            raise PipelineError(
+                "on a cluster the work dir must be an absolute path on a volume mounted in every task",
+                where="--workdir",
+                expected="e.g. /mnt/lethe/nightly",
+                seen=repr(cfg.workdir),
+            )
+        workdir = cfg.workdir
+    else:
+        workdir = str(cfg.workdir_path)
+    return {"config_json": cfg.model_dump_json(), "workdir": workdir, "tune": bool(tune)}
+
+
+@dataclass
+class Volume:
+    """An existing PersistentVolumeClaim mounted in every task; the work dir must lie on it."""
+
+    pvc: str
+    mount_path: str | None = None  # default: the work dir's parent (so the model cache is on it too)
+
+    def resolve(self, workdir: str) -> tuple[str, str]:
+        mount = self.mount_path or str(Path(workdir).parent)
+        inside = Path(workdir) == Path(mount) or Path(mount) in Path(workdir).parents
+        if not Path(mount).is_absolute() or not inside:
+            raise PipelineError(
+                "the work dir must lie on the mounted volume",
+                where="--pvc-mount",
+                expected=f"an absolute path containing {workdir}",
+                seen=repr(mount),
+            )
+        return self.pvc, mount
+
+
+def build(
+    cfg: RunConfig, retries: int = 2, cluster: bool = True, tune: bool = False, volume: Volume | None = None
+):
+    mod = _import_pipeline_module()
+    args = pipeline_arguments(cfg, tune, cluster=cluster)
+    pvc, mount = volume.resolve(args["workdir"]) if volume else (None, None)
+    return mod.build_pipeline(
+        args["config_json"],
+        args["workdir"],
+        retries=retries,
+        cluster=cluster,
+        tune_enabled=tune,
+        pvc=pvc,
+        pvc_mount=mount,
+    )
+
+
+def compile_pipeline(
+    cfg: RunConfig,
+    output: str | os.PathLike[str],
+    retries: int = 2,
+    tune: bool = False,
+    volume: Volume | None = None,
+) -> Path:
+    """Write the pipeline's IR YAML (this config as the parameters' defaults); atomic."""
+    from kfp import compiler
+
+    pipeline = build(cfg, retries=retries, tune=tune, volume=volume)  # bad arguments fail before writing
+    out = Path(output).expanduser().resolve()
+    if out.suffix not in (".yaml", ".yml", ".json"):
+        raise PipelineError("pipeline file must end in .yaml, .yml or .json", where=str(out))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
+        os.close(fd)
+    except OSError as e:
+        raise StorageError(
+            "cannot write the pipeline file", where=str(out), seen=e.strerror or str(e)
+        ) from None
+    try:
+        compiler.Compiler().compile(pipeline_func=pipeline, package_path=tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+# -- local runner -----------------------------------------------------------------------------------
+
+
+def _importable_in_subprocesses() -> None:
+    """kfp's SubprocessRunner starts each task with this interpreter: make lethe (and the
+    components package the tasks' code lives in) importable there even from a plain checkout."""
+    root = str(source_root())
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
+
+
+def _start_shared_ray(cfg: RunConfig) -> bool:
+    """One local Ray for the whole local run, joined by every task through RAY_ADDRESS.
+
+    Each task would otherwise start (and tear down) a Ray of its own, which costs more than most
+    smoke-sized steps. Nothing to do when the config names a cluster or one is already set.
+    """
+    if cfg.resources.ray_address or os.environ.get("RAY_ADDRESS"):
+        return False
+    import ray
+
+    from lethe.execution.ray_env import ensure_ray
+
+    ensure_ray(cfg.resources)
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    return True
+
+
+@dataclass
+class LocalResult:
+    report: Path
+    certificate: Path | None
+    run_id: str | None
+
+
+def run_local(
+    cfg: RunConfig, tune: bool = False, cache: bool = True, retries: int = 0, pipeline_root: str | None = None
+) -> LocalResult:
+    """Run the pipeline with kfp's local SubprocessRunner (each task a subprocess of this Python)."""
+    from lethe import steps
+
+    ctx = steps.make_context(cfg)  # work dir writable, MLflow reachable
+    steps.preflight(ctx)  # unknown source model: fail now, before any task runs
+    import kfp.local
+
+    _importable_in_subprocesses()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    root = Path(pipeline_root) if pipeline_root else cfg.workdir_path / "kfp"
+    kfp.local.init(
+        runner=kfp.local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        raise_on_error=True,
+        enable_caching=cache,
+        cache_root=str(cfg.cache_path / "kfp"),
+    )
+    pipeline = build(cfg, retries=retries, cluster=False, tune=tune)
+    failure: BaseException | None = None
+    shared_ray = _start_shared_ray(cfg)
+    try:
+        with warnings.catch_warnings():
+            # "lethe:0.1.0" is not a python image name: expected, the local runner uses this interpreter.
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            try:
+                pipeline(**pipeline_arguments(cfg, tune))
+            except RuntimeError as e:  # kfp.local: "Pipeline ... finished with status FAILURE"
+                failure = e
+    finally:
+        if shared_ray:
+            import ray
+
+            ray.shutdown()
+            os.environ.pop("RAY_ADDRESS", None)
+    state = steps.load_state(steps.layout(cfg))
+    if failure is not None or state.get("failed"):
+        f = state.get("failed") or {}
+        if f:
+            raise PipelineError(f"pipeline failed at step {f.get('step')}: {f.get('error')}")
+        raise PipelineError("pipeline failed", seen=str(failure).splitlines()[0][:300] if failure else "")
+    report = cfg.workdir_path / "report" / "report.json"
+    cert = (state.get("certificate") or {}).get("path")
+    return LocalResult(report=report, certificate=Path(cert) if cert else None, run_id=state.get("run_id"))
+
+
+# -- a KFP server -----------------------------------------------------------------------------------
+
+
+def _client(host: str, namespace: str | None = None):
+    import kfp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            if namespace:
+                return kfp.Client(host=host, namespace=namespace)
+            return kfp.Client(host=host)
+        except Exception as e:  # noqa: BLE001 - urllib3 / kfp_server_api / TimeoutError
+            raise PipelineError(
+                "cannot reach the Kubeflow Pipelines API",
+                where=host,
+                expected="the KFP API endpoint, e.g. http://localhost:8080 (kubectl port-forward svc/ml-pipeline-ui)",
+                seen=_short(e),
+            ) from None
+
+
+def _short(e: BaseException) -> str:
+    status = getattr(e, "status", None)
+    reason = getattr(e, "reason", None)
+    if status or reason:
+        return f"HTTP {status} {reason}".strip()
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:300]
+
+
+def _api(what: str, host: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except LetheError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise PipelineError(f"Kubeflow Pipelines refused to {what}", where=host, seen=_short(e)) from None
+
+
+def submit(
+    cfg: RunConfig,
+    host: str,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    tune: bool = False,
+    retries: int = 2,
+    namespace: str | None = None,
+    pipeline_root: str | None = None,
+    volume: Volume | None = None,
+) -> str:
+    """One run on a KFP server; returns its run id."""
+    with tempfile.TemporaryDirectory(prefix="lethe-kfp-") as d:
+        package = compile_pipeline(
+            cfg, Path(d) / "lethe-pipeline.yaml", retries=retries, tune=tune, volume=volume
+        )
+        client = _client(host, namespace)
+        result = _api(
+            "create the run",
+            host,
+            client.create_run_from_pipeline_package,
+            str(package),
+            arguments=pipeline_arguments(cfg, tune, cluster=True),
+            run_name=run_name or f"lethe-{cfg.family}-{cfg.method}",
+            experiment_name=experiment,
+            namespace=namespace,
+            pipeline_root=pipeline_root,
+        )
+    return str(result.run_id)
+
+
+@dataclass
+class Schedule:
+    recurring_run_id: str
+    experiment_id: str
+    pipeline_id: str
+    version_id: str
+    cron: str
+
+
+def _find_version(client, pipeline_id: str, name: str) -> str | None:
+    flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+    resp = client.list_pipeline_versions(pipeline_id, page_size=1, filter=flt)
+    versions = getattr(resp, "pipeline_versions", None) or []
+    return versions[0].pipeline_version_id if versions else None
+
+
+def schedule(
+    cfg: RunConfig,
+    host: str,
+    cron: str,
+    experiment: str = DEFAULT_EXPERIMENT,
+    job_name: str | None = None,
+    pipeline_name: str | None = None,
+    tune: bool = False,
+    retries: int = 2,
+    namespace: str | None = None,
+    max_concurrency: int = 1,
+    catchup: bool = False,
+    volume: Volume | None = None,
+) -> Schedule:
+    """A recurring run of a pinned pipeline version on a KFP server.
+
+    The compiled pipeline is uploaded once per content (version name `<pipeline>-<lethe version>-
+    <spec digest>`), so scheduling the same pipeline twice reuses the version; the recurring run
+    refers to that version, with this config as its parameters. No catch-up and at most one run at
+    a time by default: runs of one pipeline share the work dir.
+    """
+    from lethe.orchestration.cron import to_kfp_cron
+
+    cron6 = to_kfp_cron(cron)  # a bad cron fails here, before any request
+    mod = _import_pipeline_module()
+    pipeline_name = pipeline_name or mod.PIPELINE_NAME
+    with tempfile.TemporaryDirectory(prefix="lethe-kfp-") as d:
+        package = compile_pipeline(
+            cfg, Path(d) / "lethe-pipeline.yaml", retries=retries, tune=tune, volume=volume
+        )
+        digest = hashlib.sha256(package.read_bytes()).hexdigest()[:12]
+        version_name = f"{pipeline_name}-{lethe.__version__}-{digest}"
+        client = _client(host, namespace)
+        exp = _api(
+            "create the experiment", host, client.create_experiment, name=experiment, namespace=namespace
+        )
+        pipeline_id = _api("look up the pipeline", host, client.get_pipeline_id, pipeline_name)
+        if pipeline_id is None:
+            uploaded = _api(
+                "upload the pipeline",
+                host,
+                client.upload_pipeline,
+                str(package),
+                pipeline_name=pipeline_name,
+                description=mod.PIPELINE_DESCRIPTION,
+                namespace=namespace,
+            )
+            pipeline_id = uploaded.pipeline_id
+        version_id = _api(
+            "look up the pipeline version", host, _find_version, client, pipeline_id, version_name
+        )
+        if version_id is None:
+            version = _api(
+                "upload the pipeline version",
+                host,
+                client.upload_pipeline_version,
+                str(package),
+                version_name,
+                pipeline_id=pipeline_id,
+                description=f"lethe {lethe.__version__}, spec sha256 {digest}",
+            )
+            version_id = version.pipeline_version_id
+        rr = _api(
+            "create the recurring run",
+            host,
+            client.create_recurring_run,
+            experiment_id=exp.experiment_id,
+            job_name=job_name or f"{pipeline_name}-{cfg.family}-{cfg.method}",
+            description=f"lethe {cfg.method} unlearning of {cfg.model_name}, cron {cron6}",
+            cron_expression=cron6,
+            max_concurrency=max_concurrency,
+            no_catchup=not catchup,
+            params=pipeline_arguments(cfg, tune, cluster=True),
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+            enabled=True,
+        )
+    return Schedule(
+        recurring_run_id=str(rr.recurring_run_id),
+        experiment_id=str(exp.experiment_id),
+        pipeline_id=str(pipeline_id),
+        version_id=str(version_id),
+        cron=cron6,
+    )
+
+
+__all__ = [
+    "LocalResult",
+    "PipelineError",
+    "Schedule",
+    "Volume",
+    "build",
+    "compile_pipeline",
+    "pipeline_arguments",
+    "run_local",
+    "schedule",
+    "source_root",
+    "submit",
+]

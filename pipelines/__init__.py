@@ -1,0 +1,1 @@
+"""Kubeflow pipelines of lethe; `lethe pipeline compile | run --local | submit | schedule` use them."""

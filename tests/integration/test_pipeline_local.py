@@ -1,0 +1,210 @@
+"""`lethe pipeline run --local`: the KFP pipeline executed by kfp's local runner, end to end.
+
+Real parts only: the CLI in a subprocess, kfp.local's SubprocessRunner (one process per task),
+local Ray per task, Fashion-MNIST, and a real `mlflow server` for tracking and the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+FASHION = Path(os.environ.get("LETHE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+STEPS = {"split", "pretrain", "oracle", "unlearn", "evaluate", "promote", "cleanup"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_globals() -> Iterator[None]:
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def lethe(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "lethe.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _yaml(path: Path, data: dict) -> str:
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _error_lines(r: subprocess.CompletedProcess[str]) -> list[str]:
+    return [ln for ln in r.stderr.splitlines() if ln.startswith("lethe: error:")]
+
+
+def _children(client, experiment_id: str, parent: str) -> dict[str, object]:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    return {r.data.tags.get("lethe.step"): r for r in runs}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_local_pipeline_promotes_refuses_and_always_cleans_up(mlflow_server: str, tmp_path: Path) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    name = f"lethe-kfp-{os.getpid()}"
+    experiment = f"kfp-local-{os.getpid()}"
+    common = ["--preset", "smoke", "--tracking-uri", mlflow_server, "--cache-dir", str(tmp_path / "cache")]
+    client = MlflowClient(mlflow_server)
+
+    # -- 1. a passing run: new version, lineage tags, alias on it, certificate with cleanup proof ---
+    loose = _yaml(
+        tmp_path / "loose.yaml",
+        {
+            "gates": {
+                "forget_oracle_tol": 1e6,
+                "retain_fd_tol": 1e6,
+                "retain_psnr_drop_db": 1e6,
+                "mia_auc_tol": 0.5,
+            },
+            "tracking": {"model_name": name, "experiment": experiment},
+            "request": {"classes": ["Trouser"]},
+        },
+    )
+    w1 = tmp_path / "w1"
+    r = lethe("pipeline", "run", "--local", "--config", loose, "--workdir", str(w1), *common, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:] + r.stdout[-4000:]
+    report_path = Path(r.stdout.strip().splitlines()[-1])
+    assert report_path == w1 / "report" / "report.json"
+    report = json.loads(report_path.read_text())
+    assert report["mlflow"]["model_version"] == "1" and report["promotion"]["promoted"] is True
+
+    mv = client.get_model_version_by_alias(name, "champion")
+    assert mv.version == "1"
+    tags = mv.tags
+    assert tags["lethe.method"] == "encoder_noise" and tags["lethe.alpha"] == "0.2"
+    assert tags["lethe.forget_digest"] == report["request"]["forget_digest"]
+    assert tags["lethe.forget_count"] == str(report["request"]["forget_count"])
+    assert tags["lethe.source_model"] == "pretrained by lethe"
+    assert tags["lethe.pipeline_run_id"] == report["run_id"]
+    assert tags["lethe.code_version"].startswith("0.1.0")
+    assert tags["lethe.gates"] == "passed" and tags["lethe.gate.mia"] == "pass"
+    assert "lethe.oracle_gap.forget.fd_ratio" in tags
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
+    assert mlflow.models.get_model_info(f"models:/{name}/1").signature is not None
+
+    parent = client.get_run(report["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["lethe.pipeline"] == "kfp"
+    assert parent.data.tags["lethe.promoted"] == "true"
+    assert parent.data.tags.get("lethe.kfp_run_id")
+    children = _children(client, parent.info.experiment_id, parent.info.run_id)
+    assert set(children) == STEPS and all(c.info.status == "FINISHED" for c in children.values())
+    inputs = {d.dataset.name: d.dataset.digest for d in children["split"].inputs.dataset_inputs}
+    assert set(inputs) == {"forget", "retain", "heldout_forget", "heldout_retain"}
+
+    cert = json.loads((w1 / "certificate" / "certificate.json").read_text())
+    assert cert["status"] == "complete" and cert["pipeline"]["orchestrator"] == "kfp"
+    assert cert["result_model"] == {
+        "name": name,
+        "version": "1",
+        "uri": f"models:/{name}/1",
+        "alias": "champion",
+        "promoted": True,
+        "previous_alias_version": None,
+    }
+    assert cert["request"]["forget_digest"] == report["request"]["forget_digest"]
+    deleted = cert["cleanup"]["deleted"]
+    assert {d["shard"] for d in deleted} == {"forget", "heldout_forget"}
+    for d in deleted:  # the proof holds: the files are really gone
+        assert d["absent_after"] and d["absent_at_issue"] and not Path(d["uri"]).exists()
+    assert cert["cleanup"]["all_absent"] is True
+    # linked from the model version, and stored where the link points
+    local = mlflow.artifacts.download_artifacts(tags["lethe.certificate_uri"], tracking_uri=mlflow_server)
+    assert json.loads(Path(local).read_text())["result_model"]["version"] == "1"
+
+    # -- 2. the registered model as source, gates impossibly strict: version 2, alias stays on 1 ---
+    strict = _yaml(
+        tmp_path / "strict.yaml",
+        {
+            "gates": {"forget_oracle_tol": 0, "retain_fd_tol": 0, "retain_psnr_drop_db": 0, "mia_auc_tol": 0},
+            "tracking": {"experiment": experiment},
+            "request": {"classes": ["Trouser"]},
+        },
+    )
+    w2 = tmp_path / "w2"
+    source = f"models:/{name}@champion"
+    r = lethe(
+        "pipeline", "run", "--local", "--config", strict, "--source-model", source, "--workdir", str(w2), *common,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:] + r.stdout[-4000:]
+    assert "NOT promoted" in r.stdout + r.stderr  # the log line says why
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    v2 = client.get_model_version(name, "2")
+    assert v2.tags["lethe.gates"] == "failed" and v2.tags["lethe.gates.summary"].startswith("gates failed: ")
+    assert "NOT promoted to @champion" in v2.description
+    assert v2.tags["lethe.source_model"] == f"models:/{name}/1"
+    assert v2.tags["lethe.source_model_requested"] == source
+    report2 = json.loads((w2 / "report" / "report.json").read_text())
+    promote_run = _children(client, parent.info.experiment_id, report2["run_id"])["promote"]
+    assert promote_run.data.tags["lethe.promoted"] == "false"
+    assert "NOT promoted" in promote_run.data.tags["mlflow.note.content"]
+    assert client.get_run(report2["run_id"]).data.tags["lethe.promoted"] == "false"
+    cert2 = json.loads((w2 / "certificate" / "certificate.json").read_text())
+    assert cert2["result_model"]["promoted"] is False and cert2["gates"]["passed"] is False
+    assert cert2["source_model"]["uri"] == f"models:/{name}/1"
+    assert cert2["source_model"]["requested"] == source
+
+    # -- 3. a step fails (source architecture differs from the config): cleanup still runs ---------
+    w3 = tmp_path / "w3"
+    bad_arch = _yaml(tmp_path / "arch.yaml", {"model": {"dim": 64}, "tracking": {"experiment": experiment}})
+    r = lethe(
+        "pipeline", "run", "--local", "--config", bad_arch, "--source-model", f"models:/{name}/1",
+        "--workdir", str(w3), *common, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = _error_lines(r)
+    assert lines and "pipeline failed at step pretrain" in lines[-1] and "dim" in lines[-1], r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1:] != [str(w3 / "report" / "report.json")]
+    assert (w3 / "shards" / "retain").exists() and not (w3 / "shards" / "forget").exists()
+    cert3 = json.loads((w3 / "certificate" / "certificate.json").read_text())
+    assert cert3["status"] == "incomplete" and "dim" in cert3["error"] and cert3["cleanup"]["all_absent"]
+    state = json.loads((w3 / "state.json").read_text())
+    failed_run = client.get_run(state["run_id"])
+    assert failed_run.info.status == "FAILED" and "dim" in failed_run.data.tags["lethe.error"]
+    assert len(client.search_model_versions(f"name='{name}'")) == 2  # nothing registered
+
+
+def test_unknown_source_model_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    r = lethe(
+        "pipeline", "run", "--local", "--preset", "smoke", "--dataset", "digits",
+        "--source-model", "models:/no-such-model@champion", "--workdir", str(work), cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 2
+    lines = _error_lines(r)
+    assert len(lines) == 1 and "unknown source model" in lines[0] and "no-such-model" in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not (work / "shards").exists() and not (work / "kfp").exists()
+    import sqlite3
+
+    with sqlite3.connect(work / "mlflow.db") as con:
+        assert con.execute("select count(*) from runs").fetchone()[0] == 0
+        assert con.execute("select count(*) from model_versions").fetchone()[0] == 0

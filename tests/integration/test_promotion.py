@@ -1,0 +1,103 @@
+"""Registry promotion against real MLflow stores (SQLite, and `mlflow server`): all or nothing."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from lethe.steps import register_and_promote
+from lethe.tracking import Tracker, TrackingError
+
+_n = itertools.count()
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{next(_n)}"
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_globals() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run("KILLED")
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('promotion') / 'mlflow.db'}"
+
+
+def _register(tracker: Tracker, name: str, promote: bool, after=None) -> tuple[str, bool, str | None]:
+    model = torch.nn.Linear(4, 2)
+    with tracker.step("promote"):
+        return register_and_promote(
+            tracker, model, name, (torch.randn(3, 4),), {"lethe.method": "x"}, "d", "champion", promote, after
+        )
+
+
+def _scenario(tracker: Tracker) -> None:
+    name = _unique("lethe-promo")
+    assert _register(tracker, name, promote=True) == ("1", True, None)
+    assert tracker.alias_version(name, "champion") == "1"
+
+    # a failing gate: new version, alias untouched
+    assert _register(tracker, name, promote=False) == ("2", False, "1")
+    assert tracker.alias_version(name, "champion") == "1"
+
+    # a failure after the version exists and the alias moved: both undone
+    def boom(version: str, moved: bool, previous: str | None) -> None:
+        assert (version, moved, previous) == ("3", True, "1")
+        assert tracker.alias_version(name, "champion") == "3"
+        raise RuntimeError("disk full while writing report.json")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        _register(tracker, name, promote=True, after=boom)
+    assert tracker.alias_version(name, "champion") == "1"
+    assert sorted(v.version for v in tracker.find_versions(name)) in (["1", "2"], [1, 2])
+
+    # the same on a registered model that had no alias yet: the alias is removed again
+    other = _unique("lethe-fresh")
+    with pytest.raises(RuntimeError):
+        _register(tracker, other, promote=True, after=lambda *_: (_ for _ in ()).throw(RuntimeError("x")))
+    assert tracker.alias_version(other, "champion") is None
+    assert tracker.find_versions(other) == []
+
+
+def test_promotion_is_all_or_nothing_on_sqlite(sqlite_uri: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _scenario(Tracker(sqlite_uri, _unique("exp")))
+
+
+@pytest.mark.slow
+def test_promotion_is_all_or_nothing_on_a_server(mlflow_server: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _scenario(Tracker(mlflow_server, _unique("exp")))
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_source_model_resolution(sqlite_uri: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker(sqlite_uri, _unique("exp"))
+    name = _unique("lethe-src")
+    _register(tracker, name, promote=True)
+    by_alias = tracker.resolve_model_version(f"models:/{name}@champion")
+    assert (by_alias.name, str(by_alias.version)) == (name, "1")
+    assert str(tracker.resolve_model_version(f"models:/{name}/1").version) == "1"
+    model = tracker.load_registered_model(name, "1")
+    assert isinstance(model, torch.nn.Linear)
+    for bad in (f"models:/{name}@nope", f"models:/{name}/9", "models:/never-registered/1"):
+        with pytest.raises(TrackingError, match="unknown source model") as e:
+            tracker.resolve_model_version(bad)
+        assert bad in e.value.line()

@@ -1,0 +1,111 @@
+"""Promotion gates: plain functions over report.json's metrics (lethe/gates.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lethe.config import GatesConfig, build_config
+from lethe.gates import GATE_NAMES, evaluate_gates, forget_vs_oracle, mia, retain_fd, retain_psnr
+
+
+def metrics(
+    fd_forget=(1.0, 4.0, 4.0), fd_retain=(1.0, 1.05, 1.0), psnr_retain=(20.0, 19.8, 20.0), auc=0.52
+) -> dict:
+    """(original, unlearned, oracle) values; a good unlearning run by default."""
+    out: dict = {}
+    for i, model in enumerate(("original", "unlearned", "oracle")):
+        out[model] = {
+            "forget": {"fd": fd_forget[i], "psnr": 15.0, "ssim": 0.5, "embed_cos": 0.9, "mia_auc": auc},
+            "retain": {"fd": fd_retain[i], "psnr": psnr_retain[i], "ssim": 0.6, "embed_cos": 0.95},
+        }
+    return out
+
+
+def test_good_run_passes_every_gate_with_the_defaults() -> None:
+    d = evaluate_gates(metrics(), GatesConfig())
+    assert d.passed and not d.failures
+    assert [r.name for r in d.results] == list(GATE_NAMES)
+    assert d.summary().startswith("all gates passed")
+    tags = d.tags()
+    assert tags["lethe.gate.forget_vs_oracle"] == "pass" and tags["lethe.gate.forget_vs_oracle.value"] == "1"
+    json.dumps(d.to_dict(), allow_nan=False)  # goes into MLflow and the certificate as strict JSON
+
+
+@pytest.mark.parametrize(
+    ("ratio", "ok"),
+    [(1.0, True), (2.0, True), (0.5, True), (2.01, False), (0.49, False), (0.25, False), (10.0, False)],
+)
+def test_forget_gate_is_a_band_around_the_oracle(ratio: float, ok: bool) -> None:
+    r = forget_vs_oracle(metrics(fd_forget=(1.0, 4.0 * ratio, 4.0)), tol=1.0)
+    assert r.passed is ok
+    assert r.value == pytest.approx(ratio)
+    if not ok:
+        assert ("under-forgetting" in r.reason) is (ratio < 1)
+        assert ("over-forgetting" in r.reason) is (ratio > 1)
+
+
+def test_under_forgetting_fails_even_with_a_loose_tolerance() -> None:
+    # Unlearned == original (nothing forgotten) while the oracle's forget FD is 5x: a plain
+    # |ratio - 1| <= x rule would pass this for any x >= 0.8; the log-symmetric band does not.
+    r = forget_vs_oracle(metrics(fd_forget=(1.0, 1.0, 5.0)), tol=1.5)
+    assert not r.passed and "under-forgetting" in r.reason
+
+
+def test_retain_gates() -> None:
+    assert retain_fd(metrics(fd_retain=(1.0, 1.15, 1.0)), tol=0.15).passed
+    bad = retain_fd(metrics(fd_retain=(1.0, 1.3, 1.0)), tol=0.15)
+    assert not bad.passed and "1.3x" in bad.reason
+    assert retain_psnr(metrics(psnr_retain=(20.0, 19.0, 20.0)), max_drop_db=1.0).passed
+    drop = retain_psnr(metrics(psnr_retain=(20.0, 18.5, 20.0)), max_drop_db=1.0)
+    assert not drop.passed and drop.value == pytest.approx(1.5)
+    # A better-than-source retain score is never a failure.
+    assert retain_psnr(metrics(psnr_retain=(20.0, 21.0, 20.0)), max_drop_db=0.0).passed
+
+
+@pytest.mark.parametrize(("auc", "ok"), [(0.5, True), (0.6, True), (0.4, True), (0.61, False), (0.3, False)])
+def test_mia_gate_is_distance_from_chance(auc: float, ok: bool) -> None:
+    assert mia(metrics(auc=auc), tol=0.1).passed is ok
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        lambda m: m["oracle"]["forget"].pop("fd"),
+        lambda m: m["unlearned"]["retain"].__setitem__("fd", float("nan")),
+        lambda m: m["unlearned"]["forget"].__setitem__("mia_auc", None),
+        lambda m: m.pop("original"),
+    ],
+    ids=["missing", "nan", "none", "no-model"],
+)
+def test_a_missing_or_broken_metric_never_promotes(broken) -> None:
+    m = metrics()
+    broken(m)
+    d = evaluate_gates(m, GatesConfig())
+    assert not d.passed
+    assert any("missing or not finite" in r.reason for r in d.failures)
+    json.dumps(d.to_dict(), allow_nan=False)
+
+
+def test_zero_reference_distance() -> None:
+    assert retain_fd(metrics(fd_retain=(0.0, 0.0, 0.0)), tol=0.0).passed
+    r = retain_fd(metrics(fd_retain=(0.0, 0.1, 0.0)), tol=10.0)
+    assert not r.passed and math.isinf(r.value)
+    assert r.to_dict()["value"] is None  # JSON-safe
+
+
+def test_impossible_gates_fail_with_reasons() -> None:
+    strict = GatesConfig(forget_oracle_tol=0, retain_fd_tol=0, retain_psnr_drop_db=0, mia_auc_tol=0)
+    d = evaluate_gates(metrics(), strict)
+    assert not d.passed
+    assert {r.name for r in d.failures} >= {"retain_fd", "mia"}
+    assert d.summary().startswith("gates failed: ")
+
+
+def test_gates_are_config_fields_with_defaults() -> None:
+    cfg = build_config("smoke", overrides={"gates": {"mia_auc_tol": 0.05}})
+    assert cfg.gates.mia_auc_tol == 0.05 and cfg.gates.forget_oracle_tol == 1.0
+    with pytest.raises(Exception, match="gates.retain_fd_tol"):
+        build_config("smoke", overrides={"gates": {"retain_fd_tol": -1}})
