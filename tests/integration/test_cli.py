@@ -91,7 +91,7 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     assert runs_by_status(db) == {"FINISHED": 8}  # the pipeline run and its seven steps
     with sqlite3.connect(db) as con:
         names = {n for (n,) in con.execute("select name from datasets")}
-        digests = {d for (d,) in con.execute("select dataset_digest from datasets")}
+        digests = {d for (d,) in con.execute("select digest from datasets")}
         tags = dict(con.execute("select key, value from model_version_tags"))
     assert names == {"forget", "retain", "heldout_forget", "heldout_retain"}
     assert report["request"]["forget_digest"][:32] in digests
