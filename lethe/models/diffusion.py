@@ -32,8 +32,9 @@ class DiffusionArch:
     width: int
     channels: int
     cell: int  # granularity of random training masks (the same cells as the other families)
+    patch: int = 2  # space-to-depth factor: the UNet runs at 1/patch resolution (CPU budget)
     ch: int = 32
-    mults: tuple[int, ...] = (1, 2, 2)
+    mults: tuple[int, ...] = (1, 2)
     res_blocks: int = 1
     attention: bool = True  # self-attention in the middle block
     timesteps: int = 1000
@@ -51,7 +52,8 @@ class DiffusionArch:
 
     @property
     def down_factor(self) -> int:
-        return 2 ** (len(self.mults) - 1)
+        """Inputs are padded to a multiple of this: space-to-depth, then one halving per level."""
+        return self.patch * 2 ** (len(self.mults) - 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -120,10 +122,11 @@ class UNet(nn.Module):
 
     def __init__(self, arch: DiffusionArch) -> None:
         super().__init__()
-        ch, c = arch.ch, arch.channels
+        ch, c, p = arch.ch, arch.channels, arch.patch
         emb = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.input_blocks = nn.ModuleList([_Seq([_Conv(2 * c + 1, ch, 3, padding=1)])])
+        # (x_t, conditioning image, mask) folded p x p into channels: (2C+1) p^2 input channels
+        self.input_blocks = nn.ModuleList([_Seq([_Conv((2 * c + 1) * p * p, ch, 3, padding=1)])])
         skips, cur = [ch], ch
         for level, mult in enumerate(arch.mults):
             for _ in range(arch.res_blocks):
@@ -146,8 +149,8 @@ class UNet(nn.Module):
                 if level > 0 and i == arch.res_blocks:
                     blk.append(_Up(cur))
                 self.output_blocks.append(_Seq(blk))
-        self.out = nn.Sequential(group_norm(cur), nn.SiLU(), nn.Conv2d(cur, c, 3, padding=1))
-        self.ch = ch
+        self.out = nn.Sequential(group_norm(cur), nn.SiLU(), nn.Conv2d(cur, c * p * p, 3, padding=1))
+        self.ch, self.patch = ch, p
 
     def encoder_modules(self) -> list[nn.Module]:
         return [self.input_blocks, self.middle_block]
@@ -158,7 +161,7 @@ class UNet(nn.Module):
         """(B, 2C+1, H', W'), (B,) -> noise (B, C, H', W'), or the input + middle activations."""
         emb = self.time_embed(sinusoidal(t, self.ch))
         hs = []
-        h = x
+        h = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
         for blk in self.input_blocks:
             h = blk(h, emb)
             hs.append(h)
@@ -167,7 +170,8 @@ class UNet(nn.Module):
             return [*hs, h]
         for blk in self.output_blocks:
             h = blk(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h)
+        h = self.out(h)
+        return F.pixel_shuffle(h, self.patch) if self.patch > 1 else h
 
 
 class Diffusion(I2IModel):

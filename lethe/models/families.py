@@ -68,7 +68,17 @@ _VQ_FIELDS = (
     "temperature",
     "choice_temperature",
 )
-_DIFF_FIELDS = ("ch", "mults", "res_blocks", "attention", "timesteps", "schedule", "sample_steps", "eta")
+_DIFF_FIELDS = (
+    "patch",
+    "ch",
+    "mults",
+    "res_blocks",
+    "attention",
+    "timesteps",
+    "schedule",
+    "sample_steps",
+    "eta",
+)
 
 
 def _mae_fields(s: Section, h: int, w: int, c: int) -> dict[str, Any]:

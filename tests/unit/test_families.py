@@ -31,6 +31,14 @@ def test_shapes_follow_the_data(tiny_model, family: str, h: int, w: int, c: int)
         assert out.min() >= 0 and out.max() <= 1
 
 
+@pytest.mark.parametrize("patch", [1, 2])
+def test_diffusion_unet_at_full_or_reduced_resolution(tiny_model, patch: int) -> None:
+    m = tiny_model("diffusion", 28, 28, 3, patch=patch, mults=[1, 2, 2])
+    x, mask = torch.rand(2, 3, 28, 28), masks.box_mask(28, 28, 0.43, 4)
+    assert m.arch.down_factor == 4 * patch
+    assert m.inpaint(x, mask).shape == x.shape and m(x, mask, mode="predict").shape == x.shape
+
+
 @pytest.mark.parametrize("family", FAMS)
 def test_every_pretraining_phase_gives_a_finite_loss_and_trains_its_parameters(
     tiny_model, family: str
