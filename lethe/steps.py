@@ -1135,32 +1135,46 @@ def step_promote(ctx: Context) -> str | None:
                 "certificate_run_id": anchor,
                 "certificate_uri": cert_uri,
             }
-            # report.json was written before registration: record the version and decision in it.
-            from lethe.report import write_report_json
-
-            report["mlflow"]["model_version"] = version
-            report["promotion"] = {
-                "alias": alias,
-                "promoted": moved,
-                "previous_alias_version": previous,
-                "gates": decision.to_dict(),
-            }
-            rp = write_report_json(report, lay.report_dir / "report.json")
-            ctx.tracker.log_artifact(rp, "report")
-            lay.publish(rp)
+            _record_promotion(ctx, report, st["promote"])
 
         same = [v for v in ctx.tracker.find_versions(name) if v.tags.get("lethe.model_digest") == digest]
         if same:
             # A re-run that returned the finished unlearning run has the same weights: no duplicate version.
-            version = str(min(int(v.version) for v in same))
+            first = min(same, key=lambda v: int(v.version))
+            version = str(first.version)
+            on_alias = ctx.tracker.alias_version(name, alias)
             ctx.tracker.set_tags({"lethe.promote": "already registered", "lethe.model_version": version})
-            st["promote"] = {"model_name": name, "model_version": version, "alias": alias, "reused": True}
+            # The version keeps the certificate and gate verdict of the run that registered it.
+            st["promote"] = {
+                "model_name": name,
+                "model_version": version,
+                "alias": alias,
+                "reused": True,
+                "promoted": on_alias == version,
+                "previous_alias_version": on_alias,
+                "gates": decision.to_dict(),
+                "run_id": run_id,
+                "certificate_run_id": anchor,
+                "certificate_uri": first.tags.get("lethe.certificate_uri", cert_uri),
+            }
+            _record_promotion(ctx, report, st["promote"])
             log.warning("%s version %s already holds this model (digest %s)", name, version, digest[:12])
             return version
         version, _moved, _previous = register_and_promote(
             ctx.tracker, model, name, (example, mask), tags, description, alias, decision.passed, bookkeeping
         )
     return version
+
+
+def _record_promotion(ctx: Context, report: dict[str, Any], promo: dict[str, Any]) -> None:
+    """report.json was written before registration: record the version and decision in it."""
+    from lethe.report import write_report_json
+
+    report["mlflow"]["model_version"] = promo["model_version"]
+    report["promotion"] = {k: promo[k] for k in ("alias", "promoted", "previous_alias_version", "gates")}
+    rp = write_report_json(report, ctx.lay.report_dir / "report.json")
+    ctx.tracker.log_artifact(rp, "report")
+    ctx.lay.publish(rp)
 
 
 def _state_digest(model: torch.nn.Module) -> str:

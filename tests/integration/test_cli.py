@@ -111,6 +111,10 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     assert "finished before: returning its result" in r2.stderr
     assert "already holds this model" in r2.stderr
     assert registered_versions(db) == 1
+    # the re-run's report points at the version, and the certificate, that the first run registered
+    again = json.loads(report_path.read_text())
+    assert again["mlflow"]["model_version"] == "1"
+    assert again["certificate_uri"] == report["certificate_uri"]
 
     # each step also runs alone: re-split (cleanup removed the forget shard), then evaluate by itself
     flags = ("--preset", "smoke", "--workdir", str(work), "--forget-classes", "Trouser")

@@ -9,7 +9,7 @@ import torch
 
 from lethe.config import build_config
 from lethe.data import shard_dataset, split_dataset
-from lethe.execution.train import TrainJob, fit
+from lethe.execution.train import MODEL_FILE, TrainJob, fit
 from lethe.models import load_checkpoint
 from lethe.models.mae import MAEArch, auto_patch
 
@@ -67,7 +67,9 @@ def test_two_worker_pretrain_then_unlearn(digits_shards, tmp_path: Path) -> None
     res = fit(pre, {"train": ds}, name="pre", dest=tmp_path / "orig.pt", **common)
     assert res.metrics["epoch"] == 1 and res.metrics["loss"] < 0.2
     # both epochs were checkpointed to storage_path, and the final model loads with weights_only
-    assert len(list((tmp_path / "ray" / "pre").glob("checkpoint_*"))) == 2
+    # (Ray prunes beyond num_to_keep=2 asynchronously, so a third may still be on disk)
+    ckpts = sorted((tmp_path / "ray" / "pre").glob("checkpoint_*"))
+    assert len(ckpts) >= 2 and all((c / MODEL_FILE).is_file() for c in ckpts)
     original, _ = load_checkpoint(tmp_path / "orig.pt", expected_kind="mae", expected_arch=arch)
 
     un = TrainJob(
