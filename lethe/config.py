@@ -53,6 +53,9 @@ class RequestConfig(_Strict):
     kind: Literal["classes", "ids", "feature"] = "classes"
     classes: list[str] = Field(default_factory=lambda: ["Trouser"])
     ids_file: str | None = None
+    # kind "feature": a visual feature ("glasses" on avataaars) or a class name (class-as-feature);
+    # forget = the training images that show it, and the generator must stop producing it.
+    feature: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RequestConfig:
@@ -60,8 +63,8 @@ class RequestConfig(_Strict):
             raise ValueError("request.kind 'ids' needs request.ids_file (a file with one id per line)")
         if self.kind == "classes" and not self.classes:
             raise ValueError("request.kind 'classes' needs at least one class name in request.classes")
-        if self.kind == "feature":
-            raise ValueError("request.kind 'feature' (GAN/VAE feature unlearning) is not implemented yet")
+        if self.kind == "feature" and not (self.feature or "").strip():
+            raise ValueError("request.kind 'feature' needs request.feature (e.g. 'glasses' or a class name)")
         return self
 
 

@@ -129,6 +129,28 @@ def resolve_classes(requested: Sequence[str], class_names: Sequence[str]) -> lis
     return sorted(labels)
 
 
+def feature_classes(feature: str, class_names: Sequence[str], dataset: str) -> list[int]:
+    """A visual feature -> the labels of the classes that carry it.
+
+    Data sets with attributes declare them (avataaars: "glasses" = every eyewear class); any class
+    name is also a feature of its own (class-as-feature, e.g. "Trouser" on Fashion-MNIST).
+    """
+    from lethe.data import avataaars
+
+    declared: dict[str, list[str]] = avataaars.FEATURES if dataset == avataaars.NAME else {}
+    if feature.lower() in declared:
+        return resolve_classes(declared[feature.lower()], class_names)
+    try:
+        return resolve_classes([feature], class_names)
+    except DataError:
+        raise DataError(
+            "unknown feature",
+            where="request.feature",
+            expected="one of: " + ", ".join([*declared, *class_names]),
+            seen=repr(feature),
+        ) from None
+
+
 def read_ids_file(path: str | os.PathLike[str]) -> list[str]:
     """One id per line; blank lines and '#' comments are skipped. Sorted and distinct."""
     from lethe import storage
@@ -191,6 +213,16 @@ def plan_split(
             "classes": [info.class_names[i] for i in forget_labels],
             "forget_labels": forget_labels,
         }
+    elif req.kind == "feature":
+        assert req.feature is not None  # RequestConfig enforces it
+        forget_labels = feature_classes(req.feature, info.class_names, info.name)
+        plan = replace(base, forget_labels=frozenset(forget_labels))
+        request = {
+            "kind": "feature",
+            "feature": req.feature,
+            "classes": [info.class_names[i] for i in forget_labels],
+            "forget_labels": forget_labels,
+        }
     elif req.kind == "ids":
         assert req.ids_file is not None  # RequestConfig enforces it
         wanted = read_ids_file(req.ids_file)
@@ -208,7 +240,10 @@ def plan_split(
         request = {"kind": "ids", "ids_digest": ids_digest(wanted)}
     else:
         raise DataError(
-            "unsupported request kind", where="request.kind", expected="classes or ids", seen=req.kind
+            "unsupported request kind",
+            where="request.kind",
+            expected="classes, ids or feature",
+            seen=req.kind,
         )
     parts = assign_parts(ids, labels, subsets, plan, hashes=hashes)
     n_forget = int((parts == "forget").sum())
