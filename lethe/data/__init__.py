@@ -10,11 +10,12 @@ from lethe.data.shards import (
     shard_digest,
     to_chw_float,
 )
-from lethe.data.split import split_dataset
+from lethe.data.split import feature_classes, split_dataset
 
 __all__ = [
     "SHARD_NAMES",
     "DatasetInfo",
+    "feature_classes",
     "Manifest",
     "ShardInfo",
     "load_dataset",

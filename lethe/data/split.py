@@ -129,12 +129,17 @@ def resolve_classes(requested: Sequence[str], class_names: Sequence[str]) -> lis
     return sorted(labels)
 
 
-def feature_classes(feature: str, class_names: Sequence[str], dataset: str) -> list[int]:
-    """A visual feature -> the labels of the classes that carry it.
+def feature_classes(class_names: Sequence[str], dataset: str, feature: str) -> list[str]:
+    """A visual feature -> the names of the classes that carry it.
 
     Data sets with attributes declare them (avataaars: "glasses" = every eyewear class); any class
     name is also a feature of its own (class-as-feature, e.g. "Trouser" on Fashion-MNIST).
     """
+    return [class_names[i] for i in feature_labels(class_names, dataset, feature)]
+
+
+def feature_labels(class_names: Sequence[str], dataset: str, feature: str) -> list[int]:
+    """Like `feature_classes`, as sorted label indices."""
     from lethe.data import avataaars
 
     declared: dict[str, list[str]] = avataaars.FEATURES if dataset == avataaars.NAME else {}
@@ -215,7 +220,7 @@ def plan_split(
         }
     elif req.kind == "feature":
         assert req.feature is not None  # RequestConfig enforces it
-        forget_labels = feature_classes(req.feature, info.class_names, info.name)
+        forget_labels = feature_labels(info.class_names, info.name, req.feature)
         plan = replace(base, forget_labels=frozenset(forget_labels))
         request = {
             "kind": "feature",

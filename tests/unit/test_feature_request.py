@@ -15,7 +15,7 @@ from lethe.cli import overrides_from_args, parser
 from lethe.config import build_config
 from lethe.data import avataaars
 from lethe.data.loaders import open_source
-from lethe.data.split import feature_classes, plan_split
+from lethe.data.split import feature_classes, feature_labels, plan_split
 from lethe.errors import ConfigError, DataError
 
 NAMES = sorted(avataaars.CLASS_NAMES)  # the Parquet loader orders string labels
@@ -67,21 +67,22 @@ def test_bad_avataaars_spec(spec: str) -> None:
 
 
 def test_feature_resolution() -> None:
-    glasses = feature_classes("glasses", NAMES, "avataaars")
-    assert sorted(NAMES[i] for i in glasses) == sorted(avataaars.CLASS_NAMES[1:])
-    assert feature_classes("Glasses", NAMES, "avataaars") == glasses
+    glasses = feature_classes(NAMES, "avataaars", "glasses")
+    assert sorted(glasses) == sorted(avataaars.CLASS_NAMES[1:])
+    assert feature_classes(NAMES, "avataaars", "Glasses") == glasses
+    assert feature_labels(NAMES, "avataaars", "glasses") == [NAMES.index(n) for n in glasses]
     # class-as-feature: any class name, on any data set
-    assert feature_classes("Trouser", ["T-shirt/top", "Trouser"], "fashion-mnist") == [1]
-    assert feature_classes("sunglasses", NAMES, "avataaars") == [NAMES.index("sunglasses")]
+    assert feature_labels(["T-shirt/top", "Trouser"], "fashion-mnist", "Trouser") == [1]
+    assert feature_classes(NAMES, "avataaars", "sunglasses") == ["sunglasses"]
 
 
 def test_bad_feature_name_says_what_exists() -> None:
     with pytest.raises(DataError) as e:
-        feature_classes("hat", NAMES, "avataaars")
+        feature_classes(NAMES, "avataaars", "hat")
     msg = str(e.value)
     assert "unknown feature" in msg and "request.feature" in msg and "'hat'" in msg and "glasses" in msg
     with pytest.raises(DataError, match="request.feature"):
-        feature_classes("glasses", ["T-shirt/top", "Trouser"], "fashion-mnist")
+        feature_classes(["T-shirt/top", "Trouser"], "fashion-mnist", "glasses")
 
 
 def test_feature_request_needs_a_name() -> None:
