@@ -37,6 +37,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--forget-classes", help="comma-separated class names to forget")
     g.add_argument("--forget-ids", metavar="FILE", help="file with one id to forget per line")
+    g.add_argument(
+        "--feature",
+        help="feature to unlearn from a generator (gan / vae), e.g. glasses or a class name; sets --request-kind feature",
+    )
+    g.add_argument("--request-kind", choices=("classes", "ids", "feature"), help="kind of forget request")
     g.add_argument("--family", choices=FAMILIES)
     g.add_argument("--method", choices=METHODS)
     g.add_argument("--alpha", type=float, help="forget-loss weight")
@@ -144,6 +149,10 @@ def overrides_from_args(a: argparse.Namespace) -> dict[str, Any]:
     if a.forget_ids is not None:
         put("request.kind", "ids")
         put("request.ids_file", a.forget_ids)
+    if a.feature is not None:
+        put("request.kind", "feature")
+        put("request.feature", a.feature.strip())
+    put("request.kind", a.request_kind)
     put("family", a.family)
     put("method", a.method)
     put("unlearn.alpha", a.alpha)

@@ -1,5 +1,6 @@
 """Data sets, forget requests and the shards they split into."""
 
+from lethe.data.features import feature_classes
 from lethe.data.loaders import DatasetInfo, load_dataset, resolve_dataset
 from lethe.data.shards import (
     SHARD_NAMES,
@@ -17,6 +18,7 @@ __all__ = [
     "DatasetInfo",
     "Manifest",
     "ShardInfo",
+    "feature_classes",
     "load_dataset",
     "read_shard_numpy",
     "resolve_dataset",

@@ -191,6 +191,20 @@ def plan_split(
             "classes": [info.class_names[i] for i in forget_labels],
             "forget_labels": forget_labels,
         }
+    elif req.kind == "feature":
+        # Forget = training images WITH the feature, retain = without (STUB until the data branch lands).
+        from lethe.data.features import feature_classes
+
+        assert req.feature is not None  # RequestConfig enforces it
+        names = feature_classes(info.class_names, info.name, req.feature)
+        forget_labels = resolve_classes(names, info.class_names)
+        plan = replace(base, forget_labels=frozenset(forget_labels))
+        request = {
+            "kind": "feature",
+            "feature": req.feature,
+            "classes": names,
+            "forget_labels": forget_labels,
+        }
     elif req.kind == "ids":
         assert req.ids_file is not None  # RequestConfig enforces it
         wanted = read_ids_file(req.ids_file)
