@@ -333,7 +333,7 @@ def _train_model(
         meta = {"role": dest_name, "cache_key": cache_key, "train_rows": n_rows}
         if kind == "feature_clf":
             job = generative_steps.classifier_job(cfg, man, n_rows, _job_common(cfg), meta)
-        elif generator:
+        elif generator and kind != "featnet":
             job = generative_steps.pretrain_job(cfg, man, n_rows, _job_common(cfg), meta)
         elif kind == "featnet":
             from lethe.models.featnet import FeatNetArch
