@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from lethe.data.loaders import read_idx_pair
 from lethe.feature_eval import (
     AttackSpec,
-    feature_logits,
     featnet_outputs,
+    feature_logits,
     flagged_share,
     generate,
     pgd_attack,
@@ -39,7 +39,18 @@ from lethe.models.generator_families import get_generator_family
 from lethe.report import image_grid
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def load(n_train: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,7 +63,12 @@ def load(n_train: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
         x = x.reshape(len(x), 1, 28, 28) if x.ndim < 4 else x.transpose(0, 3, 1, 2)
         return torch.from_numpy(x.astype(np.float32) / 255.0)
 
-    return t(tr[0][idx]), torch.from_numpy(tr[1][idx].astype(np.int64)), t(te[0]), torch.from_numpy(te[1].astype(np.int64))
+    return (
+        t(tr[0][idx]),
+        torch.from_numpy(tr[1][idx].astype(np.int64)),
+        t(te[0]),
+        torch.from_numpy(te[1].astype(np.int64)),
+    )
 
 
 def batches(n: int, bs: int, g: torch.Generator):
@@ -77,7 +93,10 @@ def train_generator(family: str, section: dict, x: torch.Tensor, epochs: int, lr
                 loss.backward()
                 opt.step()
                 tot[k] += loss.item() * len(idx)
-        print(f"  {family} epoch {ep + 1}/{epochs}: " + ", ".join(f"{k} {v / len(x):.4f}" for k, v in tot.items()))
+        print(
+            f"  {family} epoch {ep + 1}/{epochs}: "
+            + ", ".join(f"{k} {v / len(x):.4f}" for k, v in tot.items())
+        )
     return model.eval()
 
 
@@ -135,7 +154,9 @@ def main() -> None:
     zl = torch.randn(2000, original.latent_dim, generator=gl)
     pos = feature_logits(clf, generate(original, zl)) > 0
     d = feature_direction(zl, pos)
-    print(f"direction: {d.n_pos} positive / {d.n_neg} negative, |z_e| {float(d.z_e.norm()):.3f}, t {d.threshold:.3f}")
+    print(
+        f"direction: {d.n_pos} positive / {d.n_neg} negative, |z_e| {float(d.z_e.norm()):.3f}, t {d.threshold:.3f}"
+    )
     g = copy.deepcopy(original).train()
     f = original
     for q in g.parameters():
@@ -196,10 +217,16 @@ def main() -> None:
         "alpha": a.alpha,
         "lr": a.lr,
         "classifier_heldout_accuracy": acc,
-        "direction": {"n_pos": d.n_pos, "n_neg": d.n_neg, "norm": float(d.z_e.norm()), "threshold": d.threshold},
+        "direction": {
+            "n_pos": d.n_pos,
+            "n_neg": d.n_neg,
+            "norm": float(d.z_e.norm()),
+            "threshold": d.threshold,
+        },
         "attack": spec.to_dict(),
         "metrics": results,
-        "flagged_unlearned_vs_oracle": results["unlearned"]["flagged_share"] / max(results["oracle"]["flagged_share"], 1e-9),
+        "flagged_unlearned_vs_oracle": results["unlearned"]["flagged_share"]
+        / max(results["oracle"]["flagged_share"], 1e-9),
         "fd_unlearned_vs_original": results["unlearned"]["fd"] / results["original"]["fd"],
         "timing_s": timing,
     }
