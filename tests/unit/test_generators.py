@@ -26,7 +26,8 @@ def test_samples_have_the_data_shape_and_range(family: str, h: int, w: int, c: i
     fam = get_generator_family(family)
     arch = fam.build_arch({"latent_dim": 8, "ch": 8, "disc_ch": 8}, h, w, c)
     model = fam.model_cls(fam.arch_cls(**arch))
-    x = model.sample(torch.randn(3, model.latent_dim))
+    with torch.no_grad():
+        x = model.sample(torch.randn(3, model.latent_dim))
     assert x.shape == (3, c, h, w)
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     gen = torch.Generator().manual_seed(0)
