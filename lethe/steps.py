@@ -1040,6 +1040,12 @@ def _evaluate_feature(ctx: Context) -> Path:
         ctx.state["evaluate"] = {"run_id": run_id}
         report = build_report(ctx, man, metrics, {"sampler": {"name": "generator", "steps": 1}})
         report["feature"] = {**section, "direction": {**section["direction"], "labelling": labelling}}
+        report["evaluation"] = {
+            "sampler": report.get("sampler", {}),
+            "fd_feature_space": "project feature net (penultimate layer); not Inception, not FID",
+            "class_score": "exp(E KL(p(y|x) || p(y))) on the project feature net's class posteriors; not IS",
+            "flagged": "binary feature classifier (project FeatNet, 2 classes): p(feature) > 0.5",
+        }
         report_path = write_report_json(report, lay.report_dir / "report.json")
         html = write_html_report(report, grids, lay.report_dir / "report.html")
         ctx.tracker.log_artifact(report_path, "report")

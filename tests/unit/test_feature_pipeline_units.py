@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
 from lethe.config import build_config
 from lethe.data import feature_classes
@@ -114,3 +115,27 @@ def test_feature_gates() -> None:
     missing = copy.deepcopy(METRICS)
     del missing["original"]["samples"]["attack_success"]
     assert not evaluate_feature_gates(missing, 1.0, 0.2).passed
+
+
+class _Never(torch.nn.Module):
+    """A classifier that flags nothing (an undertrained generator's samples)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((1, 2, 3)) - 10.0 + self.w
+        return torch.stack([-s, s], dim=1)
+
+
+def test_direction_falls_back_to_ranked_labels_when_nothing_is_flagged() -> None:
+    from lethe.generative_steps import find_direction
+    from lethe.models import VAE, VAEArch
+
+    cfg = build_config("smoke", None, FEATURE_RUN)
+    torch.manual_seed(0)
+    model = VAE(VAEArch(16, 16, 1, latent_dim=8, ch=8)).eval()
+    d, labelling = find_direction(cfg, model, _Never(), prior=0.1)
+    assert labelling == "ranked"
+    assert d.n_pos == round(0.1 * cfg.feature.n_label) and d.n_pos + d.n_neg == cfg.feature.n_label
