@@ -36,6 +36,16 @@ data:
 		exit 1; \
 	fi
 
+# py-avataaars (the cartoon-face attribute data set) renders through cairosvg, which needs libcairo.
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libcairo.so.2'; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian package libcairo2 (renders the avataaars faces)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcairo2 >/dev/null; \
+		else \
+			echo "libcairo2 is missing: 'sudo apt-get install libcairo2' to use --dataset avataaars" >&2; \
+		fi; \
+	fi
+
 run: install data
 	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/lethe pipeline run --local $(RUN_ARGS)
 

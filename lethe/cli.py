@@ -33,15 +33,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="YAML file with RunConfig fields")
     g.add_argument("--preset", choices=PRESETS, help="smoke: tiny, what tests use; demo: the default")
     g.add_argument(
-        "--dataset", help="fashion-mnist | digits | path to an IDX dir, image folder or Parquet data set"
+        "--dataset",
+        help="fashion-mnist | digits | avataaars[:N] | path to an IDX dir, image folder or Parquet data set",
     )
-    g.add_argument("--forget-classes", help="comma-separated class names to forget")
-    g.add_argument("--forget-ids", metavar="FILE", help="file with one id to forget per line")
-    g.add_argument(
-        "--feature",
-        help="feature to unlearn from a generator (gan / vae), e.g. glasses or a class name; sets --request-kind feature",
+    what = g.add_mutually_exclusive_group()
+    what.add_argument("--forget-classes", help="comma-separated class names to forget")
+    what.add_argument("--forget-ids", metavar="FILE", help="file with one id to forget per line")
+    what.add_argument(
+        "--forget-feature",
+        metavar="NAME",
+        help="a visual feature the generator must stop producing (gan/vae): 'glasses' on avataaars, or a class name",
     )
-    g.add_argument("--request-kind", choices=("classes", "ids", "feature"), help="kind of forget request")
     g.add_argument("--family", choices=FAMILIES)
     g.add_argument("--method", choices=METHODS)
     g.add_argument("--alpha", type=float, help="forget-loss weight")
@@ -149,10 +151,9 @@ def overrides_from_args(a: argparse.Namespace) -> dict[str, Any]:
     if a.forget_ids is not None:
         put("request.kind", "ids")
         put("request.ids_file", a.forget_ids)
-    if a.feature is not None:
+    if a.forget_feature is not None:
         put("request.kind", "feature")
-        put("request.feature", a.feature.strip())
-    put("request.kind", a.request_kind)
+        put("request.feature", a.forget_feature.strip())
     put("family", a.family)
     put("method", a.method)
     put("unlearn.alpha", a.alpha)

@@ -57,8 +57,8 @@ class RequestConfig(_Strict):
     kind: Literal["classes", "ids", "feature"] = "classes"
     classes: list[str] = Field(default_factory=lambda: ["Trouser"])
     ids_file: str | None = None
-    # kind "feature": a visual feature of the data set (e.g. "glasses" on avataaars) or a class name
-    # (the class-as-feature variant); lethe.data.feature_classes resolves it to classes.
+    # kind "feature": a visual feature ("glasses" on avataaars) or a class name (class-as-feature);
+    # forget = the training images that show it, and the generator must stop producing it.
     feature: str | None = None
 
     @model_validator(mode="after")
@@ -68,7 +68,7 @@ class RequestConfig(_Strict):
         if self.kind == "classes" and not self.classes:
             raise ValueError("request.kind 'classes' needs at least one class name in request.classes")
         if self.kind == "feature" and not (self.feature or "").strip():
-            raise ValueError("request.kind 'feature' needs request.feature (e.g. glasses, or a class name)")
+            raise ValueError("request.kind 'feature' needs request.feature (e.g. 'glasses' or a class name)")
         return self
 
 
@@ -478,11 +478,13 @@ class RunConfig(_Strict):
                 f"method {self.method!r} needs a generator family ({', '.join(GENERATOR_FAMILIES)}); "
                 f"got {self.family!r}"
             )
-        if generator != (self.request.kind == "feature"):
+        # An image-to-image family may take a feature request (it forgets the images that show the
+        # feature, like a class request); a generator can only unlearn a feature.
+        if generator and self.request.kind != "feature":
             raise ValueError(
                 f"request.kind {self.request.kind!r} does not fit family {self.family!r}: generator "
-                f"families ({', '.join(GENERATOR_FAMILIES)}) take request.kind 'feature' and the others "
-                "take 'classes' or 'ids'"
+                f"families ({', '.join(GENERATOR_FAMILIES)}) unlearn a feature (request.kind 'feature', "
+                "--forget-feature NAME)"
             )
         if generator and self.tune.enabled:
             raise ValueError(

@@ -316,6 +316,16 @@ def _missing(exc: BaseException) -> bool:
 # ----------------------------------------------------------------------------------------------
 # object operations
 # ----------------------------------------------------------------------------------------------
+def _object_exists(client: Any, bucket: str, key: str) -> bool:
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return True
+    except Exception as e:
+        if _missing(e):
+            return False
+        raise
+
+
 def exists(uri: str) -> bool:
     """True for an existing file / object, or a folder / prefix holding at least one object."""
     if not is_s3(uri):
@@ -323,17 +333,13 @@ def exists(uri: str) -> bool:
     bucket, key = split_s3(uri)
     client = s3_client()
 
-    def head() -> bool:
-        try:
-            client.head_object(Bucket=bucket, Key=key)
+    def check() -> bool:
+        if _object_exists(client, bucket, key):
             return True
-        except Exception as e:
-            if _missing(e):
-                resp = client.list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
-                return resp.get("KeyCount", 0) > 0
-            raise
+        resp = client.list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
+        return resp.get("KeyCount", 0) > 0
 
-    return with_retries("checking", uri, head)
+    return with_retries("checking", uri, check)
 
 
 def is_file(uri: str) -> bool:
@@ -341,17 +347,7 @@ def is_file(uri: str) -> bool:
         return Path(uri).is_file()
     bucket, key = split_s3(uri)
     client = s3_client()
-
-    def head() -> bool:
-        try:
-            client.head_object(Bucket=bucket, Key=key)
-            return True
-        except Exception as e:
-            if _missing(e):
-                return False
-            raise
-
-    return with_retries("checking", uri, head)
+    return with_retries("checking", uri, lambda: _object_exists(client, bucket, key))
 
 
 def read_bytes(uri: str) -> bytes:

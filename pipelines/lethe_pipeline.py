@@ -98,97 +98,38 @@ def build_pipeline(
 
     @dsl.pipeline(name=PIPELINE_NAME, description=PIPELINE_DESCRIPTION)
     def lethe_pipeline(config_json: str = config_json, workdir: str = workdir, tune: bool = tune_enabled):
-        exit_task = _task(cleanup(config_json=config_json, workdir=workdir), retries, False, light, vol)
-        with dsl.ExitHandler(exit_task, name="unlearning"):
-            b = _task(
-                begin(config_json=config_json, workdir=workdir, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
-                retries,
-                False,
-                light,
-                vol,
-            )
+        def step(component: Any, cache: bool = False, size: dict | None = heavy, **inputs: Any) -> Any:
+            # Every task reads the run configuration and the shared work dir.
+            task = component(config_json=config_json, workdir=workdir, **inputs)
+            return _task(task, retries, cache, size, vol)
+
+        with dsl.ExitHandler(step(cleanup, size=light), name="unlearning"):
+            b = step(begin, size=light, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
             run_id = b.outputs["parent_run_id"]
-            s = _task(
-                split(config_json=config_json, workdir=workdir, parent_run_id=run_id),
-                retries,
-                False,
-                heavy,
-                vol,
+            s = step(split, parent_run_id=run_id)
+            p = step(
+                resolve_or_pretrain,
+                cache=True,
+                data_digest=s.outputs["data_digest"],
+                source_model=b.outputs["source_model"],
             )
-            p = _task(
-                resolve_or_pretrain(
-                    config_json=config_json,
-                    workdir=workdir,
-                    data_digest=s.outputs["data_digest"],
-                    source_model=b.outputs["source_model"],
-                ),
-                retries,
-                True,
-                heavy,
-                vol,
+            o = step(oracle, cache=True, retain_digest=s.outputs["retain_digest"]).after(p)
+            models = {"original": p.outputs["original"], "featnet": p.outputs["featnet"]}
+            t = step(tune_component, parent_run_id=run_id, enabled=tune, oracle=o.outputs["oracle"], **models)
+            u = step(unlearn, parent_run_id=run_id, alpha=t.outputs["Output"], original=p.outputs["original"])
+            e = step(
+                evaluate,
+                parent_run_id=run_id,
+                oracle=o.outputs["oracle"],
+                unlearned=u.outputs["unlearned"],
+                **models,
             )
-            o = _task(
-                oracle(config_json=config_json, workdir=workdir, retain_digest=s.outputs["retain_digest"]),
-                retries,
-                True,
-                heavy,
-                vol,
-            ).after(p)
-            t = _task(
-                tune_component(
-                    config_json=config_json,
-                    workdir=workdir,
-                    parent_run_id=run_id,
-                    enabled=tune,
-                    original=p.outputs["original"],
-                    featnet=p.outputs["featnet"],
-                    oracle=o.outputs["oracle"],
-                ),
-                retries,
-                False,
-                heavy,
-                vol,
-            )
-            u = _task(
-                unlearn(
-                    config_json=config_json,
-                    workdir=workdir,
-                    parent_run_id=run_id,
-                    alpha=t.outputs["Output"],
-                    original=p.outputs["original"],
-                ),
-                retries,
-                False,
-                heavy,
-                vol,
-            )
-            e = _task(
-                evaluate(
-                    config_json=config_json,
-                    workdir=workdir,
-                    parent_run_id=run_id,
-                    original=p.outputs["original"],
-                    featnet=p.outputs["featnet"],
-                    oracle=o.outputs["oracle"],
-                    unlearned=u.outputs["unlearned"],
-                ),
-                retries,
-                False,
-                heavy,
-                vol,
-            )
-            _task(
-                promote(
-                    config_json=config_json,
-                    workdir=workdir,
-                    parent_run_id=run_id,
-                    unlearned=u.outputs["unlearned"],
-                    report_json=e.outputs["report_json"],
-                ),
-                retries,
-                False,
-                light,
-                vol,
+            step(
+                promote,
+                size=light,
+                parent_run_id=run_id,
+                unlearned=u.outputs["unlearned"],
+                report_json=e.outputs["report_json"],
             )
 
     return lethe_pipeline

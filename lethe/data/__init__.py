@@ -1,6 +1,5 @@
 """Data sets, forget requests and the shards they split into."""
 
-from lethe.data.features import feature_classes
 from lethe.data.loaders import DatasetInfo, load_dataset, resolve_dataset
 from lethe.data.shards import (
     SHARD_NAMES,
@@ -11,7 +10,7 @@ from lethe.data.shards import (
     shard_digest,
     to_chw_float,
 )
-from lethe.data.split import split_dataset
+from lethe.data.split import feature_classes, split_dataset
 
 __all__ = [
     "SHARD_NAMES",

@@ -1,7 +1,8 @@
 """Turn a data set spec into a Ray Dataset with one fixed schema: id, label, pixels, subset.
 
 Four sources are understood: an IDX folder (Fashion-MNIST layout), the built-in scikit-learn
-"digits", an image folder root/<class>/*.png|jpg|jpeg and Parquet (id, label, image). Everything
+"digits", the rendered cartoon faces "avataaars[:N]" (cached as Parquet, see avataaars.py), an image
+folder root/<class>/*.png|jpg|jpeg and Parquet (id, label, image). Everything
 that is cheap (ids, labels, subsets, the image shape) is read in the driver by `open_source`, so a
 forget request can be checked before any Ray work starts; pixels are decoded in Ray Data tasks.
 """
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lethe.data import avataaars
 from lethe.errors import DataError
 
 if TYPE_CHECKING:
@@ -145,6 +147,8 @@ def resolve_dataset(spec: str) -> str:
 
     if spec == DIGITS:
         return DIGITS
+    if avataaars.is_spec(spec):
+        return str(avataaars.ensure_rendered(spec))
     if storage.is_s3(spec):
         uri = storage.normalize(spec)
         if not storage.exists(uri):
@@ -179,6 +183,8 @@ def open_source(spec: str) -> Source:
             raise DataError("no Parquet files found", where=resolved, expected=_S3_EXPECTED)
         return _open_parquet_files(files, resolved, spec, remote=True)
     path = Path(resolved)
+    if avataaars.is_spec(spec):
+        return _open_parquet(path, avataaars.NAME)
     name = FASHION_MNIST if spec == FASHION_MNIST else spec
     if path.is_file():
         if path.suffix.lower() == ".parquet":

@@ -129,6 +129,33 @@ def resolve_classes(requested: Sequence[str], class_names: Sequence[str]) -> lis
     return sorted(labels)
 
 
+def feature_classes(class_names: Sequence[str], dataset: str, feature: str) -> list[str]:
+    """A visual feature -> the names of the classes that carry it.
+
+    Data sets with attributes declare them (avataaars: "glasses" = every eyewear class); any class
+    name is also a feature of its own (class-as-feature, e.g. "Trouser" on Fashion-MNIST).
+    """
+    return [class_names[i] for i in feature_labels(class_names, dataset, feature)]
+
+
+def feature_labels(class_names: Sequence[str], dataset: str, feature: str) -> list[int]:
+    """Like `feature_classes`, as sorted label indices."""
+    from lethe.data import avataaars
+
+    declared: dict[str, list[str]] = avataaars.FEATURES if dataset == avataaars.NAME else {}
+    if feature.lower() in declared:
+        return resolve_classes(declared[feature.lower()], class_names)
+    try:
+        return resolve_classes([feature], class_names)
+    except DataError:
+        raise DataError(
+            "unknown feature",
+            where="request.feature",
+            expected="one of: " + ", ".join([*declared, *class_names]),
+            seen=repr(feature),
+        ) from None
+
+
 def read_ids_file(path: str | os.PathLike[str]) -> list[str]:
     """One id per line; blank lines and '#' comments are skipped. Sorted and distinct."""
     from lethe import storage
@@ -192,17 +219,13 @@ def plan_split(
             "forget_labels": forget_labels,
         }
     elif req.kind == "feature":
-        # Forget = training images WITH the feature, retain = without (STUB until the data branch lands).
-        from lethe.data.features import feature_classes
-
         assert req.feature is not None  # RequestConfig enforces it
-        names = feature_classes(info.class_names, info.name, req.feature)
-        forget_labels = resolve_classes(names, info.class_names)
+        forget_labels = feature_labels(info.class_names, info.name, req.feature)
         plan = replace(base, forget_labels=frozenset(forget_labels))
         request = {
             "kind": "feature",
             "feature": req.feature,
-            "classes": names,
+            "classes": [info.class_names[i] for i in forget_labels],
             "forget_labels": forget_labels,
         }
     elif req.kind == "ids":
@@ -222,7 +245,10 @@ def plan_split(
         request = {"kind": "ids", "ids_digest": ids_digest(wanted)}
     else:
         raise DataError(
-            "unsupported request kind", where="request.kind", expected="classes or ids", seen=req.kind
+            "unsupported request kind",
+            where="request.kind",
+            expected="classes, ids or feature",
+            seen=req.kind,
         )
     parts = assign_parts(ids, labels, subsets, plan, hashes=hashes)
     n_forget = int((parts == "forget").sum())

@@ -69,6 +69,59 @@ def keep_visible(hidden: torch.Tensor) -> torch.Tensor:
     return order[:, : int(n_vis[0])]
 
 
+class MaskedTokenTransformer(nn.Module):
+    """MAE / MAGE token transformer: an encoder over the visible tokens only, and a lighter decoder
+    that fills the hidden positions with a learned mask token. The families differ only in how
+    tokens enter (patch embedding, codebook ids) and what the decoder head predicts."""
+
+    def init_transformer(
+        self,
+        n_tokens: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float,
+        dec_dim: int,
+        dec_depth: int,
+        dec_heads: int,
+        head_out: int,
+    ) -> None:
+        """Build the layers, `head` (dec_dim -> head_out per token) last, then initialise positions."""
+        self.pos = nn.Parameter(torch.zeros(1, n_tokens, dim))
+        self.blocks = nn.ModuleList(transformer_block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.dec_embed = nn.Linear(dim, dec_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
+        self.dec_pos = nn.Parameter(torch.zeros(1, n_tokens, dec_dim))
+        self.dec_blocks = nn.ModuleList(
+            transformer_block(dec_dim, dec_heads, mlp_ratio) for _ in range(dec_depth)
+        )
+        self.dec_norm = nn.LayerNorm(dec_dim)
+        self.head = nn.Linear(dec_dim, head_out)
+        for prm in (self.pos, self.mask_token, self.dec_pos):
+            nn.init.trunc_normal_(prm, std=0.02)
+
+    def encode_visible(self, tokens: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, L, dim) before positions, hidden (B, L) -> (encoded (B, L_vis, dim), keep)."""
+        keep = keep_visible(hidden)  # (B, L_vis)
+        tokens = tokens + self.pos
+        z = torch.gather(tokens, 1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
+        for blk in self.blocks:
+            z = blk(z)
+        return self.norm(z), keep
+
+    def decode_tokens(self, z: torch.Tensor, keep: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Encoded visible tokens -> decoder features at every position: (B, L, dec_dim)."""
+        b, n_tok = hidden.shape
+        v = self.dec_embed(z)
+        full = self.mask_token.expand(b, n_tok, -1).clone()
+        full.scatter_(1, keep[..., None].expand(-1, -1, v.shape[-1]), v)
+        y = full + self.dec_pos
+        for blk in self.dec_blocks:
+            y = blk(y)
+        return self.dec_norm(y)
+
+
 class ResBlock(nn.Module):
     """GN-SiLU-conv twice with a skip; an optional embedding (diffusion time) is added in between."""
 

@@ -16,10 +16,9 @@ from torch import nn
 from lethe.models.layers import (
     MAIN_PHASE,
     I2IModel,
+    MaskedTokenTransformer,
     cell_hidden,
-    keep_visible,
     masked_mse,
-    transformer_block,
 )
 
 __all__ = ["MAE", "MAEArch", "auto_patch", "masked_mse"]
@@ -61,10 +60,7 @@ class MAEArch:
         return asdict(self)
 
 
-_block = transformer_block
-
-
-class MAE(I2IModel):
+class MAE(I2IModel, MaskedTokenTransformer):
     family = "mae"
 
     def __init__(self, arch: MAEArch) -> None:
@@ -72,20 +68,10 @@ class MAE(I2IModel):
         self.arch = arch
         p, c = arch.patch, arch.channels
         self.patch_embed = nn.Linear(p * p * c, arch.dim)
-        self.pos = nn.Parameter(torch.zeros(1, arch.num_tokens, arch.dim))
-        self.blocks = nn.ModuleList(_block(arch.dim, arch.heads, arch.mlp_ratio) for _ in range(arch.depth))
-        self.norm = nn.LayerNorm(arch.dim)
-
-        self.dec_embed = nn.Linear(arch.dim, arch.dec_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, arch.dec_dim))
-        self.dec_pos = nn.Parameter(torch.zeros(1, arch.num_tokens, arch.dec_dim))
-        self.dec_blocks = nn.ModuleList(
-            _block(arch.dec_dim, arch.dec_heads, arch.mlp_ratio) for _ in range(arch.dec_depth)
+        a = arch
+        self.init_transformer(
+            a.num_tokens, a.dim, a.depth, a.heads, a.mlp_ratio, a.dec_dim, a.dec_depth, a.dec_heads, p * p * c
         )
-        self.dec_norm = nn.LayerNorm(arch.dec_dim)
-        self.head = nn.Linear(arch.dec_dim, p * p * c)
-        for prm in (self.pos, self.mask_token, self.dec_pos):
-            nn.init.trunc_normal_(prm, std=0.02)
 
     # -- the family interface ------------------------------------------------------------------
     def encoder_modules(self) -> list[nn.Module]:
@@ -143,19 +129,8 @@ class MAE(I2IModel):
 
     def _encode_tokens(self, x: torch.Tensor, mask: torch.Tensor):
         hidden = self.token_mask(mask.expand(x.shape[0], -1, -1, -1))  # (B, L)
-        keep = keep_visible(hidden)  # (B, L_vis)
-        tokens = self.patch_embed(self.patchify(x)) + self.pos
-        z = torch.gather(tokens, 1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
-        for blk in self.blocks:
-            z = blk(z)
-        return self.norm(z), keep, hidden
+        z, keep = self.encode_visible(self.patch_embed(self.patchify(x)), hidden)
+        return z, keep, hidden
 
     def _decode(self, z: torch.Tensor, keep: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        b, n_tok = hidden.shape
-        v = self.dec_embed(z)
-        full = self.mask_token.expand(b, n_tok, -1).clone()
-        full.scatter_(1, keep[..., None].expand(-1, -1, v.shape[-1]), v)
-        y = full + self.dec_pos
-        for blk in self.dec_blocks:
-            y = blk(y)
-        return torch.sigmoid(self.unpatchify(self.head(self.dec_norm(y))))
+        return torch.sigmoid(self.unpatchify(self.head(self.decode_tokens(z, keep, hidden))))

@@ -35,12 +35,11 @@ from torch.func import functional_call
 from lethe.models.layers import (
     MAIN_PHASE,
     I2IModel,
+    MaskedTokenTransformer,
     ResBlock,
     cell_hidden,
     group_norm,
-    keep_visible,
     pad_to_multiple,
-    transformer_block,
 )
 
 TOKENIZER, TRANSFORMER = "tokenizer", "transformer"
@@ -240,7 +239,7 @@ class VectorQuantizer(nn.Module):
             self.cluster_size[dead] = 1.0
 
 
-class VQGAN(I2IModel):
+class VQGAN(I2IModel, MaskedTokenTransformer):
     family = "vqgan"
 
     def __init__(self, arch: VQGANArch) -> None:
@@ -263,21 +262,18 @@ class VQGAN(I2IModel):
             "perc_w2", torch.randn(32, 16, 3, 3, generator=g) / math.sqrt(9 * 16), persistent=False
         )
         # -- token transformer: MAGE encoder over visible tokens, decoder with mask tokens --
-        n = a.num_tokens
         self.tok_embed = nn.Embedding(a.codebook_size, a.dim)
-        self.pos = nn.Parameter(torch.zeros(1, n, a.dim))
-        self.blocks = nn.ModuleList(transformer_block(a.dim, a.heads, a.mlp_ratio) for _ in range(a.depth))
-        self.norm = nn.LayerNorm(a.dim)
-        self.dec_embed = nn.Linear(a.dim, a.dec_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, a.dec_dim))
-        self.dec_pos = nn.Parameter(torch.zeros(1, n, a.dec_dim))
-        self.dec_blocks = nn.ModuleList(
-            transformer_block(a.dec_dim, a.dec_heads, a.mlp_ratio) for _ in range(a.dec_depth)
+        self.init_transformer(
+            a.num_tokens,
+            a.dim,
+            a.depth,
+            a.heads,
+            a.mlp_ratio,
+            a.dec_dim,
+            a.dec_depth,
+            a.dec_heads,
+            a.codebook_size,
         )
-        self.dec_norm = nn.LayerNorm(a.dec_dim)
-        self.head = nn.Linear(a.dec_dim, a.codebook_size)
-        for prm in (self.pos, self.mask_token, self.dec_pos):
-            nn.init.trunc_normal_(prm, std=0.02)
 
     # -- parameter groups ----------------------------------------------------------------------
     def tokenizer_modules(self) -> list[nn.Module]:
@@ -364,22 +360,10 @@ class VQGAN(I2IModel):
 
     # -- token transformer -----------------------------------------------------------------------
     def _encode_ids(self, ids: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = keep_visible(hidden)  # (B, L_vis)
-        tokens = self.tok_embed(ids) + self.pos  # (B, L, dim)
-        z = torch.gather(tokens, 1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
-        for blk in self.blocks:
-            z = blk(z)
-        return self.norm(z), keep  # (B, L_vis, dim)
+        return self.encode_visible(self.tok_embed(ids), hidden)  # (B, L_vis, dim), keep
 
     def _decode_logits(self, z: torch.Tensor, keep: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        b, n_tok = hidden.shape
-        v = self.dec_embed(z)
-        full = self.mask_token.expand(b, n_tok, -1).clone()
-        full.scatter_(1, keep[..., None].expand(-1, -1, v.shape[-1]), v)
-        y = full + self.dec_pos
-        for blk in self.dec_blocks:
-            y = blk(y)
-        return self.head(self.dec_norm(y))  # (B, L, K)
+        return self.head(self.decode_tokens(z, keep, hidden))  # (B, L, K)
 
     def _logits(self, ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         z, keep = self._encode_ids(ids, hidden)

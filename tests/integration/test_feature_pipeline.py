@@ -1,5 +1,5 @@
 """Feature unlearning of a generator through the whole pipeline (DESIGN.md 2.3), as a user runs it:
-`lethe run --family vae --method latent_feature --feature Trouser` (Fashion-MNIST, class as feature)."""
+`lethe run --family vae --method latent_feature --forget-feature Trouser` (Fashion-MNIST, class as feature)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_vae_feature_unlearning_smoke_end_to_end(tmp_path: Path) -> None:
         "vae",
         "--method",
         "latent_feature",
-        "--feature",
+        "--forget-feature",
         "Trouser",
     ]
     r = subprocess.run(

@@ -1,117 +1,34 @@
-"""`ray job submit` against a real local head: split, pretrain, then the README's unlearn command.
-
-The head gets its own temp dir and free ports on 127.0.0.1 and is stopped through its own process
-group only (never `ray stop`, which would stop every Ray on the machine).
+"""Ray jobs against one real local head (`ray start --head` on 127.0.0.1, its own temp dir and ports):
+the README's `ray job submit` commands for split, pretrain and unlearn, and a KFP component's Ray
+step submitted through the Jobs API instead of starting Ray itself.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
+import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lethe.testing.seaweedfs import free_port
+from lethe.config import build_config, config_from_json
+from lethe.orchestration import kfp_steps
+from lethe.orchestration.ray_submit import RemoteStepError, is_jobs_address, job_entrypoint
+from lethe.testing.ray_head import head_env, local_ray_head
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
-pytestmark = pytest.mark.slow
-
-
-def _env() -> dict[str, str]:
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PYTHONUNBUFFERED": "1",
-        # `python` in an entrypoint is this interpreter.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def _own_pids(marker: str) -> list[int]:
-    """Processes whose command line names our head's temp dir (all of that head's daemons)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmd:
-            pids.append(int(d.name))
-    return pids
 
 
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[str]:
-    # Short path: Ray's socket paths must stay under ~107 characters.
-    temp = tempfile.mkdtemp(prefix="lrj-", dir="/tmp")
-    ports = {
-        name: free_port()
-        for name in ("gcs", "dash", "agent", "agent_grpc", "client", "metrics", "nm", "om", "rtenv")
-    }
-    lo = free_port()
-    cmd = [
-        RAY,
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={ports['gcs']}",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={ports['dash']}",
-        f"--dashboard-agent-listen-port={ports['agent']}",
-        f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
-        f"--ray-client-server-port={ports['client']}",
-        f"--metrics-export-port={ports['metrics']}",
-        f"--node-manager-port={ports['nm']}",
-        f"--object-manager-port={ports['om']}",
-        f"--runtime-env-agent-port={ports['rtenv']}",
-        f"--min-worker-port={20000 + lo % 20000}",
-        f"--max-worker-port={20000 + lo % 20000 + 200}",
-        f"--temp-dir={temp}",
-        "--num-cpus=4",
-        "--object-store-memory=300000000",
-        "--disable-usage-stats",
-    ]
-    # Its own session: every daemon `ray start` spawns stays in this process group.
-    start = subprocess.run(
-        cmd, env=_env(), capture_output=True, text=True, timeout=180, start_new_session=True
-    )
-    pgid = None
-    try:
-        assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
-        pids = _own_pids(temp)
-        assert pids, "no Ray process found for our temp dir"
-        pgid = os.getpgid(pids[0])
-        yield f"http://127.0.0.1:{ports['dash']}"
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = _own_pids(temp)
-            if pgid is not None:
-                try:
-                    os.killpg(pgid, sig)
-                except ProcessLookupError:
-                    pass
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + 15
-            while _own_pids(temp) and time.monotonic() < deadline:
-                time.sleep(0.5)
-        assert not _own_pids(temp), "our Ray head did not stop"
+    # Component steps run `python -m lethe...` inside jobs without a working dir: this checkout.
+    with local_ray_head(pythonpath=str(REPO)) as url:
+        yield url
 
 
 def _submit_cli(
@@ -119,9 +36,29 @@ def _submit_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Exactly the README's command: ray job submit --address ... --working-dir . -- python ray_jobs/..."""
     cmd = [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--", "python", script, *args]
-    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env=head_env(), capture_output=True, text=True, timeout=timeout)
 
 
+class _Artifact:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.metadata: dict = {}
+
+
+def test_job_entrypoint_round_trips_the_config(tmp_path: Path) -> None:
+    cfg = build_config(
+        "smoke", overrides={"workdir": str(tmp_path / "w"), "resources": {"ray_address": "http://h:8265"}}
+    )
+    assert is_jobs_address(cfg.resources.ray_address) and not is_jobs_address("ray://h:10001")
+    argv = shlex.split(job_entrypoint(cfg, "unlearn", "run123"))
+    assert argv[:4] == ["python", "-m", "lethe.orchestration.ray_submit", "unlearn"]
+    job_cfg = config_from_json(argv[argv.index("--config-json") + 1])
+    assert job_cfg.resources.ray_address is None  # inside the job, Ray comes from the job runtime
+    assert job_cfg.model_copy(update={"resources": cfg.resources}) == cfg
+    assert argv[argv.index("--parent-run-id") + 1] == "run123"
+
+
+@pytest.mark.slow
 def test_submit_split_pretrain_unlearn_jobs(ray_head: str, tmp_path: Path) -> None:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -151,5 +88,36 @@ def test_submit_split_pretrain_unlearn_jobs(ray_head: str, tmp_path: Path) -> No
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "succeeded" in (r.stdout + r.stderr).lower()
     assert (work / "models" / "unlearned.pt").is_file()
-    jobs = client.list_jobs()
-    assert len(jobs) == 3 and all(j.status == JobStatus.SUCCEEDED for j in jobs)
+    ours = [j for j in client.list_jobs() if not (j.submission_id or "").startswith("lethe-")]
+    assert len(ours) == 3 and all(j.status == JobStatus.SUCCEEDED for j in ours)
+
+
+@pytest.mark.slow
+def test_split_component_submits_a_ray_job(ray_head: str, tmp_path: Path) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    work = tmp_path / "work"
+    cfg = build_config(
+        "smoke",
+        overrides={
+            "workdir": str(work),
+            "data": {"dataset": "digits"},
+            "request": {"classes": ["3"]},
+            "resources": {"ray_address": ray_head},
+        },
+    )
+    shards = _Artifact(tmp_path / "out" / "shards")
+    out = kfp_steps.split(cfg.model_dump_json(), str(work), "", shards)
+    assert (work / "shards" / "manifest.json").is_file() and (work / "shards" / "forget").is_dir()
+    assert shards.metadata["data_digest"] == out["data_digest"] and shards.metadata["forget_count"] > 0
+    jobs = [
+        j
+        for j in JobSubmissionClient(ray_head).list_jobs()
+        if (j.submission_id or "").startswith("lethe-split-")
+    ]
+    assert [str(j.status).split(".")[-1] for j in jobs] == ["SUCCEEDED"]
+
+    # a failing step: the job's one-line error comes back as the component's error
+    bad = cfg.model_copy(update={"request": cfg.request.model_copy(update={"classes": ["Unicorn"]})})
+    with pytest.raises(RemoteStepError, match="unknown class name"):
+        kfp_steps.split(bad.model_dump_json(), str(tmp_path / "work2"), "", _Artifact(tmp_path / "o2"))

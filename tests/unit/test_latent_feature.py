@@ -121,7 +121,7 @@ def test_alpha_weights_the_unlearning_terms_only() -> None:
     d = feature_direction(z, pos)
     a = latent_feature_loss(g.sample, f.sample, z, d, alpha=1.0)
     b = latent_feature_loss(g.sample, f.sample, z, d, alpha=3.0)
-    assert float(b.total - a.total) == pytest.approx(2 * (a.unlearn + a.perceptual), rel=1e-4)
+    assert float((b.total - a.total).detach()) == pytest.approx(2 * (a.unlearn + a.perceptual), rel=1e-4)
 
 
 def test_loss_trains_the_generator_only_through_g() -> None:

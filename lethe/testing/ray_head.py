@@ -1,0 +1,119 @@
+"""A real local Ray head (`ray start --head`) with its Jobs API, for tests and benchmarks.
+
+Every port is picked free and bound to 127.0.0.1 and the head gets its own temp dir, so other Ray
+instances on the machine are left alone; it is stopped by killing exactly its own processes, never
+with `ray stop` (which would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lethe.testing.seaweedfs import free_port
+
+_PORTS = ("gcs", "dash", "agent", "agent_grpc", "client", "metrics", "nm", "om", "rtenv")
+
+
+def head_env(extra_pythonpath: str | None = None) -> dict[str, str]:
+    """The environment for `ray` commands and job drivers: this interpreter first on PATH."""
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    if extra_pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_pythonpath, os.environ.get("PYTHONPATH")) if p)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def own_pids(marker: str) -> list[int]:
+    """Processes whose command line names `marker` (the head's temp dir: all of its daemons)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
+@contextmanager
+def local_ray_head(num_cpus: int = 4, pythonpath: str | None = None, timeout_s: float = 180) -> Iterator[str]:
+    """Start a head; yield its Jobs API address (http://127.0.0.1:PORT) once it answers; stop it."""
+    from ray.job_submission import JobSubmissionClient
+
+    temp = tempfile.mkdtemp(prefix="lrh-", dir="/tmp")  # short: Ray's socket paths are length-limited
+    ports = {name: free_port() for name in _PORTS}
+    lo = 20000 + free_port() % 20000
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={ports['gcs']}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={ports['dash']}",
+        f"--dashboard-agent-listen-port={ports['agent']}",
+        f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+        f"--ray-client-server-port={ports['client']}",
+        f"--metrics-export-port={ports['metrics']}",
+        f"--node-manager-port={ports['nm']}",
+        f"--object-manager-port={ports['om']}",
+        f"--runtime-env-agent-port={ports['rtenv']}",
+        f"--min-worker-port={lo}",
+        f"--max-worker-port={lo + 200}",
+        f"--temp-dir={temp}",
+        f"--num-cpus={num_cpus}",
+        "--object-store-memory=300000000",
+        "--disable-usage-stats",
+    ]
+    url = f"http://127.0.0.1:{ports['dash']}"
+    # Its own session, so nothing it spawns shares our process group.
+    start = subprocess.run(
+        cmd,
+        env=head_env(pythonpath),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        start_new_session=True,
+    )
+    try:
+        if start.returncode != 0:
+            raise RuntimeError("ray start failed:\n" + start.stdout[-2000:] + start.stderr[-2000:])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                JobSubmissionClient(url).list_jobs()
+                break
+            except Exception as e:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Ray Jobs API not up after {timeout_s:.0f} s") from e
+                time.sleep(1)
+        yield url
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in own_pids(temp):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 15
+            while own_pids(temp) and time.monotonic() < deadline:
+                time.sleep(0.5)
+        if own_pids(temp):
+            raise RuntimeError(f"the Ray head in {temp} did not stop")
