@@ -152,7 +152,15 @@ def main() -> None:
     t2 = time.perf_counter()
     gl = torch.Generator().manual_seed(a.seed + 50_001)
     zl = torch.randn(2000, original.latent_dim, generator=gl)
-    pos = feature_logits(clf, generate(original, zl)) > 0
+    logits = feature_logits(clf, generate(original, zl))
+    pos = logits > 0
+    labelling = "classifier"
+    if not bool(pos.any()) or bool(pos.all()):
+        # as the pipeline does (lethe.generative_steps.find_direction): rank by feature logit
+        k = max(1, round(float((y == feat).float().mean()) * len(zl)))
+        pos = torch.zeros(len(zl), dtype=torch.bool)
+        pos[logits.argsort(descending=True)[:k]] = True
+        labelling = "ranked"
     d = feature_direction(zl, pos)
     print(
         f"direction: {d.n_pos} positive / {d.n_neg} negative, |z_e| {float(d.z_e.norm()):.3f}, t {d.threshold:.3f}"
