@@ -226,6 +226,7 @@ def main() -> None:
         "lr": a.lr,
         "classifier_heldout_accuracy": acc,
         "direction": {
+            "labelling": labelling,
             "n_pos": d.n_pos,
             "n_neg": d.n_neg,
             "norm": float(d.z_e.norm()),
