@@ -721,14 +721,10 @@ def _validation(man, name: str, n: int, eval_n: int) -> tuple[torch.Tensor, int]
     return x, overlap
 
 
-def step_tune(ctx: Context) -> Path:
+def _check_tunable(cfg: RunConfig) -> None:
     from lethe import generative_steps
     from lethe.errors import ConfigError
-    from lethe.evaluate import features, model_fd
-    from lethe.execution.tune import OBJECTIVE_TEXT, run_tune
-    from lethe.models.checkpoint import load_checkpoint
 
-    cfg, lay = ctx.cfg, ctx.lay
     if generative_steps.is_generator(cfg):
         # The tune objective is FD on held-out forget / retain reconstructions, which a generator
         # does not make; a feature objective (flagged share vs oracle, sample FD) is not built yet.
@@ -738,6 +734,15 @@ def step_tune(ctx: Context) -> Path:
             expected="family mae, vqgan or diffusion (set unlearn.alpha / unlearn.lr by hand for gan / vae)",
             seen=repr(cfg.family),
         )
+
+
+def step_tune(ctx: Context) -> Path:
+    from lethe.evaluate import features, model_fd
+    from lethe.execution.tune import OBJECTIVE_TEXT, run_tune
+    from lethe.models.checkpoint import load_checkpoint
+
+    cfg, lay = ctx.cfg, ctx.lay
+    _check_tunable(cfg)
     t = cfg.tune
     with ctx.step("tune", {f"tune.{k}": v for k, v in t.model_dump().items() if k != "enabled"}):
         man = _manifest(ctx)
@@ -1618,6 +1623,7 @@ def run_step(cfg: RunConfig, name: str) -> Any:
     ctx = make_context(cfg)
     ctx.state.pop("run_id", None)  # a step run alone belongs to no pipeline run
     if name == "tune":
+        _check_tunable(cfg)  # before the prerequisites: fail before training anything
         _tune_prerequisites(ctx)
     out = RUNNERS[name](ctx)
     if name == "tune":

@@ -139,3 +139,12 @@ def test_direction_falls_back_to_ranked_labels_when_nothing_is_flagged() -> None
     d, labelling = find_direction(cfg, model, _Never(), prior=0.1)
     assert labelling == "ranked"
     assert d.n_pos == round(0.1 * cfg.feature.n_label) and d.n_pos + d.n_neg == cfg.feature.n_label
+
+
+def test_lethe_tune_refuses_generator_families_before_any_work(tmp_path) -> None:
+    from lethe import steps
+
+    cfg = build_config("smoke", None, {**FEATURE_RUN, "workdir": str(tmp_path / "w")})
+    with pytest.raises(ConfigError, match="tuning is not supported for generator families"):
+        steps.run_step(cfg, "tune")
+    assert not (tmp_path / "w" / "shards").exists()
