@@ -35,7 +35,6 @@ GRID_CAPTIONS: dict[str, str] = {
     "samples": "Samples from the same latents, one column per model; the unlearned model should keep the "
     "sample and drop the feature where the original shows it.",
     "attack": "PGD over the latent toward the feature classifier: each model's best sample per start.",
-    "heldout": "Held-out real images (with and without the feature), for reference.",
 }
 
 _DIGEST_SHOWN = 12
