@@ -19,7 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lethe.errors import ConfigError
 
 FAMILIES = ("mae", "vqgan", "diffusion", "gan", "vae")
-IMPLEMENTED_FAMILIES = ("mae", "vqgan", "diffusion")
+IMPLEMENTED_FAMILIES = ("mae", "vqgan", "diffusion", "gan", "vae")
+# Unconditional generators: they unlearn a feature of what they generate (DESIGN.md 2.3), with the
+# method latent_feature and a request of kind "feature"; the other families are image-to-image.
+GENERATOR_FAMILIES = ("gan", "vae")
+FEATURE_METHODS = ("latent_feature",)
 METHODS = (
     "encoder_noise",
     "max_loss",
@@ -30,7 +34,7 @@ METHODS = (
     "decouple_retain",
     "latent_feature",
 )
-IMPLEMENTED_METHODS = METHODS[:6]
+IMPLEMENTED_METHODS = (*METHODS[:6], "latent_feature")
 PRESETS = ("smoke", "demo")
 
 DEFAULT_DATASET = "fashion-mnist"
@@ -153,6 +157,23 @@ class DiffusionConfig(_Strict):
         return self
 
 
+class GANConfig(_Strict):
+    """DCGAN-style generator + spectral-norm discriminator; the image shape comes from the data."""
+
+    latent_dim: int = Field(64, ge=2)
+    ch: int = Field(32, ge=4, description="generator channels at full resolution (doubled per stage down)")
+    disc_ch: int = Field(32, ge=4)
+    loss: Literal["hinge", "nonsat"] = "hinge"
+
+
+class VAEConfig(_Strict):
+    """Convolutional VAE, Bernoulli decoder; beta weights the KL term of the ELBO."""
+
+    latent_dim: int = Field(32, ge=2)
+    ch: int = Field(32, ge=4)
+    beta: float = Field(1.0, ge=0)
+
+
 def _check_heads(dim: int, heads: int, dim_name: str, heads_name: str) -> None:
     if dim % heads:
         raise ValueError(f"{dim_name} ({dim}) must be divisible by {heads_name} ({heads})")
@@ -168,6 +189,8 @@ class ModelConfig(_Strict):
     mae: MAEConfig = Field(default_factory=MAEConfig)
     vqgan: VQGANConfig = Field(default_factory=VQGANConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    gan: GANConfig = Field(default_factory=GANConfig)
+    vae: VAEConfig = Field(default_factory=VAEConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -223,6 +246,26 @@ class FeatNetConfig(_Strict):
     lr: float = Field(2e-3, gt=0)
     width: int = Field(32, ge=4)
     feat_dim: int = Field(128, ge=8)
+
+
+class FeatureUnlearnConfig(_Strict):
+    """Latent feature unlearning (DESIGN.md 2.3) and its evaluation; alpha, lr, batch size and
+    max_steps come from `unlearn`."""
+
+    n_label: int = Field(2000, ge=10, description="latents sampled and labelled to find the direction")
+    classifier_epochs: int = Field(3, ge=1, description="binary feature classifier (feature vs not)")
+    classifier_width: int = Field(32, ge=4)
+    n_eval: int = Field(2000, ge=10, description="fixed seeded latents for flagged share, FD, class score")
+    attack_n: int = Field(256, ge=1, description="PGD starts per model")
+    attack_eps: float = Field(0.5, gt=0, description="L_inf radius around each N(0, I) start, latent units")
+    attack_step: float = Field(0.05, gt=0)
+    attack_steps: int = Field(20, ge=1)
+    flagged_oracle_tol: float = Field(
+        1.0, ge=0, description="gate: flagged share of the unlearned model <= (1 + x) * the oracle's"
+    )
+    fd_tol: float = Field(
+        0.2, ge=0, description="gate: sample FD of the unlearned model <= (1 + y) * original's"
+    )
 
 
 class EvalConfig(_Strict):
@@ -373,6 +416,7 @@ class RunConfig(_Strict):
     pretrain: TrainConfig = Field(default_factory=TrainConfig)
     unlearn: UnlearnConfig = Field(default_factory=UnlearnConfig)
     featnet: FeatNetConfig = Field(default_factory=FeatNetConfig)
+    feature: FeatureUnlearnConfig = Field(default_factory=FeatureUnlearnConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -425,6 +469,34 @@ class RunConfig(_Strict):
     def _family_needs(self) -> RunConfig:
         if self.family == "vqgan" and self.pretrain.epochs < 2:
             raise ValueError("family vqgan needs pretrain.epochs >= 2 (tokenizer, then transformer)")
+        generator = self.family in GENERATOR_FAMILIES
+        if generator and self.method not in FEATURE_METHODS:
+            raise ValueError(
+                f"family {self.family!r} unlearns features of what it generates: use method "
+                f"{' or '.join(FEATURE_METHODS)} (got {self.method!r})"
+            )
+        if not generator and self.method in FEATURE_METHODS:
+            raise ValueError(
+                f"method {self.method!r} needs a generator family ({', '.join(GENERATOR_FAMILIES)}); "
+                f"got {self.family!r}"
+            )
+        # An image-to-image family may take a feature request (it forgets the images that show the
+        # feature, like a class request); a generator can only unlearn a feature.
+        if generator and self.request.kind != "feature":
+            raise ValueError(
+                f"request.kind {self.request.kind!r} does not fit family {self.family!r}: generator "
+                f"families ({', '.join(GENERATOR_FAMILIES)}) unlearn a feature (request.kind 'feature', "
+                "--forget-feature NAME)"
+            )
+        if generator and self.tune.enabled:
+            raise ValueError(
+                f"tuning is not supported for family {self.family!r} (generator families); "
+                "set unlearn.alpha and unlearn.lr by hand"
+            )
+        if generator and not self.unlearn.max_steps:
+            raise ValueError(
+                "method latent_feature needs unlearn.max_steps (it reads no data to count passes)"
+            )
         return self
 
     @field_validator("method")
@@ -513,6 +585,56 @@ _FAMILY_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("smoke", "diffusion"): {
         "model": {"diffusion": {"patch": 1, "ch": 8, "mults": [1, 2], "sample_steps": 4}},
         "unlearn": {"alpha": 0.1},
+    },
+    # Generator families: GAN recipe of Radford et al. (Adam 2e-4, beta1 0.5), no weight decay; the
+    # unlearning step count is fixed (latents, no data), Adam without decay as in the paper.
+    ("smoke", "gan"): {
+        "pretrain": {"lr": 2e-4, "weight_decay": 0.0, "warmup_frac": 0.0, "batch_size": 64},
+        "model": {"gan": {"latent_dim": 16, "ch": 8, "disc_ch": 8}},
+        "unlearn": {"max_steps": 6, "batch_size": 32, "weight_decay": 0.0, "lr": 1e-4, "alpha": 1.0},
+        "feature": {
+            "n_label": 200,
+            "classifier_epochs": 1,
+            "classifier_width": 8,
+            "n_eval": 128,
+            "attack_n": 16,
+            "attack_steps": 3,
+        },
+    },
+    ("smoke", "vae"): {
+        "pretrain": {"lr": 1e-3, "weight_decay": 0.0, "warmup_frac": 0.0, "batch_size": 64},
+        "model": {"vae": {"latent_dim": 8, "ch": 8}},
+        "unlearn": {"max_steps": 6, "batch_size": 32, "weight_decay": 0.0, "lr": 1e-4, "alpha": 1.0},
+        "feature": {
+            "n_label": 200,
+            "classifier_epochs": 1,
+            "classifier_width": 8,
+            "n_eval": 128,
+            "attack_n": 16,
+            "attack_steps": 3,
+        },
+    },
+    ("demo", "gan"): {
+        "pretrain": {"epochs": 10, "lr": 2e-4, "weight_decay": 0.0, "warmup_frac": 0.0, "batch_size": 64},
+        "unlearn": {
+            "max_steps": 400,
+            "batch_size": 64,
+            "weight_decay": 0.0,
+            "lr": 1e-4,
+            "alpha": 1.0,
+            "checkpoint_every": 100,
+        },
+    },
+    ("demo", "vae"): {
+        "pretrain": {"epochs": 10, "lr": 1e-3, "weight_decay": 0.0, "warmup_frac": 0.0, "batch_size": 64},
+        "unlearn": {
+            "max_steps": 400,
+            "batch_size": 64,
+            "weight_decay": 0.0,
+            "lr": 1e-4,
+            "alpha": 1.0,
+            "checkpoint_every": 100,
+        },
     },
     # The samplers cost several network passes per image: evaluate on 500 forget / 1000 retain.
     ("demo", "vqgan"): {

@@ -194,8 +194,74 @@ def evaluate_gates(metrics: Mapping[str, Any], thresholds: GateThresholds) -> Ga
     )
 
 
+FEATURE_GATE_NAMES = ("flagged_vs_oracle", "sample_fd", "attack")
+_S = "samples"  # lethe.report.schema.FEATURE_SPLIT (gates import no report code)
+
+
+def flagged_vs_oracle(metrics: Mapping[str, Any], tol: float) -> GateResult:
+    """Feature unlearning: the unlearned model's flagged share <= (1 + x) * the oracle's."""
+    name = "flagged_vs_oracle"
+    hi = 1.0 + tol
+    limit = f"flagged share of the unlearned model <= {hi:.3g} x the oracle's"
+    un, orc = (
+        _metric(metrics, "unlearned", _S, "flagged_share"),
+        _metric(metrics, "oracle", _S, "flagged_share"),
+    )
+    if un is None or orc is None:
+        return _missing(name, limit, "flagged share of the unlearned model or the oracle")
+    ratio = _ratio(un, orc)
+    assert ratio is not None
+    ok = ratio <= hi
+    return GateResult(
+        name,
+        ok,
+        ratio,
+        limit,
+        f"{name}: {un:.3g} of samples flagged vs the oracle's {orc:.3g} ({ratio:.3g}x, limit {hi:.3g}x)",
+    )
+
+
+def sample_fd(metrics: Mapping[str, Any], tol: float) -> GateResult:
+    """Feature unlearning: sample FD of the unlearned model <= (1 + y) * the original's."""
+    name = "sample_fd"
+    hi = 1.0 + tol
+    limit = f"sample FD of the unlearned model <= {hi:.3g} x the source's"
+    ratio = _ratio(_metric(metrics, "unlearned", _S, "fd"), _metric(metrics, "original", _S, "fd"))
+    if ratio is None:
+        return _missing(name, limit, "sample FD of the unlearned or the source model")
+    ok = ratio <= hi
+    return GateResult(
+        name, ok, ratio, limit, f"{name}: sample FD is {ratio:.3g}x the source's (limit {hi:.3g}x)"
+    )
+
+
+def attack(metrics: Mapping[str, Any]) -> GateResult:
+    """Feature unlearning: PGD over z succeeds no more often than on the source model."""
+    name = "attack"
+    limit = "PGD success rate of the unlearned model <= the source's"
+    un, src = (
+        _metric(metrics, "unlearned", _S, "attack_success"),
+        _metric(metrics, "original", _S, "attack_success"),
+    )
+    if un is None or src is None:
+        return _missing(name, limit, "attack success rate of the unlearned or the source model")
+    ok = un <= src
+    return GateResult(
+        name, ok, un, limit, f"{name}: PGD succeeds on {un:.3g} of starts vs the source's {src:.3g}"
+    )
+
+
+def evaluate_feature_gates(metrics: Mapping[str, Any], flagged_tol: float, fd_tol: float) -> GateDecision:
+    """The gates of a feature-unlearning run (generator families), in FEATURE_GATE_NAMES order."""
+    return GateDecision(
+        [flagged_vs_oracle(metrics, flagged_tol), sample_fd(metrics, fd_tol), attack(metrics)]
+    )
+
+
 __all__ = [
+    "FEATURE_GATE_NAMES",
     "GATE_NAMES",
+    "evaluate_feature_gates",
     "GateDecision",
     "GateResult",
     "GateThresholds",

@@ -236,7 +236,11 @@ def _manifest(ctx: Context):
 
 def _arch(cfg: RunConfig, man) -> dict[str, Any]:
     """The family's architecture for this data (shape from the manifest), via the registry."""
+    from lethe import generative_steps
     from lethe.models.families import get_family
+
+    if generative_steps.is_generator(cfg):
+        return generative_steps.arch(cfg, man)
 
     return get_family(cfg.family).build_arch(
         cfg.model.section(cfg.family), man.height, man.width, man.channels
@@ -299,9 +303,11 @@ def _ray(cfg: RunConfig) -> None:
 def _train_model(
     ctx: Context, kind: str, shard_names: tuple[str, ...], cache_key: str, dest_name: str
 ) -> tuple[Path, dict[str, Any]]:
-    """Pretrain a reconstruction model (original/oracle) or the feature net, or reuse the cache."""
+    """Pretrain a reconstruction or generator model (original/oracle), the feature net or the binary
+    feature classifier ("feature_clf", generator runs), or reuse the cache."""
     import ray.data
 
+    from lethe import generative_steps
     from lethe.data import shard_dataset
     from lethe.execution.train import TrainJob, fit
 
@@ -312,7 +318,8 @@ def _train_model(
     # Training numbers live beside the cached model, so a reused oracle still has its retrain cost.
     sidecar = cached.with_suffix(".json")
     info: dict[str, Any] = {"cache_key": cache_key, "cached": cached.is_file()}
-    if kind != "featnet":
+    generator = generative_steps.is_generator(cfg)
+    if kind not in ("featnet", "feature_clf") and not generator:
         info["phases"] = ",".join(_phases(cfg))  # e.g. VQ-GAN: tokenizer,transformer,transformer
     if cached.is_file():
         log.warning("%s: reusing cached model %s", dest_name, cached.name)
@@ -323,7 +330,12 @@ def _train_model(
         parts = [shard_dataset(man, s) for s in shard_names]
         ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
         n_rows = sum(man.shards[s].count for s in shard_names)
-        if kind == "featnet":
+        meta = {"role": dest_name, "cache_key": cache_key, "train_rows": n_rows}
+        if kind == "feature_clf":
+            job = generative_steps.classifier_job(cfg, man, n_rows, _job_common(cfg), meta)
+        elif generator and kind != "featnet":
+            job = generative_steps.pretrain_job(cfg, man, n_rows, _job_common(cfg), meta)
+        elif kind == "featnet":
             from lethe.models.featnet import FeatNetArch
 
             f = cfg.featnet
@@ -434,6 +446,8 @@ def _resolve_source(ctx: Context, man) -> tuple[Path, dict[str, Any]]:
 
 def step_pretrain(ctx: Context) -> Path:
     """Resolve-or-pretrain: the registered `source_model` when set, else train the original here."""
+    from lethe import generative_steps
+
     cfg = ctx.cfg
     params = {"family": cfg.family, "source_model": cfg.source_model or "pretrain"}
     if not cfg.source_model:
@@ -453,6 +467,12 @@ def step_pretrain(ctx: Context) -> Path:
             path, info = _train_model(ctx, cfg.family, ("forget", "retain"), key_orig, "original")
         key_feat = _key(man.data_digest, cfg.digest("featnet", "seed"))
         _, finfo = _train_model(ctx, "featnet", ("forget", "retain"), key_feat, "featnet")
+        if generative_steps.is_generator(cfg):
+            # The binary classifier that labels generated samples (feature vs not); it depends on the
+            # request (which classes carry the feature), so its key includes the request digest.
+            key_clf = _key(man.data_digest, man.request_digest, cfg.digest("featnet", "feature", "seed"))
+            _, cinfo = _train_model(ctx, "feature_clf", ("forget", "retain"), key_clf, "feature_clf")
+            finfo = {**finfo, **_prefix("feature_clf", cinfo)}
         ctx.tracker.log_params(
             {
                 "original.cache_key": key_orig or "",
@@ -552,12 +572,15 @@ def effective_unlearn(ctx: Context, man=None) -> tuple[Any, dict[str, Any] | Non
 def step_unlearn(ctx: Context) -> Path:
     import hashlib
 
+    from lethe import generative_steps
     from lethe.data import shard_dataset
     from lethe.execution.train import fit
     from lethe.models.checkpoint import load_checkpoint
 
     cfg, lay = ctx.cfg, ctx.lay
     man = _manifest(ctx)
+    if generative_steps.is_generator(cfg):
+        return _unlearn_feature(ctx, man)
     u, tuned = effective_unlearn(ctx, man)
     params = {"method": cfg.method, **{f"unlearn.{k}": v for k, v in u.model_dump().items()}}
     with ctx.step("unlearn", {**params, "tuned": tuned is not None}):
@@ -604,6 +627,76 @@ def step_unlearn(ctx: Context) -> Path:
     return lay.model("unlearned")
 
 
+def _unlearn_feature(ctx: Context, man) -> Path:
+    """Feature unlearning of a generator: label sampled latents, find the direction, fine-tune g."""
+    import hashlib
+
+    from lethe import generative_steps
+    from lethe.execution.train import fit
+    from lethe.models.checkpoint import load_checkpoint
+
+    cfg, lay = ctx.cfg, ctx.lay
+    u = cfg.unlearn
+    params = {"method": cfg.method, **{f"unlearn.{k}": v for k, v in u.model_dump().items()}}
+    with ctx.step("unlearn", {**params, **_flat("feature", cfg), "tuned": False}):
+        arch = _arch(cfg, man)
+        original = lay.fetch(lay.model("original"))
+        teacher, _ = load_checkpoint(original, expected_kind=cfg.family, expected_arch=arch)
+        classifier, _ = load_checkpoint(lay.fetch(lay.model("feature_clf")), expected_kind="featnet")
+        direction, labelling = generative_steps.find_direction(
+            cfg, teacher.eval(), classifier.eval(), generative_steps.feature_prior(man)
+        )
+        ctx.tracker.log_metrics(
+            {
+                "direction.threshold": direction.threshold,
+                "direction.norm": float(direction.z_e.norm()),
+                "direction.n_pos": float(direction.n_pos),
+                "direction.n_neg": float(direction.n_neg),
+            }
+        )
+        _ray(cfg)
+        meta = {
+            "role": "unlearned",
+            "method": cfg.method,
+            "alpha": u.alpha,
+            "lr": u.lr,
+            "tuned": False,
+            "feature": cfg.request.feature or "",
+            "forget_digest": man.shards["forget"].digest,
+        }
+        job = generative_steps.unlearn_job(cfg, arch, u, direction, _job_common(cfg), meta)
+        settings = hashlib.sha256(
+            json.dumps([u.model_dump(), cfg.feature.model_dump()], sort_keys=True).encode()
+        ).hexdigest()
+        name = "unlearn-" + _key(
+            man.request_digest,
+            cfg.digest("family", "model", "pretrain", "method", "seed"),
+            settings,
+            file_digest(original),
+        )
+        res = fit(
+            job,
+            {},  # no data: latents are sampled per step
+            name=name,
+            dest=lay.model("unlearned"),
+            teacher_state=teacher.state_dict(),
+            **_fit_kwargs(cfg, lay),
+        )
+        lay.publish(lay.model("unlearned"))
+        ctx.tracker.log_metrics(_numeric({"train_wall_s": res.wall_s, **res.metrics}))
+        ctx.tracker.set_tags({"lethe.ray_run": name, "lethe.reused_finished_run": str(res.reused).lower()})
+        ctx.state["unlearn"] = {
+            "train_wall_s": res.wall_s,
+            "reused": res.reused,
+            **_numeric(res.metrics),
+            "alpha": u.alpha,
+            "direction": direction.to_dict(),
+            "labelling": labelling,
+        }
+        log.warning("unlearned in %.1f s (%s)", res.wall_s, res.metrics)
+    return lay.model("unlearned")
+
+
 def _tune_prerequisites(ctx: Context) -> None:
     """`lethe tune` alone: run split / pretrain / oracle first when their outputs are missing."""
     from lethe import storage
@@ -628,12 +721,28 @@ def _validation(man, name: str, n: int, eval_n: int) -> tuple[torch.Tensor, int]
     return x, overlap
 
 
+def _check_tunable(cfg: RunConfig) -> None:
+    from lethe import generative_steps
+    from lethe.errors import ConfigError
+
+    if generative_steps.is_generator(cfg):
+        # The tune objective is FD on held-out forget / retain reconstructions, which a generator
+        # does not make; a feature objective (flagged share vs oracle, sample FD) is not built yet.
+        raise ConfigError(
+            "tuning is not supported for generator families",
+            where="lethe tune",
+            expected="family mae, vqgan or diffusion (set unlearn.alpha / unlearn.lr by hand for gan / vae)",
+            seen=repr(cfg.family),
+        )
+
+
 def step_tune(ctx: Context) -> Path:
     from lethe.evaluate import features, model_fd
     from lethe.execution.tune import OBJECTIVE_TEXT, run_tune
     from lethe.models.checkpoint import load_checkpoint
 
     cfg, lay = ctx.cfg, ctx.lay
+    _check_tunable(cfg)
     t = cfg.tune
     with ctx.step("tune", {f"tune.{k}": v for k, v in t.model_dump().items() if k != "enabled"}):
         man = _manifest(ctx)
@@ -839,11 +948,14 @@ def _eval_data(ctx: Context):
 
 
 def step_evaluate(ctx: Context) -> Path:
+    from lethe import generative_steps
     from lethe.evaluate import MODEL_NAMES, evaluate_models
     from lethe.models.checkpoint import load_checkpoint
     from lethe.report import oracle_gaps, write_html_report, write_report_json
 
     cfg, lay = ctx.cfg, ctx.lay
+    if generative_steps.is_generator(cfg):
+        return _evaluate_feature(ctx)
     with ctx.step("evaluate", _flat("eval", cfg)) as run_id:
         man = _manifest(ctx)
         arch = _arch(cfg, man)
@@ -894,6 +1006,61 @@ def step_evaluate(ctx: Context) -> Path:
     return report_path
 
 
+def _evaluate_feature(ctx: Context) -> Path:
+    """Evaluate a generator's feature unlearning on samples (flagged share, FD, class score, PGD)."""
+    from lethe import generative_steps
+    from lethe.methods.latent_feature import FeatureDirection
+    from lethe.models.checkpoint import load_checkpoint
+    from lethe.report import write_html_report, write_report_json
+
+    cfg, lay = ctx.cfg, ctx.lay
+    with ctx.step("evaluate", {**_flat("eval", cfg), **_flat("feature", cfg)}) as run_id:
+        man = _manifest(ctx)
+        arch = _arch(cfg, man)
+        loaded = {
+            n: load_checkpoint(lay.fetch(lay.model(n)), expected_kind=cfg.family, expected_arch=arch)
+            for n in generative_steps.MODEL_NAMES
+        }
+        models = {n: m.eval() for n, (m, _) in loaded.items()}
+        ctx.state["unlearned_meta"] = _numeric_or_str(loaded["unlearned"][1])
+        featnet, _ = load_checkpoint(lay.fetch(lay.model("featnet")), expected_kind="featnet")
+        classifier, _ = load_checkpoint(lay.fetch(lay.model("feature_clf")), expected_kind="featnet")
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        saved = ctx.state.get("unlearn") or {}
+        if saved.get("direction"):
+            direction, labelling = FeatureDirection.from_dict(saved["direction"]), saved.get("labelling")
+        else:
+            direction, labelling = generative_steps.find_direction(
+                cfg, models["original"], classifier.eval(), generative_steps.feature_prior(man)
+            )
+        metrics, grids, section = generative_steps.evaluate(
+            cfg, man, models, featnet.eval(), classifier.eval(), direction, lay.report_dir
+        )
+        for model, splits in metrics.items():
+            for split, vals in splits.items():
+                ctx.tracker.log_metrics({f"{model}.{split}.{k}": v for k, v in vals.items()})
+        ctx.tracker.log_metrics(
+            {"feature.classifier_heldout_accuracy": section["classifier"]["heldout_accuracy"]}
+        )
+        ctx.state["evaluate"] = {"run_id": run_id}
+        report = build_report(ctx, man, metrics, {"sampler": {"name": "generator", "steps": 1}})
+        report["feature"] = {**section, "direction": {**section["direction"], "labelling": labelling}}
+        report["evaluation"] = {
+            "sampler": report.get("sampler", {}),
+            "fd_feature_space": "project feature net (penultimate layer); not Inception, not FID",
+            "class_score": "exp(E KL(p(y|x) || p(y))) on the project feature net's class posteriors; not IS",
+            "flagged": "binary feature classifier (project FeatNet, 2 classes): p(feature) > 0.5",
+        }
+        report_path = write_report_json(report, lay.report_dir / "report.json")
+        html = write_html_report(report, grids, lay.report_dir / "report.html")
+        ctx.tracker.log_artifact(report_path, "report")
+        ctx.tracker.log_artifact(html, "report")
+        for g in grids.values():
+            ctx.tracker.log_artifact(g, "report")
+        lay.publish(lay.report_dir)
+    return report_path
+
+
 def _numeric_or_str(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
 
@@ -929,8 +1096,12 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
     }
     if cfg.request.kind == "classes":
         request["classes"] = list(cfg.request.classes)
+    if cfg.request.kind == "feature":
+        request["feature"] = cfg.request.feature
+    # Per split of the metrics (forget / retain; "samples" for a generator's feature unlearning).
     fd = {
-        s: _ratio(metrics["unlearned"][s]["fd"], metrics["original"][s]["fd"]) for s in ("forget", "retain")
+        s: _ratio(metrics["unlearned"][s].get("fd"), metrics["original"][s].get("fd"))
+        for s in metrics["unlearned"]
     }
     meta = st.get("unlearned_meta", {})
     report: dict[str, Any] = {
@@ -1038,7 +1209,7 @@ def register_and_promote(
 
 def step_promote(ctx: Context) -> str | None:
     """Register the unlearned model with its lineage; move the alias only if the gates pass."""
-    from lethe import masks
+    from lethe import generative_steps, masks
     from lethe.certificate import CERT_DIR, JSON_NAME
     from lethe.gates import evaluate_gates
     from lethe.models.checkpoint import load_checkpoint
@@ -1055,10 +1226,14 @@ def step_promote(ctx: Context) -> str | None:
             log.warning("promote: registration disabled (tracking.register_model=false)")
             return None
         report = _read_report(ctx)
-        decision = evaluate_gates(report["metrics"], cfg.gates)
-        h, w, c = man.height, man.width, man.channels
-        example = torch.rand(4, c, h, w)
-        mask = masks.expand(masks.box_mask(h, w, cfg.eval.box_frac, model.mask_cell), 4).contiguous()
+        if generative_steps.is_generator(cfg):
+            z, decision = generative_steps.promotion_inputs(cfg, model, report)
+            example: tuple = (z,)
+        else:
+            decision = evaluate_gates(report["metrics"], cfg.gates)
+            h, w, c = man.height, man.width, man.channels
+            mask = masks.expand(masks.box_mask(h, w, cfg.eval.box_frac, model.mask_cell), 4).contiguous()
+            example = (torch.rand(4, c, h, w), mask)
         digest = _state_digest(model)
         st = ctx.state
         source = (st.get("pretrain") or {}).get("source") or {}
@@ -1161,7 +1336,7 @@ def step_promote(ctx: Context) -> str | None:
             log.warning("%s version %s already holds this model (digest %s)", name, version, digest[:12])
             return version
         version, _moved, _previous = register_and_promote(
-            ctx.tracker, model, name, (example, mask), tags, description, alias, decision.passed, bookkeeping
+            ctx.tracker, model, name, example, tags, description, alias, decision.passed, bookkeeping
         )
     return version
 
@@ -1448,6 +1623,7 @@ def run_step(cfg: RunConfig, name: str) -> Any:
     ctx = make_context(cfg)
     ctx.state.pop("run_id", None)  # a step run alone belongs to no pipeline run
     if name == "tune":
+        _check_tunable(cfg)  # before the prerequisites: fail before training anything
         _tune_prerequisites(ctx)
     out = RUNNERS[name](ctx)
     if name == "tune":

@@ -15,9 +15,9 @@ from lethe.data.split import feature_classes, split_dataset
 __all__ = [
     "SHARD_NAMES",
     "DatasetInfo",
-    "feature_classes",
     "Manifest",
     "ShardInfo",
+    "feature_classes",
     "load_dataset",
     "read_shard_numpy",
     "resolve_dataset",

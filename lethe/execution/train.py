@@ -42,7 +42,7 @@ FAULT_ENV = "LETHE_FAULT_UNLEARN_STEP"
 
 @dataclass
 class TrainJob:
-    kind: str  # "pretrain" | "featnet" | "unlearn"
+    kind: str  # "pretrain" | "featnet" | "unlearn" | "gen_pretrain" | "feature_unlearn"
     model_kind: str  # a family of lethe.models.families, or "featnet"
     arch: dict[str, Any]
     batch_size: int
@@ -68,6 +68,10 @@ class TrainJob:
     checkpoint_every: int = 50
     cache_mb: float = 1024.0  # keep a worker's shard in memory after one pass when it fits
     fail_at_step: int | None = None  # fault injection for tests: rank 0 exits once at this step
+    # classifiers: class index -> training label (the binary feature classifier: 1 = has the feature)
+    label_map: list[int] = field(default_factory=list)
+    # feature unlearning: lethe.methods.latent_feature.FeatureDirection.to_dict()
+    direction: dict[str, Any] = field(default_factory=dict)
 
     def to_config(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,7 +153,13 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     torch.set_num_threads(int(job["threads"]))
     torch.manual_seed(job["seed"])
     model = build_model(job["model_kind"], job["arch"])
-    if job["kind"] == "unlearn":
+    if job["kind"] in ("gen_pretrain", "feature_unlearn"):
+        # Generator families (GAN / VAE) have their own loops: no masks, several optimisers, latents.
+        from lethe.execution.train_generative import feature_unlearn_loop, generator_pretrain_loop
+
+        loop = generator_pretrain_loop if job["kind"] == "gen_pretrain" else feature_unlearn_loop
+        loop(job, model)
+    elif job["kind"] == "unlearn":
         _unlearn_loop(job, model)
     else:
         _epoch_loop(job, model)
@@ -210,6 +220,7 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
     loop_s = state.get("loop_s", 0.0) if state else 0.0
     preload = ShardEpochs.fits(job["n_rows"], world, job["arch"], job["cache_mb"])
     source = ShardEpochs(shard, job["batch_size"], job["seed"], device, preload)
+    label_map = torch.tensor(job["label_map"], device=device) if job.get("label_map") else None
     for epoch in range(start_epoch, job["epochs"]):
         phase = phases[epoch]
         if epoch > start_epoch and phase != phases[epoch - 1]:
@@ -219,7 +230,7 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
             if job["kind"] == "pretrain":
                 loss = training_loss(model, x, spec.sample(x.shape[0], gen), gen, phase)
             else:
-                loss = classifier_loss(model, x, y)
+                loss = classifier_loss(model, x, y if label_map is None else label_map[y])
             optimizer_step(loss, opt, sched, params)
             seen += x.shape[0]
             total += loss.item() * x.shape[0]

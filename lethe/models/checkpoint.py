@@ -17,11 +17,13 @@ from torch import nn
 from lethe.errors import CheckpointError
 from lethe.models.families import FAMILIES
 from lethe.models.featnet import FeatNet, FeatNetArch
+from lethe.models.generator_families import GENERATOR_FAMILIES
 
 FORMAT = "lethe.v1"
-# Every image-to-image family of the registry, plus the feature net.
+# Every image-to-image and generator family of the registries, plus the feature net.
 _KINDS: dict[str, tuple[type, type]] = {
     **{name: (f.model_cls, f.arch_cls) for name, f in FAMILIES.items()},
+    **{name: (f.model_cls, f.arch_cls) for name, f in GENERATOR_FAMILIES.items()},
     "featnet": (FeatNet, FeatNetArch),
 }
 

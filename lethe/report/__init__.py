@@ -9,6 +9,8 @@ from __future__ import annotations
 from lethe.report.grids import GUTTER, HEADER_H, grid_size, image_grid, mask_overlay
 from lethe.report.html import IDS_NOTICE, format_number, write_html_report
 from lethe.report.schema import (
+    FEATURE_METRICS,
+    FEATURE_SPLIT,
     MODELS,
     REQUEST_KINDS,
     REQUIRED_METRICS,
@@ -19,6 +21,8 @@ from lethe.report.schema import (
 )
 
 __all__ = [
+    "FEATURE_METRICS",
+    "FEATURE_SPLIT",
     "GUTTER",
     "HEADER_H",
     "IDS_NOTICE",

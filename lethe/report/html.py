@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from lethe.report.schema import (
+    FEATURE_METRICS,
+    FEATURE_SPLIT,
     MODELS,
     REQUIRED_METRICS,
     SPLITS,
@@ -30,6 +32,9 @@ GRID_CAPTIONS: dict[str, str] = {
     "A good unlearned model looks like the oracle here, not like the original.",
     "retain_outpaint": "Retain split (held out), border mask (outpainting): masked input, then each model's output.",
     "forget_outpaint": "Forget split (held out), border mask (outpainting): masked input, then each model's output.",
+    "samples": "Samples from the same latents, one column per model; the unlearned model should keep the "
+    "sample and drop the feature where the original shows it.",
+    "attack": "PGD over the latent toward the feature classifier: each model's best sample per start.",
 }
 
 _DIGEST_SHOWN = 12
@@ -120,6 +125,39 @@ def _other_masks_section(by_mask: dict) -> str:
                 rows.append("<tr>" + "".join(cells) + "</tr>")
         parts.append(f"<h3>{_e(kind)}</h3><table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
     return "".join(parts)
+
+
+def _feature_section(report: dict) -> list[str]:
+    """Feature unlearning of a generator: sample metrics per model, the direction and the attack."""
+    feat, metrics = report["feature"], report["metrics"]
+    head = "<tr><th>metric</th>" + "".join(f"<th>{_e(m)}</th>" for m in MODELS) + "</tr>"
+    names = list(FEATURE_METRICS) + [
+        n for n in metrics.get("original", {}).get(FEATURE_SPLIT, {}) if n not in FEATURE_METRICS
+    ]
+    rows = [
+        f"<tr><td class='name'>{_e(n)}</td>"
+        + "".join(
+            f"<td>{_e(format_number(metrics.get(m, {}).get(FEATURE_SPLIT, {}).get(n)))}</td>" for m in MODELS
+        )
+        + "</tr>"
+        for n in names
+    ]
+    d, a = feat["direction"], feat["attack"]
+    return [
+        f"<p>Feature <strong>{_e(feat['feature'])}</strong> (classes: {_e(', '.join(feat['classes']))}). "
+        f"Every model generates from the same {_e(feat['n_eval'])} seeded latents. The oracle is the same "
+        "generator trained without the images that show the feature.</p>",
+        f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>",
+        "<div class='callout'>flagged_share: share of samples the binary feature classifier flags. "
+        "fd: Frechet distance of samples vs held-out real images in the project's own classifier feature "
+        "space (not FID). class_score: exp(E KL(p(y|x) || p(y))) on that classifier's class posteriors "
+        "(the Inception-Score form, not IS). attack: PGD over z maximising the feature logit of g(z), "
+        f"L_inf radius {_e(a['eps'])} around N(0, I) starts, step {_e(a['step'])}, {_e(a['steps'])} steps, "
+        f"{_e(a['n'])} starts; success = the best latent's sample is flagged.</div>",
+        f"<p>Direction: z_e = mean(latents with the feature) &minus; mean(without), |z_e| = "
+        f"{_e(format_number(d['norm']))}, threshold {_e(format_number(d['threshold']))}, from "
+        f"{_e(d['n_pos'])} positive and {_e(d['n_neg'])} negative labelled latents.</p>",
+    ]
 
 
 def _sampler_line(sampler: dict) -> str:
@@ -277,11 +315,17 @@ def write_html_report(
         f"<tr><td class='name'>forget digest</td><td class='name'><code>{_e(short)}</code></td></tr>"
         "</tbody></table>",
         "<h2>Metrics</h2>",
-        "<p>Held-out data, centre-box mask. The oracle is retrained from scratch without the forget "
-        "set; the closer the unlearned model is to it, the better.</p>",
-        _sampler_line(report.get("sampler") or {}),
-        _metrics_table(report["metrics"]),
-        _fd_callout(report["metrics"]),
+        *(
+            _feature_section(report)
+            if kind == "feature"
+            else [
+                "<p>Held-out data, centre-box mask. The oracle is retrained from scratch without the "
+                "forget set; the closer the unlearned model is to it, the better.</p>",
+                _sampler_line(report.get("sampler") or {}),
+                _metrics_table(report["metrics"]),
+                _fd_callout(report["metrics"]),
+            ]
+        ),
         *(
             ["<h2>Other masks</h2>", _other_masks_section(report["metrics_by_mask"])]
             if report.get("metrics_by_mask")

@@ -22,6 +22,8 @@ __all__ = [
     "REQUIRED_METRICS",
     "REQUEST_KINDS",
     "FORBIDDEN_KEYS",
+    "FEATURE_METRICS",
+    "FEATURE_SPLIT",
     "validate_report",
     "oracle_gaps",
     "write_report_json",
@@ -35,6 +37,17 @@ REQUIRED_METRICS: dict[str, tuple[str, ...]] = {
     "forget": ("psnr", "ssim", "fd", "embed_cos", "mia_auc"),
 }
 REQUEST_KINDS: tuple[str, ...] = ("classes", "ids", "feature")
+# Feature unlearning of a generator (request kind "feature", DESIGN.md 2.3): the models are compared
+# on their samples from one fixed set of latents, under metrics[model]["samples"].
+FEATURE_SPLIT = "samples"
+FEATURE_METRICS: tuple[str, ...] = (
+    "flagged_share",  # share of samples the binary feature classifier flags
+    "fd",  # Frechet distance of samples vs held-out real images, project featnet space
+    "class_score",  # exp(E KL(p(y|x) || p(y))) on featnet posteriors (Inception-Score form, not IS)
+    "attack_success",  # share of PGD attacks over z that end flagged
+    "attack_mean_prob",  # mean p(feature) of the attacks' best latents
+)
+_FEATURE_KEYS: tuple[str, ...] = ("feature", "classes", "direction", "attack", "n_eval")
 # Privacy guard: the ids of a forget request must never be copied into a report or an artifact.
 FORBIDDEN_KEYS: frozenset[str] = frozenset({"ids", "forget_ids"})
 
@@ -119,14 +132,27 @@ def validate_report(report: dict) -> None:
 
     met_path = f"{root}.metrics"
     metrics = _mapping(_get(rep, "metrics", root), met_path)
+    required = {FEATURE_SPLIT: FEATURE_METRICS} if kind == "feature" else REQUIRED_METRICS
     for model in MODELS:
         model_path = f"{met_path}.{model}"
         per_model = _mapping(_get(metrics, model, met_path), model_path)
-        for split in SPLITS:
+        for split, names in required.items():
             split_path = f"{model_path}.{split}"
             per_split = _mapping(_get(per_model, split, model_path), split_path)
-            for name in REQUIRED_METRICS[split]:
+            for name in names:
                 _finite(_get(per_split, name, split_path), f"{split_path}.{name}")
+    if kind == "feature":
+        feat_path = f"{root}.feature"
+        feat = _mapping(_get(rep, "feature", root), feat_path)
+        for key in _FEATURE_KEYS:
+            _get(feat, key, feat_path)
+        _str(feat, "feature", feat_path)
+        direction = _mapping(feat["direction"], f"{feat_path}.direction")
+        for key in ("threshold", "norm", "n_pos", "n_neg"):
+            _finite(_get(direction, key, f"{feat_path}.direction"), f"{feat_path}.direction.{key}")
+        attack = _mapping(feat["attack"], f"{feat_path}.attack")
+        for key in ("eps", "step", "steps", "n"):
+            _finite(_get(attack, key, f"{feat_path}.attack"), f"{feat_path}.attack.{key}")
 
     timing_path = f"{root}.timing_s"
     timing = _mapping(_get(rep, "timing_s", root), timing_path)

@@ -89,7 +89,9 @@ def test_cache_digest_covers_only_the_active_family() -> None:
         ({"model": {"vqgan": {"dim": 30, "heads": 4}}}, "model.vqgan"),
         ({"model": {"diffusion": {"sample_steps": 2000}}}, "model.diffusion"),
         ({"model": {"diffusion": {"schedule": "quad"}}}, "model.diffusion.schedule"),
-        ({"family": "gan"}, "family"),
+        ({"family": "dalle"}, "family"),
+        ({"family": "gan"}, r"\(root\): .*use method latent_feature"),
+        ({"model": {"gan": {"loss": "wasserstein"}}}, "model.gan.loss"),
     ],
 )
 def test_bad_family_fields_name_the_field(over, field) -> None:

@@ -1,0 +1,61 @@
+"""Feature unlearning of a generator through the whole pipeline (DESIGN.md 2.3), as a user runs it:
+`lethe run --family vae --method latent_feature --forget-feature Trouser` (Fashion-MNIST, class as feature)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lethe.report import FEATURE_METRICS, MODELS, validate_report
+
+FASHION = Path(os.environ.get("LETHE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_vae_feature_unlearning_smoke_end_to_end(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    args = [
+        "run",
+        "--preset",
+        "smoke",
+        "--family",
+        "vae",
+        "--method",
+        "latent_feature",
+        "--forget-feature",
+        "Trouser",
+    ]
+    r = subprocess.run(
+        [sys.executable, "-m", "lethe.cli", *args, "--workdir", str(work)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    report_path = Path(r.stdout.strip().splitlines()[-1])
+    report = json.loads(report_path.read_text())
+    validate_report(report)
+    assert report["family"] == "vae" and report["method"] == "latent_feature"
+    assert report["request"]["kind"] == "feature" and report["request"]["feature"] == "Trouser"
+    for model in MODELS:
+        assert set(report["metrics"][model]["samples"]) >= set(FEATURE_METRICS)
+    feat = report["feature"]
+    assert feat["classes"] == ["Trouser"] and feat["direction"]["n_pos"] > 0
+    for step in ("split", "pretrain", "oracle", "unlearn", "evaluate", "promote", "cleanup"):
+        assert report["timing_s"][step] > 0
+    # the same latents for the three models, and the attack's best samples, embedded in the report
+    assert (work / "report" / "grid_samples.png").is_file() and (
+        work / "report" / "grid_attack.png"
+    ).is_file()
+    assert (work / "report" / "report.html").read_text().count("data:image/png;base64") == 2
+    assert report["mlflow"]["model_version"] == "1"
+    assert not (work / "shards" / "forget").exists()
