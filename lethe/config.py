@@ -30,7 +30,7 @@ METHODS = (
     "decouple_retain",
     "latent_feature",
 )
-IMPLEMENTED_METHODS = METHODS[:6]
+IMPLEMENTED_METHODS = METHODS[:7]
 PRESETS = ("smoke", "demo")
 
 DEFAULT_DATASET = "fashion-mnist"
@@ -193,6 +193,26 @@ class TrainConfig(_Strict):
     box_mask_prob: float = Field(0.0, ge=0, le=1)
 
 
+class DecoupleConfig(_Strict):
+    """decouple_retain (Varshney & Torra 2025, DESIGN.md 2.2); ignored by the other methods.
+
+    lambda = lambda_factor * (mean, or the lambda_quantile quantile, of the original model's
+    per-image masked MSE on `calibration_images` held-out retain images it never saw).
+    """
+
+    lambda_factor: float = Field(1.0, gt=0, description="lambda = factor * the original's held-out error")
+    lambda_quantile: float | None = Field(
+        None, gt=0, lt=1, description="None: the mean of the per-image errors; else this quantile"
+    )
+    calibration_images: int = Field(256, ge=1, description="held-out retain images for the calibration")
+    max_ascent_steps: int = Field(100, ge=1, description="decoupling always ends: at lambda or this cap")
+    ascent_lr: float | None = Field(None, gt=0, description="lr of the ascent stage; None: unlearn.lr")
+    retain_steps: int | None = Field(
+        None, ge=1, description="knowledge-retention steps; None: the usual unlearning step count"
+    )
+    distill: float = Field(1.0, ge=0, description="weight of distillation to the original on retain; 0: off")
+
+
 class UnlearnConfig(_Strict):
     alpha: float = Field(0.2, ge=0)
     lr: float = Field(5e-4, gt=0)
@@ -208,6 +228,15 @@ class UnlearnConfig(_Strict):
     noise: Literal["gaussian", "uniform", "constant"] = "gaussian"
     mask: Literal["box", "random"] = "box"
     checkpoint_every: int = Field(50, ge=1)
+    decouple: DecoupleConfig = Field(default_factory=DecoupleConfig)
+
+    def settings(self, method: str) -> dict[str, Any]:
+        """What changes an unlearning run of `method`: method-specific sections only for their method
+        (so adding one never renames, and re-trains, the runs of the others)."""
+        d = self.model_dump()
+        if method != "decouple_retain":
+            d.pop("decouple")
+        return d
 
 
 class FeatNetConfig(_Strict):

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from lethe.report.schema import (
+    DISTANCE_NAMES,
     MODELS,
     REQUIRED_METRICS,
     SPLITS,
     atomic_write_bytes,
+    distance_to_oracle,
     oracle_gaps,
     validate_report,
 )
@@ -146,6 +148,38 @@ def _fd_callout(metrics: dict) -> str:
         "FD is the Frechet distance in the project's own classifier feature space (not FID); "
         "unlearning should raise it on forget and leave it near 1&times; on retain.</div>"
     )
+
+
+def _distance_table(metrics: dict) -> str:
+    """Unsigned distance to the oracle on forget, one row per model (schema.distance_to_oracle)."""
+    dist = distance_to_oracle(metrics)
+    head = "<tr><th>model</th>" + "".join(f"<th>{_e(n)}</th>" for n in DISTANCE_NAMES) + "</tr>"
+    rows = [
+        f"<tr><td class='name'>{_e(m)}</td>"
+        + "".join(f"<td>{_e(format_number(dist.get(m, {}).get(n)))}</td>" for n in DISTANCE_NAMES)
+        + "</tr>"
+        for m in MODELS
+    ]
+    return (
+        "<p>Held-out forget data. fd_rel = |FD &minus; FD<sub>oracle</sub>| / FD<sub>oracle</sub>; the "
+        "others are absolute differences. Lower is better: 0 means the model treats the forget data "
+        "exactly like a model that never saw it.</p>"
+        f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _decouple_section(dec: dict) -> str:
+    """How decouple_retain's decoupling stage ended and where lambda came from."""
+    rows = [
+        ("lambda", format_number(dec.get("lambda"))),
+        ("lambda rule", dec.get("lambda_rule", "?")),
+        ("ascent steps", dec.get("ascent_steps")),
+        ("lambda reached", dec.get("lambda_reached")),
+        ("distance at the switch", format_number(dec.get("final_distance"))),
+        ("retention steps", dec.get("retain_steps")),
+    ]
+    body = "".join(f"<tr><td class='name'>{_e(k)}</td><td class='name'>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<table><tbody>{body}</tbody></table>"
 
 
 def _timing_table(timing: dict) -> str:
@@ -282,6 +316,13 @@ def write_html_report(
         _sampler_line(report.get("sampler") or {}),
         _metrics_table(report["metrics"]),
         _fd_callout(report["metrics"]),
+        "<h2>Distance to the oracle</h2>",
+        _distance_table(report["metrics"]),
+        *(
+            ["<h2>Decoupling + knowledge retention</h2>", _decouple_section(report["decouple"])]
+            if isinstance(report.get("decouple"), dict)
+            else []
+        ),
         *(
             ["<h2>Other masks</h2>", _other_masks_section(report["metrics_by_mask"])]
             if report.get("metrics_by_mask")
