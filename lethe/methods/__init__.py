@@ -355,6 +355,29 @@ def calibrate_lambda(
     }
 
 
+def output_distance(
+    model: nn.Module,
+    reference: nn.Module,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> float:
+    """Mean masked MSE between two models' predictions (decouple_retain's distance, off-line): used to
+    check the lambda rule against the oracle's own distance from the original on forget data."""
+    total, n = 0.0, 0
+    model, reference = model.eval(), reference.eval()
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size]
+            m = mask.expand(len(xb), -1, -1, -1) if mask.shape[0] == 1 else mask[i : i + batch_size]
+            a = model(xb, m, mode="predict", seed=seed + i)
+            b = reference(xb, m, mode="predict", seed=seed + i)
+            total += float(masked_mse(a, b, m).sum())
+            n += len(xb)
+    return total / max(1, n)
+
+
 _METHODS: dict[str, type[Method]] = {
     m.name: m
     for m in (EncoderNoise, RetainLabel, RandomEncoder, MaxLoss, NoisyLabel, FinetuneRetain, DecoupleRetain)

@@ -177,6 +177,14 @@ def _decouple_section(dec: dict) -> str:
         ("lambda reached", dec.get("lambda_reached")),
         ("distance at the switch", format_number(dec.get("final_distance"))),
         ("retention steps", dec.get("retain_steps")),
+        (
+            "oracle's distance to the original (held-out forget)",
+            format_number(dec.get("oracle_distance_to_original")),
+        ),
+        (
+            "unlearned model's distance to the original",
+            format_number(dec.get("unlearned_distance_to_original")),
+        ),
     ]
     body = "".join(f"<tr><td class='name'>{_e(k)}</td><td class='name'>{_e(v)}</td></tr>" for k, v in rows)
     return f"<table><tbody>{body}</tbody></table>"

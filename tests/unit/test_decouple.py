@@ -10,7 +10,7 @@ import torch
 
 from lethe import masks
 from lethe.config import RunConfig, UnlearnConfig
-from lethe.methods import Batch, DecoupleRetain, calibrate_lambda, get_method
+from lethe.methods import Batch, DecoupleRetain, calibrate_lambda, get_method, output_distance
 from lethe.models import MAE, MAEArch
 from lethe.models.layers import masked_mse
 from lethe.report import distance_to_oracle
@@ -237,3 +237,18 @@ def test_distance_to_oracle_is_unsigned_and_zero_for_the_oracle() -> None:
     )
     assert d["oracle"] == {"fd_rel": 0.0, "psnr_abs": 0.0, "ssim_abs": 0.0}
     assert "embed_cos_abs" not in d["unlearned"]
+
+
+def test_output_distance_matches_the_in_training_measure() -> None:
+    teacher, student = pair()
+    assert output_distance(student, teacher, batch(0).x_f, batch(0).mask) == pytest.approx(0.0, abs=1e-12)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05)
+    b = batch(0)
+    method = DecoupleRetain(lam=math.inf)
+    method.loss(student, teacher, b, alpha=0.0)
+    x = batch(0).x_f
+    assert output_distance(student, teacher, x, b.mask, batch_size=3) == pytest.approx(
+        method.distance, rel=1e-5
+    )
