@@ -233,7 +233,9 @@ class DecoupleRetain(Method):
 
     Stage "retain": knowledge retention on retain data only: masked reconstruction loss toward the
     truth, plus `distill` * masked MSE toward the teacher's prediction (distillation from the
-    original; 0 turns it off), for `retain_steps` steps (None: the run's usual step count).
+    original; 0 turns it off), for `retain_steps` steps (None: the run's usual step count). The
+    config defaults (30 steps, no distillation) come from the demo: long retention distilled from
+    the original pulls the forget outputs back to the original's (README, "decouple_retain").
 
     Why the full model and not the encoder: the oracle differs from the original in every weight,
     and ascent restricted to the encoder of a token family (VQ-GAN: the transformer encoder) leaves
