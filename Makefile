@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 IMAGE ?= lethe:0.1.0
 
-.PHONY: run run-direct test install data lint bench bench-scaling image pipeline clean
+.PHONY: run run-direct test install data lint bench bench-scaling bench-methods image pipeline clean
 
 install: $(VENV)/.installed
 
@@ -75,6 +75,10 @@ bench: install data
 # Ray Train 1 vs 2 workers, Ray Tune per-trial time, shards on S3 (local SeaweedFS) vs local disk.
 bench-scaling: install data
 	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python benchmarks/scaling.py
+
+# decouple_retain vs encoder_noise vs the oracle on one split / original / oracle (demo preset).
+bench-methods: install data
+	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python benchmarks/methods_vs_oracle.py
 
 clean:
 	rm -rf runs .pytest_cache lethe-pipeline.yaml

@@ -507,7 +507,69 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _unlearn_job(cfg: RunConfig, man, arch: dict[str, Any], u, meta: dict[str, Any]):
+def calibrate_decouple(
+    cfg: RunConfig, man, arch: dict[str, Any], teacher: torch.nn.Module, u
+) -> dict[str, Any]:
+    """decouple_retain's lambda from the original model (driver side, plain PyTorch, a small sample).
+
+    The rule (lethe.methods.calibrate_lambda): lambda = lambda_factor * mean (or lambda_quantile)
+    of the original's per-image masked MSE, in "predict" mode and with the mask kind the unlearning
+    uses, on the first `calibration_images` held-out retain images (never trained on). Only a scalar
+    leaves this function; no image or id is logged.
+    """
+    from lethe import masks
+    from lethe.data import read_shard_numpy, to_chw_float
+    from lethe.methods import calibrate_lambda
+
+    d = u.decouple
+    imgs, _labels, _ids = read_shard_numpy(man, "heldout_retain", limit=d.calibration_images)
+    if len(imgs) == 0:
+        raise DataError(
+            "decouple_retain needs held-out retain images to calibrate lambda",
+            where="heldout_retain",
+            expected="at least one image",
+            seen="0",
+        )
+    x = torch.from_numpy(to_chw_float(imgs).copy())
+    spec = _mask_spec(cfg, arch)
+    h, w, cell = spec["height"], spec["width"], spec["cell"]
+    if u.mask == "box":
+        mask = masks.box_mask(h, w, spec["box_frac"], cell)
+    else:
+        mask = masks.random_mask(len(x), h, w, cell, spec["ratio"], torch.Generator().manual_seed(cfg.seed))
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    cal = calibrate_lambda(teacher, x, mask, d.lambda_factor, d.lambda_quantile, seed=cfg.seed)
+    rule = (
+        f"lambda = {d.lambda_factor:g} x "
+        + ("mean" if d.lambda_quantile is None else f"q{d.lambda_quantile:g} quantile")
+        + f" of the original model's per-image masked MSE ({u.mask} mask, predict mode) on "
+        f"{cal['n_images']} held-out retain images"
+    )
+    return {**cal, "rule": rule, "quantile": d.lambda_quantile}
+
+
+def _method_options(u, calibration: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, float]]:
+    """Constructor options and per-stage learning rates of the run's method, for the TrainJob."""
+    if calibration is None:
+        return {}, {}
+    d = u.decouple
+    options = {
+        "lam": float(calibration["lambda"]),
+        "max_ascent_steps": d.max_ascent_steps,
+        "retain_steps": d.retain_steps,
+        "distill": d.distill,
+    }
+    return options, ({"decouple": d.ascent_lr} if d.ascent_lr else {})
+
+
+def _unlearn_job(
+    cfg: RunConfig,
+    man,
+    arch: dict[str, Any],
+    u,
+    meta: dict[str, Any],
+    calibration: dict[str, Any] | None = None,
+):
     from lethe.execution.train import FAULT_ENV, TrainJob
 
     fault = os.environ.get(FAULT_ENV, "").strip()
@@ -517,6 +579,7 @@ def _unlearn_job(cfg: RunConfig, man, arch: dict[str, Any], u, meta: dict[str, A
         raise ConfigError(
             "invalid fault-injection step", where=FAULT_ENV, expected="a step number", seen=fault
         )
+    options, stage_lr = _method_options(u, calibration)
     return TrainJob(
         kind="unlearn",
         model_kind=cfg.family,
@@ -531,6 +594,8 @@ def _unlearn_job(cfg: RunConfig, man, arch: dict[str, Any], u, meta: dict[str, A
         method=cfg.method,
         alpha=u.alpha,
         noise=u.noise,
+        method_options=options,
+        stage_lr=stage_lr,
         unlearn_mask=u.mask,
         passes=u.forget_passes,
         max_steps=u.max_steps,
@@ -582,11 +647,22 @@ def step_unlearn(ctx: Context) -> Path:
     if generative_steps.is_generator(cfg):
         return _unlearn_feature(ctx, man)
     u, tuned = effective_unlearn(ctx, man)
-    params = {"method": cfg.method, **{f"unlearn.{k}": v for k, v in u.model_dump().items()}}
+    params = {"method": cfg.method, **_flat_params("unlearn", u.settings(cfg.method))}
     with ctx.step("unlearn", {**params, "tuned": tuned is not None}):
         arch = _arch(cfg, man)
         original = lay.fetch(lay.model("original"))
         teacher, _ = load_checkpoint(original, expected_kind=cfg.family, expected_arch=arch)
+        calibration = None
+        if cfg.method == "decouple_retain":
+            calibration = calibrate_decouple(cfg, man, arch, teacher, u)
+            ctx.tracker.log_params(
+                {
+                    "decouple.lambda": calibration["lambda"],
+                    "decouple.lambda_rule": calibration["rule"],
+                    "decouple.heldout_mse_mean": calibration["heldout_mse_mean"],
+                }
+            )
+            log.warning("decouple_retain: %s = %.5g", calibration["rule"], calibration["lambda"])
         _ray(cfg)
         meta = {
             "role": "unlearned",
@@ -596,10 +672,12 @@ def step_unlearn(ctx: Context) -> Path:
             "tuned": tuned is not None,
             "forget_digest": man.shards["forget"].digest,
         }
-        job = _unlearn_job(cfg, man, arch, u, meta)
+        if calibration is not None:
+            meta["decouple_lambda"] = calibration["lambda"]
+        job = _unlearn_job(cfg, man, arch, u, meta, calibration)
         # Same request, recipe, settings and original model => same run name: a re-run resumes the
         # crashed run or returns the finished one (see lethe.execution.train.fit).
-        settings = hashlib.sha256(json.dumps(u.model_dump(), sort_keys=True).encode()).hexdigest()
+        settings = hashlib.sha256(json.dumps(u.settings(cfg.method), sort_keys=True).encode()).hexdigest()
         name = "unlearn-" + _key(
             man.request_digest,
             cfg.digest("family", "model", "pretrain", "method", "seed"),
@@ -623,6 +701,8 @@ def step_unlearn(ctx: Context) -> Path:
             **_numeric(res.metrics),
             "alpha": u.alpha,
         }
+        if calibration is not None:
+            ctx.state["unlearn"]["decouple"] = decouple_summary(calibration, res.metrics)
         log.warning("unlearned in %.1f s (%s)", res.wall_s, res.metrics)
     return lay.model("unlearned")
 
@@ -749,7 +829,7 @@ def step_tune(ctx: Context) -> Path:
         arch = _arch(cfg, man)
         paths = {n: lay.fetch(lay.model(n)) for n in ("original", "oracle", "featnet")}
         digests = {n: file_digest(p) for n, p in paths.items()}
-        base = cfg.unlearn.model_dump(exclude={"alpha", "lr"})
+        base = {k: v for k, v in cfg.unlearn.settings(cfg.method).items() if k not in ("alpha", "lr")}
         key = _key(
             man.request_digest,
             json.dumps(base, sort_keys=True),
@@ -816,14 +896,23 @@ def step_tune(ctx: Context) -> Path:
         from lethe.training import unlearn_total_steps
 
         u = cfg.unlearn
-        job = _unlearn_job(cfg, man, arch, u, {"role": "tune-trial", "method": cfg.method})
+        calibration = (
+            calibrate_decouple(cfg, man, arch, teacher, u) if cfg.method == "decouple_retain" else None
+        )
+        job = _unlearn_job(cfg, man, arch, u, {"role": "tune-trial", "method": cfg.method}, calibration)
         job.fail_at_step = None  # fault drills target the unlearn step, not every trial
         # Trials share the machine: split the cores between the workers that run at once.
         running = t.max_concurrent_trials * t.workers_per_trial
         job.threads = cfg.resources.torch_threads or max(1, (os.cpu_count() or 2) // running)
-        total = unlearn_total_steps(
+        from lethe.methods import get_method
+
+        base_steps = unlearn_total_steps(
             man.shards["forget"].count, u.batch_size, t.workers_per_trial, u.forget_passes, u.max_steps
         )
+        # A multi-stage method (decouple_retain) runs up to the sum of its stage budgets: ASHA's
+        # max_t must not stop a trial before its last stage.
+        method = get_method(cfg.method, noise=u.noise, options=job.method_options or None)
+        total = sum(steps for _, steps in method.stages(base_steps))
         outcome = run_tune(
             job=job,
             manifest=man,
@@ -951,7 +1040,7 @@ def step_evaluate(ctx: Context) -> Path:
     from lethe import generative_steps
     from lethe.evaluate import MODEL_NAMES, evaluate_models
     from lethe.models.checkpoint import load_checkpoint
-    from lethe.report import oracle_gaps, write_html_report, write_report_json
+    from lethe.report import distance_to_oracle, oracle_gaps, write_html_report, write_report_json
 
     cfg, lay = ctx.cfg, ctx.lay
     if generative_steps.is_generator(cfg):
@@ -996,6 +1085,16 @@ def step_evaluate(ctx: Context) -> Path:
                 for kind, m in by_mask.items()
             }
         report["oracle_gaps"] = oracle_gaps(metrics)
+        if isinstance(report.get("decouple"), dict):
+            report["decouple"].update(_decouple_check(cfg, arch, models, data.forget))
+        report["distance_to_oracle"] = distance_to_oracle(metrics)
+        ctx.tracker.log_metrics(
+            {
+                f"distance_to_oracle.{m}.{n}": v
+                for m, row in report["distance_to_oracle"].items()
+                for n, v in row.items()
+            }
+        )
         report_path = write_report_json(report, lay.report_dir / "report.json")
         html = write_html_report(report, grids, lay.report_dir / "report.html")
         ctx.tracker.log_artifact(report_path, "report")
@@ -1059,6 +1158,24 @@ def _evaluate_feature(ctx: Context) -> Path:
             ctx.tracker.log_artifact(g, "report")
         lay.publish(lay.report_dir)
     return report_path
+
+
+def _decouple_check(
+    cfg: RunConfig, arch: dict[str, Any], models: dict[str, torch.nn.Module], x_forget: torch.Tensor
+) -> dict[str, float]:
+    """How the lambda rule compares with the truth it stands for: the oracle's distance from the
+    original on held-out forget data (same measure, centre box), beside the unlearned model's."""
+    from lethe import masks
+    from lethe.methods import output_distance
+
+    spec = _mask_spec(cfg, arch)
+    box = masks.box_mask(spec["height"], spec["width"], spec["box_frac"], spec["cell"])
+    x = x_forget[: cfg.unlearn.decouple.calibration_images]
+    orig = models["original"]
+    return {
+        "oracle_distance_to_original": output_distance(models["oracle"], orig, x, box, seed=cfg.seed),
+        "unlearned_distance_to_original": output_distance(models["unlearned"], orig, x, box, seed=cfg.seed),
+    }
 
 
 def _numeric_or_str(d: dict[str, Any]) -> dict[str, Any]:
@@ -1147,6 +1264,9 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
     tune = _tune_section(ctx)
     if tune is not None:
         report["tune"] = tune
+    dec = st.get("unlearn", {}).get("decouple")
+    if cfg.method == "decouple_retain" and isinstance(dec, dict):
+        report["decouple"] = dec
     return report
 
 
@@ -1500,7 +1620,7 @@ def finalize(
         report = _request_only_report(ctx)
     if not report:
         return None  # the run failed before the split: nothing was requested, nothing to certify
-    hp = ctx.cfg.unlearn.model_dump(mode="json")
+    hp = json.loads(json.dumps(ctx.cfg.unlearn.settings(ctx.cfg.method)))
     hp["alpha"] = ctx.state.get("unlearn", {}).get("alpha", hp["alpha"])
     cert = build_certificate(
         report,
@@ -1706,6 +1826,31 @@ def _key(*parts: str) -> str:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return float(a) / float(b) if a is not None and b not in (None, 0) else None
+
+
+def _flat_params(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
+    """Nested settings as flat MLflow params: unlearn.decouple.lambda_factor, ..."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_params(f"{prefix}.{k}", v))
+        else:
+            out[f"{prefix}.{k}"] = v
+    return out
+
+
+def decouple_summary(calibration: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """What report.json says about a decouple_retain run: lambda, its rule, how decoupling ended."""
+    return {
+        "lambda": float(calibration["lambda"]),
+        "lambda_rule": str(calibration["rule"]),
+        "heldout_mse_mean": float(calibration["heldout_mse_mean"]),
+        "calibration_images": int(calibration["n_images"]),
+        "ascent_steps": int(metrics.get("method_ascent_steps", 0)),
+        "lambda_reached": bool(metrics.get("method_reached", False)),
+        "final_distance": float(metrics.get("method_distance", 0.0)),
+        "retain_steps": int(metrics.get("method_retain_done", 0)),
+    }
 
 
 def _flat(section: str, cfg: RunConfig) -> dict[str, Any]:

@@ -61,6 +61,9 @@ class TrainJob:
     method: str = ""
     alpha: float = 0.0
     noise: str = "gaussian"
+    # constructor settings of a method that has them (decouple_retain: lam, max_ascent_steps, ...)
+    method_options: dict[str, Any] = field(default_factory=dict)
+    stage_lr: dict[str, float] = field(default_factory=dict)  # per-stage lr overriding `lr`
     unlearn_mask: str = "box"
     passes: float = 1.0
     max_steps: int | None = None
@@ -333,11 +336,25 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
     teacher = copy.deepcopy(student).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    method = get_method(job["method"], noise=job["noise"])
+    method = get_method(job["method"], noise=job["noise"], options=job.get("method_options") or None)
     params = method.trainable_parameters(student)
-    total = unlearn_total_steps(job["n_rows"], job["batch_size"], world, job["passes"], job["max_steps"])
-    opt, sched = make_optimizer(params, job["lr"], job["weight_decay"], total, job["warmup_frac"])
-    state = _restore(student, opt, sched)
+    base = unlearn_total_steps(job["n_rows"], job["batch_size"], world, job["passes"], job["max_steps"])
+    budgets = dict(method.stages(base))
+    total = sum(budgets.values())  # an upper bound: a multi-stage method may finish earlier
+    state = _restore_model(student)
+    if state is not None:
+        method.load_state(state.get("method") or {})
+
+    def optimiser_for(stage: str):
+        # Each stage starts its own AdamW + warm-up/cosine over its budget: moments built while
+        # ascending (decouple_retain) must not steer the retention stage.
+        lr = job["lr"] if stage not in (job.get("stage_lr") or {}) else job["stage_lr"][stage]
+        return make_optimizer(params, lr, job["weight_decay"], budgets[stage], job["warmup_frac"])
+
+    opt, sched = optimiser_for(method.stage)
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
     start = state["step"] if state else 0
     student = ray.train.torch.prepare_model(student)
     spec = MaskSpec(**job["mask"])
@@ -371,6 +388,8 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
     student.train()
     t0, seen, parts = time.perf_counter(), 0, {}
     for step in range(start, total):
+        if method.finished():
+            break
         _maybe_fail(job, step, state is not None)
         x_r, x_f = batch_at(x_retain, step, 1), batch_at(x_forget, step, 0)
         # Noise and random masks from a per-step generator: same reason (bit-identical resume).
@@ -379,16 +398,30 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
             mask = box
         else:
             mask = masks.random_mask(len(x_r) + len(x_f), spec.height, spec.width, spec.cell, spec.ratio, gen)
+        stage = method.stage
         loss, parts = unlearn_step(method, student, teacher, x_r, x_f, mask, job["alpha"], gen)
-        optimizer_step(loss, opt, sched, params, job["grad_clip"])
+        if method.stage != stage:
+            # The stage switched on this step's measurement: backward only (DDP expects one per
+            # forward), no update, and a fresh optimiser for the new stage.
+            loss.backward()
+            opt, sched = optimiser_for(method.stage)
+            opt.zero_grad(set_to_none=True)
+            if rank == 0:
+                _progress(
+                    "unlearn step %d: stage %s -> %s (%s)", step + 1, stage, method.stage, method.state()
+                )
+        else:
+            optimizer_step(loss, opt, sched, params, job["grad_clip"])
         seen += len(x_r) + len(x_f)
         done = step + 1
-        if done % job["checkpoint_every"] == 0 or done == total:
+        last = done == total or method.finished()
+        if done % job["checkpoint_every"] == 0 or last:
             dt = time.perf_counter() - t0
             metrics = {
                 "step": done,
                 "loss": loss.item(),
                 **{f"loss_{k}": v for k, v in parts.items()},
+                **{f"method_{k}": v for k, v in method.state().items() if k != "stage"},
                 "images_per_s": seen * world / max(dt, 1e-9),
                 "loop_s": time.perf_counter() - loop_start,
             }
@@ -402,7 +435,8 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
                     metrics["loss"],
                     metrics["images_per_s"],
                 )
-            _report(metrics, student, opt, sched, {"step": done, "loop_s": metrics["loop_s"]}, job["meta"])
+            progress = {"step": done, "loop_s": metrics["loop_s"], "method": method.state()}
+            _report(metrics, student, opt, sched, progress, job["meta"])
 
 
 def _evaluator(job: dict[str, Any], device):

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from lethe.report.schema import (
+    DISTANCE_NAMES,
     FEATURE_METRICS,
     FEATURE_SPLIT,
     MODELS,
     REQUIRED_METRICS,
     SPLITS,
     atomic_write_bytes,
+    distance_to_oracle,
     oracle_gaps,
     validate_report,
 )
@@ -186,6 +188,46 @@ def _fd_callout(metrics: dict) -> str:
     )
 
 
+def _distance_table(metrics: dict) -> str:
+    """Unsigned distance to the oracle on forget, one row per model (schema.distance_to_oracle)."""
+    dist = distance_to_oracle(metrics)
+    head = "<tr><th>model</th>" + "".join(f"<th>{_e(n)}</th>" for n in DISTANCE_NAMES) + "</tr>"
+    rows = [
+        f"<tr><td class='name'>{_e(m)}</td>"
+        + "".join(f"<td>{_e(format_number(dist.get(m, {}).get(n)))}</td>" for n in DISTANCE_NAMES)
+        + "</tr>"
+        for m in MODELS
+    ]
+    return (
+        "<p>Held-out forget data. fd_rel = |FD &minus; FD<sub>oracle</sub>| / FD<sub>oracle</sub>; the "
+        "others are absolute differences. Lower is better: 0 means the model treats the forget data "
+        "exactly like a model that never saw it.</p>"
+        f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _decouple_section(dec: dict) -> str:
+    """How decouple_retain's decoupling stage ended and where lambda came from."""
+    rows = [
+        ("lambda", format_number(dec.get("lambda"))),
+        ("lambda rule", dec.get("lambda_rule", "?")),
+        ("ascent steps", dec.get("ascent_steps")),
+        ("lambda reached", dec.get("lambda_reached")),
+        ("distance at the switch", format_number(dec.get("final_distance"))),
+        ("retention steps", dec.get("retain_steps")),
+        (
+            "oracle's distance to the original (held-out forget)",
+            format_number(dec.get("oracle_distance_to_original")),
+        ),
+        (
+            "unlearned model's distance to the original",
+            format_number(dec.get("unlearned_distance_to_original")),
+        ),
+    ]
+    body = "".join(f"<tr><td class='name'>{_e(k)}</td><td class='name'>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<table><tbody>{body}</tbody></table>"
+
+
 def _timing_table(timing: dict) -> str:
     rows = [
         f"<tr><td class='name'>{_e(step)}</td><td>{float(sec):.2f}</td></tr>" for step, sec in timing.items()
@@ -324,6 +366,13 @@ def write_html_report(
                 _sampler_line(report.get("sampler") or {}),
                 _metrics_table(report["metrics"]),
                 _fd_callout(report["metrics"]),
+                "<h2>Distance to the oracle</h2>",
+                _distance_table(report["metrics"]),
+                *(
+                    ["<h2>Decoupling + knowledge retention</h2>", _decouple_section(report["decouple"])]
+                    if isinstance(report.get("decouple"), dict)
+                    else []
+                ),
             ]
         ),
         *(

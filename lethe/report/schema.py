@@ -26,6 +26,8 @@ __all__ = [
     "FEATURE_SPLIT",
     "validate_report",
     "oracle_gaps",
+    "distance_to_oracle",
+    "DISTANCE_NAMES",
     "write_report_json",
     "atomic_write_bytes",
 ]
@@ -220,6 +222,46 @@ def oracle_gaps(metrics: dict) -> dict:
                     "ratio": ratio,
                 }
     return gaps
+
+
+# Forget-set figures of "how far from the oracle" (DESIGN.md 2.2: the target is close to the oracle,
+# not as bad as possible): name -> (metric, relative?). fd is relative (distances scale with the data);
+# the bounded scores are absolute differences.
+DISTANCE_NAMES: dict[str, tuple[str, bool]] = {
+    "fd_rel": ("fd", True),
+    "psnr_abs": ("psnr", False),
+    "ssim_abs": ("ssim", False),
+    "embed_cos_abs": ("embed_cos", False),
+    "mia_auc_abs": ("mia_auc", False),
+}
+
+
+def distance_to_oracle(metrics: dict) -> dict:
+    """Distance to the oracle on held-out forget data, per model (oracle included: 0 by definition).
+
+    fd_rel = |FD(model) - FD(oracle)| / FD(oracle); psnr_abs = |PSNR(model) - PSNR(oracle)| (dB);
+    ssim_abs, embed_cos_abs, mia_auc_abs likewise. Unlike `oracle_gaps` (signed differences) these
+    are unsigned, so under- and over-forgetting count alike and two methods compare at a glance.
+    A name is left out when a value is missing or FD(oracle) is 0.
+    """
+    ref = metrics.get("oracle", {}).get("forget", {})
+    out: dict[str, dict[str, float]] = {}
+    for model in MODELS:
+        values = metrics.get(model, {}).get("forget", {})
+        row: dict[str, float] = {}
+        for name, (metric, relative) in DISTANCE_NAMES.items():
+            v, r = values.get(metric), ref.get(metric)
+            if not (_is_number(v) and _is_number(r)):
+                continue
+            if relative:
+                if float(r) <= 0:
+                    continue
+                row[name] = abs(float(v) - float(r)) / float(r)
+            else:
+                row[name] = abs(float(v) - float(r))
+        if row:
+            out[model] = row
+    return out
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:

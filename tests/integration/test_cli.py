@@ -164,6 +164,31 @@ def test_smoke_run_of_each_generative_family(tmp_path: Path, family: str, sample
 
 
 @pytest.mark.slow
+def test_decouple_retain_through_lethe_run(tmp_path: Path) -> None:
+    """`--method decouple_retain`: lambda calibrated in the unlearn step, recorded with its rule in
+    report.json and MLflow; decoupling ended (at lambda or the smoke cap of 10 ascent steps) and the
+    retention stage ran its steps; the report has the distance to the oracle for every model."""
+    work = tmp_path / "work"
+    flags = ("--preset", "smoke", "--dataset", "digits", "--forget-classes", "3", "--workdir", str(work))
+    r = lethe("run", *flags, "--method", "decouple_retain", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    validate_report(report)
+    assert report["method"] == "decouple_retain"
+    dec = report["decouple"]
+    assert dec["lambda"] > 0 and "held-out retain images" in dec["lambda_rule"]
+    assert 0 <= dec["ascent_steps"] <= 10 and dec["retain_steps"] >= 1
+    assert dec["lambda_reached"] == (dec["final_distance"] >= dec["lambda"])
+    dist = report["distance_to_oracle"]
+    assert set(dist) == {"original", "unlearned", "oracle"} and dist["oracle"]["fd_rel"] == 0.0
+    assert "Decoupling + knowledge retention" in (work / "report" / "report.html").read_text()
+    with sqlite3.connect(work / "mlflow.db") as con:
+        params = dict(con.execute("select key, value from params"))
+    assert float(params["decouple.lambda"]) == pytest.approx(dec["lambda"], rel=1e-6)
+    assert params["unlearn.decouple.max_ascent_steps"] == "10"
+
+
+@pytest.mark.slow
 def test_id_request_keeps_ids_out_of_mlflow_logs_and_reports(tmp_path: Path) -> None:
     from sklearn.datasets import load_digits
 

@@ -176,3 +176,56 @@ def test_two_worker_vqgan_phases_then_unlearning(digits_shards, tmp_path: Path) 
     before, after = original.state_dict(), unlearned.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k not in enc)
     assert any(not torch.equal(before[k], after[k]) for k in enc)
+
+
+def test_two_worker_decouple_retain_switches_together_and_resumes(digits_shards, tmp_path: Path) -> None:
+    """decouple_retain under DDP: the measured distance is all-reduced, so both workers switch stage
+    on the same step; a worker killed in the retention stage resumes there (stage and counters ride
+    in the checkpointed progress) and ends where an uninterrupted run ends."""
+    from lethe.models import build_model
+
+    man = digits_shards
+    arch = _arch(man)
+    torch.manual_seed(0)
+    teacher = build_model("mae", arch)
+    job = dict(
+        kind="unlearn",
+        model_kind="mae",
+        arch=arch,
+        batch_size=16,
+        lr=1e-3,
+        weight_decay=0.05,
+        warmup_frac=0.1,
+        n_rows=man.shards["forget"].count,
+        mask=_mask(arch),
+        threads=1,
+        method="decouple_retain",
+        # any move away from the teacher reaches lambda: one ascent step, the switch on step 2
+        method_options={"lam": 1e-9, "max_ascent_steps": 5, "retain_steps": 5, "distill": 0.5},
+        passes=1.0,
+        grad_clip=3.0,
+        checkpoint_every=2,
+    )
+    common = {
+        "num_workers": 2,
+        "use_gpu": False,
+        "cpus_per_worker": 1.0,
+        "storage_path": str(tmp_path / "ray"),
+        "teacher_state": teacher.state_dict(),
+    }
+    data = {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")}
+    a = fit(TrainJob(**job), data, name="dec-a", dest=tmp_path / "a.pt", **common)
+    # 1 ascent step + the switch step + 5 retention steps; the budget (6 + 5) is only a cap
+    assert a.metrics["step"] == 7, a.metrics
+    assert a.metrics["method_ascent_steps"] == 1 and a.metrics["method_retain_done"] == 5
+    assert a.metrics["method_reached"] is True and a.metrics["method_distance"] >= 1e-9
+    data = {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")}
+    b = fit(
+        TrainJob(**job, fail_at_step=5), data, name="dec-b", dest=tmp_path / "b.pt", max_failures=1, **common
+    )
+    assert b.metrics["step"] == 7 and b.metrics["method_retain_done"] == 5
+    assert b.metrics["loss"] == pytest.approx(a.metrics["loss"], rel=1e-4)
+    wa, _ = load_checkpoint(tmp_path / "a.pt", expected_kind="mae", expected_arch=arch)
+    wb, _ = load_checkpoint(tmp_path / "b.pt", expected_kind="mae", expected_arch=arch)
+    for (name, pa), pb in zip(wa.state_dict().items(), wb.state_dict().values(), strict=True):
+        assert torch.allclose(pa, pb, rtol=1e-4, atol=1e-6), name

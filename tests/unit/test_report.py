@@ -290,3 +290,23 @@ def test_html_report_refuses_ids_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="forbidden"):
         write_html_report(rep, {}, tmp_path / "report.html")
     assert not (tmp_path / "report.html").exists()
+
+
+def test_html_report_shows_distance_to_oracle_and_the_decoupling(tmp_path: Path) -> None:
+    from lethe.report import distance_to_oracle
+
+    rep = _report()
+    rep["decouple"] = {
+        "lambda": 0.0599,
+        "lambda_rule": "lambda = 1 x mean of the original model's per-image masked MSE",
+        "ascent_steps": 4,
+        "lambda_reached": True,
+        "final_distance": 0.071,
+        "retain_steps": 141,
+    }
+    page = write_html_report(rep, {}, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Distance to the oracle" in page and "fd_rel" in page
+    fd_rel = distance_to_oracle(rep["metrics"])["unlearned"]["fd_rel"]
+    assert format_number(fd_rel) in page
+    assert "Decoupling + knowledge retention" in page and "lambda reached" in page
+    assert "Decoupling" not in write_html_report(_report(), {}, tmp_path / "plain.html").read_text("utf-8")
