@@ -85,7 +85,7 @@ def test_two_worker_pretrain_then_unlearn(digits_shards, tmp_path: Path) -> None
         threads=1,
         method="encoder_noise",
         alpha=0.2,
-        passes=1.0,
+        passes=2.0,  # ~10 steps over the digits' forget class at 2 x 16 per step: max_steps decides
         max_steps=6,
         grad_clip=3.0,
         checkpoint_every=3,
