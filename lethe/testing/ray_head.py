@@ -52,14 +52,11 @@ def own_pids(marker: str) -> list[int]:
     return pids
 
 
-@contextmanager
-def local_ray_head(num_cpus: int = 4, pythonpath: str | None = None, timeout_s: float = 180) -> Iterator[str]:
-    """Start a head; yield its Jobs API address (http://127.0.0.1:PORT) once it answers; stop it."""
-    from ray.job_submission import JobSubmissionClient
-
-    temp = tempfile.mkdtemp(prefix="lrh-", dir="/tmp")  # short: Ray's socket paths are length-limited
+def _start_cmd(temp: str, num_cpus: int) -> tuple[list[str], dict[str, int]]:
     ports = {name: free_port() for name in _PORTS}
-    lo = 20000 + free_port() % 20000
+    # Worker ports below the kernel's ephemeral range (32768+), where free_port's picks live, so the
+    # two can never overlap.
+    lo = 10000 + free_port() % 20000
     cmd = [
         str(Path(sys.executable).parent / "ray"),
         "start",
@@ -82,19 +79,36 @@ def local_ray_head(num_cpus: int = 4, pythonpath: str | None = None, timeout_s: 
         "--object-store-memory=300000000",
         "--disable-usage-stats",
     ]
-    url = f"http://127.0.0.1:{ports['dash']}"
-    # Its own session, so nothing it spawns shares our process group.
-    start = subprocess.run(
-        cmd,
-        env=head_env(pythonpath),
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        start_new_session=True,
-    )
+    return cmd, ports
+
+
+@contextmanager
+def local_ray_head(num_cpus: int = 4, pythonpath: str | None = None, timeout_s: float = 300) -> Iterator[str]:
+    """Start a head; yield its Jobs API address (http://127.0.0.1:PORT) once it answers; stop it.
+
+    A port picked free can be taken by someone else before Ray binds it: one retry with new ports.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    temp = tempfile.mkdtemp(prefix="lrh-", dir="/tmp")  # short: Ray's socket paths are length-limited
     try:
-        if start.returncode != 0:
-            raise RuntimeError("ray start failed:\n" + start.stdout[-2000:] + start.stderr[-2000:])
+        for attempt in (1, 2):
+            cmd, ports = _start_cmd(temp, num_cpus)
+            # Its own session, so nothing it spawns shares our process group.
+            start = subprocess.run(
+                cmd,
+                env=head_env(pythonpath),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                start_new_session=True,
+            )
+            if start.returncode == 0:
+                break
+            _stop(temp)
+            if attempt == 2:
+                raise RuntimeError("ray start failed:\n" + start.stdout[-2000:] + start.stderr[-2000:])
+        url = f"http://127.0.0.1:{ports['dash']}"
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -106,14 +120,18 @@ def local_ray_head(num_cpus: int = 4, pythonpath: str | None = None, timeout_s: 
                 time.sleep(1)
         yield url
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in own_pids(temp):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + 15
-            while own_pids(temp) and time.monotonic() < deadline:
-                time.sleep(0.5)
-        if own_pids(temp):
-            raise RuntimeError(f"the Ray head in {temp} did not stop")
+        _stop(temp)
+
+
+def _stop(temp: str) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in own_pids(temp):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 15
+        while own_pids(temp) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    if own_pids(temp):
+        raise RuntimeError(f"the Ray head in {temp} did not stop")
