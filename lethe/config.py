@@ -252,7 +252,7 @@ class UnlearnConfig(_Strict):
     # README "Measured"): 1.5 passes at lr 5e-4: forget FD x5.66, retain FD x1.021, PSNR -0.06 dB,
     # unlearning/oracle loop time 0.15; 0.5 passes at lr 1e-3: forget FD x5.64, retain FD x1.023,
     # PSNR -0.15 dB, loop time 0.07; 0.5 at 5e-4: retain FD x1.069; 0.3 at 1e-3: retain FD x1.059.
-    # Unlearning cost is proportional to passes, so 0.5 at the higher rate is the default.
+    # The loop's compute is proportional to passes, so 0.5 at the higher rate is the default.
     forget_passes: float = Field(0.5, gt=0)
     max_steps: int | None = Field(None, ge=1)
     weight_decay: float = Field(0.05, ge=0)
