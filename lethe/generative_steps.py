@@ -39,11 +39,10 @@ def arch(cfg: RunConfig, man) -> dict[str, Any]:
 
 
 def feature_labels(cfg: RunConfig, man) -> list[int]:
-    """Class indices that carry the requested feature (lethe.data.feature_classes)."""
-    from lethe.data import feature_classes
+    """Class indices that carry the requested feature (the split's own resolution)."""
+    from lethe.data.split import feature_labels as resolve
 
-    names = feature_classes(man.class_names, man.dataset, cfg.request.feature or "")
-    return sorted(man.class_names.index(n) for n in names)
+    return resolve(man.class_names, man.dataset, cfg.request.feature or "")
 
 
 def pretrain_job(cfg: RunConfig, man, n_rows: int, common: dict[str, Any], meta: dict[str, Any]):
