@@ -635,11 +635,9 @@ def effective_unlearn(ctx: Context, man=None) -> tuple[Any, dict[str, Any] | Non
 
 
 def step_unlearn(ctx: Context) -> Path:
-    import hashlib
 
     from lethe import generative_steps
     from lethe.data import shard_dataset
-    from lethe.execution.train import fit
     from lethe.models.checkpoint import load_checkpoint
 
     cfg, lay = ctx.cfg, ctx.lay
@@ -675,44 +673,74 @@ def step_unlearn(ctx: Context) -> Path:
         if calibration is not None:
             meta["decouple_lambda"] = calibration["lambda"]
         job = _unlearn_job(cfg, man, arch, u, meta, calibration)
-        # Same request, recipe, settings and original model => same run name: a re-run resumes the
-        # crashed run or returns the finished one (see lethe.execution.train.fit).
-        settings = hashlib.sha256(json.dumps(u.settings(cfg.method), sort_keys=True).encode()).hexdigest()
-        name = "unlearn-" + _key(
-            man.request_digest,
-            cfg.digest("family", "model", "pretrain", "method", "seed"),
-            settings,
-            file_digest(original),
-        )
-        res = fit(
+        res = _fit_unlearned(
+            ctx,
+            man,
             job,
             lambda: {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")},
-            name=name,
-            dest=lay.model("unlearned"),
-            teacher_state=teacher.state_dict(),
-            **_fit_kwargs(cfg, lay),
+            u.settings(cfg.method),
+            original,
+            teacher,
         )
-        lay.publish(lay.model("unlearned"))
-        ctx.tracker.log_metrics(_numeric({"train_wall_s": res.wall_s, **res.metrics}))
-        ctx.tracker.set_tags({"lethe.ray_run": name, "lethe.reused_finished_run": str(res.reused).lower()})
-        ctx.state["unlearn"] = {
-            "train_wall_s": res.wall_s,
-            "reused": res.reused,
-            **_numeric(res.metrics),
-            "alpha": u.alpha,
-        }
         if calibration is not None:
             ctx.state["unlearn"]["decouple"] = decouple_summary(calibration, res.metrics)
-        log.warning("unlearned in %.1f s (%s)", res.wall_s, res.metrics)
     return lay.model("unlearned")
+
+
+def _fit_unlearned(
+    ctx: Context,
+    man,
+    job,
+    datasets: Any,
+    settings: Any,
+    original: Path,
+    teacher: torch.nn.Module,
+    extra_state: dict[str, Any] | None = None,
+) -> Any:
+    """Run an unlearning job on Ray Train, publish the model, record it in ctx.state["unlearn"] and
+    MLflow; returns fit's result.
+
+    Same request, recipe, method settings and original model => same run name: a re-run resumes
+    the crashed run or returns the finished one (see lethe.execution.train.fit).
+    """
+    import hashlib
+
+    from lethe.execution.train import fit
+
+    cfg, lay = ctx.cfg, ctx.lay
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    name = "unlearn-" + _key(
+        man.request_digest,
+        cfg.digest("family", "model", "pretrain", "method", "seed"),
+        digest,
+        file_digest(original),
+    )
+    res = fit(
+        job,
+        datasets,
+        name=name,
+        dest=lay.model("unlearned"),
+        teacher_state=teacher.state_dict(),
+        **_fit_kwargs(cfg, lay),
+    )
+    lay.publish(lay.model("unlearned"))
+    ctx.tracker.log_metrics(_numeric({"train_wall_s": res.wall_s, **res.metrics}))
+    ctx.tracker.set_tags({"lethe.ray_run": name, "lethe.reused_finished_run": str(res.reused).lower()})
+    ctx.state["unlearn"] = {
+        "train_wall_s": res.wall_s,
+        "reused": res.reused,
+        **_numeric(res.metrics),
+        "alpha": job.alpha,
+        **(extra_state or {}),
+    }
+    log.warning("unlearned in %.1f s (%s)", res.wall_s, res.metrics)
+    return res
 
 
 def _unlearn_feature(ctx: Context, man) -> Path:
     """Feature unlearning of a generator: label sampled latents, find the direction, fine-tune g."""
-    import hashlib
 
     from lethe import generative_steps
-    from lethe.execution.train import fit
     from lethe.models.checkpoint import load_checkpoint
 
     cfg, lay = ctx.cfg, ctx.lay
@@ -745,35 +773,16 @@ def _unlearn_feature(ctx: Context, man) -> Path:
             "forget_digest": man.shards["forget"].digest,
         }
         job = generative_steps.unlearn_job(cfg, arch, u, direction, _job_common(cfg), meta)
-        settings = hashlib.sha256(
-            json.dumps([u.model_dump(), cfg.feature.model_dump()], sort_keys=True).encode()
-        ).hexdigest()
-        name = "unlearn-" + _key(
-            man.request_digest,
-            cfg.digest("family", "model", "pretrain", "method", "seed"),
-            settings,
-            file_digest(original),
-        )
-        res = fit(
+        _fit_unlearned(
+            ctx,
+            man,
             job,
             {},  # no data: latents are sampled per step
-            name=name,
-            dest=lay.model("unlearned"),
-            teacher_state=teacher.state_dict(),
-            **_fit_kwargs(cfg, lay),
+            [u.model_dump(), cfg.feature.model_dump()],
+            original,
+            teacher,
+            {"direction": direction.to_dict(), "labelling": labelling},
         )
-        lay.publish(lay.model("unlearned"))
-        ctx.tracker.log_metrics(_numeric({"train_wall_s": res.wall_s, **res.metrics}))
-        ctx.tracker.set_tags({"lethe.ray_run": name, "lethe.reused_finished_run": str(res.reused).lower()})
-        ctx.state["unlearn"] = {
-            "train_wall_s": res.wall_s,
-            "reused": res.reused,
-            **_numeric(res.metrics),
-            "alpha": u.alpha,
-            "direction": direction.to_dict(),
-            "labelling": labelling,
-        }
-        log.warning("unlearned in %.1f s (%s)", res.wall_s, res.metrics)
     return lay.model("unlearned")
 
 
