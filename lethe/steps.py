@@ -637,7 +637,7 @@ def effective_unlearn(ctx: Context, man=None) -> tuple[Any, dict[str, Any] | Non
 def step_unlearn(ctx: Context) -> Path:
 
     from lethe import generative_steps
-    from lethe.data import shard_dataset
+    from lethe.execution.train import unlearn_inputs
     from lethe.models.checkpoint import load_checkpoint
 
     cfg, lay = ctx.cfg, ctx.lay
@@ -677,7 +677,7 @@ def step_unlearn(ctx: Context) -> Path:
             ctx,
             man,
             job,
-            lambda: {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")},
+            lambda: unlearn_inputs(man, job, cfg.resources.num_workers),
             u.settings(cfg.method),
             original,
             teacher,
@@ -902,7 +902,7 @@ def step_tune(ctx: Context) -> Path:
             **baselines,
         }
         _ray(cfg)
-        from lethe.training import unlearn_total_steps
+        from lethe.execution.train import stage_budgets, unlearn_inputs
 
         u = cfg.unlearn
         calibration = (
@@ -913,18 +913,12 @@ def step_tune(ctx: Context) -> Path:
         # Trials share the machine: split the cores between the workers that run at once.
         running = t.max_concurrent_trials * t.workers_per_trial
         job.threads = cfg.resources.torch_threads or max(1, (os.cpu_count() or 2) // running)
-        from lethe.methods import get_method
-
-        base_steps = unlearn_total_steps(
-            man.shards["forget"].count, u.batch_size, t.workers_per_trial, u.forget_passes, u.max_steps
-        )
         # A multi-stage method (decouple_retain) runs up to the sum of its stage budgets: ASHA's
-        # max_t must not stop a trial before its last stage.
-        method = get_method(cfg.method, noise=u.noise, options=job.method_options or None)
-        total = sum(steps for _, steps in method.stages(base_steps))
+        # max_t must not stop a trial before its last stage. The tuned lr does not change them.
+        total = sum(stage_budgets(job.to_config(), t.workers_per_trial).values())
         outcome = run_tune(
             job=job,
-            manifest=man,
+            inputs=unlearn_inputs(man, job, t.workers_per_trial),
             teacher_state=teacher.state_dict(),
             eval_payload=payload,
             tune_cfg=t,

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lethe.errors import LetheError, find_lethe_error
@@ -270,11 +271,8 @@ class ShardEpochs:
     make the same choice and DDP stays in step.
     """
 
-    def __init__(
-        self, shard, batch_size: int, seed: int, device, preload: bool, max_rows: int | None = None
-    ) -> None:
+    def __init__(self, shard, batch_size: int, seed: int, device, preload: bool) -> None:
         self.shard, self.bs, self.seed, self.device, self.preload = shard, batch_size, seed, device, preload
-        self.max_rows = max_rows  # preload only the rows a short run will use
         self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
@@ -283,13 +281,10 @@ class ShardEpochs:
         return per_worker <= cache_mb * 2**20
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys, n = [], [], 0
-        for batch in self.shard.iter_torch_batches(batch_size=min(4096, self.max_rows or 4096)):
+        xs, ys = [], []
+        for batch in self.shard.iter_torch_batches(batch_size=4096):
             xs.append(batch["image"])
             ys.append(batch["label"])
-            n += len(batch["label"])
-            if self.max_rows and n >= self.max_rows:
-                break
         if not xs:
             raise LetheError("a Ray Train worker received no rows", expected="at least one row per worker")
         return torch.cat(xs), torch.cat(ys)
@@ -309,13 +304,6 @@ class ShardEpochs:
         ):
             yield batch["image"].to(self.device), batch["label"].to(self.device)
 
-    def cycle(self):
-        """Endless batches, for steps that outlast one pass (unlearning on a small retain shard)."""
-        epoch = 0
-        while True:
-            yield from self.epoch(epoch)
-            epoch += 1
-
 
 def _unlearn_loop(job: dict[str, Any], student) -> None:
     import copy
@@ -325,8 +313,7 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
     import ray.train.torch
 
     from lethe import masks
-    from lethe.methods import get_method
-    from lethe.training import MaskSpec, make_optimizer, optimizer_step, unlearn_step, unlearn_total_steps
+    from lethe.training import MaskSpec, make_optimizer, optimizer_step, unlearn_step
 
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
@@ -336,10 +323,9 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
     teacher = copy.deepcopy(student).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    method = get_method(job["method"], noise=job["noise"], options=job.get("method_options") or None)
+    method = _method(job)
     params = method.trainable_parameters(student)
-    base = unlearn_total_steps(job["n_rows"], job["batch_size"], world, job["passes"], job["max_steps"])
-    budgets = dict(method.stages(base))
+    budgets = stage_budgets(job, world, method)
     total = sum(budgets.values())  # an upper bound: a multi-stage method may finish earlier
     state = _restore_model(student)
     if state is not None:
@@ -361,19 +347,8 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
     box = masks.box_mask(spec.height, spec.width, spec.box_frac, spec.cell)
     loop_start = time.perf_counter() - (state.get("loop_s", 0.0) if state else 0.0)
     bs = job["batch_size"]
-    x_forget = ShardEpochs(ray.train.get_dataset_shard("forget"), bs, job["seed"], device, True).load()[0]
-    x_forget = x_forget.to(device)  # (N_f_local, C, H, W): small, kept whole
-    # Unlearning takes ~1.5 passes over the forget set, far less than one pass over retain: preload
-    # just the retain rows the run will use (same reason as ShardEpochs: no streaming contention).
-    x_retain = ShardEpochs(
-        ray.train.get_dataset_shard("retain"),
-        job["batch_size"],
-        job["seed"],
-        device,
-        True,
-        max_rows=total * job["batch_size"],
-    ).load()[0]
-    x_retain = x_retain.to(device)
+    x_forget = _local_rows(job, "forget", rank, world, device)  # (N_f_local, C, H, W): small, kept whole
+    x_retain = _local_rows(job, "retain", rank, world, device)  # just the rows the run's steps draw
 
     def batch_at(x: torch.Tensor, step: int, salt: int) -> torch.Tensor:
         # A fresh permutation per pass over the local rows, derived from the step alone, so a run
@@ -437,6 +412,55 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
                 )
             progress = {"step": done, "loop_s": metrics["loop_s"], "method": method.state()}
             _report(metrics, student, opt, sched, progress, job["meta"])
+
+
+def _method(job: dict[str, Any]):
+    from lethe.methods import get_method
+
+    return get_method(job["method"], noise=job["noise"], options=job.get("method_options") or None)
+
+
+def stage_budgets(job: dict[str, Any], world: int, method=None) -> dict[str, int]:
+    """Step budget of each stage of an unlearning job on `world` workers (their sum is the most
+    steps it runs: a multi-stage method may finish earlier). Driver and workers use this one rule."""
+    from lethe.training import unlearn_total_steps
+
+    base = unlearn_total_steps(job["n_rows"], job["batch_size"], world, job["passes"], job["max_steps"])
+    return dict((method or _method(job)).stages(base))
+
+
+def unlearn_inputs(manifest: Any, job: TrainJob, world: int) -> dict[str, Any]:
+    """What an unlearning run reads: the whole forget shard and as many retain rows as its steps can
+    draw, as uint8 (N, H, W, C) arrays in the shards' hash order, for `fit` to put in the object store.
+
+    Read once by the driver instead of streamed by Ray Data: unlearning needs a few thousand rows,
+    and starting two Ray Data executions (split coordinator, read tasks) cost ~13 s on 2 cores,
+    as long as the unlearning's compute itself. Each worker takes rows rank::world.
+    """
+    from lethe.data import read_shard_numpy
+
+    steps = sum(stage_budgets(job.to_config(), world).values())
+    forget = read_shard_numpy(manifest, "forget")[0]
+    retain = read_shard_numpy(manifest, "retain", limit=steps * job.batch_size * world)[0]
+    for name, rows in (("forget", forget), ("retain", retain)):
+        if len(rows) < world:
+            raise LetheError(
+                f"the {name} shard has fewer rows than Ray Train workers",
+                where=name,
+                expected=f"at least {world} rows",
+                seen=str(len(rows)),
+            )
+    return {"forget": forget, "retain": retain}
+
+
+def _local_rows(job: dict[str, Any], name: str, rank: int, world: int, device) -> torch.Tensor:
+    """This worker's share of an input array from the object store, as float (N, C, H, W) in [0, 1]."""
+    import ray
+
+    from lethe.data import to_chw_float
+
+    rows = ray.get(job["arrays"][name])[rank::world]  # (N_local, H, W, C) uint8, read-only view
+    return torch.from_numpy(to_chw_float(rows)).to(device)
 
 
 def _evaluator(job: dict[str, Any], device):
@@ -517,8 +541,10 @@ def fit(
     """Run one TorchTrainer; copy its last checkpoint's model file to `dest` (atomically).
 
     storage_path is a local folder or an s3:// URI (checkpoints go there through pyarrow.fs).
-    datasets may be a function that builds them: it is not called when the run had finished (its
-    inputs, e.g. forget shards deleted by cleanup, may be gone by then).
+    datasets maps a name to a Ray Dataset (streamed to the workers: get_dataset_shard) or to a numpy
+    array (put in the object store once; workers find its ref in config["arrays"]). It may be a
+    function that builds them: it is not called when the run had finished (its inputs, e.g. forget
+    shards deleted by cleanup, may be gone by then); the time it takes counts in the wall time.
     A worker that dies is replaced up to `max_failures` times and the run resumes from the last
     reported checkpoint. Re-running a run that crashed (same name and storage_path) resumes from
     its last checkpoint (Ray Train v2 restores its checkpoint-manager snapshot); re-running one that
@@ -540,9 +566,15 @@ def fit(
             checkpoint=dest, metrics=dict(done["metrics"]), wall_s=float(done["wall_s"]), reused=True
         )
 
+    t0 = time.perf_counter()  # reading inputs counts: an unlearning run's come from the driver
     if callable(datasets):
         datasets = datasets()
+    # numpy arrays (unlearn_inputs) travel through the object store; Ray Datasets are streamed.
+    arrays = {k: v for k, v in datasets.items() if isinstance(v, np.ndarray)}
+    datasets = {k: v for k, v in datasets.items() if k not in arrays}
     config = job.to_config()
+    if arrays:
+        config["arrays"] = {k: ray.put(v) for k, v in arrays.items()}
     if teacher_state is not None:
         # Through the object store, so workers on other nodes get it without a shared file system.
         config["teacher_ref"] = ray.put(teacher_state)
@@ -552,15 +584,6 @@ def fit(
     where: dict[str, Any] = {"storage_path": storage.fs_path(storage_path) if remote else storage_path}
     if remote:
         where["storage_filesystem"] = storage.s3_filesystem()
-    extra: dict[str, Any] = {}
-    if job.kind == "unlearn":
-        from ray.train import DataConfig
-
-        # Rows reach each worker in the same order on every attempt, so the rows a worker preloads
-        # (and the step-derived batches drawn from them) are the same after a restart.
-        opts = DataConfig.default_ingest_options()
-        opts.preserve_order = True
-        extra["dataset_config"] = DataConfig(execution_options=opts)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -575,9 +598,7 @@ def fit(
             **where,
         ),
         datasets=datasets,
-        **extra,
     )
-    t0 = time.perf_counter()
     try:
         result = trainer.fit()
     except Exception as e:

@@ -62,7 +62,7 @@ def _trial(
     config: dict[str, Any],
     *,
     job: dict[str, Any],
-    manifest: Any,
+    inputs: dict[str, Any],
     teacher_state: dict[str, Any],
     eval_payload: dict[str, Any],
     fit_kwargs: dict[str, Any],
@@ -72,15 +72,13 @@ def _trial(
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lethe.data import shard_dataset
     from lethe.execution.train import TrainJob, fit
 
     train_job = TrainJob(**{**job, "alpha": float(config["alpha"]), "lr": float(config["lr"])})
     trial_id = ray.tune.get_context().get_trial_id()
-    datasets = {"forget": shard_dataset(manifest, "forget"), "retain": shard_dataset(manifest, "retain")}
     fit(
         train_job,
-        datasets,
+        inputs,
         name=f"{name}-{trial_id}",
         dest=None,
         teacher_state=teacher_state,
@@ -102,7 +100,7 @@ def _num(v: Any) -> float | None:
 def run_tune(
     *,
     job: Any,  # lethe.execution.train.TrainJob: the unlearning job; alpha and lr are searched
-    manifest: Any,
+    inputs: dict[str, Any],  # lethe.execution.train.unlearn_inputs: read once, shared by the trials
     teacher_state: dict[str, Any],
     eval_payload: dict[str, Any],
     tune_cfg: Any,  # lethe.config.TuneConfig
@@ -131,7 +129,7 @@ def run_tune(
         tune.with_parameters(
             _trial,
             job=job.to_config(),
-            manifest=manifest,
+            inputs=inputs,
             teacher_state=teacher_state,
             eval_payload=eval_payload,
             fit_kwargs=fit_kwargs,

@@ -9,7 +9,7 @@ import torch
 
 from lethe.config import build_config
 from lethe.data import shard_dataset, split_dataset
-from lethe.execution.train import MODEL_FILE, TrainJob, fit
+from lethe.execution.train import MODEL_FILE, TrainJob, fit, unlearn_inputs
 from lethe.models import load_checkpoint
 from lethe.models.mae import MAEArch, auto_patch
 
@@ -92,7 +92,7 @@ def test_two_worker_pretrain_then_unlearn(digits_shards, tmp_path: Path) -> None
     )
     res = fit(
         un,
-        {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")},
+        unlearn_inputs(man, un, 2),
         name="un",
         dest=tmp_path / "un.pt",
         teacher_state=original.state_dict(),
@@ -169,8 +169,14 @@ def test_two_worker_vqgan_phases_then_unlearning(digits_shards, tmp_path: Path) 
         grad_clip=3.0,
         checkpoint_every=2,
     )
-    datasets = {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")}
-    fit(un, datasets, name="vq-un", dest=tmp_path / "vq-un.pt", teacher_state=original.state_dict(), **common)
+    fit(
+        un,
+        unlearn_inputs(man, un, 2),
+        name="vq-un",
+        dest=tmp_path / "vq-un.pt",
+        teacher_state=original.state_dict(),
+        **common,
+    )
     unlearned, _ = load_checkpoint(tmp_path / "vq-un.pt", expected_kind="vqgan", expected_arch=arch)
     enc = {n for n, p in unlearned.named_parameters() if any(p is q for q in unlearned.encoder_parameters())}
     before, after = original.state_dict(), unlearned.state_dict()
@@ -213,13 +219,12 @@ def test_two_worker_decouple_retain_switches_together_and_resumes(digits_shards,
         "storage_path": str(tmp_path / "ray"),
         "teacher_state": teacher.state_dict(),
     }
-    data = {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")}
+    data = unlearn_inputs(man, TrainJob(**job), 2)
     a = fit(TrainJob(**job), data, name="dec-a", dest=tmp_path / "a.pt", **common)
     # 1 ascent step + the switch step + 5 retention steps; the budget (6 + 5) is only a cap
     assert a.metrics["step"] == 7, a.metrics
     assert a.metrics["method_ascent_steps"] == 1 and a.metrics["method_retain_done"] == 5
     assert a.metrics["method_reached"] is True and a.metrics["method_distance"] >= 1e-9
-    data = {"forget": shard_dataset(man, "forget"), "retain": shard_dataset(man, "retain")}
     b = fit(
         TrainJob(**job, fail_at_step=5), data, name="dec-b", dest=tmp_path / "b.pt", max_failures=1, **common
     )

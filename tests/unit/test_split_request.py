@@ -307,3 +307,38 @@ def test_read_empty_shard(tmp_path: Path) -> None:
     images, labels, ids = read_shard_numpy(m, "heldout_forget")
     assert images.shape == (0, 2, 3, 1) and images.dtype == np.uint8
     assert labels.shape == (0,) and labels.dtype == np.int64 and ids == []
+
+
+def _unlearn_job(method: str = "encoder_noise", **kw):
+    from lethe.execution.train import TrainJob
+
+    base = dict(kind="unlearn", model_kind="mae", arch={}, batch_size=2, lr=1e-3, weight_decay=0.0)
+    return TrainJob(**{**base, "warmup_frac": 0.1, "n_rows": 5, "method": method, "passes": 1.0, **kw})
+
+
+def test_unlearn_inputs_hold_the_forget_shard_and_the_retain_rows_the_steps_draw(tmp_path: Path) -> None:
+    from lethe.execution.train import stage_budgets, unlearn_inputs
+
+    m = _manifest_with_shards(tmp_path, {"forget": 5, "retain": 40})
+    forget, _, _ = read_shard_numpy(m, "forget")
+    retain, _, _ = read_shard_numpy(m, "retain")
+    job = _unlearn_job()
+    # one pass over 5 forget rows at 2 rows x 1 worker per step: 3 steps, 6 retain rows drawn
+    assert stage_budgets(job.to_config(), 1) == {"main": 3}
+    got = unlearn_inputs(m, job, 1)
+    assert np.array_equal(got["forget"], forget) and np.array_equal(got["retain"], retain[:6])
+    # two workers: 2 steps, each worker draws 2 x 2 retain rows from its rank::2 share
+    assert np.array_equal(unlearn_inputs(m, job, 2)["retain"], retain[:8])
+    # a multi-stage method reads for every stage's budget (ascent + the switch step, retention)
+    dec = _unlearn_job("decouple_retain", method_options={"max_ascent_steps": 4, "retain_steps": 7})
+    assert stage_budgets(dec.to_config(), 1) == {"decouple": 5, "retain": 7}
+    assert len(unlearn_inputs(m, dec, 1)["retain"]) == 24
+
+
+def test_unlearn_inputs_need_a_row_per_worker(tmp_path: Path) -> None:
+    from lethe.errors import LetheError
+    from lethe.execution.train import unlearn_inputs
+
+    m = _manifest_with_shards(tmp_path, {"forget": 2, "retain": 40})
+    with pytest.raises(LetheError, match=r"forget shard has fewer rows than Ray Train workers.*at least 3"):
+        unlearn_inputs(m, _unlearn_job(n_rows=2), 3)
