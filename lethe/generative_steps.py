@@ -64,29 +64,23 @@ def pretrain_job(cfg: RunConfig, man, n_rows: int, common: dict[str, Any], meta:
     )
 
 
-def classifier_job(cfg: RunConfig, man, n_rows: int, common: dict[str, Any], meta: dict[str, Any]):
+def classifier_job(cfg: RunConfig, man, n_rows: int, meta: dict[str, Any]):
     """The binary feature classifier: a FeatNet with two classes, trained on the training shards with
     label 1 for every class that carries the feature (label_map), 0 otherwise."""
-    from lethe.execution.train import TrainJob
-    from lethe.models.featnet import FeatNetArch
+    from lethe.steps import featnet_job
 
-    f, fc = cfg.featnet, cfg.feature
+    fc = cfg.feature
     positive = set(feature_labels(cfg, man))
     label_map = [1 if i in positive else 0 for i in range(len(man.class_names))]
-    a = FeatNetArch(man.height, man.width, man.channels, 2, fc.classifier_width, f.feat_dim)
-    return TrainJob(
-        kind="featnet",
-        model_kind="featnet",
-        arch=a.to_dict(),
-        batch_size=f.batch_size,
-        lr=f.lr,
-        weight_decay=0.0,
-        warmup_frac=0.0,
-        n_rows=n_rows,
+    return featnet_job(
+        cfg,
+        man,
+        n_rows,
+        meta,
+        classes=2,
+        width=fc.classifier_width,
         epochs=fc.classifier_epochs,
         label_map=label_map,
-        **common,
-        meta=meta,
     )
 
 

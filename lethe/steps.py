@@ -300,6 +300,39 @@ def _ray(cfg: RunConfig) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
 
 
+def featnet_job(
+    cfg: RunConfig,
+    man,
+    n_rows: int,
+    meta: dict[str, Any],
+    *,
+    classes: int,
+    width: int,
+    epochs: int,
+    label_map: list[int] | None = None,
+):
+    """A FeatNet classifier's training job: the FD feature network (every class) or, for generator
+    runs, the binary feature classifier (label_map: class index -> 1 if it has the feature)."""
+    from lethe.execution.train import TrainJob
+    from lethe.models.featnet import FeatNetArch
+
+    f = cfg.featnet
+    return TrainJob(
+        kind="featnet",
+        model_kind="featnet",
+        arch=FeatNetArch(man.height, man.width, man.channels, classes, width, f.feat_dim).to_dict(),
+        batch_size=f.batch_size,
+        lr=f.lr,
+        weight_decay=0.0,
+        warmup_frac=0.0,
+        n_rows=n_rows,
+        epochs=epochs,
+        label_map=list(label_map or []),
+        **_job_common(cfg),
+        meta=meta,
+    )
+
+
 def _train_model(
     ctx: Context, kind: str, shard_names: tuple[str, ...], cache_key: str, dest_name: str
 ) -> tuple[Path, dict[str, Any]]:
@@ -332,26 +365,14 @@ def _train_model(
         n_rows = sum(man.shards[s].count for s in shard_names)
         meta = {"role": dest_name, "cache_key": cache_key, "train_rows": n_rows}
         if kind == "feature_clf":
-            job = generative_steps.classifier_job(cfg, man, n_rows, _job_common(cfg), meta)
+            job = generative_steps.classifier_job(cfg, man, n_rows, meta)
         elif generator and kind != "featnet":
             job = generative_steps.pretrain_job(cfg, man, n_rows, _job_common(cfg), meta)
         elif kind == "featnet":
-            from lethe.models.featnet import FeatNetArch
-
             f = cfg.featnet
-            arch = FeatNetArch(man.height, man.width, man.channels, len(man.class_names), f.width, f.feat_dim)
-            job = TrainJob(
-                kind="featnet",
-                model_kind="featnet",
-                arch=arch.to_dict(),
-                batch_size=f.batch_size,
-                lr=f.lr,
-                weight_decay=0.0,
-                warmup_frac=0.0,
-                n_rows=n_rows,
-                epochs=f.epochs,
-                **_job_common(cfg),
-                meta={"role": "featnet", "cache_key": cache_key},
+            meta = {"role": "featnet", "cache_key": cache_key}
+            job = featnet_job(
+                cfg, man, n_rows, meta, classes=len(man.class_names), width=f.width, epochs=f.epochs
             )
         else:
             arch = _arch(cfg, man)

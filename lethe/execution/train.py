@@ -305,10 +305,20 @@ class ShardEpochs:
             yield batch["image"].to(self.device), batch["label"].to(self.device)
 
 
-def _unlearn_loop(job: dict[str, Any], student) -> None:
+def frozen_teacher(job: dict[str, Any], student, device):
+    """Load the original weights (from the object store) into `student`; return a frozen copy of it."""
     import copy
 
     import ray
+
+    student.load_state_dict(ray.get(job["teacher_ref"]))
+    teacher = copy.deepcopy(student).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _unlearn_loop(job: dict[str, Any], student) -> None:
     import ray.train
     import ray.train.torch
 
@@ -318,11 +328,7 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     device = ray.train.torch.get_device()
-    teacher_state = ray.get(job["teacher_ref"]) if "teacher_ref" in job else job["teacher_state"]
-    student.load_state_dict(teacher_state)
-    teacher = copy.deepcopy(student).to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = frozen_teacher(job, student, device)
     method = _method(job)
     params = method.trainable_parameters(student)
     budgets = stage_budgets(job, world, method)

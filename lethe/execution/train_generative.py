@@ -13,13 +13,12 @@ Same contract as lethe/execution/train.py (a TrainJob dict in, a checkpoint repo
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
 import torch
 
-from lethe.execution.train import ShardEpochs, _maybe_fail, _progress, _report, _restore
+from lethe.execution.train import ShardEpochs, _maybe_fail, _progress, _report, _restore, frozen_teacher
 
 
 def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
@@ -125,11 +124,7 @@ def feature_unlearn_loop(job: dict[str, Any], student) -> None:
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     device = ray.train.torch.get_device()
-    teacher_state = ray.get(job["teacher_ref"]) if "teacher_ref" in job else job["teacher_state"]
-    student.load_state_dict(teacher_state)
-    teacher = copy.deepcopy(student).to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = frozen_teacher(job, student, device)
     # Only the generator is fine-tuned; the discriminator / encoder stay bit-identical.
     params = student.generator_parameters()
     ids = {id(p) for p in params}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,12 @@ def _mask(arch: dict) -> dict:
     }
 
 
+def _unlearn_job(man, arch: dict, mask: dict, **kw) -> TrainJob:
+    base = dict(kind="unlearn", model_kind="mae", arch=arch, batch_size=16, lr=1e-3, weight_decay=0.05)
+    base |= dict(warmup_frac=0.1, n_rows=man.shards["forget"].count, mask=mask, threads=1, grad_clip=3.0)
+    return TrainJob(**{**base, "method": "encoder_noise", "alpha": 0.2, **kw})
+
+
 def test_two_worker_pretrain_then_unlearn(digits_shards, tmp_path: Path) -> None:
     man = digits_shards
     arch = _arch(man)
@@ -72,24 +79,8 @@ def test_two_worker_pretrain_then_unlearn(digits_shards, tmp_path: Path) -> None
     assert len(ckpts) == 2 and all((c / MODEL_FILE).is_file() for c in ckpts)
     original, _ = load_checkpoint(tmp_path / "orig.pt", expected_kind="mae", expected_arch=arch)
 
-    un = TrainJob(
-        kind="unlearn",
-        model_kind="mae",
-        arch=arch,
-        batch_size=16,
-        lr=1e-3,
-        weight_decay=0.05,
-        warmup_frac=0.1,
-        n_rows=man.shards["forget"].count,
-        mask=_mask(arch),
-        threads=1,
-        method="encoder_noise",
-        alpha=0.2,
-        passes=2.0,  # ~10 steps over the digits' forget class at 2 x 16 per step: max_steps decides
-        max_steps=6,
-        grad_clip=3.0,
-        checkpoint_every=3,
-    )
+    # ~10 steps over the digits' forget class at 2 x 16 per step: max_steps decides
+    un = _unlearn_job(man, arch, _mask(arch), passes=2.0, max_steps=6, checkpoint_every=3)
     res = fit(
         un,
         unlearn_inputs(man, un, 2),
@@ -151,24 +142,7 @@ def test_two_worker_vqgan_phases_then_unlearning(digits_shards, tmp_path: Path) 
     original, _ = load_checkpoint(tmp_path / "vq.pt", expected_kind="vqgan", expected_arch=arch)
     assert bool(original.quantizer.initted) and int(original.tok_step) > 2
 
-    un = TrainJob(
-        kind="unlearn",
-        model_kind="vqgan",
-        arch=arch,
-        batch_size=16,
-        lr=1e-3,
-        weight_decay=0.05,
-        warmup_frac=0.1,
-        n_rows=man.shards["forget"].count,
-        mask=mask,
-        threads=1,
-        method="encoder_noise",
-        alpha=0.2,
-        passes=1.0,
-        max_steps=4,
-        grad_clip=3.0,
-        checkpoint_every=2,
-    )
+    un = _unlearn_job(man, arch, mask, model_kind="vqgan", passes=1.0, max_steps=4, checkpoint_every=2)
     fit(
         un,
         unlearn_inputs(man, un, 2),
@@ -194,22 +168,14 @@ def test_two_worker_decouple_retain_switches_together_and_resumes(digits_shards,
     arch = _arch(man)
     torch.manual_seed(0)
     teacher = build_model("mae", arch)
-    job = dict(
-        kind="unlearn",
-        model_kind="mae",
-        arch=arch,
-        batch_size=16,
-        lr=1e-3,
-        weight_decay=0.05,
-        warmup_frac=0.1,
-        n_rows=man.shards["forget"].count,
-        mask=_mask(arch),
-        threads=1,
+    job = _unlearn_job(
+        man,
+        arch,
+        _mask(arch),
         method="decouple_retain",
         # any move away from the teacher reaches lambda: one ascent step, the switch on step 2
         method_options={"lam": 1e-9, "max_ascent_steps": 5, "retain_steps": 5, "distill": 0.5},
         passes=1.0,
-        grad_clip=3.0,
         checkpoint_every=2,
     )
     common = {
@@ -219,14 +185,19 @@ def test_two_worker_decouple_retain_switches_together_and_resumes(digits_shards,
         "storage_path": str(tmp_path / "ray"),
         "teacher_state": teacher.state_dict(),
     }
-    data = unlearn_inputs(man, TrainJob(**job), 2)
-    a = fit(TrainJob(**job), data, name="dec-a", dest=tmp_path / "a.pt", **common)
+    data = unlearn_inputs(man, job, 2)
+    a = fit(job, data, name="dec-a", dest=tmp_path / "a.pt", **common)
     # 1 ascent step + the switch step + 5 retention steps; the budget (6 + 5) is only a cap
     assert a.metrics["step"] == 7, a.metrics
     assert a.metrics["method_ascent_steps"] == 1 and a.metrics["method_retain_done"] == 5
     assert a.metrics["method_reached"] is True and a.metrics["method_distance"] >= 1e-9
     b = fit(
-        TrainJob(**job, fail_at_step=5), data, name="dec-b", dest=tmp_path / "b.pt", max_failures=1, **common
+        dataclasses.replace(job, fail_at_step=5),
+        data,
+        name="dec-b",
+        dest=tmp_path / "b.pt",
+        max_failures=1,
+        **common,
     )
     assert b.metrics["step"] == 7 and b.metrics["method_retain_done"] == 5
     assert b.metrics["loss"] == pytest.approx(a.metrics["loss"], rel=1e-4)

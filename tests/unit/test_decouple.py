@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
+from test_methods import batch, pair  # the same tiny MAE pair and batch as the other methods' tests
 
 from lethe import masks
 from lethe.config import RunConfig, UnlearnConfig
-from lethe.methods import Batch, DecoupleRetain, calibrate_lambda, get_method, output_distance
-from lethe.models import MAE, MAEArch
+from lethe.methods import DecoupleRetain, calibrate_lambda, get_method, output_distance
 from lethe.models.layers import masked_mse
 from lethe.report import distance_to_oracle
 from lethe.training import make_optimizer, optimizer_step, unlearn_step
-
-
-def pair():
-    torch.manual_seed(0)
-    teacher = MAE(MAEArch(8, 8, 1, 2, dim=16, depth=1, heads=2, dec_dim=8, dec_depth=1, dec_heads=2)).eval()
-    return teacher, copy.deepcopy(teacher)
-
-
-def batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        x_r=torch.rand(6, 1, 8, 8, generator=g),
-        x_f=torch.rand(4, 1, 8, 8, generator=g),
-        mask=masks.box_mask(8, 8, 0.5, 2),
-        generator=g,
-    )
 
 
 def run(method: DecoupleRetain, steps: int, lr: float = 3e-2, pair_=None) -> list[tuple[str, float]]:
