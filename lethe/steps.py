@@ -656,7 +656,6 @@ def effective_unlearn(ctx: Context, man=None) -> tuple[Any, dict[str, Any] | Non
 
 
 def step_unlearn(ctx: Context) -> Path:
-
     from lethe import generative_steps
     from lethe.execution.train import unlearn_inputs
     from lethe.models.checkpoint import load_checkpoint
@@ -760,7 +759,6 @@ def _fit_unlearned(
 
 def _unlearn_feature(ctx: Context, man) -> Path:
     """Feature unlearning of a generator: label sampled latents, find the direction, fine-tune g."""
-
     from lethe import generative_steps
     from lethe.models.checkpoint import load_checkpoint
 
