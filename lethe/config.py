@@ -295,10 +295,14 @@ class FeatureUnlearnConfig(_Strict):
     attack_step: float = Field(0.05, gt=0)
     attack_steps: int = Field(20, ge=1)
     flagged_oracle_tol: float = Field(
-        1.0, ge=0, description="gate: flagged share of the unlearned model <= (1 + x) * the oracle's"
+        1.0,
+        ge=0,
+        description="gate: flagged share of the unlearned model <= (1 + x) * max(the oracle's, 1/n_eval)",
     )
     fd_tol: float = Field(
-        0.2, ge=0, description="gate: sample FD of the unlearned model <= (1 + y) * original's"
+        0.2,
+        ge=0,
+        description="gate: sample FD vs held-out images without the feature, unlearned <= (1 + y) * original's",
     )
 
 

@@ -198,40 +198,58 @@ FEATURE_GATE_NAMES = ("flagged_vs_oracle", "sample_fd", "attack")
 _S = "samples"  # lethe.report.schema.FEATURE_SPLIT (gates import no report code)
 
 
-def flagged_vs_oracle(metrics: Mapping[str, Any], tol: float) -> GateResult:
-    """Feature unlearning: the unlearned model's flagged share <= (1 + x) * the oracle's."""
+def flagged_vs_oracle(metrics: Mapping[str, Any], tol: float, n_eval: int) -> GateResult:
+    """Feature unlearning: the unlearned model's flagged share <= (1 + x) * the oracle's.
+
+    The oracle's share counts as at least one sample in `n_eval`: the evaluation cannot tell 0 of
+    2000 from 1 of 2000, and a retrained oracle that flags nothing would otherwise make any single
+    flagged sample an unbounded ratio."""
     name = "flagged_vs_oracle"
     hi = 1.0 + tol
-    limit = f"flagged share of the unlearned model <= {hi:.3g} x the oracle's"
+    floor = 1.0 / max(int(n_eval), 1)
+    limit = f"flagged share of the unlearned model <= {hi:.3g} x max(the oracle's, 1/{n_eval})"
     un, orc = (
         _metric(metrics, "unlearned", _S, "flagged_share"),
         _metric(metrics, "oracle", _S, "flagged_share"),
     )
     if un is None or orc is None:
         return _missing(name, limit, "flagged share of the unlearned model or the oracle")
-    ratio = _ratio(un, orc)
-    assert ratio is not None
+    ratio = un / max(orc, floor)
     ok = ratio <= hi
     return GateResult(
         name,
         ok,
         ratio,
         limit,
-        f"{name}: {un:.3g} of samples flagged vs the oracle's {orc:.3g} ({ratio:.3g}x, limit {hi:.3g}x)",
+        f"{name}: {un:.3g} of samples flagged vs the oracle's {orc:.3g} "
+        f"({ratio:.3g}x of max(oracle, 1/{n_eval}), limit {hi:.3g}x)",
     )
 
 
 def sample_fd(metrics: Mapping[str, Any], tol: float) -> GateResult:
-    """Feature unlearning: sample FD of the unlearned model <= (1 + y) * the original's."""
+    """Feature unlearning: sample FD of the unlearned model <= (1 + y) * the original's, both
+    measured against held-out images WITHOUT the feature.
+
+    That reference is the distribution the oracle is trained on. Against held-out images in the
+    data set's proportion, a generator that stops making the feature moves away by construction
+    (on Fashion-MNIST, class as feature, the oracle itself is ~1.5x the original), so that ratio
+    measures the removal, not the loss of quality this gate guards against."""
     name = "sample_fd"
     hi = 1.0 + tol
-    limit = f"sample FD of the unlearned model <= {hi:.3g} x the source's"
-    ratio = _ratio(_metric(metrics, "unlearned", _S, "fd"), _metric(metrics, "original", _S, "fd"))
+    limit = f"sample FD (vs held-out images without the feature) of the unlearned model <= {hi:.3g} x the source's"
+    ratio = _ratio(
+        _metric(metrics, "unlearned", _S, "fd_without_feature"),
+        _metric(metrics, "original", _S, "fd_without_feature"),
+    )
     if ratio is None:
-        return _missing(name, limit, "sample FD of the unlearned or the source model")
+        return _missing(name, limit, "sample FD without the feature of the unlearned or the source model")
     ok = ratio <= hi
     return GateResult(
-        name, ok, ratio, limit, f"{name}: sample FD is {ratio:.3g}x the source's (limit {hi:.3g}x)"
+        name,
+        ok,
+        ratio,
+        limit,
+        f"{name}: sample FD vs images without the feature is {ratio:.3g}x the source's (limit {hi:.3g}x)",
     )
 
 
@@ -251,10 +269,12 @@ def attack(metrics: Mapping[str, Any]) -> GateResult:
     )
 
 
-def evaluate_feature_gates(metrics: Mapping[str, Any], flagged_tol: float, fd_tol: float) -> GateDecision:
+def evaluate_feature_gates(
+    metrics: Mapping[str, Any], flagged_tol: float, fd_tol: float, n_eval: int
+) -> GateDecision:
     """The gates of a feature-unlearning run (generator families), in FEATURE_GATE_NAMES order."""
     return GateDecision(
-        [flagged_vs_oracle(metrics, flagged_tol), sample_fd(metrics, fd_tol), attack(metrics)]
+        [flagged_vs_oracle(metrics, flagged_tol, n_eval), sample_fd(metrics, fd_tol), attack(metrics)]
     )
 
 

@@ -293,5 +293,6 @@ def promotion_inputs(cfg: RunConfig, model, report: dict[str, Any]):
     from lethe.gates import evaluate_feature_gates
 
     example = torch.randn(4, model.latent_dim)
-    decision = evaluate_feature_gates(report["metrics"], cfg.feature.flagged_oracle_tol, cfg.feature.fd_tol)
+    fc = cfg.feature
+    decision = evaluate_feature_gates(report["metrics"], fc.flagged_oracle_tol, fc.fd_tol, fc.n_eval)
     return example, decision

@@ -48,6 +48,7 @@ FEATURE_METRICS: tuple[str, ...] = (
     "class_score",  # exp(E KL(p(y|x) || p(y))) on featnet posteriors (Inception-Score form, not IS)
     "attack_success",  # share of PGD attacks over z that end flagged
     "attack_mean_prob",  # mean p(feature) of the attacks' best latents
+    "fd_without_feature",  # FD vs held-out real images without the feature (the sample_fd gate's)
 )
 _FEATURE_KEYS: tuple[str, ...] = ("feature", "classes", "direction", "attack", "n_eval")
 # Privacy guard: the ids of a forget request must never be copied into a report or an artifact.

@@ -52,7 +52,8 @@ def _samples(flagged: float, fd: float, success: float) -> dict:
     return {
         "samples": {
             "flagged_share": flagged,
-            "fd": fd,
+            "fd": 2 * fd,  # vs images in the data set's proportion: reported, not gated
+            "fd_without_feature": fd,
             "class_score": 3.0,
             "attack_success": success,
             "attack_mean_prob": success,
@@ -105,16 +106,38 @@ def test_feature_report_validates_and_names_missing_keys() -> None:
 
 
 def test_feature_gates() -> None:
-    d = evaluate_feature_gates(METRICS, flagged_tol=1.0, fd_tol=0.2)
+    d = evaluate_feature_gates(METRICS, flagged_tol=1.0, fd_tol=0.2, n_eval=100)
     assert [r.name for r in d.results] == list(FEATURE_GATE_NAMES) and d.passed
     worse = copy.deepcopy(METRICS)
     worse["unlearned"]["samples"]["flagged_share"] = 0.2  # 5x the oracle's
-    worse["unlearned"]["samples"]["fd"] = 13.0  # 1.3x the source's
-    d = evaluate_feature_gates(worse, flagged_tol=1.0, fd_tol=0.2)
+    worse["unlearned"]["samples"]["fd_without_feature"] = 13.0  # 1.3x the source's
+    d = evaluate_feature_gates(worse, flagged_tol=1.0, fd_tol=0.2, n_eval=100)
     assert {r.name for r in d.failures} == {"flagged_vs_oracle", "sample_fd"}
     missing = copy.deepcopy(METRICS)
     del missing["original"]["samples"]["attack_success"]
-    assert not evaluate_feature_gates(missing, 1.0, 0.2).passed
+    assert not evaluate_feature_gates(missing, 1.0, 0.2, 100).passed
+
+
+def test_feature_gates_gate_fd_on_images_without_the_feature() -> None:
+    m = copy.deepcopy(METRICS)
+    m["unlearned"]["samples"]["fd"] = 3 * m["original"]["samples"]["fd"]  # the removal itself
+    assert evaluate_feature_gates(m, 1.0, 0.2, 100).passed
+    m["unlearned"]["samples"]["fd_without_feature"] = 1.25 * m["original"]["samples"]["fd_without_feature"]
+    (failed,) = evaluate_feature_gates(m, 1.0, 0.2, 100).failures
+    assert failed.name == "sample_fd" and failed.value == pytest.approx(1.25)
+
+
+def test_flagged_gate_floors_a_zero_oracle_share_at_one_sample() -> None:
+    m = copy.deepcopy(METRICS)
+    m["oracle"]["samples"]["flagged_share"] = 0.0
+    m["unlearned"]["samples"]["flagged_share"] = 1 / 2000  # one sample: not resolved from zero
+    gate = evaluate_feature_gates(m, 1.0, 0.2, n_eval=2000).results[0]
+    assert gate.passed and gate.value == pytest.approx(1.0)
+    m["unlearned"]["samples"]["flagged_share"] = 3 / 2000
+    gate = evaluate_feature_gates(m, 1.0, 0.2, n_eval=2000).results[0]
+    assert not gate.passed and gate.value == pytest.approx(3.0) and "1/2000" in gate.reason
+    # a coarser evaluation resolves less: 3 flagged of 2000 is under 2 samples in 500
+    assert evaluate_feature_gates(m, 1.0, 0.2, n_eval=500).results[0].passed
 
 
 class _Never(torch.nn.Module):
