@@ -465,6 +465,12 @@ def _local_rows(job: dict[str, Any], name: str, rank: int, world: int, device) -
 
     from lethe.data import to_chw_float
 
+    if name not in job.get("arrays", {}):
+        # A Ray Dataset would stream a different subset per epoch and break bit-identical resume.
+        raise TypeError(
+            f"unlearning input {name!r}: expected a numpy array from unlearn_inputs() passed to fit(), "
+            f"seen {sorted(job.get('arrays', {}))} as arrays"
+        )
     rows = ray.get(job["arrays"][name])[rank::world]  # (N_local, H, W, C) uint8, read-only view
     return torch.from_numpy(to_chw_float(rows)).to(device)
 

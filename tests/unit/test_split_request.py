@@ -342,3 +342,13 @@ def test_unlearn_inputs_need_a_row_per_worker(tmp_path: Path) -> None:
     m = _manifest_with_shards(tmp_path, {"forget": 2, "retain": 40})
     with pytest.raises(LetheError, match=r"forget shard has fewer rows than Ray Train workers.*at least 3"):
         unlearn_inputs(m, _unlearn_job(n_rows=2), 3)
+
+
+def test_unlearning_loop_refuses_inputs_that_are_not_arrays() -> None:
+    from lethe.execution.train import _local_rows
+
+    # fit() puts numpy inputs under config["arrays"]; a Ray Dataset leaves nothing there
+    with pytest.raises(TypeError, match=r"unlearning input 'forget': expected a numpy array"):
+        _local_rows({"arrays": {}}, "forget", 0, 1, "cpu")
+    with pytest.raises(TypeError, match="unlearn_inputs"):
+        _local_rows({}, "retain", 0, 1, "cpu")
