@@ -210,6 +210,33 @@ def _first_tensor(value: Any) -> torch.Tensor:
     raise TypeError(f"expected a tensor or a tuple holding one, got {type(value).__name__}")
 
 
+def picklable(model: torch.nn.Module) -> torch.nn.Module:
+    """`model`, or an equal model that mlflow.pytorch can pickle.
+
+    torch refuses to pickle parametrized modules (the GAN discriminator's spectral norm), so the
+    copy has every parametrization folded into a plain weight: the same function, frozen at its
+    current value. The lethe checkpoint (a state dict) keeps the parametrizations for training.
+    The copy is built anew from the model's arch, not deep-copied: a deep copy shares the injected
+    Parametrized* classes, and folding would strip the weight property from the caller's model."""
+    from torch.nn.utils import parametrize
+
+    if not any(parametrize.is_parametrized(m) for m in model.modules()):
+        return model
+    arch = getattr(model, "arch", None)
+    if arch is None:
+        raise TypeError(
+            f"cannot register {type(model).__name__}: parametrized and without an arch to rebuild it"
+        )
+    fresh = type(model)(arch)
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()  # in train mode spectral norm would take a power-iteration step while folding
+    for module in list(fresh.modules()):
+        if parametrize.is_parametrized(module):
+            for tensor_name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+    return fresh.train(model.training)
+
+
 def _signature(model: torch.nn.Module, example_input: torch.Tensor | tuple) -> Any:
     """Signature from the first input tensor and the first output tensor (shapes and dtypes only).
 
@@ -425,7 +452,7 @@ class Tracker:
         """Log `model` in the active run and register it as a new version of `name`; returns it."""
         run_id = self._require_run("register_model")
         info = mlflow.pytorch.log_model(
-            model,
+            picklable(model),
             name="model",
             serialization_format="pickle",  # pt2 export would freeze the example's batch size
             signature=_signature(model, example_input),

@@ -165,6 +165,29 @@ def test_register_model_creates_versions_with_tags(
     assert not (tmp_path / "mlruns").exists()
 
 
+def test_register_model_with_spectral_norm(
+    tracker: Tracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch.nn.utils import parametrize
+
+    from lethe.models.gan import GAN, GANArch
+
+    # torch refuses to pickle parametrized modules; the GAN discriminator is one
+    monkeypatch.chdir(tmp_path)
+    name = _unique("lethe-gan")
+    model = GAN(GANArch(28, 28, 1, latent_dim=8, ch=8, disc_ch=8)).eval()
+    z, x = torch.randn(3, 8), torch.rand(3, 1, 28, 28)
+    with tracker.pipeline_run("pipeline", {}, {}):
+        with tracker.step("register"):
+            version = tracker.register_model(model, name, (z,), {"method": "latent_feature"})
+    loaded = mlflow.pytorch.load_model(f"models:/{name}/{version}")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(z), model(z))
+        torch.testing.assert_close(loaded.discriminate(x), model.discriminate(x))
+    assert parametrize.is_parametrized(model.disc_head)  # the caller's model keeps its spectral norm
+    assert not parametrize.is_parametrized(loaded.disc_head)
+
+
 def test_failure_inside_step_fails_both_runs_and_registers_nothing(tracker: Tracker) -> None:
     name = _unique("lethe-never")
     ids: dict[str, str] = {}
