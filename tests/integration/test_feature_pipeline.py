@@ -1,5 +1,6 @@
 """Feature unlearning of a generator through the whole pipeline (DESIGN.md 2.3), as a user runs it:
-`lethe run --family vae --method latent_feature --forget-feature Trouser` (Fashion-MNIST, class as feature)."""
+`lethe run --family vae|gan --method latent_feature --forget-feature Trouser` (Fashion-MNIST, class
+as feature), down to loading the registered model back from MLflow."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
+import mlflow.pytorch
 import pytest
+import torch
 
 from lethe.report import FEATURE_METRICS, MODELS, validate_report
 
@@ -18,7 +22,8 @@ FASHION = Path(os.environ.get("LETHE_FASHION_MNIST_DIR", "/usr/share/datasets/fa
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
-def test_vae_feature_unlearning_smoke_end_to_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_feature_unlearning_smoke_end_to_end(tmp_path: Path, family: str) -> None:
     work = tmp_path / "work"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     args = [
@@ -26,7 +31,7 @@ def test_vae_feature_unlearning_smoke_end_to_end(tmp_path: Path) -> None:
         "--preset",
         "smoke",
         "--family",
-        "vae",
+        family,
         "--method",
         "latent_feature",
         "--forget-feature",
@@ -44,7 +49,7 @@ def test_vae_feature_unlearning_smoke_end_to_end(tmp_path: Path) -> None:
     report_path = Path(r.stdout.strip().splitlines()[-1])
     report = json.loads(report_path.read_text())
     validate_report(report)
-    assert report["family"] == "vae" and report["method"] == "latent_feature"
+    assert report["family"] == family and report["method"] == "latent_feature"
     assert report["request"]["kind"] == "feature" and report["request"]["feature"] == "Trouser"
     for model in MODELS:
         assert set(report["metrics"][model]["samples"]) >= set(FEATURE_METRICS)
@@ -58,4 +63,12 @@ def test_vae_feature_unlearning_smoke_end_to_end(tmp_path: Path) -> None:
     ).is_file()
     assert (work / "report" / "report.html").read_text().count("data:image/png;base64") == 2
     assert report["mlflow"]["model_version"] == "1"
+    # the registered version loads and generates (the GAN's spectral norm must survive registration)
+    mlflow.set_tracking_uri(report["mlflow"]["tracking_uri"])
+    try:
+        generator = mlflow.pytorch.load_model(f"models:/{report['mlflow']['model_name']}/1")
+    finally:
+        mlflow.set_tracking_uri(None)
+    with torch.no_grad():
+        assert generator(torch.randn(2, generator.latent_dim)).shape == (2, 1, 28, 28)
     assert not (work / "shards" / "forget").exists()
