@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lethe.config import FeatureUnlearnConfig
 from lethe.data.loaders import read_idx_pair
 from lethe.feature_eval import (
     AttackSpec,
@@ -35,7 +36,6 @@ from lethe.feature_eval import (
 )
 from lethe.gates import evaluate_feature_gates
 from lethe.methods.latent_feature import feature_direction, latent_feature_loss
-from lethe.metrics import frechet_distance
 from lethe.models.featnet import FeatNet, FeatNetArch
 from lethe.models.generator_families import get_generator_family
 from lethe.report import image_grid
@@ -203,8 +203,7 @@ def main() -> None:
     for name, m in models.items():
         s = generate(m, z)
         samples[name] = s
-        q = sample_quality(featnet, s, real_feats)
-        feats, _ = featnet_outputs(featnet, s)
+        q = sample_quality(featnet, s, real_feats, neg_feats)
         r = pgd_attack(m, clf, za, spec)
         attacks[name] = r
         results[name] = {
@@ -214,7 +213,7 @@ def main() -> None:
             "attack_success": r.success_rate,
             "attack_mean_prob": r.mean_prob,
             "attack_start_logit": r.start_logit,
-            "fd_without_feature": frechet_distance(feats, neg_feats),
+            "fd_without_feature": q["fd_without_feature"],
         }
         print(name, {k: round(v, 4) for k, v in results[name].items()})
     flagged = feature_logits(clf, samples["original"]) > 0
@@ -225,6 +224,7 @@ def main() -> None:
         [(n, generate(models[n], attacks[n].best_z[:8]).numpy()) for n in models],
         grid_dir / f"feature_{a.family}_attack.png",
     )
+    tol = FeatureUnlearnConfig()
     summary = {
         "family": a.family,
         "feature": a.feature,
@@ -246,7 +246,7 @@ def main() -> None:
         "fd_unlearned_vs_original": results["unlearned"]["fd"] / results["original"]["fd"],
         # the pipeline's promotion gates at their default tolerances, on these numbers
         "gates": evaluate_feature_gates(
-            {k: {"samples": v} for k, v in results.items()}, 1.0, 0.2, a.n_eval
+            {k: {"samples": v} for k, v in results.items()}, tol.flagged_oracle_tol, tol.fd_tol, a.n_eval
         ).to_dict(),
         "timing_s": timing,
     }

@@ -65,9 +65,18 @@ def class_score(probs: np.ndarray, eps: float = 1e-12) -> float:
     return float(np.exp(kl.mean()))
 
 
-def sample_quality(featnet: nn.Module, samples: Tensor, real_feats: np.ndarray, bs: int = 500) -> dict:
+def sample_quality(
+    featnet: nn.Module, samples: Tensor, real_feats: np.ndarray, without_feats: np.ndarray, bs: int = 500
+) -> dict:
+    """One feature-net pass over the samples: FD to held-out real images in the data set's
+    proportion (`real_feats`) and to those without the feature (`without_feats`, the oracle's target
+    distribution and the sample_fd gate's reference), and the class score."""
     feats, probs = featnet_outputs(featnet, samples, bs)
-    return {"fd": frechet_distance(feats, real_feats), "class_score": class_score(probs)}
+    return {
+        "fd": frechet_distance(feats, real_feats),
+        "fd_without_feature": frechet_distance(feats, without_feats),
+        "class_score": class_score(probs),
+    }
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,6 @@ def evaluate(cfg: RunConfig, man, models: dict, featnet, classifier, direction, 
         pgd_attack,
         sample_quality,
     )
-    from lethe.metrics import frechet_distance
     from lethe.report import image_grid
 
     fc, e = cfg.feature, cfg.eval
@@ -219,8 +218,7 @@ def evaluate(cfg: RunConfig, man, models: dict, featnet, classifier, direction, 
         x = generate(model, z, bs)
         samples[name] = x
         logits = feature_logits(classifier, x, bs)
-        q = sample_quality(featnet, x, real_feats, bs)
-        feats, _ = featnet_outputs(featnet, x, bs)
+        q = sample_quality(featnet, x, real_feats, neg_feats, bs)
         res = pgd_attack(model, classifier, z_attack, spec)
         attacks[name] = res
         metrics[name] = {
@@ -232,8 +230,7 @@ def evaluate(cfg: RunConfig, man, models: dict, featnet, classifier, direction, 
                 "attack_mean_prob": res.mean_prob,
                 "attack_start_logit": res.start_logit,
                 "mean_feature_prob": float(torch.sigmoid(logits).mean()),
-                # FD to held-out images WITHOUT the feature: the oracle's target distribution.
-                "fd_without_feature": frechet_distance(feats, neg_feats),
+                "fd_without_feature": q["fd_without_feature"],
             }
         }
         log.warning("evaluate %s: %s", name, metrics[name]["samples"])
