@@ -3,7 +3,7 @@
 A method says which part of the student it trains ("encoder" or "full") and computes one loss from a
 retain batch and a forget batch that share one mask. Methods only use the family interface
 (lethe/models/layers.py `I2IModel`): `model(x, mask, mode="encode" | "predict", seed=...)`,
-`encoder_parameters()`, `full_parameters()`, `forget_partner()`; no per-family branches.
+`encoder_parameters()`, `full_parameters()`; no per-family branches.
 
 Student calls go through `student(...)` exactly once per step, on the retain and forget batches
 concatenated, so DDP sees one forward per backward. Teacher calls use the same concatenated layout
@@ -125,12 +125,10 @@ class EncoderNoise(Method):
 
     def loss(self, student, teacher, b, alpha):
         with torch.no_grad():
+            # E0(T(n)): the whole noise image under the forget image's mask, in every family.
             n = matched_noise(b.x_f, self.noise, b.generator)
-            # The family decides what "noise in place of the forget image" means for its teacher
-            # (MAE / VQ-GAN: the noise image; diffusion: noise inside the mask only).
-            partner = _unwrap(teacher).forget_partner(b.x_f, n, _masks(b)[1])
             seed = _seed(b)
-            t_r, t_f = _both(teacher, b, "encode", seed, x_f=partner)
+            t_r, t_f = _both(teacher, b, "encode", seed, x_f=n)
         z_r, z_f = _both(student, b, "encode", seed)
         l_r, l_f = _mse(z_r, t_r), _mse(z_f, t_f)
         return l_r + alpha * l_f, {"retain": l_r.item(), "forget": l_f.item()}

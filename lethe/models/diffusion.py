@@ -9,8 +9,10 @@ repeatable.
 The "encoder" that unlearning re-targets is the UNet's input blocks plus its middle block (the
 time embedding and everything after the middle block stay frozen); "encode" returns their
 activations, flattened and concatenated, each block scaled so the plain MSE over the concatenation
-equals the authors' sum of per-block MSEs. For forget samples the teacher sees noise inside the
-mask (`forget_partner`), with the real visible context, as in the authors' code.
+equals the authors' sum of per-block MSEs. For a forget image the teacher encodes the noise image
+under the same mask, as in every family: its visible context is noise, and so is what it diffuses
+inside the mask. (Real context with noise only inside the mask would be a weak target: the sampler
+never sees the inside of the mask, so the teacher's behaviour there says little about forgetting.)
 """
 
 from __future__ import annotations
@@ -198,11 +200,6 @@ class Diffusion(I2IModel):
             "schedule": a.schedule,
             "seeded": True,
         }
-
-    def forget_partner(self, x: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # Authors' Palette code: the teacher keeps the real visible context and sees noise, not the
-        # forget image, inside the mask.
-        return x * (1 - mask) + noise * mask
 
     # -- internals ---------------------------------------------------------------------------------
     def _prep(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

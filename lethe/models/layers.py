@@ -185,11 +185,6 @@ class I2IModel(nn.Module):
     def sampler_info(self) -> dict[str, Any]:
         return {"name": "single_pass", "steps": 1}
 
-    def forget_partner(self, x: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """What the teacher encodes for a forget image under encoder re-targeting: the noise image
-        itself (MAE / MAGE code). The same mask T is applied to it by the caller."""
-        return noise
-
     def _encode(self, x: torch.Tensor, mask: torch.Tensor, seed: int | None) -> torch.Tensor:
         raise NotImplementedError
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from lethe import masks
 from lethe.errors import CheckpointError
-from lethe.methods import get_method
+from lethe.methods import Batch, get_method, matched_noise
 from lethe.models import FAMILIES, load_checkpoint, save_checkpoint
 from lethe.models.families import vq_phases
 from lethe.training import MaskSpec, make_optimizer, optimizer_step, training_loss, unlearn_step
@@ -148,13 +150,32 @@ def test_ddim_runs_the_configured_number_of_steps(tiny_model) -> None:
     assert m.sampler_info() | {"name": "ddim", "steps": 5} == m.sampler_info()
 
 
-def test_diffusion_teacher_sees_noise_only_inside_the_mask(tiny_model) -> None:
-    m = tiny_model("diffusion")
-    x, n = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
-    mask = masks.box_mask(16, 16, 0.5, 2).expand(2, -1, -1, -1)
-    p = m.forget_partner(x, n, mask)
-    assert torch.equal(p * (1 - mask), x * (1 - mask)) and torch.equal(p * mask, n * mask)
-    assert torch.equal(tiny_model("mae").forget_partner(x, n, mask), n)
+@pytest.mark.parametrize("family", FAMS)
+def test_forget_target_is_the_teacher_on_the_whole_noise_image(tiny_model, family: str) -> None:
+    # E0(T(n)) in every family: the noise partner replaces the visible context too. (Diffusion with
+    # real context and noise only inside the mask measured forget FD x1.38 instead of x2.66 on the
+    # demo: its sampler never reads the inside of the mask.)
+    teacher = tiny_model(family).eval()
+    student = copy.deepcopy(teacher)
+    g = torch.Generator().manual_seed(3)
+    b = Batch(
+        torch.rand(3, 1, 16, 16, generator=g),
+        torch.rand(2, 1, 16, 16, generator=g),
+        masks.box_mask(16, 16, 0.5, teacher.mask_cell),
+        torch.Generator().manual_seed(5),
+    )
+    _, parts = get_method("encoder_noise").loss(student, teacher, b, alpha=1.0)
+    g2 = torch.Generator().manual_seed(5)
+    n = matched_noise(b.x_f, "gaussian", g2)
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g2))
+    m = b.mask.expand(5, -1, -1, -1)
+    with torch.no_grad():
+        z_f = teacher(torch.cat([b.x_r, b.x_f]), m, mode="encode", seed=seed)[3:]
+        t_f = teacher(torch.cat([b.x_r, n]), m, mode="encode", seed=seed)[3:]
+        real_context = torch.cat([b.x_r, b.x_f * (1 - m[3:]) + n * m[3:]])
+        t_inside = teacher(real_context, m, mode="encode", seed=seed)[3:]
+    assert parts["forget"] == pytest.approx(((z_f - t_f) ** 2).mean().item(), rel=1e-5)
+    assert not torch.allclose(t_f, t_inside), "the noise partner's visible context must be noise"
 
 
 def test_border_mask_hides_a_frame_of_whole_cells() -> None:
