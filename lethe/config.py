@@ -297,7 +297,8 @@ class FeatureUnlearnConfig(_Strict):
     flagged_oracle_tol: float = Field(
         1.0,
         ge=0,
-        description="gate: flagged share of the unlearned model <= (1 + x) * max(the oracle's, 1/n_eval)",
+        description="gates: flagged share of the unlearned model <= (1 + x) * max(the oracle's, 1/n_eval), "
+        "and the source's above that bound",
     )
     fd_tol: float = Field(
         0.2,

@@ -194,8 +194,13 @@ def evaluate_gates(metrics: Mapping[str, Any], thresholds: GateThresholds) -> Ga
     )
 
 
-FEATURE_GATE_NAMES = ("flagged_vs_oracle", "sample_fd", "attack")
+FEATURE_GATE_NAMES = ("flagged_vs_oracle", "sample_fd", "attack", "source_has_feature")
 _S = "samples"  # lethe.report.schema.FEATURE_SPLIT (gates import no report code)
+
+
+def _flag_floor(n_eval: int) -> tuple[float, str]:
+    """The evaluation's resolution: one sample in `n_eval` (it cannot tell 0 of 2000 from 1)."""
+    return 1.0 / max(int(n_eval), 1), f"max(the oracle's, 1/{n_eval})"
 
 
 def flagged_vs_oracle(metrics: Mapping[str, Any], tol: float, n_eval: int) -> GateResult:
@@ -206,8 +211,8 @@ def flagged_vs_oracle(metrics: Mapping[str, Any], tol: float, n_eval: int) -> Ga
     flagged sample an unbounded ratio."""
     name = "flagged_vs_oracle"
     hi = 1.0 + tol
-    floor = 1.0 / max(int(n_eval), 1)
-    limit = f"flagged share of the unlearned model <= {hi:.3g} x max(the oracle's, 1/{n_eval})"
+    floor, base = _flag_floor(n_eval)
+    limit = f"flagged share of the unlearned model <= {hi:.3g} x {base}"
     un, orc = (
         _metric(metrics, "unlearned", _S, "flagged_share"),
         _metric(metrics, "oracle", _S, "flagged_share"),
@@ -269,12 +274,47 @@ def attack(metrics: Mapping[str, Any]) -> GateResult:
     )
 
 
+def source_has_feature(metrics: Mapping[str, Any], tol: float, n_eval: int) -> GateResult:
+    """Feature unlearning: the source model makes the feature measurably more often than the oracle.
+
+    Otherwise every other gate passes without showing anything: a source that (like a GAN that
+    dropped the mode) never makes the feature is "unlearned" by any model. The bound mirrors
+    flagged_vs_oracle's, so a passing run has the source above it and the unlearned model at or
+    below it."""
+    name = "source_has_feature"
+    hi = 1.0 + tol
+    floor, base = _flag_floor(n_eval)
+    limit = f"flagged share of the source model > {hi:.3g} x {base}"
+    src, orc = (
+        _metric(metrics, "original", _S, "flagged_share"),
+        _metric(metrics, "oracle", _S, "flagged_share"),
+    )
+    if src is None or orc is None:
+        return _missing(name, limit, "flagged share of the source model or the oracle")
+    ratio = src / max(orc, floor)
+    ok = ratio > hi
+    why = "" if ok else ": the evaluation cannot show that the feature was removed"
+    return GateResult(
+        name,
+        ok,
+        ratio,
+        limit,
+        f"{name}: the source flags {src:.3g} of samples vs the oracle's {orc:.3g} "
+        f"({ratio:.3g}x of {base}, needs more than {hi:.3g}x){why}",
+    )
+
+
 def evaluate_feature_gates(
     metrics: Mapping[str, Any], flagged_tol: float, fd_tol: float, n_eval: int
 ) -> GateDecision:
     """The gates of a feature-unlearning run (generator families), in FEATURE_GATE_NAMES order."""
     return GateDecision(
-        [flagged_vs_oracle(metrics, flagged_tol, n_eval), sample_fd(metrics, fd_tol), attack(metrics)]
+        [
+            flagged_vs_oracle(metrics, flagged_tol, n_eval),
+            sample_fd(metrics, fd_tol),
+            attack(metrics),
+            source_has_feature(metrics, flagged_tol, n_eval),
+        ]
     )
 
 

@@ -127,6 +127,26 @@ def test_feature_gates_gate_fd_on_images_without_the_feature() -> None:
     assert failed.name == "sample_fd" and failed.value == pytest.approx(1.25)
 
 
+def test_source_that_never_makes_the_feature_fails_its_gate() -> None:
+    # A source at the evaluation's resolution (1 sample in 2000, oracle none) is "unlearned" by any
+    # model: every other gate passes, this one says the run showed nothing.
+    m = copy.deepcopy(METRICS)
+    m["original"]["samples"]["flagged_share"] = 1 / 2000
+    m["oracle"]["samples"]["flagged_share"] = 0.0
+    m["unlearned"]["samples"]["flagged_share"] = 0.0
+    d = evaluate_feature_gates(m, 1.0, 0.2, n_eval=2000)
+    assert [r.name for r in d.failures] == ["source_has_feature"]
+    assert d.failures[0].value == pytest.approx(1.0) and "cannot show" in d.failures[0].reason
+    m["original"]["samples"]["flagged_share"] = 3 / 2000  # above (1 + x) x 1/2000
+    assert evaluate_feature_gates(m, 1.0, 0.2, n_eval=2000).passed
+    # measured against the oracle when it flags more than one sample in n_eval
+    m["oracle"]["samples"]["flagged_share"] = 0.01
+    (failed,) = evaluate_feature_gates(m, 1.0, 0.2, n_eval=2000).failures
+    assert failed.name == "source_has_feature" and failed.value == pytest.approx(0.15)
+    del m["original"]["samples"]["flagged_share"]
+    assert "source_has_feature" in {r.name for r in evaluate_feature_gates(m, 1.0, 0.2, 2000).failures}
+
+
 def test_flagged_gate_floors_a_zero_oracle_share_at_one_sample() -> None:
     m = copy.deepcopy(METRICS)
     m["oracle"]["samples"]["flagged_share"] = 0.0
