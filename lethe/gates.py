@@ -198,36 +198,36 @@ FEATURE_GATE_NAMES = ("flagged_vs_oracle", "sample_fd", "attack", "source_has_fe
 _S = "samples"  # lethe.report.schema.FEATURE_SPLIT (gates import no report code)
 
 
-def _flag_floor(n_eval: int) -> tuple[float, str]:
-    """The evaluation's resolution: one sample in `n_eval` (it cannot tell 0 of 2000 from 1)."""
-    return 1.0 / max(int(n_eval), 1), f"max(the oracle's, 1/{n_eval})"
-
-
-def flagged_vs_oracle(metrics: Mapping[str, Any], tol: float, n_eval: int) -> GateResult:
-    """Feature unlearning: the unlearned model's flagged share <= (1 + x) * the oracle's.
-
-    The oracle's share counts as at least one sample in `n_eval`: the evaluation cannot tell 0 of
-    2000 from 1 of 2000, and a retrained oracle that flags nothing would otherwise make any single
-    flagged sample an unbounded ratio."""
-    name = "flagged_vs_oracle"
+def _flagged_gate(
+    metrics: Mapping[str, Any], name: str, model: str, who: str, tol: float, n_eval: int, above: bool
+) -> GateResult:
+    """`model`'s flagged share against (1 + tol) x the oracle's, the oracle's floored at one sample
+    in `n_eval`: the evaluation cannot tell 0 of 2000 from 1 of 2000, and an oracle that flags
+    nothing would otherwise make any single flagged sample an unbounded ratio. `above`: the share
+    must exceed the bound, else stay within it."""
     hi = 1.0 + tol
-    floor, base = _flag_floor(n_eval)
-    limit = f"flagged share of the unlearned model <= {hi:.3g} x {base}"
-    un, orc = (
-        _metric(metrics, "unlearned", _S, "flagged_share"),
-        _metric(metrics, "oracle", _S, "flagged_share"),
-    )
-    if un is None or orc is None:
-        return _missing(name, limit, "flagged share of the unlearned model or the oracle")
-    ratio = un / max(orc, floor)
-    ok = ratio <= hi
+    op = ">" if above else "<="
+    limit = f"flagged share of the {who} {op} {hi:.3g} x max(the oracle's, 1/{n_eval})"
+    share, orc = _metric(metrics, model, _S, "flagged_share"), _metric(metrics, "oracle", _S, "flagged_share")
+    if share is None or orc is None:
+        return _missing(name, limit, f"flagged share of the {who} or the oracle")
+    ratio = share / max(orc, 1.0 / max(int(n_eval), 1))
+    ok = ratio > hi if above else ratio <= hi
+    vacuous = ": the evaluation cannot show that the feature was removed" if above and not ok else ""
     return GateResult(
         name,
         ok,
         ratio,
         limit,
-        f"{name}: {un:.3g} of samples flagged vs the oracle's {orc:.3g} "
-        f"({ratio:.3g}x of max(oracle, 1/{n_eval}), limit {hi:.3g}x)",
+        f"{name}: the {who} flags {share:.3g} of samples vs the oracle's {orc:.3g} "
+        f"({ratio:.3g}x of max(oracle, 1/{n_eval}), limit {op} {hi:.3g}x){vacuous}",
+    )
+
+
+def flagged_vs_oracle(metrics: Mapping[str, Any], tol: float, n_eval: int) -> GateResult:
+    """Feature unlearning: the unlearned model's flagged share <= (1 + x) * the oracle's."""
+    return _flagged_gate(
+        metrics, "flagged_vs_oracle", "unlearned", "unlearned model", tol, n_eval, above=False
     )
 
 
@@ -278,30 +278,9 @@ def source_has_feature(metrics: Mapping[str, Any], tol: float, n_eval: int) -> G
     """Feature unlearning: the source model makes the feature measurably more often than the oracle.
 
     Otherwise every other gate passes without showing anything: a source that (like a GAN that
-    dropped the mode) never makes the feature is "unlearned" by any model. The bound mirrors
-    flagged_vs_oracle's, so a passing run has the source above it and the unlearned model at or
-    below it."""
-    name = "source_has_feature"
-    hi = 1.0 + tol
-    floor, base = _flag_floor(n_eval)
-    limit = f"flagged share of the source model > {hi:.3g} x {base}"
-    src, orc = (
-        _metric(metrics, "original", _S, "flagged_share"),
-        _metric(metrics, "oracle", _S, "flagged_share"),
-    )
-    if src is None or orc is None:
-        return _missing(name, limit, "flagged share of the source model or the oracle")
-    ratio = src / max(orc, floor)
-    ok = ratio > hi
-    why = "" if ok else ": the evaluation cannot show that the feature was removed"
-    return GateResult(
-        name,
-        ok,
-        ratio,
-        limit,
-        f"{name}: the source flags {src:.3g} of samples vs the oracle's {orc:.3g} "
-        f"({ratio:.3g}x of {base}, needs more than {hi:.3g}x){why}",
-    )
+    dropped the mode) never makes the feature is "unlearned" by any model. The bound is
+    flagged_vs_oracle's, so a passing run has the source above it and the unlearned model within it."""
+    return _flagged_gate(metrics, "source_has_feature", "original", "source model", tol, n_eval, above=True)
 
 
 def evaluate_feature_gates(
