@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from lethe import masks
 from lethe.errors import CheckpointError
-from lethe.methods import Batch, get_method, matched_noise
+from lethe.methods import Batch, _seed, get_method, matched_noise
 from lethe.models import FAMILIES, load_checkpoint, save_checkpoint
 from lethe.models.families import vq_phases
 from lethe.training import MaskSpec, make_optimizer, optimizer_step, training_loss, unlearn_step
@@ -165,9 +166,10 @@ def test_forget_target_is_the_teacher_on_the_whole_noise_image(tiny_model, famil
         torch.Generator().manual_seed(5),
     )
     _, parts = get_method("encoder_noise").loss(student, teacher, b, alpha=1.0)
-    g2 = torch.Generator().manual_seed(5)
-    n = matched_noise(b.x_f, "gaussian", g2)
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g2))
+    # the same draws as the loss: its noise, then its step seed, from a generator in the same state
+    again = dataclasses.replace(b, generator=torch.Generator().manual_seed(5))
+    n = matched_noise(b.x_f, "gaussian", again.generator)
+    seed = _seed(again)
     m = b.mask.expand(5, -1, -1, -1)
     with torch.no_grad():
         z_f = teacher(torch.cat([b.x_r, b.x_f]), m, mode="encode", seed=seed)[3:]
