@@ -23,9 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lethe import steps
-from lethe.config import IMPLEMENTED_FAMILIES, build_config
+from lethe.catalogue import I2I_FAMILIES
+from lethe.config import build_config
 from lethe.execution.ray_env import worker_threads
+from lethe.pipeline.context import make_context
+from lethe.pipeline.evaluate import step_evaluate
+from lethe.pipeline.oracle import step_oracle
+from lethe.pipeline.pretrain import step_pretrain
+from lethe.pipeline.split import step_split
+from lethe.pipeline.state import RunState
+from lethe.pipeline.unlearn import step_unlearn
 
 
 def _per_s(images: float, seconds: float | None) -> float | None:
@@ -43,21 +50,21 @@ def bench_family(family: str, preset: str, root: Path, evaluate: bool) -> dict[s
             "tracking": {"register_model": False},
         },
     )
-    ctx = steps.make_context(cfg)
-    ctx.state = {"timing_s": {}}
+    ctx = make_context(cfg)
+    ctx.state = RunState()
     with ctx.tracker.pipeline_run(f"benchmark-{family}", {"preset": preset}, {"lethe.pipeline": "benchmark"}):
-        man = steps.step_split(ctx) if not ctx.lay.manifest.is_file() else steps._manifest(ctx)
-        steps.step_pretrain(ctx)
-        steps.step_oracle(ctx)
-        steps.step_unlearn(ctx)
+        man = step_split(ctx) if not ctx.lay.manifest.is_file() else ctx.manifest()
+        step_pretrain(ctx)
+        step_oracle(ctx)
+        step_unlearn(ctx)
         eval_s = None
         if evaluate:
             t0 = time.perf_counter()
-            steps.step_evaluate(ctx)
+            step_evaluate(ctx)
             eval_s = time.perf_counter() - t0
     counts = {n: s.count for n, s in man.shards.items()}
     epochs = cfg.pretrain.epochs
-    orig, oracle, unl = ctx.state["pretrain"]["original"], ctx.state["oracle"], ctx.state["unlearn"]
+    orig, oracle, unl = ctx.state.pretrain["original"], ctx.state.oracle, ctx.state.unlearn
     unl_images = float(unl.get("step", 0)) * 2 * cfg.unlearn.batch_size
     n_eval = min(cfg.eval.n_forget, counts["heldout_forget"]) + min(
         cfg.eval.n_retain, counts["heldout_retain"]
@@ -91,7 +98,7 @@ def bench_family(family: str, preset: str, root: Path, evaluate: bool) -> dict[s
 def _sampler(cfg) -> dict[str, Any]:
     from lethe.models import build_model, get_family
 
-    man = steps._manifest(steps.make_context(cfg))
+    man = make_context(cfg).manifest()
     arch = get_family(cfg.family).build_arch(
         cfg.model.section(cfg.family), man.height, man.width, man.channels
     )
@@ -123,7 +130,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="demo", choices=["demo", "smoke"])
-    ap.add_argument("--families", default=",".join(IMPLEMENTED_FAMILIES))
+    ap.add_argument("--families", default=",".join(I2I_FAMILIES))
     ap.add_argument("--evaluate", action="store_true", help="also time the evaluate step (samplers)")
     ap.add_argument("--workdir", default=None, help="default: a fresh temp dir")
     ap.add_argument("--out", default="benchmarks/results/families.json")

@@ -1,6 +1,6 @@
 """Does latent feature unlearning work? One process, no Ray: the same models, loss and metrics as the
-pipeline (lethe.models.vae / gan, lethe.methods.latent_feature, lethe.feature_eval) on Fashion-MNIST
-with a class as the feature (default Trouser).
+pipeline (lethe.models.vae / gan, lethe.methods.latent_feature, lethe.evaluation.samples) on
+Fashion-MNIST with a class as the feature (default Trouser).
 
     python benchmarks/feature_unlearning.py [--family vae|gan] [--feature Trouser] [--train 12000]
         [--epochs 6] [--steps 300] [--alpha 1.0] [--ch 16] [--gan-loss hinge|nonsat] [--out FILE]
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from lethe.config import FeatureUnlearnConfig
 from lethe.data.loaders import read_idx_pair
-from lethe.feature_eval import (
+from lethe.evaluation.samples import (
     AttackSpec,
     featnet_outputs,
     feature_logits,
@@ -36,8 +36,8 @@ from lethe.feature_eval import (
 )
 from lethe.gates import evaluate_feature_gates
 from lethe.methods.latent_feature import feature_direction, latent_feature_loss
+from lethe.models.families import get_family
 from lethe.models.featnet import FeatNet, FeatNetArch
-from lethe.models.generator_families import get_generator_family
 from lethe.report import image_grid
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -80,7 +80,7 @@ def batches(n: int, bs: int, g: torch.Generator):
 
 
 def train_generator(family: str, section: dict, x: torch.Tensor, epochs: int, lr: float, seed: int):
-    fam = get_generator_family(family)
+    fam = get_family(family)
     torch.manual_seed(seed)
     model = fam.model_cls(fam.arch_cls(**fam.build_arch(section, 28, 28, 1)))
     opts = {k: torch.optim.Adam(p, lr=lr, betas=model.betas) for k, p in model.train_groups().items()}
@@ -162,7 +162,7 @@ def main() -> None:
     pos = logits > 0
     labelling = "classifier"
     if not bool(pos.any()) or bool(pos.all()):
-        # as the pipeline does (lethe.generative_steps.find_direction): rank by feature logit
+        # as the pipeline does (lethe.pipeline.generator.find_direction): rank by feature logit
         k = max(1, round(float((y == feat).float().mean()) * len(zl)))
         pos = torch.zeros(len(zl), dtype=torch.bool)
         pos[logits.argsort(descending=True)[:k]] = True

@@ -83,8 +83,14 @@ def main() -> None:
         server.create_bucket("bench")
         os.environ.update(server.env())
 
-    from lethe import steps
     from lethe.config import build_config
+    from lethe.pipeline.context import make_context
+    from lethe.pipeline.jobs import job_common
+    from lethe.pipeline.oracle import step_oracle
+    from lethe.pipeline.pretrain import step_pretrain
+    from lethe.pipeline.split import step_split
+    from lethe.pipeline.tune import step_tune
+    from lethe.pipeline.unlearn import step_unlearn
 
     results: dict[str, Any] = {"machine": _machine(), "preset": args.preset, "dataset": args.dataset}
     try:
@@ -96,12 +102,12 @@ def main() -> None:
         if args.max_steps:
             overrides["unlearn"] = {"max_steps": args.max_steps}
         cfg = build_config(args.preset, overrides=overrides)
-        ctx = steps.make_context(cfg)
+        ctx = make_context(cfg)
         t0 = time.perf_counter()
-        steps.step_split(ctx)
+        step_split(ctx)
         results["split_first_s"] = round(time.perf_counter() - t0, 2)  # Ray start-up included
-        steps.step_pretrain(ctx)
-        steps.step_oracle(ctx)
+        step_pretrain(ctx)
+        step_oracle(ctx)
 
         # -- unlearning with 1 and 2 workers ---------------------------------------------------
         unlearn = []
@@ -112,13 +118,13 @@ def main() -> None:
                 overrides={**overrides, "resources": {"num_workers": n, "cpus_per_worker": 1.0}},
             )
             ctx.cfg = c
-            steps.step_unlearn(ctx)
-            st = ctx.state["unlearn"]
+            step_unlearn(ctx)
+            st = ctx.state.unlearn
             images = int(st["step"]) * 2 * c.unlearn.batch_size * n
             unlearn.append(
                 {
                     "workers": n,
-                    "threads_per_worker": steps._job_common(c)["threads"],
+                    "threads_per_worker": job_common(c)["threads"],
                     "steps": int(st["step"]),
                     "images": images,
                     "fit_wall_s": round(st["train_wall_s"], 2),
@@ -135,7 +141,7 @@ def main() -> None:
         )
         shutil.rmtree(ctx.lay.tune_dir, ignore_errors=True)
         t0 = time.perf_counter()
-        steps.step_tune(ctx)
+        step_tune(ctx)
         tune_wall = time.perf_counter() - t0
         res = json.loads((ctx.lay.tune_dir / "result.json").read_text())
         trial_s = [t["wall_s"] for t in res["trials"]]

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from lethe import masks, steps
+from lethe import masks
 from lethe.config import build_config
 from lethe.data import read_shard_numpy, to_chw_float
 from lethe.execution.ray_env import worker_threads
 from lethe.methods import get_method
 from lethe.models.checkpoint import build_model, load_checkpoint
-from lethe.training import (
+from lethe.optim import (
     MaskSpec,
     make_optimizer,
     optimizer_step,
@@ -37,6 +37,14 @@ from lethe.training import (
     unlearn_step,
     unlearn_total_steps,
 )
+from lethe.pipeline.context import make_context
+from lethe.pipeline.families import for_config
+from lethe.pipeline.jobs import mask_spec, phases
+from lethe.pipeline.oracle import step_oracle
+from lethe.pipeline.pretrain import step_pretrain
+from lethe.pipeline.split import step_split
+from lethe.pipeline.state import RunState
+from lethe.pipeline.unlearn import step_unlearn
 
 
 def _tensor(man, name: str) -> torch.Tensor:
@@ -71,13 +79,13 @@ def plain_unlearn(cfg, man, teacher_path: Path) -> tuple[float, int]:
 def plain_pretrain_epoch(cfg, man, arch: dict) -> tuple[float, int]:
     """One epoch of the first pretraining phase (the only one for single-phase families)."""
     model = build_model(cfg.family, arch)
-    phase = steps._phases(cfg)[0]
+    phase = phases(cfg)[0]
     params = model.phase_parameters(phase)
     p = cfg.pretrain
     x = _tensor(man, "retain")
     steps_ = -(-len(x) // p.batch_size)
     opt, sched = make_optimizer(params, p.lr, p.weight_decay, steps_, p.warmup_frac)
-    spec = MaskSpec(**steps._mask_spec(cfg, arch))
+    spec = MaskSpec(**mask_spec(cfg, arch))
     gen = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(len(x), generator=gen)
     t0 = time.perf_counter()
@@ -100,23 +108,23 @@ def main() -> None:
     )
     threads = worker_threads(cfg.resources)
     torch.set_num_threads(threads)
-    ctx = steps.make_context(cfg)
-    ctx.state = {"timing_s": {}}
+    ctx = make_context(cfg)
+    ctx.state = RunState()
     with ctx.tracker.pipeline_run("benchmark", {"preset": args.preset}, {"lethe.pipeline": "benchmark"}):
-        man = steps.step_split(ctx)
-        steps.step_pretrain(ctx)
-        steps.step_oracle(ctx)
-        steps.step_unlearn(ctx)
-    oracle_s = ctx.state["oracle"]["train_wall_s"]
-    unlearn_s = ctx.state["unlearn"]["train_wall_s"]
-    ray_unlearn_ips = ctx.state["unlearn"].get("images_per_s")
+        man = step_split(ctx)
+        step_pretrain(ctx)
+        step_oracle(ctx)
+        step_unlearn(ctx)
+    oracle_s = ctx.state.oracle["train_wall_s"]
+    unlearn_s = ctx.state.unlearn["train_wall_s"]
+    ray_unlearn_ips = ctx.state.unlearn.get("images_per_s")
     plain_unlearn_s, plain_unlearn_imgs = plain_unlearn(cfg, man, ctx.lay.model("original"))
-    arch = steps._arch(cfg, man)
+    arch = for_config(cfg).arch(cfg, man)
     plain_epoch_s, epoch_imgs = plain_pretrain_epoch(cfg, man, arch)
     oracle_epochs = cfg.pretrain.epochs
 
-    oracle_loop = ctx.state["oracle"].get("final_loop_s")
-    unlearn_loop = ctx.state["unlearn"].get("loop_s")
+    oracle_loop = ctx.state.oracle.get("final_loop_s")
+    unlearn_loop = ctx.state.unlearn.get("loop_s")
     rows = [
         ("oracle retrain, Ray Train wall (s)", oracle_s),
         ("unlearning, Ray Train wall (s)", unlearn_s),

@@ -81,6 +81,53 @@ def _vs_source(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _request_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What the request says about the forget set: counts, digests and classes, never ids."""
+    return {
+        k: report.get("request", {}).get(k)
+        for k in ("kind", "forget_count", "retain_count", "forget_digest", "request_digest", "classes")
+        if k in report.get("request", {})
+    }
+
+
+def _source_model(state: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "uri": source.get("uri"),
+        "requested": source.get("requested"),
+        "pretrained_by_lethe": not source,
+        "cache_key": ((state.get("pretrain") or {}).get("original") or {}).get("cache_key"),
+    }
+
+
+def _result_model(promote: Mapping[str, Any]) -> dict[str, Any]:
+    name, version = promote.get("model_name"), promote.get("model_version")
+    return {
+        "name": name,
+        "version": version,
+        "uri": f"models:/{name}/{version}" if name and version else None,
+        "alias": promote.get("alias"),
+        "promoted": bool(promote.get("promoted")),
+        "previous_alias_version": promote.get("previous_alias_version"),
+    }
+
+
+def _cleanup_proof(deleted: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "deleted": deleted,
+        "all_absent": bool(deleted) and all(d.get("absent_after") and d["absent_at_issue"] for d in deleted),
+        "verified_at": now_iso(),
+    }
+
+
+def _timestamps(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "started_at": state.get("started_at"),
+        "finished_at": now_iso(),
+        "steps": dict(state.get("steps_at") or {}),
+        "timing_s": dict(state.get("timing_s") or {}),
+    }
+
+
 def build_certificate(
     report: Mapping[str, Any],
     state: Mapping[str, Any],
@@ -97,12 +144,7 @@ def build_certificate(
     source = dict((state.get("pretrain") or {}).get("source") or {})
     cleanup = dict(state.get("cleanup") or {})
     deleted = verify_cleanup(list(cleanup.get("deleted", [])))
-    request = {
-        k: report.get("request", {}).get(k)
-        for k in ("kind", "forget_count", "retain_count", "forget_digest", "request_digest", "classes")
-        if k in report.get("request", {})
-    }
-    name, version = promote.get("model_name"), promote.get("model_version")
+    request = _request_summary(report)
     cert: dict[str, Any] = {
         "kind": KIND,
         "version": VERSION,
@@ -121,20 +163,8 @@ def build_certificate(
             "source_uri": report.get("source_uri"),
             "heldout": report.get("heldout"),
         },
-        "source_model": {
-            "uri": source.get("uri"),
-            "requested": source.get("requested"),
-            "pretrained_by_lethe": not source,
-            "cache_key": ((state.get("pretrain") or {}).get("original") or {}).get("cache_key"),
-        },
-        "result_model": {
-            "name": name,
-            "version": version,
-            "uri": f"models:/{name}/{version}" if name and version else None,
-            "alias": promote.get("alias"),
-            "promoted": bool(promote.get("promoted")),
-            "previous_alias_version": promote.get("previous_alias_version"),
-        },
+        "source_model": _source_model(state, source),
+        "result_model": _result_model(promote),
         "method": {
             "family": report.get("family"),
             "name": report.get("method"),
@@ -148,18 +178,8 @@ def build_certificate(
             "auc": {m: (metrics.get(m, {}).get("forget", {}) or {}).get("mia_auc") for m in metrics},
         },
         "gates": promote.get("gates"),
-        "cleanup": {
-            "deleted": deleted,
-            "all_absent": bool(deleted)
-            and all(d.get("absent_after") and d["absent_at_issue"] for d in deleted),
-            "verified_at": now_iso(),
-        },
-        "timestamps": {
-            "started_at": state.get("started_at"),
-            "finished_at": now_iso(),
-            "steps": dict(state.get("steps_at") or {}),
-            "timing_s": dict(state.get("timing_s") or {}),
-        },
+        "cleanup": _cleanup_proof(deleted),
+        "timestamps": _timestamps(state),
     }
     validate_certificate(cert)
     return cert
@@ -190,72 +210,105 @@ def _rows(pairs: list[tuple[str, Any]]) -> str:
     return "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in pairs)
 
 
-def render_html(cert: Mapping[str, Any]) -> str:
-    req, src, res = cert["request"], cert["source_model"], cert["result_model"]
-    gates = cert.get("gates") or {}
-    gate_rows = "".join(
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #bbb;padding:.2em .6em;"
+    "text-align:left}.ok{color:#176b2c}.bad{color:#a40000}code{background:#f4f4f4}"
+)
+
+
+def _gate_rows(gates: Mapping[str, Any]) -> str:
+    return "".join(
         f"<tr><td>{_e(g['name'])}</td><td class='{'ok' if g['passed'] else 'bad'}'>"
         f"{'pass' if g['passed'] else 'FAIL'}</td><td>{_num(g.get('value'))}</td><td>{_e(g['limit'])}</td></tr>"
         for g in gates.get("results", [])
     )
-    metric_rows = []
+
+
+def _metric_rows(metrics: Mapping[str, Any]) -> str:
+    rows = []
     for split in ("forget", "retain"):
-        names = sorted({n for m in cert["metrics"].values() for n in (m.get(split) or {})})
+        names = sorted({n for m in metrics.values() for n in (m.get(split) or {})})
         for n in names:
             cells = "".join(
-                f"<td>{_num((cert['metrics'].get(m, {}).get(split) or {}).get(n))}</td>"
+                f"<td>{_num((metrics.get(m, {}).get(split) or {}).get(n))}</td>"
                 for m in ("original", "unlearned", "oracle")
             )
-            metric_rows.append(f"<tr><td>{_e(split)}</td><td>{_e(n)}</td>{cells}</tr>")
-    cleanup_rows = "".join(
+            rows.append(f"<tr><td>{_e(split)}</td><td>{_e(n)}</td>{cells}</tr>")
+    return "".join(rows)
+
+
+def _cleanup_rows(deleted: list[Mapping[str, Any]]) -> str:
+    return "".join(
         f"<tr><td>{_e(d.get('shard'))}</td><td><code>{_e(d.get('uri'))}</code></td>"
         f"<td>{_e(d.get('absent_after'))}</td><td>{_e(d.get('absent_at_issue'))}</td></tr>"
-        for d in cert["cleanup"]["deleted"]
+        for d in deleted
     )
+
+
+def _run_rows(cert: Mapping[str, Any]) -> str:
+    return _rows(
+        [
+            ("issued at", cert["issued_at"]),
+            ("code version", cert.get("code_version")),
+            ("orchestrator", cert["pipeline"].get("orchestrator")),
+            ("MLflow run", cert["pipeline"].get("mlflow_run_id")),
+            ("tracking URI", cert["pipeline"].get("tracking_uri")),
+        ]
+    )
+
+
+def _model_rows(src: Mapping[str, Any], res: Mapping[str, Any]) -> str:
+    return _rows(
+        [
+            ("source model", src.get("uri") or "pretrained by lethe on the full data"),
+            ("source requested as", src.get("requested")),
+            ("result model", res.get("uri")),
+            ("alias", res.get("alias")),
+            ("promoted (alias moved)", res.get("promoted")),
+            ("alias before", res.get("previous_alias_version")),
+        ]
+    )
+
+
+def _method_rows(method: Mapping[str, Any]) -> str:
+    return _rows(
+        [("family", method["family"]), ("method", method["name"])]
+        + [(f"hp.{k}", v) for k, v in method["hyperparameters"].items()]
+    )
+
+
+def _timestamp_rows(timestamps: Mapping[str, Any]) -> str:
+    return _rows(
+        [("started", timestamps.get("started_at")), ("finished", timestamps.get("finished_at"))]
+        + [(f"{k} (s)", v) for k, v in timestamps.get("timing_s", {}).items()]
+    )
+
+
+def render_html(cert: Mapping[str, Any]) -> str:
+    req, src, res = cert["request"], cert["source_model"], cert["result_model"]
+    gates = cert.get("gates") or {}
+    gate_rows = _gate_rows(gates)
+    metric_rows = _metric_rows(cert["metrics"])
+    cleanup_rows = _cleanup_rows(cert["cleanup"]["deleted"])
     status = cert["status"]
     body = f"""
 <h1>Unlearning certificate</h1>
 <p class='{"ok" if status == "complete" else "bad"}'>Status: <strong>{_e(status)}</strong>
 {("&mdash; " + _e(cert.get("error"))) if cert.get("error") else ""}</p>
-<table>{
-        _rows(
-            [
-                ("issued at", cert["issued_at"]),
-                ("code version", cert.get("code_version")),
-                ("orchestrator", cert["pipeline"].get("orchestrator")),
-                ("MLflow run", cert["pipeline"].get("mlflow_run_id")),
-                ("tracking URI", cert["pipeline"].get("tracking_uri")),
-            ]
-        )
-    }</table>
+<table>{_run_rows(cert)}</table>
 <h2>What was forgotten</h2>
 <p>Counts and a SHA-256 digest of the forget set: never its ids or pictures.</p>
 <table>{
         _rows([(k, v if not isinstance(v, list) else ", ".join(map(str, v))) for k, v in req.items()])
     }</table>
 <h2>Models</h2>
-<table>{
-        _rows(
-            [
-                ("source model", src.get("uri") or "pretrained by lethe on the full data"),
-                ("source requested as", src.get("requested")),
-                ("result model", res.get("uri")),
-                ("alias", res.get("alias")),
-                ("promoted (alias moved)", res.get("promoted")),
-                ("alias before", res.get("previous_alias_version")),
-            ]
-        )
-    }</table>
+<table>{_model_rows(src, res)}</table>
 <h2>Method</h2>
-<table>{
-        _rows(
-            [("family", cert["method"]["family"]), ("method", cert["method"]["name"])]
-            + [(f"hp.{k}", v) for k, v in cert["method"]["hyperparameters"].items()]
-        )
-    }</table>
+<table>{_method_rows(cert["method"])}</table>
 <h2>Metrics (held-out data)</h2>
 <table><tr><th>split</th><th>metric</th><th>source</th><th>unlearned</th><th>oracle</th></tr>
-{"".join(metric_rows)}</table>
+{metric_rows}</table>
 <p>Membership inference: {_e(cert["membership_inference"].get("method"))}.</p>
 <h2>Promotion gates</h2>
 <p>{_e(gates.get("summary", "no gate decision (model not registered)"))}</p>
@@ -266,24 +319,11 @@ def render_html(cert: Mapping[str, Any]) -> str:
 {cleanup_rows}</table>
 <p>All absent: <strong>{_e(cert["cleanup"]["all_absent"])}</strong></p>
 <h2>Timestamps</h2>
-<table>{
-        _rows(
-            [
-                ("started", cert["timestamps"].get("started_at")),
-                ("finished", cert["timestamps"].get("finished_at")),
-            ]
-            + [(f"{k} (s)", v) for k, v in cert["timestamps"].get("timing_s", {}).items()]
-        )
-    }</table>
+<table>{_timestamp_rows(cert["timestamps"])}</table>
 """
-    css = (
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #bbb;padding:.2em .6em;"
-        "text-align:left}.ok{color:#176b2c}.bad{color:#a40000}code{background:#f4f4f4}"
-    )
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>lethe unlearning certificate"
-        f"</title><style>{css}</style></head><body>{body}</body></html>\n"
+        f"</title><style>{_CSS}</style></head><body>{body}</body></html>\n"
     )
 
 

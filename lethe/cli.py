@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lethe.config import FAMILIES, METHODS, PRESETS, RunConfig, build_config
+from lethe.catalogue import FAMILIES, METHODS
+from lethe.config import PRESETS, RunConfig, build_config
 from lethe.errors import LetheError, find_lethe_error
 
 STEP_HELP = {
@@ -252,20 +253,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         cfg = config_from_args(args)
-        from lethe import steps
+        from lethe.pipeline import run_all, run_step
+        from lethe.pipeline.layout import layout
 
         if args.command == "pipeline":
             return _pipeline(args, cfg)
         if args.command == "run":
-            last: object = steps.run_all(cfg)
-            cert = steps.layout(cfg).certificate_dir / "certificate.json"
+            last: object = run_all(cfg)
+            cert = layout(cfg).certificate_dir / "certificate.json"
             if cert.is_file():
                 print(f"certificate: {cert}", file=sys.stderr)
         else:
-            out = steps.run_step(cfg, args.command)
+            out, _state = run_step(cfg, args.command)
             last = None
             if out is not None and not isinstance(out, dict):
-                last = out if not hasattr(out, "to_json") else steps.layout(cfg).manifest_uri
+                last = out if not hasattr(out, "to_json") else layout(cfg).manifest_uri
         # Ray's log monitor prints worker and raylet lines to stdout asynchronously: stop it first,
         # so the path we print really is the last line of stdout.
         _shutdown_ray()

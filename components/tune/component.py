@@ -1,10 +1,11 @@
 """tune: choose the forget-loss weight alpha for the unlearn task.
 
-lethe has no tune step yet (`lethe tune` / `steps.step_tune` is being added on another branch).
-Until it lands this component, when enabled, calls the unlearn step with the configured alpha as the
-only trial (an MLflow run `tune` with the trial as its child) and returns that alpha; disabled (the
-pipeline default) it returns the configured alpha straight away. The body is one call into
-`lethe.orchestration.kfp_steps.tune`, which switches to `steps.step_tune` as soon as it exists.
+Enabled, it runs lethe's tune step (`lethe tune`): a Ray Tune search over alpha and the learning rate
+(ASHA early stopping, each trial a Ray Train unlearning run, one MLflow child run per trial) against
+the oracle on held-out images, and returns the best trial's alpha; the best lr is recorded with it
+(tune/best.json) and the unlearn step picks it up itself. Disabled (the pipeline default), it returns
+the configured alpha straight away and trains nothing. The body is one call into
+`lethe.orchestration.kfp_steps.tune`.
 """
 
 from kfp import dsl

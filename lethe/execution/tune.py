@@ -72,7 +72,8 @@ def _trial(
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lethe.execution.train import TrainJob, fit
+    from lethe.execution.fit import fit
+    from lethe.execution.job import TrainJob
 
     train_job = TrainJob(**{**job, "alpha": float(config["alpha"]), "lr": float(config["lr"])})
     trial_id = ray.tune.get_context().get_trial_id()
@@ -97,10 +98,100 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _trainable(
+    *,
+    job: Any,
+    inputs: dict[str, Any],
+    teacher_state: dict[str, Any],
+    eval_payload: dict[str, Any],
+    tune_cfg: Any,
+    storage_path: str,
+    name: str,
+    use_gpu: bool,
+) -> Any:
+    """`_trial` with everything but the searched config bound, and the CPUs a trial's actor holds."""
+    from ray import tune
+
+    t = tune_cfg
+    fit_kwargs = {
+        "num_workers": t.workers_per_trial,
+        "use_gpu": use_gpu,
+        "cpus_per_worker": t.cpus_per_worker,
+        "storage_path": storage_path,
+        "max_failures": 1,
+    }
+    return tune.with_resources(
+        tune.with_parameters(
+            _trial,
+            job=job.to_config(),
+            inputs=inputs,
+            teacher_state=teacher_state,
+            eval_payload=eval_payload,
+            fit_kwargs=fit_kwargs,
+            name=name,
+        ),
+        {"cpu": t.cpus_per_trial},
+    )
+
+
+def _storage_kwargs(storage_path: str) -> dict[str, Any]:
+    """Where Tune keeps its results: RunConfig's storage_path, and an S3 filesystem for s3:// URIs."""
+    from lethe import storage
+
+    remote = storage.is_s3(storage_path)
+    where: dict[str, Any] = {"storage_path": storage.fs_path(storage_path) if remote else storage_path}
+    if remote:
+        where["storage_filesystem"] = storage.s3_filesystem()
+    return where
+
+
+def _trial_outcome(res: Any, max_iter: int) -> TrialOutcome:
+    """One trial of the finished search (a ray.tune.Result) as a TrialOutcome."""
+    m = dict(res.metrics or {})
+    iters = int(m.get("training_iteration", 0) or 0)
+    objective = _num(m.get(METRIC))
+    if res.error is not None:
+        status = "error"
+    elif iters < max_iter:
+        status = "stopped_early"
+    else:
+        status = "finished"
+    err = None
+    if res.error is not None:
+        # Type and first line only: a traceback could carry paths, never data, but is noise here.
+        err = f"{type(res.error).__name__}: {(str(res.error).strip().splitlines() or [''])[0][:200]}"
+    return TrialOutcome(
+        trial_id=str(m.get("trial_id") or res.path.rstrip("/").rpartition("/")[2]),
+        alpha=float(res.config["alpha"]),
+        lr=float(res.config["lr"]),
+        objective=objective,
+        status=status,
+        iterations=iters,
+        steps=int(m.get("step", 0) or 0),
+        wall_s=float(m.get("time_total_s", 0.0) or 0.0),
+        fd_forget=_num(m.get("fd_forget")),
+        fd_retain=_num(m.get("fd_retain")),
+        fd_forget_vs_oracle=_num(m.get("fd_forget_vs_oracle")),
+        fd_retain_vs_original=_num(m.get("fd_retain_vs_original")),
+        error=err,
+    )
+
+
+def _best_trial(trials: list[TrialOutcome], name: str) -> TrialOutcome:
+    # ASHA compares trials at equal budgets; a trial stopped early has a worse objective at its rung
+    # than the survivors had, so the best is picked among trials that ran the whole budget when any did.
+    scored = [x for x in trials if x.objective is not None]
+    complete = [x for x in scored if x.status == "finished"] or scored
+    if not complete:
+        first = next((x.error for x in trials if x.error), "no trial reported an objective")
+        raise LetheError("every tuning trial failed", where=name, seen=first or "")
+    return min(complete, key=lambda x: x.objective)  # type: ignore[arg-type, return-value]
+
+
 def run_tune(
     *,
-    job: Any,  # lethe.execution.train.TrainJob: the unlearning job; alpha and lr are searched
-    inputs: dict[str, Any],  # lethe.execution.train.unlearn_inputs: read once, shared by the trials
+    job: Any,  # lethe.execution.job.TrainJob: the unlearning job; alpha and lr are searched
+    inputs: dict[str, Any],  # lethe.execution.fit.unlearn_inputs: read once, shared by the trials
     teacher_state: dict[str, Any],
     eval_payload: dict[str, Any],
     tune_cfg: Any,  # lethe.config.TuneConfig
@@ -114,33 +205,19 @@ def run_tune(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from lethe import storage
-
     t = tune_cfg
     max_iter = max(1, math.ceil(total_steps / job.checkpoint_every))
-    fit_kwargs = {
-        "num_workers": t.workers_per_trial,
-        "use_gpu": use_gpu,
-        "cpus_per_worker": t.cpus_per_worker,
-        "storage_path": storage_path,
-        "max_failures": 1,
-    }
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            _trial,
-            job=job.to_config(),
-            inputs=inputs,
-            teacher_state=teacher_state,
-            eval_payload=eval_payload,
-            fit_kwargs=fit_kwargs,
-            name=name,
-        ),
-        {"cpu": t.cpus_per_trial},
+    trainable = _trainable(
+        job=job,
+        inputs=inputs,
+        teacher_state=teacher_state,
+        eval_payload=eval_payload,
+        tune_cfg=t,
+        storage_path=storage_path,
+        name=name,
+        use_gpu=use_gpu,
     )
-    remote = storage.is_s3(storage_path)
-    where: dict[str, Any] = {"storage_path": storage.fs_path(storage_path) if remote else storage_path}
-    if remote:
-        where["storage_filesystem"] = storage.s3_filesystem()
+    where = _storage_kwargs(storage_path)
     tuner = tune.Tuner(
         trainable,
         param_space={"alpha": tune.loguniform(*t.alpha_range), "lr": tune.loguniform(*t.lr_range)},
@@ -165,45 +242,7 @@ def run_tune(
     grid = tuner.fit()
     wall = time.perf_counter() - t0
 
-    trials: list[TrialOutcome] = []
-    for res in grid:
-        m = dict(res.metrics or {})
-        iters = int(m.get("training_iteration", 0) or 0)
-        objective = _num(m.get(METRIC))
-        if res.error is not None:
-            status = "error"
-        elif iters < max_iter:
-            status = "stopped_early"
-        else:
-            status = "finished"
-        err = None
-        if res.error is not None:
-            # Type and first line only: a traceback could carry paths, never data, but is noise here.
-            err = f"{type(res.error).__name__}: {(str(res.error).strip().splitlines() or [''])[0][:200]}"
-        trials.append(
-            TrialOutcome(
-                trial_id=str(m.get("trial_id") or res.path.rstrip("/").rpartition("/")[2]),
-                alpha=float(res.config["alpha"]),
-                lr=float(res.config["lr"]),
-                objective=objective,
-                status=status,
-                iterations=iters,
-                steps=int(m.get("step", 0) or 0),
-                wall_s=float(m.get("time_total_s", 0.0) or 0.0),
-                fd_forget=_num(m.get("fd_forget")),
-                fd_retain=_num(m.get("fd_retain")),
-                fd_forget_vs_oracle=_num(m.get("fd_forget_vs_oracle")),
-                fd_retain_vs_original=_num(m.get("fd_retain_vs_original")),
-                error=err,
-            )
-        )
+    trials = [_trial_outcome(res, max_iter) for res in grid]
     trials.sort(key=lambda x: x.trial_id)
-    # ASHA compares trials at equal budgets; a trial stopped early has a worse objective at its rung
-    # than the survivors had, so the best is picked among trials that ran the whole budget when any did.
-    scored = [x for x in trials if x.objective is not None]
-    complete = [x for x in scored if x.status == "finished"] or scored
-    if not complete:
-        first = next((x.error for x in trials if x.error), "no trial reported an objective")
-        raise LetheError("every tuning trial failed", where=name, seen=first or "")
-    best = min(complete, key=lambda x: x.objective)  # type: ignore[arg-type, return-value]
+    best = _best_trial(trials, name)
     return TuneOutcome(trials=trials, best=best, wall_s=wall, max_iterations=max_iter)

@@ -15,15 +15,13 @@ import torch
 from torch import nn
 
 from lethe.errors import CheckpointError
-from lethe.models.families import FAMILIES
+from lethe.models.families import FAMILY_REGISTRY
 from lethe.models.featnet import FeatNet, FeatNetArch
-from lethe.models.generator_families import GENERATOR_FAMILIES
 
 FORMAT = "lethe.v1"
-# Every image-to-image and generator family of the registries, plus the feature net.
+# Every family of the registry (image-to-image and generator), plus the feature net.
 _KINDS: dict[str, tuple[type, type]] = {
-    **{name: (f.model_cls, f.arch_cls) for name, f in FAMILIES.items()},
-    **{name: (f.model_cls, f.arch_cls) for name, f in GENERATOR_FAMILIES.items()},
+    **{name: (f.model_cls, f.arch_cls) for name, f in FAMILY_REGISTRY.items()},
     "featnet": (FeatNet, FeatNetArch),
 }
 

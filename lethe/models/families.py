@@ -1,27 +1,40 @@
-"""The family registry: name -> model class, arch class, how to build the arch, pretraining phases.
+"""The family registry: name -> model class, arch class, how to build the arch, how it trains.
 
 Everything family-specific that the pipeline needs goes through here, so steps, training loops,
 methods and evaluation never branch on the family. `build_arch` takes the family's section of the
 model config as a plain mapping (no dependency on lethe.config) plus the data shape, and returns
 the arch as a dict of plain values (what checkpoints and Ray Train jobs carry).
+
+Two kinds of family, named in lethe.catalogue: image-to-image families (`I2IFamily`: MAE, VQ-GAN,
+diffusion) take masked images and have an encoder split; generator families (`GeneratorFamily`:
+GAN, VAE) take latents. The pipeline asks `family.kind` (or `lethe.catalogue.family_kind(name)`)
+once, at the step that picks a training loop / method / evaluation, and everything past that point
+uses one interface per kind (`I2IModel` or `GenerativeModel`), never the family name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from lethe import catalogue
 from lethe.models.diffusion import Diffusion, DiffusionArch
+from lethe.models.gan import GAN, GANArch
+from lethe.models.generative import GenerativeModel
 from lethe.models.layers import MAIN_PHASE, I2IModel
 from lethe.models.mae import MAE, MAEArch, auto_patch
+from lethe.models.vae import VAE, VAEArch
 from lethe.models.vqgan import TOKENIZER, TRANSFORMER, VQGAN, VQGANArch, auto_downsample
 
 Section = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
-class Family:
+class I2IFamily:
+    """An image-to-image family: masked image in, image out; pretrains in phases."""
+
+    kind: ClassVar[Literal["i2i"]] = "i2i"
     name: str
     model_cls: type[I2IModel]
     arch_cls: type
@@ -38,6 +51,28 @@ class Family:
 
     def cell(self, arch: Mapping[str, Any]) -> int:
         return int(self.arch_cls(**arch).cell)
+
+
+@dataclass(frozen=True)
+class GeneratorFamily:
+    """An unconditional generator family: latents in, images out; pretrains its groups in turn."""
+
+    kind: ClassVar[Literal["generator"]] = "generator"
+    name: str
+    model_cls: type[GenerativeModel]
+    arch_cls: type
+    fields: tuple[str, ...]  # the config section's fields that are arch fields
+
+    def build_arch(self, section: Section, height: int, width: int, channels: int) -> dict[str, Any]:
+        """Validated arch dict of plain values (building the dataclass runs its checks)."""
+        picked = {k: section[k] for k in self.fields if k in section}
+        return self.arch_cls(height=height, width=width, channels=channels, **picked).to_dict()
+
+    def train_groups(self, arch: Mapping[str, Any]) -> list[str]:
+        return list(self.model_cls(self.arch_cls(**arch)).train_groups())
+
+
+Family = I2IFamily | GeneratorFamily
 
 
 def _pick(section: Section, names: tuple[str, ...]) -> dict[str, Any]:
@@ -117,18 +152,27 @@ def vq_phases(section: Section, epochs: int) -> list[str]:
     return [TOKENIZER] * n_tok + [TRANSFORMER] * (epochs - n_tok)
 
 
-FAMILIES: dict[str, Family] = {
-    "mae": Family("mae", MAE, MAEArch, _mae_fields, _one_phase),
-    "vqgan": Family("vqgan", VQGAN, VQGANArch, _vq_fields, vq_phases, mask_schedule="cosine"),
-    "diffusion": Family("diffusion", Diffusion, DiffusionArch, _diff_fields, _one_phase),
+# One entry per family of lethe.catalogue, in its order (checked below).
+FAMILY_REGISTRY: Mapping[str, Family] = {
+    "mae": I2IFamily("mae", MAE, MAEArch, _mae_fields, _one_phase),
+    "vqgan": I2IFamily("vqgan", VQGAN, VQGANArch, _vq_fields, vq_phases, mask_schedule="cosine"),
+    "diffusion": I2IFamily("diffusion", Diffusion, DiffusionArch, _diff_fields, _one_phase),
+    "gan": GeneratorFamily("gan", GAN, GANArch, ("latent_dim", "ch", "disc_ch", "loss")),
+    "vae": GeneratorFamily("vae", VAE, VAEArch, ("latent_dim", "ch", "beta")),
 }
 
 
+def _check_registry() -> None:
+    """The registry holds exactly the catalogue's families, each under its own name and kind."""
+    got = {name: (fam.name, fam.kind) for name, fam in FAMILY_REGISTRY.items()}
+    want = {name: (name, kind) for name, kind in catalogue.FAMILY_KINDS.items()}
+    if got != want or tuple(FAMILY_REGISTRY) != catalogue.FAMILIES:
+        raise RuntimeError(f"model family registry {got} differs from lethe.catalogue {want}")
+
+
+_check_registry()
+
+
 def get_family(name: str) -> Family:
-    if name not in FAMILIES:
-        raise ValueError(f"unknown family {name!r}; implemented: {', '.join(FAMILIES)}")
-    return FAMILIES[name]
-
-
-def family_names() -> tuple[str, ...]:
-    return tuple(FAMILIES)
+    """The family of any catalogue name; ValueError for a name that is not a family."""
+    return FAMILY_REGISTRY[catalogue.check_family(name)]

@@ -1,7 +1,7 @@
 """`lethe pipeline compile | run --local | submit | schedule`: the pipeline, built and driven.
 
-The DAG lives in `pipelines/lethe_pipeline.py` and its components in `components/`, next to this
-package in the source tree (DESIGN.md 4). Everything a user can get wrong (config, source model,
+The DAG is built in `lethe/orchestration/dag.py` from the components in `components/` (installed
+with lethe); `pipelines/lethe_pipeline.py` is its user-facing entry point (DESIGN.md 4). Everything a user can get wrong (config, source model,
 cron, unreachable servers, unwritable output) is checked before any work starts or anything is
 written, and reported as one LetheError line.
 """
@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -33,23 +32,24 @@ class PipelineError(LetheError):
 
 
 def source_root() -> Path:
-    """The source tree holding lethe/, components/ and pipelines/."""
+    """The source tree holding lethe/ (and components/ in a checkout)."""
     return Path(lethe.__file__).resolve().parent.parent
 
 
-def _import_pipeline_module():
-    root = source_root()
-    if not (root / "pipelines" / "lethe_pipeline.py").is_file() or not (root / "components").is_dir():
+def _dag():
+    """The DAG builder; its components come from the `components` package installed with lethe."""
+    try:
+        from lethe.orchestration import dag
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("components"):
+            raise
         raise PipelineError(
-            "the KFP pipeline definition is not available",
-            where=str(root),
-            expected="a lethe source checkout (components/ and pipelines/ next to lethe/), installed with pip -e",
-        )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from pipelines import lethe_pipeline
-
-    return lethe_pipeline
+            "the KFP components are not installed",
+            where="components",
+            expected="lethe installed from its source tree (pip install -e . installs components/ too)",
+            seen=str(e),
+        ) from None
+    return dag
 
 
 def pipeline_arguments(cfg: RunConfig, tune: bool = False, cluster: bool = False) -> dict[str, Any]:
@@ -95,7 +95,7 @@ class Volume:
 def build(
     cfg: RunConfig, retries: int = 2, cluster: bool = True, tune: bool = False, volume: Volume | None = None
 ):
-    mod = _import_pipeline_module()
+    mod = _dag()
     args = pipeline_arguments(cfg, tune, cluster=cluster)
     pvc, mount = volume.resolve(args["workdir"]) if volume else (None, None)
     return mod.build_pipeline(
@@ -180,10 +180,12 @@ def run_local(
     cfg: RunConfig, tune: bool = False, cache: bool = True, retries: int = 0, pipeline_root: str | None = None
 ) -> LocalResult:
     """Run the pipeline with kfp's local SubprocessRunner (each task a subprocess of this Python)."""
-    from lethe import steps
+    from lethe.pipeline.context import make_context, preflight
+    from lethe.pipeline.layout import layout
+    from lethe.pipeline.state import load_state
 
-    ctx = steps.make_context(cfg)  # work dir writable, MLflow reachable
-    steps.preflight(ctx)  # unknown source model: fail now, before any task runs
+    ctx = make_context(cfg)  # work dir writable, MLflow reachable
+    preflight(ctx)  # unknown source model: fail now, before any task runs
     import kfp.local
 
     _importable_in_subprocesses()
@@ -214,15 +216,15 @@ def run_local(
 
             ray.shutdown()
             os.environ.pop("RAY_ADDRESS", None)
-    state = steps.load_state(steps.layout(cfg))
-    if failure is not None or state.get("failed"):
-        f = state.get("failed") or {}
+    state = load_state(layout(cfg))
+    if failure is not None or state.failed:
+        f = state.failed
         if f:
             raise PipelineError(f"pipeline failed at step {f.get('step')}: {f.get('error')}")
         raise PipelineError("pipeline failed", seen=str(failure).splitlines()[0][:300] if failure else "")
     report = cfg.workdir_path / "report" / "report.json"
-    cert = (state.get("certificate") or {}).get("path")
-    return LocalResult(report=report, certificate=Path(cert) if cert else None, run_id=state.get("run_id"))
+    cert = state.certificate.get("path")
+    return LocalResult(report=report, certificate=Path(cert) if cert else None, run_id=state.run_id)
 
 
 # -- a KFP server -----------------------------------------------------------------------------------
@@ -311,6 +313,42 @@ def _find_version(client, pipeline_id: str, name: str) -> str | None:
     return versions[0].pipeline_version_id if versions else None
 
 
+def _pipeline_id(
+    client, host: str, package: Path, pipeline_name: str, description: str, namespace: str | None
+):
+    """The id of the pipeline called `pipeline_name`, uploading `package` as it if there is none."""
+    pipeline_id = _api("look up the pipeline", host, client.get_pipeline_id, pipeline_name)
+    if pipeline_id is None:
+        uploaded = _api(
+            "upload the pipeline",
+            host,
+            client.upload_pipeline,
+            str(package),
+            pipeline_name=pipeline_name,
+            description=description,
+            namespace=namespace,
+        )
+        pipeline_id = uploaded.pipeline_id
+    return pipeline_id
+
+
+def _version_id(client, host: str, package: Path, pipeline_id: str, version_name: str, digest: str):
+    """The id of the pipeline's version called `version_name`, uploading `package` as it if there is none."""
+    version_id = _api("look up the pipeline version", host, _find_version, client, pipeline_id, version_name)
+    if version_id is None:
+        version = _api(
+            "upload the pipeline version",
+            host,
+            client.upload_pipeline_version,
+            str(package),
+            version_name,
+            pipeline_id=pipeline_id,
+            description=f"lethe {lethe.__version__}, spec sha256 {digest}",
+        )
+        version_id = version.pipeline_version_id
+    return version_id
+
+
 def schedule(
     cfg: RunConfig,
     host: str,
@@ -335,7 +373,7 @@ def schedule(
     from lethe.orchestration.cron import to_kfp_cron
 
     cron6 = to_kfp_cron(cron)  # a bad cron fails here, before any request
-    mod = _import_pipeline_module()
+    mod = _dag()
     pipeline_name = pipeline_name or mod.PIPELINE_NAME
     with tempfile.TemporaryDirectory(prefix="lethe-kfp-") as d:
         package = compile_pipeline(
@@ -347,32 +385,8 @@ def schedule(
         exp = _api(
             "create the experiment", host, client.create_experiment, name=experiment, namespace=namespace
         )
-        pipeline_id = _api("look up the pipeline", host, client.get_pipeline_id, pipeline_name)
-        if pipeline_id is None:
-            uploaded = _api(
-                "upload the pipeline",
-                host,
-                client.upload_pipeline,
-                str(package),
-                pipeline_name=pipeline_name,
-                description=mod.PIPELINE_DESCRIPTION,
-                namespace=namespace,
-            )
-            pipeline_id = uploaded.pipeline_id
-        version_id = _api(
-            "look up the pipeline version", host, _find_version, client, pipeline_id, version_name
-        )
-        if version_id is None:
-            version = _api(
-                "upload the pipeline version",
-                host,
-                client.upload_pipeline_version,
-                str(package),
-                version_name,
-                pipeline_id=pipeline_id,
-                description=f"lethe {lethe.__version__}, spec sha256 {digest}",
-            )
-            version_id = version.pipeline_version_id
+        pipeline_id = _pipeline_id(client, host, package, pipeline_name, mod.PIPELINE_DESCRIPTION, namespace)
+        version_id = _version_id(client, host, package, pipeline_id, version_name, digest)
         rr = _api(
             "create the recurring run",
             host,

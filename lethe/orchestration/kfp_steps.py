@@ -5,7 +5,7 @@ and calls it). The contract every component shares:
 
 * the run configuration travels as JSON (`RunConfig.model_dump_json()`), plus the work dir, which
   overrides `workdir` (the same config runs against a volume mounted anywhere);
-* the steps talk through the work dir exactly as `lethe <step>` does (lethe/steps.py); on a cluster
+* the steps talk through the work dir exactly as `lethe <step>` does (lethe/pipeline/); on a cluster
   it must be a volume shared by the pipeline's pods (and the Ray cluster, if any);
 * models also travel as KFP artifacts: a step's checkpoints are exported to its `Output[Model]`s and
   a consumer copies its `Input[Model]`s back into the work dir first, so a cached (skipped) step's
@@ -33,10 +33,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lethe import steps
 from lethe.config import RunConfig, config_from_json
 from lethe.errors import CheckpointError, DataError, find_lethe_error
 from lethe.orchestration import ray_submit
+from lethe.pipeline.layout import layout
+from lethe.pipeline.lifecycle import finish_pipeline, open_pipeline, record_failure, run_step
+from lethe.pipeline.params import numeric
+from lethe.pipeline.state import RunState, load_state, save_state
 
 log = logging.getLogger("lethe.kfp")
 
@@ -63,7 +66,7 @@ def _component(step: str, cfg: RunConfig) -> Iterator[None]:
     try:
         yield
     except BaseException as e:
-        steps.record_failure(cfg, step, e)
+        record_failure(cfg, step, e)
         ours = find_lethe_error(e)
         if ours is not None:
             # The task's log shows the same one line a CLI user would see.
@@ -75,15 +78,13 @@ def _component(step: str, cfg: RunConfig) -> Iterator[None]:
             sys.modules["ray"].shutdown()
 
 
-def _run_step(cfg: RunConfig, step: str, parent_run_id: str | None) -> dict[str, Any]:
+def _run_step(cfg: RunConfig, step: str, parent_run_id: str | None) -> RunState:
     """Run `step` as a Ray job when the config names a Ray dashboard, else in this process."""
     if step in ray_submit.RAY_STEPS and ray_submit.is_jobs_address(cfg.resources.ray_address):
         ray_submit.submit_step(cfg, step, parent_run_id)
-        return steps.load_state(steps.layout(cfg))
-    ctx = steps.make_context(cfg, parent_run_id=parent_run_id or None)
-    ctx.parent_run_id = ctx.parent_run_id or ctx.state.get("run_id")
-    steps.RUNNERS[step](ctx)
-    return ctx.state
+        return load_state(layout(cfg))
+    _out, state = run_step(cfg, step, parent_run_id, standalone=False)
+    return state
 
 
 # -- artifacts ------------------------------------------------------------------------------------
@@ -131,16 +132,16 @@ def _log_metrics(artifact: Any, values: dict[str, float]) -> None:
 def _adopt_lineage(cfg: RunConfig, original: Any) -> None:
     """When KFP served the source model from its cache, the pretrain step did not run in this
     pipeline run: take its lineage (which registered version, which cache key) from the artifact."""
-    lay = steps.layout(cfg)
-    state = steps.load_state(lay)
-    if state.get("pretrain"):
+    lay = layout(cfg)
+    state = load_state(lay)
+    if state.pretrain:
         return
     md = dict(original.metadata or {})
-    state["pretrain"] = {
+    state.pretrain = {
         "original": {"cache_key": md.get("cache_key"), "kfp_cache_hit": True},
         "source": dict(md.get("source") or {}),
     }
-    steps.save_state(lay, state)
+    save_state(lay, state)
 
 
 # -- the components' bodies -----------------------------------------------------------------------
@@ -151,7 +152,7 @@ def begin(config_json: str, workdir: str, kfp_run_id: str = "") -> tuple[str, st
     cfg = component_config(config_json, workdir)
     with _component("begin", cfg):
         tags = {"lethe.kfp_run_id": kfp_run_id} if kfp_run_id else {}
-        return steps.open_pipeline(cfg, orchestrator="kfp", tags=tags)
+        return open_pipeline(cfg, orchestrator="kfp", tags=tags)
 
 
 def split(config_json: str, workdir: str, parent_run_id: str, shards: Any) -> dict[str, Any]:
@@ -159,7 +160,7 @@ def split(config_json: str, workdir: str, parent_run_id: str, shards: Any) -> di
     cfg = component_config(config_json, workdir)
     with _component("split", cfg):
         _run_step(cfg, "split", parent_run_id)
-        lay = steps.layout(cfg)
+        lay = layout(cfg)
         man = json.loads(lay.manifest.read_text())
         meta = {
             "dataset": man["dataset"],
@@ -180,11 +181,11 @@ def split(config_json: str, workdir: str, parent_run_id: str, shards: Any) -> di
 
 def _check_shards(cfg: RunConfig, key: str, expected: str) -> None:
     """A cached task is keyed on a digest: make sure the work dir holds the data it promises."""
-    man = json.loads(steps.layout(cfg).manifest.read_text()) if steps.layout(cfg).manifest.is_file() else None
+    man = json.loads(layout(cfg).manifest.read_text()) if layout(cfg).manifest.is_file() else None
     if man is None:
         raise DataError(
             "no shards in the work dir",
-            where=str(steps.layout(cfg).shards),
+            where=str(layout(cfg).shards),
             expected="the split task's output",
         )
     seen = man["data_digest"] if key == "data" else man["shards"]["retain"]["digest"]
@@ -205,8 +206,8 @@ def resolve_or_pretrain(
         if source_model:
             cfg.source_model = source_model
         state = _run_step(cfg, "pretrain", None)
-        lay = steps.layout(cfg)
-        info = state.get("pretrain", {})
+        lay = layout(cfg)
+        info = state.pretrain
         src = info.get("source") or {}
         export_file(
             lay.model("original"),
@@ -233,12 +234,12 @@ def oracle(config_json: str, workdir: str, retain_digest: str, oracle: Any) -> N
         _check_shards(cfg, "retain", retain_digest)
         state = _run_step(cfg, "oracle", None)
         export_file(
-            steps.layout(cfg).model("oracle"),
+            layout(cfg).model("oracle"),
             oracle,
             {
                 "family": cfg.family,
                 "retain_digest": retain_digest,
-                "cache_key": state.get("oracle", {}).get("cache_key"),
+                "cache_key": state.oracle.get("cache_key"),
             },
         )
 
@@ -255,10 +256,9 @@ def tune(
 ) -> float:
     """Choose alpha for the unlearn step.
 
-    lethe has no tune step yet (`steps.step_tune` is being added on another branch). Until then:
-    disabled (the default) returns the configured alpha; enabled runs the unlearn step once with the
-    configured alpha as the only trial, in a `tune` MLflow run, and returns that alpha. When
-    `steps.step_tune` lands, the enabled branch calls it instead and returns its best alpha.
+    Enabled: the Ray Tune search of `lethe tune` (lethe/pipeline/tune.py) over alpha and lr; returns
+    the best trial's alpha (the unlearn step reads the best lr from tune/best.json itself).
+    Disabled (the default): returns the configured alpha.
     """
     cfg = component_config(config_json, workdir)
     with _component("tune", cfg):
@@ -266,27 +266,14 @@ def tune(
         if not enabled:
             _log_metrics(trials, {"alpha": alpha, "trials": 0.0})
             return alpha
-        lay = steps.layout(cfg)
+        lay = layout(cfg)
         stage_file(original, lay.model("original"))
         stage_file(featnet, lay.model("featnet"))
         stage_file(oracle, lay.model("oracle"))
-        step_tune = getattr(steps, "step_tune", None)
-        ctx = steps.make_context(cfg, parent_run_id=parent_run_id)
-        if step_tune is not None:
-            # The Ray Tune search (raydist branch): its best trial's alpha; it also records the
-            # best lr, which `steps.step_unlearn` picks up itself when tune.enabled.
-            step_tune(ctx)
-            best = (ctx.state.get("tune") or {}).get("best") or {}
-            alpha = float(best.get("alpha", alpha))
-            _log_metrics(trials, {"alpha": alpha, **steps._numeric(best)})
-            return alpha
-        with ctx.step(
-            "tune", {"alpha": alpha, "search": "configured alpha only (no step_tune yet)"}
-        ) as run_id:
-            _run_step(cfg, "unlearn", run_id)  # the trial, a child of the tune run
-            ctx.state = steps.load_state(lay)
-            ctx.state["tune"] = {"alpha": alpha, "trials": 1}
-        _log_metrics(trials, {"alpha": alpha, "trials": 1.0, **steps._numeric(ctx.state.get("unlearn", {}))})
+        state = _run_step(cfg, "tune", parent_run_id)
+        best = state.tune.get("best") or {}
+        alpha = float(best.get("alpha", alpha))
+        _log_metrics(trials, {"alpha": alpha, **numeric(best)})
         return alpha
 
 
@@ -303,17 +290,17 @@ def unlearn(
     cfg = component_config(config_json, workdir)
     with _component("unlearn", cfg):
         cfg.unlearn.alpha = float(alpha)
-        lay = steps.layout(cfg)
+        lay = layout(cfg)
         stage_file(original, lay.model("original"))
         _adopt_lineage(cfg, original)
         state = _run_step(cfg, "unlearn", parent_run_id)
-        u = state.get("unlearn", {})
+        u = state.unlearn
         export_file(
             lay.model("unlearned"),
             unlearned,
             {"family": cfg.family, "method": cfg.method, "alpha": float(alpha)},
         )
-        _log_metrics(metrics, steps._numeric(u))
+        _log_metrics(metrics, numeric(u))
 
 
 def evaluate(
@@ -331,7 +318,7 @@ def evaluate(
     """Original vs unlearned vs oracle on held-out data; report.json, report.html and Metrics."""
     cfg = component_config(config_json, workdir)
     with _component("evaluate", cfg):
-        lay = steps.layout(cfg)
+        lay = layout(cfg)
         for name, art in (
             ("original", original),
             ("featnet", featnet),
@@ -358,11 +345,11 @@ def promote(
     """Register the unlearned model; move the alias only if the gates pass. Returns version/promoted."""
     cfg = component_config(config_json, workdir)
     with _component("promote", cfg):
-        lay = steps.layout(cfg)
+        lay = layout(cfg)
         stage_file(unlearned, lay.model("unlearned"))
         stage_file(report_json, lay.report_dir / "report.json")
         state = _run_step(cfg, "promote", parent_run_id)
-        p = state.get("promote") or {}
+        p = state.promote
         decision = p.get("gates") or {}
         _log_metrics(
             gates,
@@ -383,9 +370,7 @@ def cleanup(
     cfg = component_config(config_json, workdir)
     with _component("cleanup", cfg):
         succeeded = str(state).upper() == "SUCCEEDED"
-        out = steps.finish_pipeline(
-            cfg, succeeded=succeeded, error=None if succeeded else (error_message or None)
-        )
+        out = finish_pipeline(cfg, succeeded=succeeded, error=None if succeeded else (error_message or None))
         cert = out.get("certificate")
         if cert:
             export_file(

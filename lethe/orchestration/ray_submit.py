@@ -115,7 +115,7 @@ def submit_step(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point inside the Ray job: run one step against the work dir, attached to the pipeline run."""
-    from lethe import steps
+    from lethe.pipeline import run_step
 
     p = argparse.ArgumentParser(prog="python -m lethe.orchestration.ray_submit")
     p.add_argument("step", choices=RAY_STEPS)
@@ -128,9 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_json(a.config_json)
         cfg.workdir = a.workdir
-        ctx = steps.make_context(cfg, parent_run_id=a.parent_run_id)
-        ctx.parent_run_id = ctx.parent_run_id or ctx.state.get("run_id")
-        steps.RUNNERS[a.step](ctx)
+        run_step(cfg, a.step, a.parent_run_id, standalone=False)
         return 0
     except Exception as e:  # noqa: BLE001
         ours = find_lethe_error(e)

@@ -287,7 +287,6 @@ class Tracker:
                 expected="a reachable MLflow server or a writable sqlite:/// database",
                 seen=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
             ) from exc
-        self._pipeline_run_id: str | None = None
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -357,12 +356,8 @@ class Tracker:
     def pipeline_run(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[str]:
         """Parent run of a whole pipeline; yields its run id. FAILED if the body raises."""
         with self._run(run_name, tags, parent_run_id=None) as run_id:
-            previous, self._pipeline_run_id = self._pipeline_run_id, run_id
-            try:
-                self.log_params(params)
-                yield run_id
-            finally:
-                self._pipeline_run_id = previous
+            self.log_params(params)
+            yield run_id
 
     @contextmanager
     def step(
@@ -380,10 +375,6 @@ class Tracker:
             if params:
                 self.log_params(params)
             yield run_id
-
-    @property
-    def pipeline_run_id(self) -> str | None:
-        return self._pipeline_run_id
 
     def _require_run(self, what: str) -> str:
         # The fluent API silently starts a new top-level run when none is active; that would
@@ -525,9 +516,6 @@ class Tracker:
             self.set_run_tags(run_id, tags)
         self.client.set_terminated(run_id, status)
 
-    def run_status(self, run_id: str) -> str:
-        return self.client.get_run(run_id).info.status
-
     def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -538,10 +526,6 @@ class Tracker:
     def log_artifact_to(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         """Log a file into any run (also a finished one), without touching the active run."""
         self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
-
-    def artifact_uri(self, run_id: str, artifact_path: str) -> str:
-        base = self.client.get_run(run_id).info.artifact_uri.rstrip("/")
-        return f"{base}/{artifact_path.lstrip('/')}"
 
     # -- registry: source models, aliases, rollback ----------------------------------------------
 
@@ -597,9 +581,3 @@ class Tracker:
 
     def delete_version(self, name: str, version: str) -> None:
         self.client.delete_model_version(name, str(version))
-
-    def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(
-                name, str(version), _clean_key(key), _truncate(str(value), _MAX_TAG_VALUE)
-            )

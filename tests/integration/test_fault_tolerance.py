@@ -53,7 +53,7 @@ def _count(db: Path, sql: str) -> int:
 
 
 def test_worker_killed_mid_unlearning_resumes_from_checkpoint(tmp_path: Path) -> None:
-    from lethe.execution.train import FAULT_ENV
+    from lethe.execution.job import FAULT_ENV
 
     common = [
         "--preset",

@@ -11,7 +11,7 @@ import mlflow
 import pytest
 import torch
 
-from lethe.steps import register_and_promote
+from lethe.pipeline.promote import register_and_promote
 from lethe.tracking import Tracker, TrackingError
 
 _n = itertools.count()

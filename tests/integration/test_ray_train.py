@@ -10,7 +10,8 @@ import torch
 
 from lethe.config import build_config
 from lethe.data import shard_dataset, split_dataset
-from lethe.execution.train import MODEL_FILE, TrainJob, fit, unlearn_inputs
+from lethe.execution.fit import fit, unlearn_inputs
+from lethe.execution.job import MODEL_FILE, TrainJob
 from lethe.models import load_checkpoint
 from lethe.models.mae import MAEArch, auto_patch
 

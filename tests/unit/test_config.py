@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lethe.catalogue import I2I_FAMILIES
 from lethe.config import build_config
 from lethe.errors import ConfigError
 
@@ -48,14 +49,15 @@ def test_bad_yaml_file(tmp_path) -> None:
         build_config(config_file=tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("family", ["mae", "vqgan", "diffusion"])
+@pytest.mark.parametrize("family", I2I_FAMILIES)
 @pytest.mark.parametrize("preset", ["smoke", "demo"])
 def test_every_family_has_valid_presets(family: str, preset: str) -> None:
-    from lethe.models.families import get_family
+    from lethe.models.families import I2IFamily, get_family
 
     cfg = build_config(preset, overrides={"family": family})
     assert cfg.family == family
     fam = get_family(family)
+    assert isinstance(fam, I2IFamily)
     arch = fam.build_arch(cfg.model.section(family), 28, 28, 1)
     assert fam.cell(arch) == 4  # every family evaluates on the same 4x4-cell masks of 28x28 images
     assert len(fam.phases(cfg.model.section(family), cfg.pretrain.epochs)) == cfg.pretrain.epochs

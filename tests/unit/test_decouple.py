@@ -12,8 +12,8 @@ from lethe import masks
 from lethe.config import RunConfig, UnlearnConfig
 from lethe.methods import DecoupleRetain, calibrate_lambda, get_method, output_distance
 from lethe.models.layers import masked_mse
+from lethe.optim import make_optimizer, optimizer_step, unlearn_step
 from lethe.report import distance_to_oracle
-from lethe.training import make_optimizer, optimizer_step, unlearn_step
 
 
 def run(method: DecoupleRetain, steps: int, lr: float = 3e-2, pair_=None) -> list[tuple[str, float]]:

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from lethe import masks
+from lethe.catalogue import I2I_FAMILIES
 from lethe.errors import CheckpointError
 from lethe.methods import Batch, _seed, get_method, matched_noise
-from lethe.models import FAMILIES, load_checkpoint, save_checkpoint
+from lethe.models import I2IFamily, get_family, load_checkpoint, save_checkpoint
 from lethe.models.families import vq_phases
-from lethe.training import MaskSpec, make_optimizer, optimizer_step, training_loss, unlearn_step
+from lethe.optim import MaskSpec, make_optimizer, optimizer_step, training_loss, unlearn_step
 
-FAMS = tuple(FAMILIES)
+FAMS = I2I_FAMILIES
 
 
 @pytest.mark.parametrize("family", FAMS)
@@ -47,7 +48,8 @@ def test_every_pretraining_phase_gives_a_finite_loss_and_trains_its_parameters(
     tiny_model, family: str
 ) -> None:
     m = tiny_model(family)
-    fam = FAMILIES[family]
+    fam = get_family(family)
+    assert isinstance(fam, I2IFamily)
     spec = MaskSpec(16, 16, m.mask_cell, 0.43, schedule=fam.mask_schedule)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 1, 16, 16)

@@ -173,8 +173,8 @@ class _Never(torch.nn.Module):
 
 
 def test_direction_falls_back_to_ranked_labels_when_nothing_is_flagged() -> None:
-    from lethe.generative_steps import find_direction
     from lethe.models import VAE, VAEArch
+    from lethe.pipeline.generator import find_direction
 
     cfg = build_config("smoke", None, FEATURE_RUN)
     torch.manual_seed(0)
@@ -185,9 +185,9 @@ def test_direction_falls_back_to_ranked_labels_when_nothing_is_flagged() -> None
 
 
 def test_lethe_tune_refuses_generator_families_before_any_work(tmp_path) -> None:
-    from lethe import steps
+    from lethe.pipeline import run_step
 
     cfg = build_config("smoke", None, {**FEATURE_RUN, "workdir": str(tmp_path / "w")})
     with pytest.raises(ConfigError, match="tuning is not supported for generator families"):
-        steps.run_step(cfg, "tune")
+        run_step(cfg, "tune")
     assert not (tmp_path / "w" / "shards").exists()

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lethe.catalogue import family_kind
 from lethe.errors import CheckpointError
 from lethe.models import (
     GAN,
     VAE,
     GANArch,
+    GeneratorFamily,
     VAEArch,
-    family_kind,
-    get_generator_family,
+    get_family,
     load_checkpoint,
     save_checkpoint,
 )
@@ -23,7 +24,8 @@ SHAPES = [(28, 28, 1), (32, 32, 3), (64, 64, 3), (8, 8, 1), (30, 20, 3)]
 @pytest.mark.parametrize(("h", "w", "c"), SHAPES)
 @pytest.mark.parametrize("family", ["gan", "vae"])
 def test_samples_have_the_data_shape_and_range(family: str, h: int, w: int, c: int) -> None:
-    fam = get_generator_family(family)
+    fam = get_family(family)
+    assert isinstance(fam, GeneratorFamily) and fam.kind == "generator"
     arch = fam.build_arch({"latent_dim": 8, "ch": 8, "disc_ch": 8}, h, w, c)
     model = fam.model_cls(fam.arch_cls(**arch))
     with torch.no_grad():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lethe.feature_eval import AttackSpec, class_score, feature_logit, pgd_attack
+from lethe.evaluation.samples import AttackSpec, class_score, feature_logit, pgd_attack
 from lethe.methods.latent_feature import (
     FeatureDirection,
     combine,

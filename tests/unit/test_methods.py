@@ -10,7 +10,7 @@ import torch
 from lethe import masks
 from lethe.methods import Batch, get_method, matched_noise, method_names
 from lethe.models import MAE, MAEArch
-from lethe.training import make_optimizer, optimizer_step, unlearn_step, unlearn_total_steps, warmup_cosine
+from lethe.optim import make_optimizer, optimizer_step, unlearn_step, unlearn_total_steps, warmup_cosine
 
 
 def pair():

@@ -310,14 +310,15 @@ def test_read_empty_shard(tmp_path: Path) -> None:
 
 
 def _unlearn_job(method: str = "encoder_noise", **kw):
-    from lethe.execution.train import TrainJob
+    from lethe.execution.job import TrainJob
 
     base = dict(kind="unlearn", model_kind="mae", arch={}, batch_size=2, lr=1e-3, weight_decay=0.0)
     return TrainJob(**{**base, "warmup_frac": 0.1, "n_rows": 5, "method": method, "passes": 1.0, **kw})
 
 
 def test_unlearn_inputs_hold_the_forget_shard_and_the_retain_rows_the_steps_draw(tmp_path: Path) -> None:
-    from lethe.execution.train import stage_budgets, unlearn_inputs
+    from lethe.execution.fit import unlearn_inputs
+    from lethe.execution.job import stage_budgets
 
     m = _manifest_with_shards(tmp_path, {"forget": 5, "retain": 40})
     forget, _, _ = read_shard_numpy(m, "forget")
@@ -337,7 +338,7 @@ def test_unlearn_inputs_hold_the_forget_shard_and_the_retain_rows_the_steps_draw
 
 def test_unlearn_inputs_need_a_row_per_worker(tmp_path: Path) -> None:
     from lethe.errors import LetheError
-    from lethe.execution.train import unlearn_inputs
+    from lethe.execution.fit import unlearn_inputs
 
     m = _manifest_with_shards(tmp_path, {"forget": 2, "retain": 40})
     with pytest.raises(LetheError, match=r"forget shard has fewer rows than Ray Train workers.*at least 3"):
@@ -345,10 +346,10 @@ def test_unlearn_inputs_need_a_row_per_worker(tmp_path: Path) -> None:
 
 
 def test_unlearning_loop_refuses_inputs_that_are_not_arrays() -> None:
-    from lethe.execution.train import _local_rows
+    from lethe.execution.worker import local_rows
 
     # fit() puts numpy inputs under config["arrays"]; a Ray Dataset leaves nothing there
     with pytest.raises(TypeError, match=r"unlearning input 'forget': expected a numpy array"):
-        _local_rows({"arrays": {}}, "forget", 0, 1, "cpu")
+        local_rows({"arrays": {}}, "forget", 0, 1, "cpu")
     with pytest.raises(TypeError, match="unlearn_inputs"):
-        _local_rows({}, "retain", 0, 1, "cpu")
+        local_rows({}, "retain", 0, 1, "cpu")

@@ -1,6 +1,6 @@
 """Ray Train worker loops of the generator families (GAN / VAE): pretraining and feature unlearning.
 
-Same contract as lethe/execution/train.py (a TrainJob dict in, a checkpoint reported per epoch / per
+Same contract as lethe/execution/loops.py (a TrainJob dict in, a checkpoint reported per epoch / per
 `checkpoint_every` steps, resume from the last one). Differences, and why:
 
 * Pretraining steps several parameter groups per batch (GAN: discriminator then generator), each with
@@ -18,23 +18,19 @@ from typing import Any
 
 import torch
 
-from lethe.execution.train import ShardEpochs, _maybe_fail, _progress, _report, _restore, frozen_teacher
-
-
-def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    if world <= 1:
-        return
-    import torch.distributed as dist
-
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-        p.grad /= world
+from lethe.execution.worker import (
+    ShardEpochs,
+    all_reduce_grads,
+    frozen_teacher,
+    maybe_fail,
+    progress,
+    report,
+    restore,
+)
 
 
 def _optimisers(model, job: dict[str, Any], total: int) -> dict[str, tuple[Any, Any, list]]:
-    from lethe.training import warmup_cosine
+    from lethe.optim import warmup_cosine
 
     out = {}
     for name, params in model.train_groups().items():
@@ -69,7 +65,7 @@ def generator_pretrain_loop(job: dict[str, Any], model) -> None:
     groups = _optimisers(model, job, steps_per_epoch * job["epochs"])
     opts = _Multi({k: v[0] for k, v in groups.items()})
     scheds = _Multi({k: v[1] for k, v in groups.items()})
-    state = _restore(model, opts, scheds)
+    state = restore(model, opts, scheds)
     start_epoch = state["epoch"] + 1 if state else 0
     loop_s = state.get("loop_s", 0.0) if state else 0.0
     model = model.to(device).train()
@@ -85,14 +81,14 @@ def generator_pretrain_loop(job: dict[str, Any], model) -> None:
                 loss = model.group_loss(name, x, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                _all_reduce_grads(params, world)
+                all_reduce_grads(params, world)
                 opt.step()
                 sched.step()
                 totals[name] += loss.item() * len(x)
             seen += len(x)
             if rank == 0 and n_batches % 50 == 0:
                 parts = ", ".join(f"{k} {v / seen:.4f}" for k, v in totals.items())
-                _progress(
+                progress(
                     "pretrain %s epoch %d/%d: %d images, %s",
                     model.family,
                     epoch + 1,
@@ -109,7 +105,7 @@ def generator_pretrain_loop(job: dict[str, Any], model) -> None:
             "images_per_s": seen * world / max(dt, 1e-9),
             "loop_s": loop_s,
         }
-        _report(metrics, model, opts, scheds, {"epoch": epoch, "loop_s": loop_s}, job["meta"])
+        report(metrics, model, opts, scheds, {"epoch": epoch, "loop_s": loop_s}, job["meta"])
 
 
 def feature_unlearn_loop(job: dict[str, Any], student) -> None:
@@ -119,7 +115,7 @@ def feature_unlearn_loop(job: dict[str, Any], student) -> None:
     import ray.train.torch
 
     from lethe.methods.latent_feature import FeatureDirection, latent_feature_loss
-    from lethe.training import make_optimizer
+    from lethe.optim import make_optimizer
 
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
@@ -133,7 +129,7 @@ def feature_unlearn_loop(job: dict[str, Any], student) -> None:
     total = int(job["max_steps"])
     # Adam as in the paper: the project's AdamW with weight decay 0 (the unlearn config's) is Adam.
     opt, sched = make_optimizer(params, job["lr"], job["weight_decay"], total, job["warmup_frac"])
-    state = _restore(student, opt, sched)
+    state = restore(student, opt, sched)
     start = state["step"] if state else 0
     direction = FeatureDirection.from_dict(job["direction"])
     direction = FeatureDirection(
@@ -143,13 +139,13 @@ def feature_unlearn_loop(job: dict[str, Any], student) -> None:
     loop_start = time.perf_counter() - (state.get("loop_s", 0.0) if state else 0.0)
     t0, sums, n = time.perf_counter(), {}, 0
     for step in range(start, total):
-        _maybe_fail(job, step, state is not None)
+        maybe_fail(job, step, state is not None)
         gen = torch.Generator().manual_seed(job["seed"] * 7919 + rank * 1_000_003 + step)
         z = torch.randn(job["batch_size"], student.latent_dim, generator=gen).to(device)
         parts = latent_feature_loss(student.sample, teacher.sample, z, direction, job["alpha"])
         opt.zero_grad(set_to_none=True)
         parts.total.backward()
-        _all_reduce_grads(params, world)
+        all_reduce_grads(params, world)
         if job.get("grad_clip"):
             torch.nn.utils.clip_grad_norm_(params, job["grad_clip"])
         opt.step()
@@ -168,6 +164,6 @@ def feature_unlearn_loop(job: dict[str, Any], student) -> None:
                 "loop_s": time.perf_counter() - loop_start,
             }
             if rank == 0:
-                _progress("feature unlearn step %d/%d: loss %.5f", done, total, metrics["loss"])
+                progress("feature unlearn step %d/%d: loss %.5f", done, total, metrics["loss"])
             t0, sums, n = time.perf_counter(), {}, 0
-            _report(metrics, student, opt, sched, {"step": done, "loop_s": metrics["loop_s"]}, job["meta"])
+            report(metrics, student, opt, sched, {"step": done, "loop_s": metrics["loop_s"]}, job["meta"])

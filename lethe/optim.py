@@ -1,4 +1,5 @@
-"""Plain-PyTorch training pieces shared by the Ray Train loop and the single-process benchmark loop.
+"""The Ray-free optimiser / schedule / mask-spec / loss-step toolkit shared by the Ray Train loops
+(lethe.execution.loops, lethe.execution.generator_loops) and the single-process benchmark loop.
 
 Nothing here imports Ray: the execution layer decides where batches come from and who reports.
 """
@@ -15,7 +16,7 @@ from torch import nn
 
 from lethe import masks
 from lethe.methods import Batch, Method
-from lethe.models.layers import MAIN_PHASE, masked_mse
+from lethe.models.layers import MAIN_PHASE
 
 
 def warmup_cosine(total_steps: int, warmup_frac: float):
@@ -71,12 +72,6 @@ def training_loss(
     """The family's pretraining loss, through forward (mode "loss") so DDP sees the call."""
     mask = masks.expand(mask, x.shape[0]).to(x.device)
     return model(x, mask, mode="loss", generator=generator, phase=phase)
-
-
-def reconstruction_loss(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked MSE of the single-pass prediction (the MAE objective; kept for callers of the old API)."""
-    mask = masks.expand(mask, x.shape[0]).to(x.device)
-    return masked_mse(model(x, mask, mode="predict"), x, mask).mean()
 
 
 def classifier_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

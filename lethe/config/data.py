@@ -1,0 +1,38 @@
+"""The data and request sections: which dataset a run reads and what it is asked to forget."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from lethe.catalogue import RequestKind
+from lethe.config.base import _Strict
+
+DEFAULT_DATASET = "fashion-mnist"
+
+
+class DataConfig(_Strict):
+    dataset: str = DEFAULT_DATASET
+    # Datasets without a train/test subset column hold out this fraction (by id hash).
+    heldout_fraction: float = Field(0.15, gt=0.0, lt=0.9)
+    # Cap on training rows (deterministic by id hash); None = all. The smoke preset uses it.
+    max_train: int | None = Field(None, ge=10)
+    max_heldout: int | None = Field(None, ge=10)
+
+
+class RequestConfig(_Strict):
+    kind: RequestKind = "classes"
+    classes: list[str] = Field(default_factory=lambda: ["Trouser"])
+    ids_file: str | None = None
+    # kind "feature": a visual feature ("glasses" on avataaars) or a class name (class-as-feature);
+    # forget = the training images that show it, and the generator must stop producing it.
+    feature: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> RequestConfig:
+        if self.kind == "ids" and not self.ids_file:
+            raise ValueError("request.kind 'ids' needs request.ids_file (a file with one id per line)")
+        if self.kind == "classes" and not self.classes:
+            raise ValueError("request.kind 'classes' needs at least one class name in request.classes")
+        if self.kind == "feature" and not (self.feature or "").strip():
+            raise ValueError("request.kind 'feature' needs request.feature (e.g. 'glasses' or a class name)")
+        return self

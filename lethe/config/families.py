@@ -1,0 +1,143 @@
+"""The model section: one typed section per model family (MAE, VQGAN, diffusion, GAN, VAE)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from lethe.config.base import _Strict
+
+
+class MAEConfig(_Strict):
+    """ViT masked autoencoder; the image shape and patch size come from the data."""
+
+    dim: int = Field(128, ge=8)
+    depth: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(2.0, gt=0)
+    dec_dim: int = Field(64, ge=8)
+    dec_depth: int = Field(2, ge=1)
+    dec_heads: int = Field(4, ge=1)
+    patch: int | None = Field(None, ge=1, description="None: chosen from the image size (<= 8x8 tokens)")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> MAEConfig:
+        _check_heads(self.dim, self.heads, "dim", "heads")
+        _check_heads(self.dec_dim, self.dec_heads, "dec_dim", "dec_heads")
+        return self
+
+
+class VQGANConfig(_Strict):
+    """VQ tokenizer (conv encoder / codebook / conv decoder, adversarial + perceptual training) and a
+    MAGE-style masked-token transformer decoded with MaskGIT. Token grid <= 8x8 from the data."""
+
+    # tokenizer
+    ch: int = Field(16, ge=4, description="tokenizer base channels (doubled after the first stage)")
+    downsample: int | None = Field(None, ge=0, le=4, description="stride-2 stages; None: <= 8x8 tokens")
+    codebook_size: int = Field(256, ge=2)
+    code_dim: int = Field(32, ge=2)
+    codebook_update: Literal["ema", "gradient"] = "ema"
+    ema_decay: float = Field(0.99, gt=0, lt=1)
+    commitment: float = Field(0.25, ge=0)
+    perceptual_weight: float = Field(0.1, ge=0, description="frozen random-conv feature loss (see vqgan.py)")
+    adv_weight: float = Field(0.1, ge=0)
+    adv_start_step: int = Field(200, ge=0, description="tokenizer steps before the discriminator joins")
+    disc_ch: int = Field(16, ge=4)
+    tokenizer_share: float = Field(0.4, gt=0, lt=1, description="share of pretrain.epochs for the tokenizer")
+    # token transformer
+    dim: int = Field(128, ge=8)
+    depth: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(2.0, gt=0)
+    dec_dim: int = Field(64, ge=8)
+    dec_depth: int = Field(2, ge=1)
+    dec_heads: int = Field(4, ge=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    # MaskGIT sampler
+    decode_steps: int = Field(8, ge=1)
+    temperature: float = Field(1.0, ge=0, description="token sampling temperature; 0 = greedy")
+    choice_temperature: float = Field(2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> VQGANConfig:
+        _check_heads(self.dim, self.heads, "dim", "heads")
+        _check_heads(self.dec_dim, self.dec_heads, "dec_dim", "dec_heads")
+        return self
+
+
+class DiffusionConfig(_Strict):
+    """Palette-style conditional inpainting DDPM with a small UNet, sampled with DDIM."""
+
+    # The UNet runs at half resolution (2x2 space-to-depth): at 28x28 that costs about what the MAE
+    # costs per image on CPU, where a full-resolution UNet of the same width costs ~2.5x more.
+    patch: int = Field(
+        2, ge=1, le=4, description="space-to-depth factor: the UNet runs at 1/patch resolution"
+    )
+    ch: int = Field(32, ge=4, description="UNet base channels")
+    mults: list[int] = Field(default_factory=lambda: [1, 2], min_length=1, max_length=4)
+    res_blocks: int = Field(1, ge=1)
+    attention: bool = True
+    timesteps: int = Field(1000, ge=2)
+    schedule: Literal["cosine", "linear"] = "cosine"
+    sample_steps: int = Field(10, ge=1, description="DDIM steps at evaluation")
+    eta: float = Field(0.0, ge=0, le=1, description="0 = deterministic DDIM")
+
+    @model_validator(mode="after")
+    def _steps(self) -> DiffusionConfig:
+        if self.sample_steps > self.timesteps:
+            raise ValueError(
+                f"sample_steps ({self.sample_steps}) must not exceed timesteps ({self.timesteps})"
+            )
+        if any(m < 1 for m in self.mults):
+            raise ValueError("mults must be positive")
+        return self
+
+
+class GANConfig(_Strict):
+    """DCGAN-style generator + spectral-norm discriminator; the image shape comes from the data."""
+
+    latent_dim: int = Field(64, ge=2)
+    ch: int = Field(32, ge=4, description="generator channels at full resolution (doubled per stage down)")
+    disc_ch: int = Field(32, ge=4)
+    loss: Literal["hinge", "nonsat"] = "hinge"
+
+
+class VAEConfig(_Strict):
+    """Convolutional VAE, Bernoulli decoder; beta weights the KL term of the ELBO."""
+
+    latent_dim: int = Field(32, ge=2)
+    ch: int = Field(32, ge=4)
+    beta: float = Field(1.0, ge=0)
+
+
+def _check_heads(dim: int, heads: int, dim_name: str, heads_name: str) -> None:
+    if dim % heads:
+        raise ValueError(f"{dim_name} ({dim}) must be divisible by {heads_name} ({heads})")
+
+
+_MAE_KEYS = frozenset(MAEConfig.model_fields)
+
+
+class ModelConfig(_Strict):
+    """One typed section per family; a run uses the section of `family` (the others are ignored
+    and stay out of its cache keys)."""
+
+    mae: MAEConfig = Field(default_factory=MAEConfig)
+    vqgan: VQGANConfig = Field(default_factory=VQGANConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    gan: GANConfig = Field(default_factory=GANConfig)
+    vae: VAEConfig = Field(default_factory=VAEConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_flat_mae(cls, data: Any) -> Any:
+        # Configs written before the families existed put MAE fields directly under `model`.
+        if isinstance(data, dict) and any(k in _MAE_KEYS for k in data):
+            data = dict(data)
+            flat = {k: data.pop(k) for k in list(data) if k in _MAE_KEYS}
+            data["mae"] = {**(data.get("mae") or {}), **flat}
+        return data
+
+    def section(self, family: str) -> dict[str, Any]:
+        return getattr(self, family).model_dump(mode="json")

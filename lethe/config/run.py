@@ -1,0 +1,166 @@
+"""`RunConfig`: every section of one run, its cross-field validation and the paths and cache
+digests derived from it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from lethe import catalogue
+from lethe.config.base import _Strict
+from lethe.config.data import DataConfig, RequestConfig
+from lethe.config.families import ModelConfig
+from lethe.config.runtime import (
+    GatesConfig,
+    ResourcesConfig,
+    StorageConfig,
+    TrackingConfig,
+    parse_source_model,
+)
+from lethe.config.training import (
+    EvalConfig,
+    FeatNetConfig,
+    FeatureUnlearnConfig,
+    TrainConfig,
+    TuneConfig,
+    UnlearnConfig,
+)
+
+
+class RunConfig(_Strict):
+    preset: Literal["smoke", "demo"] = "demo"
+    seed: int = 0
+    workdir: str = "runs/default"
+    cache_dir: str | None = Field(None, description="None: <workdir>/../cache, shared by runs")
+    family: str = "mae"
+    method: str = "encoder_noise"
+    source_model: str | None = Field(
+        None,
+        description="models:/NAME/VERSION or models:/NAME@ALIAS: unlearn this registered model "
+        "instead of pretraining one; the result becomes a new version of NAME",
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    request: RequestConfig = Field(default_factory=RequestConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: TrainConfig = Field(default_factory=TrainConfig)
+    unlearn: UnlearnConfig = Field(default_factory=UnlearnConfig)
+    featnet: FeatNetConfig = Field(default_factory=FeatNetConfig)
+    feature: FeatureUnlearnConfig = Field(default_factory=FeatureUnlearnConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    @field_validator("workdir", "cache_dir")
+    @classmethod
+    def _local_dir(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v:
+            raise ValueError(
+                f"must be a local folder, got {v!r}; put outputs on object storage with storage.uri (--storage)"
+            )
+        return v
+
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+
+    @field_validator("source_model")
+    @classmethod
+    def _source_model(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        parse_source_model(v)
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _one_registered_model(self) -> RunConfig:
+        if self.source_model and self.tracking.model_name:
+            name = parse_source_model(self.source_model)[0]
+            if name != self.tracking.model_name:
+                raise ValueError(
+                    f"tracking.model_name {self.tracking.model_name!r} differs from the source model's "
+                    f"registered model {name!r}; the unlearned model is registered as a new version of the "
+                    "source model, so leave tracking.model_name unset"
+                )
+        return self
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, v: str) -> str:
+        return catalogue.check_family(v)
+
+    @model_validator(mode="after")
+    def _family_needs(self) -> RunConfig:
+        if self.family == "vqgan" and self.pretrain.epochs < 2:
+            raise ValueError("family vqgan needs pretrain.epochs >= 2 (tokenizer, then transformer)")
+        generator = catalogue.is_generator(self.family)
+        if self.method not in catalogue.methods_for(self.family):
+            if generator:
+                raise ValueError(
+                    f"family {self.family!r} unlearns features of what it generates: use method "
+                    f"{' or '.join(catalogue.FEATURE_METHODS)} (got {self.method!r})"
+                )
+            raise ValueError(
+                f"method {self.method!r} needs a generator family "
+                f"({', '.join(catalogue.GENERATOR_FAMILIES)}); got {self.family!r}"
+            )
+        # An image-to-image family may take a feature request (it forgets the images that show the
+        # feature, like a class request); a generator can only unlearn a feature.
+        if generator and self.request.kind != "feature":
+            raise ValueError(
+                f"request.kind {self.request.kind!r} does not fit family {self.family!r}: generator "
+                f"families ({', '.join(catalogue.GENERATOR_FAMILIES)}) unlearn a feature "
+                "(request.kind 'feature', --forget-feature NAME)"
+            )
+        if generator and self.tune.enabled:
+            raise ValueError(
+                f"tuning is not supported for family {self.family!r} (generator families); "
+                "set unlearn.alpha and unlearn.lr by hand"
+            )
+        if generator and not self.unlearn.max_steps:
+            raise ValueError(
+                "method latent_feature needs unlearn.max_steps (it reads no data to count passes)"
+            )
+        return self
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        return catalogue.check_method(v)
+
+    # -- derived paths -------------------------------------------------------------------------
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir).expanduser().resolve()
+
+    @property
+    def cache_path(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser().resolve()
+        return self.workdir_path.parent / "cache"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.tracking.tracking_uri:
+            return self.tracking.tracking_uri
+        return f"sqlite:///{self.workdir_path / 'mlflow.db'}"
+
+    @property
+    def model_name(self) -> str:
+        """The registered model the unlearned model joins: the source model's, else lethe-<family>."""
+        if self.tracking.model_name:
+            return self.tracking.model_name
+        if self.source_model:
+            return parse_source_model(self.source_model)[0]
+        return f"lethe-{self.family}"
+
+    def digest(self, *sections: str) -> str:
+        """Stable digest of some config sections, for cache keys. "model" stands for the active
+        family's section only, so tuning another family never invalidates this one's models."""
+        dump = self.model_dump(mode="json")
+        dump["model"] = {self.family: dump["model"][self.family]}
+        payload = {s: dump[s] for s in sections} if sections else dump
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

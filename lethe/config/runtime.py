@@ -1,0 +1,92 @@
+"""The sections of where a run executes and what it records: compute resources, output storage,
+MLflow tracking (with the registered source model) and the promotion gates."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator
+
+from lethe.config.base import _Strict
+
+
+class ResourcesConfig(_Strict):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int | None = Field(None, ge=1, description="None: cores / workers")
+    ray_address: str | None = None
+    ray_num_cpus: int | None = Field(None, ge=1, description="logical CPUs for a local Ray; None: 2x cores")
+    worker_cache_mb: float = Field(
+        1024.0, ge=0, description="keep a worker's shard in memory below this; 0: stream"
+    )
+
+
+class StorageConfig(_Strict):
+    """Where a run's outputs live. The work dir always stays local (scratch copies, local MLflow store)."""
+
+    uri: str | None = Field(
+        None,
+        description="None: the work dir. s3://bucket/prefix: shards, models, Ray checkpoints, reports and "
+        "state go there (endpoint, region and credentials from the AWS_* variables or AWS config)",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is None or not v.startswith("s3://"):
+            return v
+        bucket = v[len("s3://") :].partition("/")[0]
+        if not bucket or bucket != bucket.lower():
+            raise ValueError(f"expected s3://bucket/prefix with a lower-case bucket name, got {v!r}")
+        return v.rstrip("/")
+
+
+# MLflow's rules for alias names (mlflow.utils.validation._validate_model_alias_name), checked here
+# so a bad alias fails before any work instead of after the model version exists.
+_ALIAS_RE = re.compile(r"^[\w\-]{1,255}$")
+_RESERVED_ALIAS_RE = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+# models:/NAME/VERSION or models:/NAME@ALIAS (DESIGN.md 3.2: the source model of an unlearning run).
+SOURCE_MODEL_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))$")
+
+
+def parse_source_model(uri: str) -> tuple[str, str | None, str | None]:
+    """`models:/NAME/VERSION` -> (NAME, VERSION, None); `models:/NAME@ALIAS` -> (NAME, None, ALIAS)."""
+    m = SOURCE_MODEL_RE.match(uri.strip())
+    if not m:
+        raise ValueError(f"source_model must be models:/NAME/VERSION or models:/NAME@ALIAS, got {uri!r}")
+    return m["name"], m["version"], m["alias"]
+
+
+class TrackingConfig(_Strict):
+    tracking_uri: str | None = Field(None, description="None: sqlite store in the work dir")
+    experiment: str = "lethe"
+    model_name: str | None = Field(
+        None, description="None: the source model's registered model, else lethe-<family>"
+    )
+    register_model: bool = True
+    alias: str = Field("champion", description="registry alias moved to a new version when the gates pass")
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        if not _ALIAS_RE.match(v) or _RESERVED_ALIAS_RE.match(v):
+            raise ValueError(
+                f"alias {v!r} is not usable: letters, digits, '_' and '-' only, and not 'latest' or 'v<N>'"
+            )
+        return v
+
+
+class GatesConfig(_Strict):
+    """When `lethe promote` may move the alias to the new version (see lethe.gates).
+
+    forget: FD_unlearned / FD_oracle on held-out forget data lies in [1/(1+x), 1+x] (as far from the
+    oracle as the model may be, in either direction: under-forgetting and over-forgetting both fail).
+    retain: FD_unlearned / FD_source on held-out retain data <= 1 + y, and the PSNR drop from the
+    source model <= retain_psnr_drop_db. mia: |AUC - 0.5| <= z for the unlearned model.
+    """
+
+    forget_oracle_tol: float = Field(1.0, ge=0, description="x: forget FD within a factor 1+x of the oracle")
+    retain_fd_tol: float = Field(0.15, ge=0, description="y: retain FD ratio to the source <= 1+y")
+    retain_psnr_drop_db: float = Field(1.0, ge=0, description="retain PSNR may drop this much (dB)")
+    mia_auc_tol: float = Field(0.1, ge=0, le=0.5, description="z: |MIA AUC - 0.5| <= z")

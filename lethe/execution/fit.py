@@ -1,0 +1,225 @@
+"""Every training in lethe (pretrain, oracle, feature net, unlearning) is a Ray Train TorchTrainer run.
+
+The driver builds a `TrainJob`, hands Ray Data shards to the trainer, and gets back a lethe
+checkpoint file. Workers report a checkpoint (model + optimiser state) every epoch / every
+`checkpoint_every` steps to `storage_path`, and resume from the last one after a failure.
+This module is the driver side: `fit` starts the run (workers run lethe.execution.loops),
+`unlearn_inputs` reads what an unlearning run needs, and FINISHED_FILE marks a finished run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lethe.errors import LetheError, find_lethe_error
+from lethe.execution.job import FINISHED_FILE, MODEL_FILE, TrainJob, stage_budgets
+from lethe.execution.loops import train_loop_per_worker
+from lethe.execution.worker import progress
+
+log = logging.getLogger("lethe.train")
+
+
+def unlearn_inputs(manifest: Any, job: TrainJob, world: int) -> dict[str, Any]:
+    """What an unlearning run reads: the whole forget shard and as many retain rows as its steps can
+    draw, as uint8 (N, H, W, C) arrays in the shards' hash order, for `fit` to put in the object store.
+
+    Read once by the driver instead of streamed by Ray Data: unlearning needs a few thousand rows,
+    and starting two Ray Data executions (split coordinator, read tasks) cost ~13 s on 2 cores,
+    as long as the unlearning's compute itself. Each worker takes rows rank::world.
+    """
+    from lethe.data import read_shard_numpy
+
+    steps = sum(stage_budgets(job.to_config(), world).values())
+    forget = read_shard_numpy(manifest, "forget")[0]
+    retain = read_shard_numpy(manifest, "retain", limit=steps * job.batch_size * world)[0]
+    for name, rows in (("forget", forget), ("retain", retain)):
+        if len(rows) < world:
+            raise LetheError(
+                f"the {name} shard has fewer rows than Ray Train workers",
+                where=name,
+                expected=f"at least {world} rows",
+                seen=str(len(rows)),
+            )
+    return {"forget": forget, "retain": retain}
+
+
+@dataclass
+class FitResult:
+    checkpoint: Path | None
+    metrics: dict[str, Any]
+    wall_s: float
+    reused: bool = False  # the run had finished before: its result was returned, nothing trained
+
+
+def _finished(storage_path: str, name: str) -> dict[str, Any] | None:
+    from lethe import storage
+
+    marker = storage.join(storage_path, name, FINISHED_FILE)
+    if not storage.is_file(marker):
+        return None
+    done = storage.read_json(marker)
+    ckpt = done.get("checkpoint")
+    if not ckpt or not storage.is_file(storage.join(ckpt, MODEL_FILE)):
+        log.warning("run %s is marked finished but its checkpoint is gone; training again", name)
+        return None
+    return done
+
+
+def _reuse_finished(done: dict[str, Any], name: str, dest: Path | None) -> FitResult:
+    from lethe import storage
+
+    progress("run %s finished before: returning its result", name)
+    if dest is not None:
+        storage.download_file(storage.join(done["checkpoint"], MODEL_FILE), dest)
+    return FitResult(
+        checkpoint=dest, metrics=dict(done["metrics"]), wall_s=float(done["wall_s"]), reused=True
+    )
+
+
+def _mark_finished(storage_path: str, name: str, result: Any, wall: float, remote: bool) -> dict[str, Any]:
+    """Write FINISHED_FILE for a run that reported `result`; return its plain metrics."""
+    from lethe import storage
+
+    metrics = {k: v for k, v in dict(result.metrics or {}).items() if isinstance(v, (int, float, str, bool))}
+    storage.write_json(
+        storage.join(storage_path, name, FINISHED_FILE),
+        {
+            "name": name,
+            "checkpoint": storage.to_uri(result.checkpoint.path, remote),
+            "metrics": metrics,
+            "wall_s": wall,
+        },
+    )
+    return metrics
+
+
+def _train_config(
+    job: TrainJob,
+    arrays: dict[str, np.ndarray],
+    teacher_state: dict[str, torch.Tensor] | None,
+    eval_payload: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The workers' job dict: the TrainJob plus object-store refs of what travels beside it."""
+    import ray
+
+    config = job.to_config()
+    if arrays:
+        config["arrays"] = {k: ray.put(v) for k, v in arrays.items()}
+    if teacher_state is not None:
+        # Through the object store, so workers on other nodes get it without a shared file system.
+        config["teacher_ref"] = ray.put(teacher_state)
+    if eval_payload is not None:
+        config["eval_ref"] = ray.put(eval_payload)
+    return config
+
+
+def _storage_kwargs(storage_path: str) -> dict[str, Any]:
+    """RunConfig's storage arguments: a local folder, or an s3:// URI through pyarrow.fs."""
+    from lethe import storage
+
+    remote = storage.is_s3(storage_path)
+    where: dict[str, Any] = {"storage_path": storage.fs_path(storage_path) if remote else storage_path}
+    if remote:
+        where["storage_filesystem"] = storage.s3_filesystem()
+    return where
+
+
+def _run(trainer: Any) -> Any:
+    """trainer.fit(), raising the LetheError a worker raised (not Ray's wrapper of it) when there is one."""
+    try:
+        return trainer.fit()
+    except Exception as e:
+        ours = find_lethe_error(e)
+        if ours is not None:
+            raise ours from None
+        raise
+
+
+def _copy_model(result: Any, dest: Path) -> None:
+    """Copy the last checkpoint's model file to `dest`, atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with result.checkpoint.as_directory() as d:
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(Path(d) / MODEL_FILE, tmp)
+        os.replace(tmp, dest)
+
+
+def fit(
+    job: TrainJob,
+    datasets: dict[str, Any] | Callable[[], dict[str, Any]],
+    *,
+    num_workers: int,
+    use_gpu: bool,
+    cpus_per_worker: float,
+    storage_path: str,
+    name: str,
+    dest: Path | None,
+    teacher_state: dict[str, torch.Tensor] | None = None,
+    max_failures: int = 2,
+    callbacks: list[Any] | None = None,
+    eval_payload: dict[str, Any] | None = None,
+    reuse_finished: bool = True,
+) -> FitResult:
+    """Run one TorchTrainer; copy its last checkpoint's model file to `dest` (atomically).
+
+    storage_path is a local folder or an s3:// URI (checkpoints go there through pyarrow.fs).
+    datasets maps a name to a Ray Dataset (streamed to the workers: get_dataset_shard) or to a numpy
+    array (put in the object store once; workers find its ref in config["arrays"]). It may be a
+    function that builds them: it is not called when the run had finished (its inputs, e.g. forget
+    shards deleted by cleanup, may be gone by then); the time it takes counts in the wall time.
+    A worker that dies is replaced up to `max_failures` times and the run resumes from the last
+    reported checkpoint. Re-running a run that crashed (same name and storage_path) resumes from
+    its last checkpoint (Ray Train v2 restores its checkpoint-manager snapshot); re-running one that
+    finished returns its result without starting workers (lethe's FINISHED_FILE marker: Ray would
+    start a worker group, restore the last checkpoint and run the loop for zero steps).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from lethe import storage
+
+    done = _finished(storage_path, name) if reuse_finished else None
+    if done is not None:
+        return _reuse_finished(done, name, dest)
+
+    t0 = time.perf_counter()  # reading inputs counts: an unlearning run's come from the driver
+    if callable(datasets):
+        datasets = datasets()
+    # numpy arrays (unlearn_inputs) travel through the object store; Ray Datasets are streamed.
+    arrays = {k: v for k, v in datasets.items() if isinstance(v, np.ndarray)}
+    datasets = {k: v for k, v in datasets.items() if k not in arrays}
+    config = _train_config(job, arrays, teacher_state, eval_payload)
+    remote = storage.is_s3(storage_path)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=name,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+            **_storage_kwargs(storage_path),
+        ),
+        datasets=datasets,
+    )
+    result = _run(trainer)
+    wall = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise LetheError(f"training {name!r} reported no checkpoint", where=storage_path)
+    if dest is not None:
+        _copy_model(result, dest)
+    metrics = _mark_finished(storage_path, name, result, wall, remote)
+    return FitResult(checkpoint=dest, metrics=metrics, wall_s=wall)

@@ -1,0 +1,84 @@
+"""The step context: what the steps of one invocation share (config, layout, tracker, run state)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from lethe import storage
+from lethe.config import RunConfig
+from lethe.errors import DataError
+from lethe.pipeline.layout import Layout, check_workdir
+from lethe.pipeline.state import RunState, load_state, now_iso, save_state
+
+log = logging.getLogger("lethe")
+
+
+@dataclass
+class Context:
+    cfg: RunConfig
+    lay: Layout
+    tracker: Any  # lethe.tracking.Tracker
+    state: RunState = field(default_factory=RunState)
+    # The pipeline's MLflow run when it was opened in another process (KFP components); None: the
+    # active run of this process (`lethe run`), or no parent (a step run alone).
+    parent_run_id: str | None = None
+
+    @contextmanager
+    def step(self, name: str, params: dict[str, Any] | None = None) -> Iterator[str]:
+        t0 = time.perf_counter()
+        started = now_iso()
+        log.warning("== %s", name)
+        with self.tracker.step(name, params, parent_run_id=self.parent_run_id) as run_id:
+            yield run_id
+            dt = time.perf_counter() - t0
+            self.state.record_step(name, dt, started)
+            self.tracker.log_metrics({"wall_s": dt})
+            self.save()
+
+    def save(self) -> None:
+        save_state(self.lay, self.state)
+
+    def manifest(self):
+        """The split's manifest (lethe.data.Manifest); a clear line when there are no shards yet."""
+        from lethe.data import Manifest
+
+        if not storage.is_file(self.lay.manifest_uri):
+            raise DataError("no shards found", where=self.lay.shards_uri, expected="run `lethe split` first")
+        return Manifest.load(self.lay.manifest_uri)
+
+    def start_ray(self) -> None:
+        """Join the configured Ray cluster, or start a local one, before the first Ray work."""
+        import ray.data
+
+        from lethe.execution.ray_env import ensure_ray
+
+        ensure_ray(self.cfg.resources)
+        # Ray Data's bars are live progress on a terminal but thousands of lines in a CI log.
+        ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+
+
+def make_context(cfg: RunConfig, parent_run_id: str | None = None) -> Context:
+    from lethe.tracking import Tracker
+
+    lay = check_workdir(cfg)
+    tracker = Tracker(cfg.tracking_uri, cfg.tracking.experiment)
+    return Context(cfg=cfg, lay=lay, tracker=tracker, state=load_state(lay), parent_run_id=parent_run_id)
+
+
+def preflight(ctx: Context) -> str | None:
+    """Checks that need no data, before anything is written: the source model must exist.
+
+    Returns the source model pinned to a version (`models:/NAME/VERSION`), or None when lethe
+    pretrains the source model itself. An alias is resolved once here so that every later step of
+    the same run uses the same version even if the alias moves meanwhile.
+    """
+    if not ctx.cfg.source_model:
+        return None
+    mv = ctx.tracker.resolve_model_version(ctx.cfg.source_model)
+    return f"models:/{mv.name}/{mv.version}"

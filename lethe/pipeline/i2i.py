@@ -1,0 +1,215 @@
+"""The image-to-image families (MAE, VQ-GAN, diffusion) in the pipeline's steps.
+
+Masked images in, reconstructions out: pretraining draws the family's masks, unlearning runs one of
+the image-to-image methods (DESIGN.md 2.1, 2.2) on the forget and retain shards, evaluation compares
+reconstructions of held-out forget and retain images, and the reconstruction gates decide promotion.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from lethe.config import RunConfig
+from lethe.errors import DataError
+from lethe.models.families import get_family
+from lethe.pipeline.decouple import calibrate_decouple, decouple_check, decouple_summary, method_options
+from lethe.pipeline.family_api import Evaluation, UnlearnPlan
+from lethe.pipeline.jobs import fault_step, mask_spec, phases, pretrain_job, unlearn_job
+from lethe.pipeline.params import flat_params, ratio, section_params
+
+log = logging.getLogger("lethe")
+
+
+def i2i_unlearn_job(
+    cfg: RunConfig,
+    man,
+    arch: dict[str, Any],
+    u,
+    meta: dict[str, Any],
+    calibration: dict[str, Any] | None = None,
+):
+    """The unlearning job of an image-to-image method (also each tuning trial's)."""
+    options, stage_lr = method_options(u, calibration)
+    return unlearn_job(
+        cfg,
+        "unlearn",
+        arch,
+        u,
+        man.shards["forget"].count,
+        meta,
+        mask=mask_spec(cfg, arch),
+        noise=u.noise,
+        method_options=options,
+        stage_lr=stage_lr,
+        unlearn_mask=u.mask,
+        passes=u.forget_passes,
+        fail_at_step=fault_step(),
+    )
+
+
+def eval_data(cfg: RunConfig, man, where: str):
+    """Held-out forget and retain images (and the MIA's members / non-members) for evaluation."""
+    from lethe.data import read_shard_numpy, to_chw_float
+    from lethe.evaluation.reconstruction import EvalData
+
+    e = cfg.eval
+
+    def load(name: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        imgs, labels, _ids = read_shard_numpy(man, name, limit=limit)
+        return torch.from_numpy(to_chw_float(imgs).copy()), torch.from_numpy(labels.copy())
+
+    retain, retain_labels = load("heldout_retain", e.n_retain)
+    members, _ = load("forget", e.n_mia)
+    if cfg.request.kind == "ids":
+        # The requested images themselves are the forget split; MIA negatives are unseen retain-like images.
+        forget = members
+        nonmembers = retain[: e.n_mia]
+    else:
+        forget, _ = load("heldout_forget", e.n_forget)
+        nonmembers = forget[: e.n_mia]
+    if len(forget) == 0 or len(retain) == 0:
+        raise DataError(
+            "nothing to evaluate on",
+            where=where,
+            expected="held-out forget and retain images",
+            seen=f"{len(forget)} / {len(retain)}",
+        )
+    return EvalData(
+        retain=retain,
+        forget=forget,
+        members=members,
+        nonmembers=nonmembers,
+        show_forget=cfg.request.kind != "ids",
+        retain_labels=retain_labels,
+    )
+
+
+class ImageToImage:
+    tunable = True
+
+    def arch(self, cfg: RunConfig, man) -> dict[str, Any]:
+        """The family's architecture for this data (shape from the manifest), via the registry."""
+        return get_family(cfg.family).build_arch(
+            cfg.model.section(cfg.family), man.height, man.width, man.channels
+        )
+
+    def model_info(self, cfg: RunConfig) -> dict[str, Any]:
+        return {"phases": ",".join(phases(cfg))}  # e.g. VQ-GAN: tokenizer,transformer,transformer
+
+    def pretrain_job(self, cfg: RunConfig, man, n_rows: int, meta: dict[str, Any]):
+        arch = self.arch(cfg, man)
+        return pretrain_job(
+            cfg, "pretrain", arch, n_rows, meta, mask=mask_spec(cfg, arch), phases=phases(cfg)
+        )
+
+    def auxiliary_models(self, ctx, man) -> dict[str, Any]:
+        return {}
+
+    def check_tunable(self, cfg: RunConfig) -> None:
+        return None
+
+    def unlearn_params(self, cfg: RunConfig, u) -> dict[str, Any]:
+        return {"method": cfg.method, **flat_params("unlearn", u.settings(cfg.method))}
+
+    def plan_unlearn(self, ctx, man, arch, teacher, u, tuned: bool) -> UnlearnPlan:
+        from lethe.execution.fit import unlearn_inputs
+
+        cfg = ctx.cfg
+        calibration = None
+        if cfg.method == "decouple_retain":
+            calibration = calibrate_decouple(cfg, man, arch, teacher, u)
+            ctx.tracker.log_params(
+                {
+                    "decouple.lambda": calibration["lambda"],
+                    "decouple.lambda_rule": calibration["rule"],
+                    "decouple.heldout_mse_mean": calibration["heldout_mse_mean"],
+                }
+            )
+            log.warning("decouple_retain: %s = %.5g", calibration["rule"], calibration["lambda"])
+        meta = {
+            "role": "unlearned",
+            "method": cfg.method,
+            "alpha": u.alpha,
+            "lr": u.lr,
+            "tuned": tuned,
+            "forget_digest": man.shards["forget"].digest,
+        }
+        if calibration is not None:
+            meta["decouple_lambda"] = calibration["lambda"]
+        job = i2i_unlearn_job(cfg, man, arch, u, meta, calibration)
+
+        def on_done(res) -> None:
+            if calibration is not None:
+                ctx.state.unlearn["decouple"] = decouple_summary(calibration, res.metrics)
+
+        return UnlearnPlan(
+            job=job,
+            datasets=lambda: unlearn_inputs(man, job, cfg.resources.num_workers),
+            settings=u.settings(cfg.method),
+            on_done=on_done,
+        )
+
+    def eval_params(self, cfg: RunConfig) -> dict[str, Any]:
+        return section_params("eval", cfg)
+
+    def evaluate(self, ctx, man, arch, models, featnet) -> Evaluation:
+        from lethe.evaluation.reconstruction import evaluate_models
+        from lethe.report import distance_to_oracle, oracle_gaps
+
+        cfg = ctx.cfg
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        data = eval_data(cfg, man, str(ctx.lay.shards))
+        metrics, grids, extra = evaluate_models(
+            models,
+            featnet,
+            data,
+            cfg.eval.box_frac,
+            cfg.eval.grid_rows,
+            ctx.lay.report_dir,
+            cfg.eval.batch_size,
+            outpaint_frac=cfg.eval.outpaint_frac if cfg.eval.outpaint else None,
+            seed=cfg.seed,
+        )
+        by_mask = extra.pop("metrics_by_mask", {})
+        for prefix, per_model in [("", metrics), *((f"{k}.", v) for k, v in by_mask.items())]:
+            for model, splits in per_model.items():
+                for split, vals in splits.items():
+                    ctx.tracker.log_metrics({f"{prefix}{model}.{split}.{k}": v for k, v in vals.items()})
+
+        def complete(report: dict[str, Any]) -> None:
+            if by_mask:
+                # Other masks sit beside the headline metrics, never inside them (report.json contract).
+                report["metrics_by_mask"] = by_mask
+                report["fd_ratio_by_mask"] = {
+                    kind: {
+                        s: ratio(m["unlearned"][s]["fd"], m["original"][s]["fd"])
+                        for s in ("forget", "retain")
+                    }
+                    for kind, m in by_mask.items()
+                }
+            report["oracle_gaps"] = oracle_gaps(metrics)
+            if isinstance(report.get("decouple"), dict):
+                report["decouple"].update(decouple_check(cfg, arch, models, data.forget))
+            report["distance_to_oracle"] = distance_to_oracle(metrics)
+            ctx.tracker.log_metrics(
+                {
+                    f"distance_to_oracle.{m}.{n}": v
+                    for m, row in report["distance_to_oracle"].items()
+                    for n, v in row.items()
+                }
+            )
+
+        return Evaluation(metrics=metrics, grids=grids, extra=extra, complete=complete)
+
+    def promotion(self, cfg: RunConfig, man, model, report: dict[str, Any]):
+        from lethe import masks
+        from lethe.gates import evaluate_gates
+
+        decision = evaluate_gates(report["metrics"], cfg.gates)
+        h, w, c = man.height, man.width, man.channels
+        mask = masks.expand(masks.box_mask(h, w, cfg.eval.box_frac, model.mask_cell), 4).contiguous()
+        return (torch.rand(4, c, h, w), mask), decision

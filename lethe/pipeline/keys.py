@@ -1,0 +1,85 @@
+"""Cache keys and content digests: what makes two runs' work the same work.
+
+A trained model is reused when its key matches (same data digest + the config sections that change
+it); an unlearning or tuning run is resumed or returned when its name matches. Each key is defined
+here once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lethe.config import RunConfig
+
+# The config sections that decide a pretrained model (original and oracle use the same recipe).
+RECIPE = ("family", "model", "pretrain", "eval", "seed")
+
+
+def key(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 over the weights (names, dtypes, shapes, bytes): equal models, equal digests."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def original_key(cfg: RunConfig, man) -> str:
+    return key(man.data_digest, cfg.digest(*RECIPE))
+
+
+def oracle_key(cfg: RunConfig, man) -> str:
+    return key(man.shards["retain"].digest, cfg.digest(*RECIPE))
+
+
+def featnet_key(cfg: RunConfig, man) -> str:
+    return key(man.data_digest, cfg.digest("featnet", "seed"))
+
+
+def feature_classifier_key(cfg: RunConfig, man) -> str:
+    # Which classes carry the feature depends on the request: its digest is part of the key.
+    return key(man.data_digest, man.request_digest, cfg.digest("featnet", "feature", "seed"))
+
+
+def unlearn_run_name(cfg: RunConfig, man, settings: Any, original: Path) -> str:
+    """Same request, recipe, method settings and original model => same Ray Train run name: a re-run
+    resumes the crashed run or returns the finished one (see lethe.execution)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return "unlearn-" + key(
+        man.request_digest,
+        cfg.digest("family", "model", "pretrain", "method", "seed"),
+        digest,
+        file_digest(original),
+    )
+
+
+def tune_key(cfg: RunConfig, man, model_digests: list[str]) -> str:
+    """Same request, models and search => the finished search is returned, not run again."""
+    t = cfg.tune
+    base = {k: v for k, v in cfg.unlearn.settings(cfg.method).items() if k not in ("alpha", "lr")}
+    return key(
+        man.request_digest,
+        json.dumps(base, sort_keys=True),
+        json.dumps(t.model_dump(exclude={"enabled"}), sort_keys=True),
+        cfg.method,
+        str(cfg.seed),
+        *model_digests,
+    )

@@ -1,0 +1,29 @@
+"""split: forget / retain / held-out shards from the data set and the request (Ray Data)."""
+
+from __future__ import annotations
+
+from lethe.pipeline.context import Context
+
+
+def step_split(ctx: Context):
+    from lethe.data import split_dataset
+
+    cfg = ctx.cfg
+    with ctx.step("split", {"dataset": cfg.data.dataset, "request.kind": cfg.request.kind}):
+        ctx.start_ray()
+        man = split_dataset(cfg, ctx.lay.shards_uri)
+        for name, sh in man.shards.items():
+            # Counts, digests and where the shards live: never ids or pixels.
+            ctx.tracker.log_dataset(
+                name, sh.digest, sh.count, sh.path, context=name, tags={"derived_from": man.source_uri}
+            )
+        ctx.tracker.log_params(
+            {
+                "data_digest": man.data_digest,
+                "request_digest": man.request_digest,
+                "source_uri": man.source_uri,
+            }
+        )
+        ctx.tracker.log_metrics({f"{n}_count": float(s.count) for n, s in man.shards.items()})
+        ctx.state.split = {"request_digest": man.request_digest}
+    return man

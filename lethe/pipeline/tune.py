@@ -1,0 +1,236 @@
+"""tune: Ray Tune searches alpha and lr (ASHA), each trial a Ray Train unlearning run; objective =
+FD ratio to the oracle on held-out forget images plus a retain penalty (lethe.metrics)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lethe import storage
+from lethe.errors import DataError
+from lethe.pipeline.context import Context
+from lethe.pipeline.decouple import calibrate_decouple
+from lethe.pipeline.families import for_config
+from lethe.pipeline.i2i import i2i_unlearn_job
+from lethe.pipeline.keys import file_digest, tune_key
+from lethe.pipeline.params import numeric
+
+log = logging.getLogger("lethe")
+
+
+def validation_images(man, name: str, n: int, eval_n: int) -> tuple[torch.Tensor, int]:
+    """The last n images of a held-out shard in id-hash order (evaluation takes the first ones);
+    returns them and how many of them evaluation also uses."""
+    from lethe.data import read_shard_numpy, to_chw_float
+
+    imgs, _, _ = read_shard_numpy(man, name)
+    take = min(n, len(imgs))
+    overlap = max(0, min(eval_n, len(imgs)) + take - len(imgs))
+    x = torch.from_numpy(to_chw_float(imgs[len(imgs) - take :]).copy())
+    return x, overlap
+
+
+def _eval_payload(ctx: Context, man, models: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What each trial's evaluator needs (validation images, their features, the baselines), and
+    what the report says about the validation set."""
+    from lethe.evaluation.reconstruction import features, model_fd
+
+    t, e = ctx.cfg.tune, ctx.cfg.eval
+    x_f, overlap_f = validation_images(man, "heldout_forget", t.val_forget, e.n_forget)
+    x_r, overlap_r = validation_images(man, "heldout_retain", t.val_retain, e.n_retain)
+    if len(x_f) < 2 or len(x_r) < 2:
+        raise DataError(
+            "too few held-out images to tune on",
+            where=ctx.lay.shards_uri,
+            expected="at least 2 held-out forget and retain images (class requests)",
+            seen=f"{len(x_f)} / {len(x_r)}",
+        )
+    if overlap_f or overlap_r:
+        log.warning(
+            "tune: validation images overlap the evaluation images (%d forget, %d retain): "
+            "the held-out shards are smaller than eval.n_* + tune.val_*",
+            overlap_f,
+            overlap_r,
+        )
+    bs, featnet = e.batch_size, models["featnet"]
+    feats_f, feats_r = features(featnet, x_f, bs), features(featnet, x_r, bs)
+    baselines = {
+        "fd_forget_oracle": model_fd(models["oracle"], featnet, x_f, e.box_frac, feats_f, bs),
+        "fd_retain_original": model_fd(models["original"], featnet, x_r, e.box_frac, feats_r, bs),
+        "fd_forget_original": model_fd(models["original"], featnet, x_f, e.box_frac, feats_f, bs),
+    }
+    payload = {
+        "featnet_arch": featnet.arch.to_dict(),
+        "featnet_state": featnet.state_dict(),
+        "x_forget": x_f,
+        "x_retain": x_r,
+        "forget_feats": feats_f,
+        "retain_feats": feats_r,
+        "box_frac": e.box_frac,
+        "batch_size": bs,
+        "retain_weight": t.retain_weight,
+        **baselines,
+    }
+    validation = {
+        "forget_count": len(x_f),
+        "retain_count": len(x_r),
+        "overlaps_evaluation": {"forget": overlap_f, "retain": overlap_r},
+    }
+    return payload, validation
+
+
+def _search(ctx: Context, man, arch, teacher, payload: dict[str, Any], key: str):
+    """Run the Ray Tune search; returns lethe.execution.tune.TuneOutcome."""
+    from lethe.execution.fit import unlearn_inputs
+    from lethe.execution.job import stage_budgets
+    from lethe.execution.tune import run_tune
+
+    cfg, t = ctx.cfg, ctx.cfg.tune
+    u = cfg.unlearn
+    calibration = calibrate_decouple(cfg, man, arch, teacher, u) if cfg.method == "decouple_retain" else None
+    job = i2i_unlearn_job(cfg, man, arch, u, {"role": "tune-trial", "method": cfg.method}, calibration)
+    job.fail_at_step = None  # fault drills target the unlearn step, not every trial
+    # Trials share the machine: split the cores between the workers that run at once.
+    running = t.max_concurrent_trials * t.workers_per_trial
+    job.threads = cfg.resources.torch_threads or max(1, (os.cpu_count() or 2) // running)
+    # A multi-stage method (decouple_retain) runs up to the sum of its stage budgets: ASHA's
+    # max_t must not stop a trial before its last stage. The tuned lr does not change them.
+    total = sum(stage_budgets(job.to_config(), t.workers_per_trial).values())
+    return run_tune(
+        job=job,
+        inputs=unlearn_inputs(man, job, t.workers_per_trial),
+        teacher_state=teacher.state_dict(),
+        eval_payload=payload,
+        tune_cfg=t,
+        total_steps=total,
+        storage_path=ctx.lay.ray_storage_uri,
+        name=f"tune-{key}",
+        seed=cfg.seed,
+        use_gpu=cfg.resources.use_gpu,
+    )
+
+
+def _log_trials(ctx: Context, outcome) -> None:
+    """One child run per trial, logged from the driver: params, objective, FD ratios, how it ended."""
+    for trial in outcome.trials:
+        with ctx.tracker.step(f"tune-trial-{trial.trial_id}", {"alpha": trial.alpha, "lr": trial.lr}):
+            ctx.tracker.set_tags({"lethe.trial_id": trial.trial_id, "lethe.trial_status": trial.status})
+            ctx.tracker.log_metrics(
+                numeric(
+                    {
+                        "objective": trial.objective,
+                        "fd_forget_vs_oracle": trial.fd_forget_vs_oracle,
+                        "fd_retain_vs_original": trial.fd_retain_vs_original,
+                        "iterations": trial.iterations,
+                        "steps": trial.steps,
+                        "trial_wall_s": trial.wall_s,
+                    }
+                )
+            )
+
+
+def _result_doc(ctx: Context, outcome, key: str, validation: dict, baselines: dict) -> dict[str, Any]:
+    """tune/result.json: every trial, the best, and how the search ran."""
+    from lethe.execution.tune import OBJECTIVE_TEXT
+
+    t = ctx.cfg.tune
+    return {
+        **outcome.to_json(),
+        "key": key,
+        "objective": OBJECTIVE_TEXT,
+        "retain_weight": t.retain_weight,
+        "scheduler": {
+            "kind": "ASHA",
+            "time_attr": "training_iteration",
+            "grace_period": min(t.grace_period, outcome.max_iterations),
+            "reduction_factor": t.reduction_factor,
+            "max_t": outcome.max_iterations,
+        },
+        "search": {
+            "alpha": {"low": t.alpha_range[0], "high": t.alpha_range[1], "scale": "log"},
+            "lr": {"low": t.lr_range[0], "high": t.lr_range[1], "scale": "log"},
+            "num_samples": t.num_samples,
+            "max_concurrent_trials": t.max_concurrent_trials,
+        },
+        "validation": validation,
+        "baselines": baselines,
+    }
+
+
+def _reuse(ctx: Context, key: str, best_path: Path, result_path: Path) -> bool:
+    """Same request, models and search: the finished search is returned, not run again."""
+    lay = ctx.lay
+    lay.fetch(best_path)
+    lay.fetch(result_path)
+    if not (best_path.is_file() and result_path.is_file()):
+        return False
+    if json.loads(best_path.read_text()).get("key") != key:
+        return False
+    log.warning("tune: reusing the finished search in %s", lay.uri(lay.tune_dir))
+    result = json.loads(result_path.read_text())
+    ctx.state.tune = {"best": result["best"], "reused": True}
+    return True
+
+
+def step_tune(ctx: Context) -> Path:
+    from lethe.models.checkpoint import load_checkpoint
+
+    cfg, lay = ctx.cfg, ctx.lay
+    fam = for_config(cfg)
+    fam.check_tunable(cfg)
+    t = cfg.tune
+    with ctx.step("tune", {f"tune.{k}": v for k, v in t.model_dump().items() if k != "enabled"}):
+        man = ctx.manifest()
+        arch = fam.arch(cfg, man)
+        paths = {n: lay.fetch(lay.model(n)) for n in ("original", "oracle", "featnet")}
+        digests = {n: file_digest(p) for n, p in paths.items()}
+        key = tune_key(cfg, man, list(digests.values()))
+        best_path, result_path = lay.tune_dir / "best.json", lay.tune_dir / "result.json"
+        if _reuse(ctx, key, best_path, result_path):
+            return best_path
+        models = {
+            n: load_checkpoint(paths[n], expected_kind=cfg.family, expected_arch=arch)[0]
+            for n in ("original", "oracle")
+        }
+        models["featnet"] = load_checkpoint(paths["featnet"], expected_kind="featnet")[0]
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        payload, validation = _eval_payload(ctx, man, models)
+        ctx.start_ray()
+        outcome = _search(ctx, man, arch, models["original"], payload, key)
+        _log_trials(ctx, outcome)
+        best = outcome.best
+        baselines = {k: payload[k] for k in ("fd_forget_oracle", "fd_retain_original", "fd_forget_original")}
+        result = _result_doc(ctx, outcome, key, validation, baselines)
+        best_doc = {
+            "key": key,
+            "alpha": best.alpha,
+            "lr": best.lr,
+            "objective": best.objective,
+            "trial_id": best.trial_id,
+            "request_digest": man.request_digest,
+            "original_digest": digests["original"],
+            "method": cfg.method,
+        }
+        storage.write_json(str(result_path), result)
+        storage.write_json(str(best_path), best_doc)
+        lay.publish(lay.tune_dir)
+        ctx.tracker.log_params({"best.alpha": best.alpha, "best.lr": best.lr, "best.trial_id": best.trial_id})
+        ctx.tracker.log_metrics(numeric({"best.objective": best.objective, "tune_wall_s": outcome.wall_s}))
+        ctx.tracker.log_dict(result, "tune/result.json")
+        ctx.state.tune = {"best": result["best"], "reused": False, "wall_s": outcome.wall_s}
+        for trial in outcome.trials:
+            log.warning(
+                "tune trial %s: alpha %.4g lr %.3g objective %s (%s)",
+                trial.trial_id,
+                trial.alpha,
+                trial.lr,
+                "-" if trial.objective is None else f"{trial.objective:.4f}",
+                trial.status,
+            )
+        log.warning("tune: best alpha %.4g, lr %.3g, objective %.4f", best.alpha, best.lr, best.objective)
+    return best_path

@@ -1,0 +1,94 @@
+"""unlearn: the configured method from the original model (Ray Train), with the tuned alpha and lr
+when tuning is on. Same request, recipe, settings and original => same Ray run: a re-run resumes
+the crashed run or returns the finished one."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from lethe.errors import ConfigError
+from lethe.pipeline.context import Context
+from lethe.pipeline.families import for_config
+from lethe.pipeline.family_api import UnlearnPlan
+from lethe.pipeline.jobs import fit_kwargs
+from lethe.pipeline.keys import file_digest, unlearn_run_name
+from lethe.pipeline.params import numeric
+
+log = logging.getLogger("lethe")
+
+
+def effective_unlearn(ctx: Context, man=None) -> tuple[Any, dict[str, Any] | None]:
+    """The unlearning settings to use: the config's, or with the tuned alpha and lr (tune.enabled)."""
+    cfg, lay = ctx.cfg, ctx.lay
+    if not cfg.tune.enabled or not for_config(cfg).tunable:
+        return cfg.unlearn, None
+    man = man or ctx.manifest()
+    best_path = lay.fetch(lay.tune_dir / "best.json")
+    if not best_path.is_file():
+        raise ConfigError(
+            "tune.enabled but no tuning result",
+            where=lay.uri(best_path),
+            expected="run `lethe tune` first (or `lethe run --tune`)",
+        )
+    best = json.loads(best_path.read_text())
+    original = lay.fetch(lay.model("original"))
+    if best.get("request_digest") != man.request_digest or best.get("original_digest") != file_digest(
+        original
+    ):
+        raise ConfigError(
+            "the tuning result belongs to another forget request or original model",
+            where=lay.uri(best_path),
+            expected="run `lethe tune` again",
+        )
+    return cfg.unlearn.model_copy(update={"alpha": float(best["alpha"]), "lr": float(best["lr"])}), best
+
+
+def fit_unlearned(ctx: Context, man, plan: UnlearnPlan, original: Path, teacher) -> Any:
+    """Run an unlearning plan on Ray Train, publish the model, record it in the run state and
+    MLflow; returns fit's result."""
+    from lethe.execution.fit import fit
+
+    cfg, lay = ctx.cfg, ctx.lay
+    name = unlearn_run_name(cfg, man, plan.settings, original)
+    res = fit(
+        plan.job,
+        plan.datasets,
+        name=name,
+        dest=lay.model("unlearned"),
+        teacher_state=teacher.state_dict(),
+        **fit_kwargs(cfg, lay),
+    )
+    lay.publish(lay.model("unlearned"))
+    ctx.tracker.log_metrics(numeric({"train_wall_s": res.wall_s, **res.metrics}))
+    ctx.tracker.set_tags({"lethe.ray_run": name, "lethe.reused_finished_run": str(res.reused).lower()})
+    ctx.state.unlearn = {
+        "train_wall_s": res.wall_s,
+        "reused": res.reused,
+        **numeric(res.metrics),
+        "alpha": plan.job.alpha,
+        **plan.extra_state,
+    }
+    log.warning("unlearned in %.1f s (%s)", res.wall_s, res.metrics)
+    if plan.on_done is not None:
+        plan.on_done(res)
+    return res
+
+
+def step_unlearn(ctx: Context) -> Path:
+    from lethe.models.checkpoint import load_checkpoint
+
+    cfg, lay = ctx.cfg, ctx.lay
+    fam = for_config(cfg)
+    man = ctx.manifest()
+    u, tuned = effective_unlearn(ctx, man)
+    with ctx.step("unlearn", {**fam.unlearn_params(cfg, u), "tuned": tuned is not None}):
+        arch = fam.arch(cfg, man)
+        original = lay.fetch(lay.model("original"))
+        teacher, _ = load_checkpoint(original, expected_kind=cfg.family, expected_arch=arch)
+        plan = fam.plan_unlearn(ctx, man, arch, teacher, u, tuned is not None)
+        ctx.start_ray()
+        fit_unlearned(ctx, man, plan, original, teacher)
+    return lay.model("unlearned")
