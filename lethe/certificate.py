@@ -4,8 +4,10 @@ One JSON document (machine-checked) plus a readable HTML page, written at the ve
 (after cleanup, so the proof is real), logged to MLflow and linked from the registered model
 version by the tag `lethe.certificate_uri`. Plain Python: it reads report.json and the run state.
 
-Privacy: a certificate holds counts, digests, class names, metrics and paths of deleted shards;
-never forget-set ids or pixels. `validate_certificate` refuses the keys that would carry ids.
+Privacy: a certificate holds counts, digests, class names, metrics and paths of deleted shards and
+model files; never forget-set ids or pixels. `validate_certificate` refuses the keys that would carry ids. The
+digests are keyed (HMAC-SHA256, lethe.digests): `request.digest` states the algorithm and the public
+id of the key, so nobody without the key can match a digest against a data set's ids.
 """
 
 from __future__ import annotations
@@ -82,12 +84,51 @@ def _vs_source(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _request_summary(report: Mapping[str, Any]) -> dict[str, Any]:
-    """What the request says about the forget set: counts, digests and classes, never ids."""
-    return {
-        k: report.get("request", {}).get(k)
+    """What the request says about the forget set: counts, digests and classes, never ids; and how
+    the digests were made (a report without digest_key_id is from before digests were keyed)."""
+    req = report.get("request", {})
+    out = {
+        k: req.get(k)
         for k in ("kind", "forget_count", "retain_count", "forget_digest", "request_digest", "classes")
-        if k in report.get("request", {})
+        if k in req
     }
+    if req.get("digest_key_id"):
+        out["digest"] = {
+            "algorithm": req.get("digest_algorithm") or "hmac-sha256",
+            "key_id": req["digest_key_id"],
+        }
+    else:
+        out["digest"] = {"algorithm": "sha256", "key_id": None}
+    return out
+
+
+def _digest_line(digest: Mapping[str, Any] | None) -> str:
+    if digest and digest.get("key_id"):
+        algorithm = str(digest.get("algorithm") or "").upper()
+        return f"keyed: {algorithm} under the key with id {digest['key_id']}"
+    return "unkeyed SHA-256 (made before digests were keyed)"
+
+
+def _digest_note(digest: Mapping[str, Any] | None) -> str:
+    """The paragraph above the request table: what the digests are and what they do not reveal."""
+    if digest and digest.get("key_id"):
+        return (
+            f"Counts and digests of the forget set, never its ids or pictures. The digests are "
+            f"{_digest_line(digest)}: without that key they cannot be matched against candidate ids."
+        )
+    return (
+        "Counts and digests of the forget set, never its ids or pictures; the digests are "
+        f"{_digest_line(digest)}."
+    )
+
+
+def _request_rows(req: Mapping[str, Any]) -> str:
+    return _rows(
+        [
+            (k, _digest_line(v) if k == "digest" else ", ".join(map(str, v)) if isinstance(v, list) else v)
+            for k, v in req.items()
+        ]
+    )
 
 
 def _source_model(state: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,6 +217,8 @@ def build_certificate(
         "membership_inference": {
             "method": (report.get("evaluation") or {}).get("mia"),
             "auc": {m: (metrics.get(m, {}).get("forget", {}) or {}).get("mia_auc") for m in metrics},
+            # passed | failed | inconclusive, with the power check's figures (lethe.evaluation.evidence)
+            "evidence": (report.get("evidence") or {}).get("membership"),
         },
         "gates": promote.get("gates"),
         "cleanup": _cleanup_proof(deleted),
@@ -218,9 +261,13 @@ _CSS = (
 
 
 def _gate_rows(gates: Mapping[str, Any]) -> str:
+    def verdict(g: Mapping[str, Any]) -> str:
+        return str(g.get("verdict") or ("passed" if g["passed"] else "failed"))
+
     return "".join(
-        f"<tr><td>{_e(g['name'])}</td><td class='{'ok' if g['passed'] else 'bad'}'>"
-        f"{'pass' if g['passed'] else 'FAIL'}</td><td>{_num(g.get('value'))}</td><td>{_e(g['limit'])}</td></tr>"
+        f"<tr><td>{_e(g['name'])}</td><td class='{'ok' if verdict(g) == 'passed' else 'bad'}'>"
+        f"{_e(verdict(g))}</td><td>{_num(g.get('value'))}</td><td>{_e(g['limit'])}</td>"
+        f"<td>{_e(g.get('reason'))}</td></tr>"
         for g in gates.get("results", [])
     )
 
@@ -228,19 +275,35 @@ def _gate_rows(gates: Mapping[str, Any]) -> str:
 def _metric_rows(metrics: Mapping[str, Any]) -> str:
     rows = []
     for split in ("forget", "retain"):
-        names = sorted({n for m in metrics.values() for n in (m.get(split) or {})})
+        # Intervals (NAME_ci95) are shown next to their figure.
+        names = sorted({n for m in metrics.values() for n in (m.get(split) or {}) if not n.endswith("_ci95")})
         for n in names:
             cells = "".join(
-                f"<td>{_num((metrics.get(m, {}).get(split) or {}).get(n))}</td>"
+                f"<td>{_with_ci((metrics.get(m, {}).get(split) or {}), n)}</td>"
                 for m in ("original", "unlearned", "oracle")
             )
             rows.append(f"<tr><td>{_e(split)}</td><td>{_e(n)}</td>{cells}</tr>")
     return "".join(rows)
 
 
+def _with_ci(values: Mapping[str, Any], name: str) -> str:
+    ci = values.get(f"{name}_ci95")
+    text = _num(values.get(name))
+    return text + (
+        f" [{_num(ci[0])}, {_num(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+    )
+
+
+def _deleted_what(d: Mapping[str, Any]) -> str:
+    """A cleanup entry's name: a shard, or a copy of a model trained on the forget set."""
+    if d.get("shard"):
+        return f"shard {d['shard']}"
+    return f"model {d.get('model')} ({d.get('copy')})"
+
+
 def _cleanup_rows(deleted: list[Mapping[str, Any]]) -> str:
     return "".join(
-        f"<tr><td>{_e(d.get('shard'))}</td><td><code>{_e(d.get('uri'))}</code></td>"
+        f"<tr><td>{_e(_deleted_what(d))}</td><td><code>{_e(d.get('uri'))}</code></td>"
         f"<td>{_e(d.get('absent_after'))}</td><td>{_e(d.get('absent_at_issue'))}</td></tr>"
         for d in deleted
     )
@@ -298,10 +361,8 @@ def render_html(cert: Mapping[str, Any]) -> str:
 {("&mdash; " + _e(cert.get("error"))) if cert.get("error") else ""}</p>
 <table>{_run_rows(cert)}</table>
 <h2>What was forgotten</h2>
-<p>Counts and a SHA-256 digest of the forget set: never its ids or pictures.</p>
-<table>{
-        _rows([(k, v if not isinstance(v, list) else ", ".join(map(str, v))) for k, v in req.items()])
-    }</table>
+<p>{_e(_digest_note(req.get("digest")))}</p>
+<table>{_request_rows(req)}</table>
 <h2>Models</h2>
 <table>{_model_rows(src, res)}</table>
 <h2>Method</h2>
@@ -310,12 +371,15 @@ def render_html(cert: Mapping[str, Any]) -> str:
 <table><tr><th>split</th><th>metric</th><th>source</th><th>unlearned</th><th>oracle</th></tr>
 {metric_rows}</table>
 <p>Membership inference: {_e(cert["membership_inference"].get("method"))}.</p>
+<p>Membership evidence: <strong>{_e((cert["membership_inference"].get("evidence") or {}).get("verdict"))}</strong>
+&mdash; {_e((cert["membership_inference"].get("evidence") or {}).get("reason"))}</p>
 <h2>Promotion gates</h2>
 <p>{_e(gates.get("summary", "no gate decision (model not registered)"))}</p>
-<table><tr><th>gate</th><th>result</th><th>value</th><th>rule</th></tr>{gate_rows}</table>
+<table><tr><th>gate</th><th>verdict</th><th>value</th><th>rule</th><th>reason</th></tr>{gate_rows}</table>
 <h2>Cleanup proof</h2>
-<p>Forget shards deleted at the end of the run, and checked again when this certificate was issued.</p>
-<table><tr><th>shard</th><th>URI</th><th>absent after cleanup</th><th>absent at issue</th></tr>
+<p>Forget shards, and every copy of the models trained on them for the evaluation (feature net,
+feature classifier), deleted at the end of the run and checked again when this certificate was issued.</p>
+<table><tr><th>deleted</th><th>URI</th><th>absent after cleanup</th><th>absent at issue</th></tr>
 {cleanup_rows}</table>
 <p>All absent: <strong>{_e(cert["cleanup"]["all_absent"])}</strong></p>
 <h2>Timestamps</h2>

@@ -39,7 +39,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     what = g.add_mutually_exclusive_group()
     what.add_argument("--forget-classes", help="comma-separated class names to forget")
-    what.add_argument("--forget-ids", metavar="FILE", help="file with one id to forget per line")
+    what.add_argument(
+        "--forget-ids",
+        metavar="FILE",
+        help="file with one id to forget per line; lines starting with '#' are comments, any other '#' is part of the id",
+    )
     what.add_argument(
         "--forget-feature",
         metavar="NAME",

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
+# scheme://userinfo@ : greedy up to the last "@" before the path, so "u:p@ss@host" loses all of "u:p@ss".
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s?#'\"<>]*@")
+
+
+def redact_userinfo(text: str) -> str:
+    """Drop `user:password@` from every URI in `text` (credentials never reach a message or a report)."""
+    return _USERINFO.sub(r"\g<scheme>", text)
+
 
 class LetheError(Exception):
     """Base class for every error lethe reports to a user (non-zero exit, one line)."""
 
     def __init__(self, what: str, *, where: str = "", expected: str = "", seen: str = "") -> None:
-        self.what, self.where, self.expected, self.seen = what, where, expected, seen
+        # Redacted as they come in, so no attribute (pickled through Ray, say) holds a credential.
+        self.what, self.where, self.expected, self.seen = (
+            redact_userinfo(str(p)) for p in (what, where, expected, seen)
+        )
         super().__init__(self.line())
 
     def line(self) -> str:
@@ -18,7 +31,7 @@ class LetheError(Exception):
             parts.append(f"expected {self.expected}")
         if self.seen:
             parts.append(f"got {self.seen}")
-        return "; ".join(parts)
+        return redact_userinfo("; ".join(parts))
 
     def __reduce__(self):  # survive pickling through Ray tasks
         return (_rebuild, (type(self), self.what, self.where, self.expected, self.seen))

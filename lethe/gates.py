@@ -1,30 +1,35 @@
 """Promotion gates: may the unlearned model replace the source model behind the registry alias?
 
-Plain Python over report.json's `metrics[model][split][name]` (no MLflow, no torch), so the decision
-is testable in milliseconds and identical wherever it runs. Three questions, one gate each (four
-checks):
+Plain Python over report.json's `metrics[model][split][name]` and `evidence` (no MLflow, no torch),
+so the decision is testable in milliseconds and identical wherever it runs. Three questions, one gate
+each (four checks); every gate ends passed, failed or inconclusive:
 
 * forget_vs_oracle: does the unlearned model treat the forget data like a model that never saw it?
   FD_unlearned / FD_oracle on held-out forget data must lie in [1/(1+x), 1+x]. The band is
   symmetric in log space on purpose: staying close to the source model (under-forgetting, ratio
   well below 1) fails just like destroying the forget data (over-forgetting, ratio well above 1)
-  -- "close to the oracle", not "as bad as possible" (DESIGN.md 2.2). This is the documented
-  equivalent of |FD_unlearned / FD_oracle - 1| <= x, which could never fail an under-forgetting
-  model once x >= 1.
+  -- "close to the oracle", not "as bad as possible" (DESIGN.md 2.2). Forget sets too small for a
+  Frechet distance (lethe.metrics.fd_min_samples) are judged per image instead: |PSNR_unlearned -
+  PSNR_oracle| <= forget_psnr_tol_db. Power check: when the untouched source already lies in the
+  band, the gate cannot tell a model that forgot from one that did not: inconclusive.
 * retain_fd / retain_psnr: is the retain data still served as well as by the source model?
   FD_unlearned / FD_source on held-out retain data <= 1 + y, and PSNR_source - PSNR_unlearned
   <= retain_psnr_drop_db.
-* mia: can a membership-inference attack still tell the forget set from unseen data?
-  |AUC_unlearned - 0.5| <= z.
+* mia: can a calibrated membership-inference attack still tell the forget set from unseen data?
+  evidence.membership (lethe.evaluation.evidence): inconclusive when the attack has no power on the
+  source model, else the unlearned AUC must lie in the oracle's interval widened by z.
 
-A gate whose metric is missing or not finite fails (a broken evaluation must never promote).
+A gate whose metric is missing or not finite fails (a broken evaluation must never promote). An
+inconclusive gate does not stop promotion (the request is still honoured), but the decision, the
+registry tags, the report and the certificate say "inconclusive", never "passed". Where a bootstrap
+interval exists, the reason says where it lies against the band.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 GATE_NAMES = ("forget_vs_oracle", "retain_fd", "retain_psnr", "mia")
@@ -37,18 +42,26 @@ class GateThresholds(Protocol):
     retain_fd_tol: float
     retain_psnr_drop_db: float
     mia_auc_tol: float
+    forget_psnr_tol_db: float
 
 
 @dataclass(frozen=True)
 class GateResult:
     name: str
-    passed: bool
+    passed: bool  # False only for a failed gate: an inconclusive one does not block promotion
     value: float | None
     limit: str  # the rule, with the configured numbers
-    reason: str  # one line: why it passed or failed
+    reason: str  # one line: why it passed, failed or was inconclusive
+    inconclusive: bool = False  # the gate cannot tell the source from the oracle (power check)
+    interval: list[float] | None = None  # bootstrap 95% interval of `value`, when there is one
+
+    @property
+    def verdict(self) -> str:
+        return "inconclusive" if self.inconclusive else ("passed" if self.passed else "failed")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["verdict"] = self.verdict
         # JSON has no inf/NaN: an unbounded ratio is reported as null next to its failing reason.
         if d["value"] is not None and not math.isfinite(d["value"]):
             d["value"] = None
@@ -67,24 +80,35 @@ class GateDecision:
     def failures(self) -> list[GateResult]:
         return [r for r in self.results if not r.passed]
 
+    @property
+    def verdict(self) -> str:
+        """failed if any gate failed, else inconclusive if any was, else passed."""
+        if not self.passed:
+            return "failed"
+        return "inconclusive" if any(r.inconclusive for r in self.results) else "passed"
+
     def summary(self) -> str:
         """One line for logs, tags and descriptions."""
-        if self.passed:
-            return "all gates passed: " + "; ".join(r.reason for r in self.results)
-        return "gates failed: " + "; ".join(r.reason for r in self.failures)
+        if not self.passed:
+            return "gates failed: " + "; ".join(r.reason for r in self.failures)
+        if self.verdict == "inconclusive":
+            unsure = [r for r in self.results if r.inconclusive]
+            return "no gate failed, evidence inconclusive: " + "; ".join(r.reason for r in unsure)
+        return "all gates passed: " + "; ".join(r.reason for r in self.results)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
+            "verdict": self.verdict,
             "summary": self.summary(),
             "results": [r.to_dict() for r in self.results],
         }
 
     def tags(self, prefix: str = "lethe.gate") -> dict[str, str]:
-        """Registry / run tags: one pass|fail per gate plus the measured value."""
+        """Registry / run tags: one pass|fail|inconclusive per gate plus the measured value."""
         out: dict[str, str] = {}
         for r in self.results:
-            out[f"{prefix}.{r.name}"] = "pass" if r.passed else "fail"
+            out[f"{prefix}.{r.name}"] = {"passed": "pass", "failed": "fail"}.get(r.verdict, r.verdict)
             out[f"{prefix}.{r.name}.value"] = "missing" if r.value is None else f"{r.value:.6g}"
         return out
 
@@ -113,34 +137,124 @@ def _missing(name: str, limit: str, what: str) -> GateResult:
     return GateResult(name, False, None, limit, f"{name}: {what} is missing or not finite")
 
 
-def forget_vs_oracle(metrics: Mapping[str, Any], tol: float) -> GateResult:
+def _where(interval: list[float] | None, lo: float, hi: float) -> str:
+    """Where a bootstrap interval lies against the band [lo, hi], for the reason line."""
+    if not interval:
+        return ""
+    a, b = interval
+    if lo <= a and b <= hi:
+        place = "inside the band"
+    elif b < lo:
+        place = "below the band"
+    elif a > hi:
+        place = "above the band"
+    else:
+        place = (
+            "across the "
+            + (" and ".join(e for e, x in (("lower", a < lo), ("upper", b > hi)) if x))
+            + " edge"
+        )
+    return f"; 95% interval [{a:.3g}, {b:.3g}] {place}"
+
+
+def _ratio_ci(evidence: Mapping[str, Any] | None, split: str, key: str) -> list[float] | None:
+    ci = ((evidence or {}).get("fd_ratio_ci95") or {}).get(split, {}).get(key)
+    return [float(ci[0]), float(ci[1])] if isinstance(ci, (list, tuple)) and len(ci) == 2 else None
+
+
+def _forget_psnr(metrics: Mapping[str, Any], tol_db: float) -> GateResult:
+    """forget_vs_oracle on a forget set too small for FD: per-image PSNR against the oracle's."""
+    name = "forget_vs_oracle"
+    limit = f"|PSNR_unlearned - PSNR_oracle| on forget <= {tol_db:.3g} dB (too few images for FD)"
+    un, orc = _metric(metrics, "unlearned", "forget", "psnr"), _metric(metrics, "oracle", "forget", "psnr")
+    src = _metric(metrics, "original", "forget", "psnr")
+    if un is None or orc is None or src is None:
+        return _missing(name, limit, "forget PSNR of the unlearned model, the source or the oracle")
+    gap = un - orc
+    if abs(src - orc) <= tol_db:
+        return GateResult(
+            name,
+            True,
+            gap,
+            limit,
+            f"{name}: inconclusive: the source already reconstructs these images within {tol_db:.3g} dB "
+            f"of the oracle ({src - orc:+.3g} dB) at this sample size",
+            inconclusive=True,
+        )
+    ok = abs(gap) <= tol_db
+    side = "within" if ok else ("above: under-forgetting" if gap > 0 else "below: over-forgetting")
+    return GateResult(name, ok, gap, limit, f"{name}: forget PSNR {gap:+.3g} dB from the oracle's ({side})")
+
+
+def forget_vs_oracle(
+    metrics: Mapping[str, Any],
+    tol: float,
+    evidence: Mapping[str, Any] | None = None,
+    psnr_tol_db: float = 1.0,
+) -> GateResult:
     name = "forget_vs_oracle"
     hi = 1.0 + tol
     lo = 1.0 / hi
     limit = f"FD_unlearned/FD_oracle on forget in [{lo:.3g}, {hi:.3g}]"
-    ratio = _ratio(_metric(metrics, "unlearned", "forget", "fd"), _metric(metrics, "oracle", "forget", "fd"))
+    un_fd, orc_fd = _metric(metrics, "unlearned", "forget", "fd"), _metric(metrics, "oracle", "forget", "fd")
+    if un_fd is None and orc_fd is None and _fd_undefined(metrics, "forget"):
+        return _forget_psnr(metrics, psnr_tol_db)
+    ratio = _ratio(un_fd, orc_fd)
     if ratio is None:
         return _missing(name, limit, "forget FD of the unlearned model or the oracle")
+    ci = _ratio_ci(evidence, "forget", "unlearned_vs_oracle")
+    where = _where(ci, lo, hi)
+    source = _ratio(_metric(metrics, "original", "forget", "fd"), orc_fd)
+    if source is not None and lo <= source <= hi:
+        return GateResult(
+            name,
+            True,
+            ratio,
+            limit,
+            f"{name}: inconclusive: the source already behaves like the oracle on these images at this "
+            f"sample size (source {source:.3g}x, unlearned {ratio:.3g}x the oracle's forget FD){where}",
+            inconclusive=True,
+            interval=ci,
+        )
     ok = lo <= ratio <= hi
     if ok:
-        reason = f"{name}: forget FD is {ratio:.3g}x the oracle's (within [{lo:.3g}, {hi:.3g}])"
+        reason = f"{name}: forget FD is {ratio:.3g}x the oracle's (within [{lo:.3g}, {hi:.3g}]){where}"
     elif ratio < lo:
         reason = (
             f"{name}: forget FD is {ratio:.3g}x the oracle's, below {lo:.3g}: the model still "
-            "reconstructs the forget data better than a model that never saw it (under-forgetting)"
+            f"reconstructs the forget data better than a model that never saw it (under-forgetting){where}"
         )
     else:
         reason = (
             f"{name}: forget FD is {ratio:.3g}x the oracle's, above {hi:.3g}: the model damages the "
-            "forget data more than a model that never saw it (over-forgetting)"
+            f"forget data more than a model that never saw it (over-forgetting){where}"
         )
-    return GateResult(name, ok, ratio, limit, reason)
+    return GateResult(name, ok, ratio, limit, reason, interval=ci)
 
 
-def retain_fd(metrics: Mapping[str, Any], tol: float) -> GateResult:
+def _fd_undefined(metrics: Mapping[str, Any], split: str) -> bool:
+    """Every model reports fd as null on `split`: too few images for a Frechet distance."""
+    try:
+        return all(metrics[m][split]["fd"] is None for m in ("original", "unlearned", "oracle"))
+    except (KeyError, TypeError):
+        return False
+
+
+def retain_fd(
+    metrics: Mapping[str, Any], tol: float, evidence: Mapping[str, Any] | None = None
+) -> GateResult:
     name = "retain_fd"
     hi = 1.0 + tol
     limit = f"FD_unlearned/FD_source on retain <= {hi:.3g}"
+    if _fd_undefined(metrics, "retain"):
+        return GateResult(
+            name,
+            True,
+            None,
+            limit,
+            f"{name}: inconclusive: too few held-out retain images for FD",
+            inconclusive=True,
+        )
     ratio = _ratio(
         _metric(metrics, "unlearned", "retain", "fd"), _metric(metrics, "original", "retain", "fd")
     )
@@ -148,8 +262,14 @@ def retain_fd(metrics: Mapping[str, Any], tol: float) -> GateResult:
         return _missing(name, limit, "retain FD of the unlearned or the source model")
     ok = ratio <= hi
     verdict = "within" if ok else "above"
+    ci = _ratio_ci(evidence, "retain", "unlearned_vs_original")
     return GateResult(
-        name, ok, ratio, limit, f"{name}: retain FD is {ratio:.3g}x the source's ({verdict} {hi:.3g})"
+        name,
+        ok,
+        ratio,
+        limit,
+        f"{name}: retain FD is {ratio:.3g}x the source's ({verdict} {hi:.3g}){_where(ci, 0.0, hi)}",
+        interval=ci,
     )
 
 
@@ -168,12 +288,24 @@ def retain_psnr(metrics: Mapping[str, Any], max_drop_db: float) -> GateResult:
     )
 
 
-def mia(metrics: Mapping[str, Any], tol: float) -> GateResult:
+def mia(metrics: Mapping[str, Any], tol: float, evidence: Mapping[str, Any] | None = None) -> GateResult:
+    """The calibrated attack's verdict (evidence.membership); without it, the point rule
+    |AUC - 0.5| <= z on the unlearned model (reports written before the attack had a power check)."""
     name = "mia"
-    limit = f"|MIA AUC - 0.5| <= {tol:.3g}"
+    membership = (evidence or {}).get("membership")
     auc = _metric(metrics, "unlearned", "forget", "mia_auc")
     if auc is None:
-        return _missing(name, limit, "membership-inference AUC of the unlearned model")
+        return _missing(name, "MIA AUC", "membership-inference AUC of the unlearned model")
+    if isinstance(membership, Mapping) and membership.get("verdict") in ("passed", "failed", "inconclusive"):
+        band = membership.get("band") or [0.5 - tol, 0.5 + tol]
+        limit = f"calibrated MIA AUC in the oracle's interval widened by {tol:.3g}: [{band[0]:.3g}, {band[1]:.3g}]"
+        ci = membership.get("unlearned_auc_ci95")
+        verdict = membership["verdict"]
+        reason = f"{name}: {membership.get('reason', verdict)}{_where(ci, band[0], band[1])}"
+        return GateResult(
+            name, verdict != "failed", auc, limit, reason, inconclusive=verdict == "inconclusive", interval=ci
+        )
+    limit = f"|MIA AUC - 0.5| <= {tol:.3g}"
     gap = abs(auc - 0.5)
     ok = gap <= tol
     verdict = "within" if ok else "more than"
@@ -182,16 +314,40 @@ def mia(metrics: Mapping[str, Any], tol: float) -> GateResult:
     )
 
 
-def evaluate_gates(metrics: Mapping[str, Any], thresholds: GateThresholds) -> GateDecision:
-    """All four checks, in GATE_NAMES order; the decision passes only if every one passes."""
-    return GateDecision(
-        [
-            forget_vs_oracle(metrics, thresholds.forget_oracle_tol),
-            retain_fd(metrics, thresholds.retain_fd_tol),
-            retain_psnr(metrics, thresholds.retain_psnr_drop_db),
-            mia(metrics, thresholds.mia_auc_tol),
-        ]
-    )
+def _quality_gates(
+    metrics: Mapping[str, Any], thresholds: GateThresholds, evidence: Mapping[str, Any] | None
+) -> list[GateResult]:
+    """The forget and retain gates of one mask (the membership test runs on the headline mask only)."""
+    return [
+        forget_vs_oracle(
+            metrics, thresholds.forget_oracle_tol, evidence, getattr(thresholds, "forget_psnr_tol_db", 1.0)
+        ),
+        retain_fd(metrics, thresholds.retain_fd_tol, evidence),
+        retain_psnr(metrics, thresholds.retain_psnr_drop_db),
+    ]
+
+
+def _on_mask(result: GateResult, kind: str) -> GateResult:
+    name = f"{result.name}.{kind}"
+    reason = result.reason.replace(f"{result.name}:", f"{name}:", 1)
+    return replace(result, name=name, limit=f"{result.limit} ({kind} mask)", reason=reason)
+
+
+def evaluate_gates(
+    metrics: Mapping[str, Any],
+    thresholds: GateThresholds,
+    evidence: Mapping[str, Any] | None = None,
+    by_mask: Mapping[str, Any] | None = None,
+) -> GateDecision:
+    """The four checks in GATE_NAMES order on the headline mask, then the forget and retain gates
+    again on every other evaluated mask (`by_mask`: report.json's metrics_by_mask, e.g. the
+    outpainting border), named `<gate>.<mask>`; the decision passes only if none fails."""
+    results = _quality_gates(metrics, thresholds, evidence)
+    results.append(mia(metrics, thresholds.mia_auc_tol, evidence))
+    for kind, per_model in (by_mask or {}).items():
+        cis = ((evidence or {}).get("fd_ratio_ci95_by_mask") or {}).get(kind)
+        results += [_on_mask(r, kind) for r in _quality_gates(per_model, thresholds, {"fd_ratio_ci95": cis})]
+    return GateDecision(results)
 
 
 FEATURE_GATE_NAMES = ("flagged_vs_oracle", "sample_fd", "attack", "source_has_feature")

@@ -19,7 +19,11 @@ from torch import Tensor
 
 __all__ = [
     "psnr",
+    "psnr_per_image",
     "ssim",
+    "ssim_per_image",
+    "embed_cos_per_image",
+    "fd_min_samples",
     "frechet_distance",
     "embed_cos",
     "mia_auc",
@@ -52,6 +56,11 @@ def _check_pair(pred: Tensor, target: Tensor, name: str) -> None:
 
 def psnr(pred: Tensor, target: Tensor) -> float:
     """Mean over images of per-image PSNR in dB (data range 1.0), each capped at 100 dB."""
+    return float(psnr_per_image(pred, target).mean())
+
+
+def psnr_per_image(pred: Tensor, target: Tensor) -> np.ndarray:
+    """Per-image PSNR in dB (data range 1.0), each capped at 100 dB: shape (N,)."""
     _check_pair(pred, target, "psnr")
     # float64 so that near-identical images do not round MSE to 0 differently on CPU and GPU.
     diff = pred.detach().double() - target.detach().double()
@@ -61,7 +70,7 @@ def psnr(pred: Tensor, target: Tensor) -> float:
         10.0 * torch.log10(1.0 / mse.clamp_min(1e-300)),
         torch.full_like(mse, PSNR_CAP_DB),
     ).clamp_max(PSNR_CAP_DB)
-    return float(per_image.mean().item())
+    return per_image.cpu().numpy()
 
 
 def _gaussian_kernel_1d(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -85,7 +94,12 @@ def _ssim_window(h: int, w: int) -> tuple[int, float]:
 
 
 def ssim(pred: Tensor, target: Tensor) -> float:
-    """Mean SSIM (Wang et al. 2004): Gaussian window 11, sigma 1.5, K1=0.01, K2=0.03, data range 1.
+    """Mean over images of `ssim_per_image`."""
+    return float(ssim_per_image(pred, target).mean())
+
+
+def ssim_per_image(pred: Tensor, target: Tensor) -> np.ndarray:
+    """Per-image SSIM (Wang et al. 2004): Gaussian window 11, sigma 1.5, K1=0.01, K2=0.03, data range 1.
 
     Matches skimage's structural_similarity(gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, data_range=1): skimage filters with reflect padding and then crops
@@ -117,7 +131,7 @@ def ssim(pred: Tensor, target: Tensor) -> float:
         num = (2 * ux * uy + c1) * (2 * vxy + c2)
         den = (ux * ux + uy * uy + c1) * (vx + vy + c2)
         per_image.append((num / den).flatten(1).mean(dim=1))
-    return float(torch.cat(per_image).mean().item())
+    return torch.cat(per_image).cpu().numpy()
 
 
 def _as_features(x: np.ndarray, name: str) -> np.ndarray:
@@ -165,8 +179,24 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6
     return max(fd, 0.0)
 
 
+def fd_min_samples(feature_dim: int) -> int:
+    """The fewest images a Frechet distance is reported for: twice the feature dimension.
+
+    FD fits a D-dimensional Gaussian (D means, D(D+1)/2 covariances) to each image set. Below D rows
+    the sample covariance is singular and FD measures the regulariser, not the data; at 2D its
+    estimate is still biased upwards by about D^2/N but stable enough to compare models on the same
+    images. Smaller sets are measured per image instead (PSNR, SSIM, embedding cosine, distance to the
+    oracle's output)."""
+    return 2 * int(feature_dim)
+
+
 def embed_cos(feats_pred: np.ndarray, feats_true: np.ndarray) -> float:
     """Mean cosine similarity of paired rows (row i of pred against row i of true)."""
+    return float(embed_cos_per_image(feats_pred, feats_true).mean())
+
+
+def embed_cos_per_image(feats_pred: np.ndarray, feats_true: np.ndarray) -> np.ndarray:
+    """Cosine similarity of paired rows (row i of pred against row i of true): shape (N,)."""
     p = np.asarray(feats_pred, dtype=np.float64)
     t = np.asarray(feats_true, dtype=np.float64)
     if p.ndim != 2 or p.shape != t.shape:
@@ -175,8 +205,7 @@ def embed_cos(feats_pred: np.ndarray, feats_true: np.ndarray) -> float:
         raise ValueError("embed_cos: empty feature arrays")
     # eps keeps an all-zero feature row at cosine 0 instead of NaN.
     denom = np.linalg.norm(p, axis=1) * np.linalg.norm(t, axis=1)
-    cos = (p * t).sum(axis=1) / np.maximum(denom, 1e-12)
-    return float(cos.mean())
+    return (p * t).sum(axis=1) / np.maximum(denom, 1e-12)
 
 
 def mia_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:

@@ -5,7 +5,7 @@ YAML file and flag overrides, then hands it on. Every field has a default that w
 
 Modules: `base` (the strict section base), `data` (data and request sections), `families` (the
 model section, one per family), `training` (pretraining, unlearning, feature network, evaluation
-and tuning recipes), `runtime` (resources, storage, tracking, gates), `run` (`RunConfig` and its
+and tuning recipes), `runtime` (resources, storage, tracking, gates, privacy), `run` (`RunConfig` and its
 cross-field validation), `presets` (presets and their per-family settings) and `loading`
 (`build_config`, `config_from_json`).
 """
@@ -27,6 +27,7 @@ from lethe.config.run import RunConfig
 from lethe.config.runtime import (
     SOURCE_MODEL_RE,
     GatesConfig,
+    PrivacyConfig,
     ResourcesConfig,
     StorageConfig,
     TrackingConfig,
@@ -56,6 +57,7 @@ __all__ = [
     "GatesConfig",
     "MAEConfig",
     "ModelConfig",
+    "PrivacyConfig",
     "RequestConfig",
     "ResourcesConfig",
     "RunConfig",

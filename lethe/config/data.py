@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lethe.catalogue import RequestKind
-from lethe.config.base import _Strict
+from lethe.config.base import STORAGE_CREDENTIALS, _Strict, no_credentials
 
 DEFAULT_DATASET = "fashion-mnist"
 
@@ -18,6 +18,11 @@ class DataConfig(_Strict):
     max_train: int | None = Field(None, ge=10)
     max_heldout: int | None = Field(None, ge=10)
 
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return no_credentials(v, "the data set URI", STORAGE_CREDENTIALS) or v
+
 
 class RequestConfig(_Strict):
     kind: RequestKind = "classes"
@@ -26,6 +31,11 @@ class RequestConfig(_Strict):
     # kind "feature": a visual feature ("glasses" on avataaars) or a class name (class-as-feature);
     # forget = the training images that show it, and the generator must stop producing it.
     feature: str | None = None
+
+    @field_validator("ids_file")
+    @classmethod
+    def _ids_file(cls, v: str | None) -> str | None:
+        return no_credentials(v, "the ids file URI", STORAGE_CREDENTIALS)
 
     @model_validator(mode="after")
     def _check(self) -> RequestConfig:

@@ -29,7 +29,15 @@ def _preset(name: str) -> dict[str, Any]:
                 "decouple": {"max_ascent_steps": 10, "retain_steps": 5, "calibration_images": 64},
             },
             "featnet": {"epochs": 1, "width": 8, "feat_dim": 32},
-            "eval": {"n_forget": 64, "n_retain": 128, "n_mia": 64, "grid_rows": 4, "batch_size": 128},
+            "eval": {
+                "n_forget": 64,
+                "n_retain": 128,
+                "n_mia": 64,
+                "grid_rows": 4,
+                "batch_size": 128,
+                "bootstrap": 50,
+                "attack_masks": 2,
+            },
             "tune": {"num_samples": 3, "max_concurrent_trials": 2, "val_forget": 32, "val_retain": 64},
         }
     raise ConfigError("unknown preset", where="--preset", expected=" or ".join(PRESETS), seen=repr(name))

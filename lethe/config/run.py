@@ -10,12 +10,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lethe import catalogue
+from lethe import catalogue, digests
 from lethe.config.base import _Strict
 from lethe.config.data import DataConfig, RequestConfig
 from lethe.config.families import ModelConfig
 from lethe.config.runtime import (
     GatesConfig,
+    PrivacyConfig,
     ResourcesConfig,
     StorageConfig,
     TrackingConfig,
@@ -55,6 +56,7 @@ class RunConfig(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @field_validator("workdir", "cache_dir")
     @classmethod
@@ -141,6 +143,14 @@ class RunConfig(_Strict):
         if self.cache_dir:
             return Path(self.cache_dir).expanduser().resolve()
         return self.workdir_path.parent / "cache"
+
+    @property
+    def digest_key_path(self) -> Path:
+        """The digest key file (used when LETHE_DIGEST_KEY is unset): privacy.digest_key_file, else
+        <cache_dir>/keys/digest.key."""
+        if self.privacy.digest_key_file:
+            return Path(self.privacy.digest_key_file).expanduser().resolve()
+        return digests.default_key_file(self.cache_path)
 
     @property
     def tracking_uri(self) -> str:

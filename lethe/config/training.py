@@ -63,7 +63,9 @@ class UnlearnConfig(_Strict):
     grad_clip: float = Field(3.0, gt=0)
     warmup_frac: float = Field(0.1, ge=0, lt=1)
     noise: Literal["gaussian", "uniform", "constant"] = "gaussian"
-    mask: Literal["box", "random"] = "box"
+    # Random-cell masks (pretrain.mask_ratio of the cells), not the evaluation box: the gates then
+    # measure the unlearning on masks it never trained on (the centre box and the outpainting border).
+    mask: Literal["box", "random"] = "random"
     checkpoint_every: int = Field(50, ge=1)
     decouple: DecoupleConfig = Field(default_factory=DecoupleConfig)
 
@@ -122,6 +124,13 @@ class EvalConfig(_Strict):
     n_mia: int = Field(1000, ge=2)
     grid_rows: int = Field(8, ge=1, le=32)
     batch_size: int = Field(500, ge=1)
+    bootstrap: int = Field(200, ge=0, description="bootstrap resamples per 95% interval (0: no intervals)")
+    attack_masks: int = Field(
+        4, ge=0, description="random-cell masks per image besides the box in the membership attack"
+    )
+    mia_min_members: int = Field(
+        20, ge=1, description="fewer forget images than this: membership evidence is inconclusive"
+    )
 
 
 class TuneConfig(_Strict):

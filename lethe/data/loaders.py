@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lethe.data import avataaars
+from lethe.data.images import check_max_side, check_shape, decode_image
 from lethe.errors import DataError
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ FASHION_MNIST_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
-MAX_SIDE = 64
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # ~10k rows per block keeps several blocks (parallelism) without many tiny tasks.
 BLOCK_ROWS = 10_000
@@ -285,7 +284,7 @@ def _open_idx(folder: Path, name: str, fashion: bool) -> Source:
         class_names = list(FASHION_MNIST_CLASSES)
     else:
         class_names = [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
-    _check_max_side(images.shape[1:], str(folder))
+    check_max_side(images.shape[1:], str(folder))
     info = DatasetInfo(name, str(folder), class_names, *images.shape[1:])
     return Source(info, _meta(ids, labels, subsets), "arrays", {"images": images})
 
@@ -329,7 +328,7 @@ def _open_image_folder(root: Path, name: str) -> Source:
             labels.append(label)
             paths.append(str(f))
     first = decode_image(Path(paths[0]).read_bytes(), paths[0])
-    _check_max_side(first.shape, paths[0])
+    check_max_side(first.shape, paths[0])
     info = DatasetInfo(name, str(root), class_names, *first.shape)
     meta = _meta(ids, np.asarray(labels, np.int64), [""] * len(ids))
     return Source(info, meta, "image_folder", {"paths": paths})
@@ -416,7 +415,7 @@ def _open_parquet_files(files: list[str], where: str, name: str, remote: bool) -
         return pq.ParquetFile(source).read_row_group(0, columns=["image"]).column("image")[0].as_py()
 
     first = decode_image(io("reading the first image", first_row), f"{files[0]} (first row, column image)")
-    _check_max_side(first.shape, str(files[0]))
+    check_max_side(first.shape, str(files[0]))
     info = DatasetInfo(name, str(path), [str(v) for v in label_values], *first.shape)
     meta = pa.table({"id": ids.combine_chunks(), "label": pa.array(labels, pa.int64()), "subset": subsets})
     state = {"label_values": label_values, "has_subset": has_subset, "remote": remote, "files": files}
@@ -468,49 +467,6 @@ def decode_parquet_batch(
 
 
 # -- shared helpers -------------------------------------------------------------------------------
-
-
-def decode_image(data: bytes | None, where: str) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 (H,W,C); grayscale stays 1 channel, everything else becomes RGB."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise DataError("cannot decode image", where=where, expected="a PNG or JPEG image", seen="no bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            mode = "L" if img.mode in ("L", "LA", "1", "I", "I;16", "F") else "RGB"
-            arr = np.asarray(img.convert(mode), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError("cannot decode image", where=where, expected="a PNG or JPEG image") from e
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def _fmt(shape: Sequence[int]) -> str:
-    return "x".join(str(int(s)) for s in shape)
-
-
-def check_shape(shape: Sequence[int], expected: Sequence[int], where: str) -> None:
-    if tuple(shape) == tuple(expected):
-        return
-    what = (
-        "images of mixed sizes"
-        if tuple(shape[:2]) != tuple(expected[:2])
-        else "images of mixed channel counts"
-    )
-    raise DataError(
-        what, where=where, expected=f"{_fmt(expected)} (HxWxC of the first image)", seen=_fmt(shape)
-    )
-
-
-def _check_max_side(shape: Sequence[int], where: str) -> None:
-    if shape[0] > MAX_SIDE or shape[1] > MAX_SIDE:
-        raise DataError(
-            "images are too large",
-            where=where,
-            expected=f"at most {MAX_SIDE} pixels a side",
-            seen=_fmt(shape),
-        )
 
 
 def _meta(ids: Sequence[str], labels: np.ndarray, subsets: Sequence[str]) -> pa.Table:

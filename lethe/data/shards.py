@@ -14,14 +14,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lethe.digests import DigestKey, keyed_digest, keyed_hasher
 from lethe.errors import DataError, StorageError
 
 if TYPE_CHECKING:
     import ray.data
 
+    from lethe.config import RunConfig
+
 SHARD_NAMES = ("forget", "retain", "heldout_forget", "heldout_retain")
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: keyed digests (digest_algorithm, digest_key_id)
 SHARD_SCHEMA = pa.schema([("id", pa.string()), ("label", pa.int64()), ("pixels", pa.binary())])
 
 
@@ -45,6 +48,10 @@ class Manifest:
     shards: dict[str, ShardInfo] = field(default_factory=dict)
     request_digest: str = ""
     data_digest: str = ""
+    # How the digests above were made: "hmac-sha256" under the key named by digest_key_id
+    # (lethe.digests); a manifest from before keyed digests reads as "sha256" with no key id.
+    digest_algorithm: str = ""
+    digest_key_id: str = ""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -70,6 +77,8 @@ class Manifest:
                 shards={k: ShardInfo(**v) for k, v in d["shards"].items()},
                 request_digest=str(d["request_digest"]),
                 data_digest=str(d["data_digest"]),
+                digest_algorithm=str(d.get("digest_algorithm", "sha256")),
+                digest_key_id=str(d.get("digest_key_id", "")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(
@@ -147,15 +156,84 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def shard_digest(ids: Sequence[str], labels: Iterable[int], pixel_hashes: Sequence[str]) -> str:
-    """sha256 over rows sorted by id of (id, label, sha256(pixels)): blind to file layout and order."""
+def shard_digest(
+    ids: Sequence[str], labels: Iterable[int], pixel_hashes: Sequence[str], key: DigestKey | bytes
+) -> str:
+    """HMAC-SHA256 under `key` over rows sorted by id of (id, label, sha256(pixels)): blind to file
+    layout and order, and not to be matched against a public data set's rows without the key."""
     labels = [int(v) for v in labels]
-    h = hashlib.sha256()
+    h = keyed_hasher(key)
     for i in sorted(range(len(ids)), key=ids.__getitem__):
-        key = ids[i].encode()
+        raw = ids[i].encode()
         # Length prefix: no id content can imitate a row boundary.
-        h.update(b"%d:%s|%d|%s\n" % (len(key), key, labels[i], pixel_hashes[i].encode()))
+        h.update(b"%d:%s|%d|%s\n" % (len(raw), raw, labels[i], pixel_hashes[i].encode()))
     return h.hexdigest()
+
+
+def ids_digest(ids: Iterable[str], key: DigestKey | bytes) -> str:
+    """Keyed digest of a set of ids: no id can be found from it by hashing candidates without the key."""
+    return keyed_digest(key, "\n".join(sorted(ids)).encode())
+
+
+def split_caps(cfg: RunConfig) -> dict[str, Any]:
+    """The config fields besides the request that decide which rows go where."""
+    return {
+        "heldout_fraction": cfg.data.heldout_fraction,
+        "max_train": cfg.data.max_train,
+        "max_heldout": cfg.data.max_heldout,
+    }
+
+
+def request_digest(
+    request: dict[str, Any], dataset_digest: str, caps: dict[str, Any], key: DigestKey | bytes
+) -> str:
+    """Keyed digest of what was asked of which data: the request record, the data set, the caps."""
+    payload = {"request": request, "dataset_digest": dataset_digest, **caps}
+    return keyed_digest(key, json.dumps(payload, sort_keys=True).encode())
+
+
+@dataclass(frozen=True)
+class SplitDigests:
+    """The manifest's keyed digests (see `split_digests`)."""
+
+    shards: dict[str, str]
+    request: dict[str, Any]  # the manifest's request record, an id request's keyed ids_digest included
+    dataset_digest: str
+    request_digest: str
+    data_digest: str
+
+
+def split_digests(
+    rows: pa.Table,
+    request: dict[str, Any],
+    forget_ids: Iterable[str] | None,
+    caps: dict[str, Any],
+    key: DigestKey | bytes,
+) -> SplitDigests:
+    """Every digest of a manifest, keyed (HMAC-SHA256), from rows with columns id, label, part and
+    pixhash (as `split.add_parts_batch` gives them). Same rows + request + key: same digests."""
+    ids = rows.column("id").to_pylist()
+    labels = rows.column("label").to_numpy()
+    parts = np.asarray(rows.column("part").to_pylist(), dtype=object)
+    pixhash = rows.column("pixhash").to_pylist()
+
+    def digest_of(mask: np.ndarray) -> str:
+        idx = np.flatnonzero(mask)
+        return shard_digest([ids[i] for i in idx], labels[idx], [pixhash[i] for i in idx], key)
+
+    record = dict(request)
+    if forget_ids is not None:
+        record["ids_digest"] = ids_digest(forget_ids, key)
+    dataset_digest = digest_of(np.ones(len(ids), dtype=bool))
+    return SplitDigests(
+        shards={name: digest_of(parts == name) for name in SHARD_NAMES},
+        request=record,
+        dataset_digest=dataset_digest,
+        request_digest=request_digest(record, dataset_digest, caps, key),
+        # The union, not forget and retain separately: requests that train on the same rows share
+        # one original model.
+        data_digest=digest_of((parts == "forget") | (parts == "retain")),
+    )
 
 
 # -- reading --------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ Ray Data pass that carries the pixels and writes the shards.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import secrets
@@ -24,7 +22,16 @@ import pyarrow.parquet as pq
 
 from lethe.config import RunConfig
 from lethe.data.loaders import DatasetInfo, Source, id_hashes, open_source
-from lethe.data.shards import SHARD_NAMES, SHARD_SCHEMA, Manifest, ShardInfo, sha256_hex, shard_digest
+from lethe.data.shards import (
+    SHARD_NAMES,
+    SHARD_SCHEMA,
+    Manifest,
+    ShardInfo,
+    sha256_hex,
+    split_caps,
+    split_digests,
+)
+from lethe.digests import ALGORITHM, load_key
 from lethe.errors import DataError, LetheError, StorageError, find_lethe_error
 
 log = logging.getLogger("lethe.data")
@@ -157,7 +164,8 @@ def feature_labels(class_names: Sequence[str], dataset: str, feature: str) -> li
 
 
 def read_ids_file(path: str | os.PathLike[str]) -> list[str]:
-    """One id per line; blank lines and '#' comments are skipped. Sorted and distinct."""
+    """One id per line, stripped; blank lines and comment lines (first non-blank character '#') are
+    skipped. A '#' anywhere else is part of the id (image-folder ids are file names). Sorted, distinct."""
     from lethe import storage
 
     if storage.is_s3(path):
@@ -183,19 +191,18 @@ def read_ids_file(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _parse_ids(text: str) -> list[str]:
-    ids = {line.split("#", 1)[0].strip() for line in text.splitlines()}
-    ids.discard("")
+    ids = {line.strip() for line in text.splitlines()}
+    ids = {i for i in ids if i and not i.startswith("#")}
     return sorted(ids)
-
-
-def ids_digest(ids: Sequence[str]) -> str:
-    return sha256_hex("\n".join(sorted(ids)).encode())
 
 
 def plan_split(
     cfg: RunConfig, info: DatasetInfo, meta: pa.Table
 ) -> tuple[SplitPlan, dict[str, Any], np.ndarray]:
-    """Validate the request against the data set's ids/labels: the plan, the manifest's request, parts."""
+    """Validate the request against the data set's ids/labels: the plan, the manifest's request, parts.
+
+    An id request's record is {"kind": "ids"} here: `shards.split_digests` adds its keyed ids_digest.
+    """
     ids: list[str] = meta.column("id").to_pylist()
     labels = meta.column("label").to_numpy()
     subsets: list[str] = meta.column("subset").to_pylist()
@@ -242,7 +249,7 @@ def plan_split(
                 seen=f"{unknown} unknown ids",
             )
         plan = replace(base, forget_ids=frozenset(wanted))
-        request = {"kind": "ids", "ids_digest": ids_digest(wanted)}
+        request = {"kind": "ids"}
     else:
         raise DataError(
             "unsupported request kind",
@@ -477,6 +484,8 @@ def _split_into(cfg: RunConfig, out_dir: str | Path, tmp: str | Path) -> Manifes
     src: Source = open_source(cfg.data.dataset)
     info = src.info
     plan, request, expected_parts = plan_split(cfg, info, src.meta)
+    # After the request is known to be good, before any Ray work: a bad key file fails fast.
+    key = load_key(cfg.digest_key_path)
     counts = {name: int((expected_parts == name).sum()) for name in SHARD_NAMES}
     log.info(
         "split %s (%d rows, %dx%dx%d): %s",
@@ -500,15 +509,7 @@ def _split_into(cfg: RunConfig, out_dir: str | Path, tmp: str | Path) -> Manifes
 
     digest_cols = parted.select_columns(["id", "label", "part", "pixhash"])
     rows = _in_ray("collecting digests", lambda: pa.concat_tables(ray.get(digest_cols.to_arrow_refs())))
-    ids = rows.column("id").to_pylist()
-    labels = rows.column("label").to_numpy()
-    parts = np.asarray(rows.column("part").to_pylist(), dtype=object)
-    pixhash = rows.column("pixhash").to_pylist()
-
-    def digest_of(mask: np.ndarray) -> str:
-        idx = np.flatnonzero(mask)
-        return shard_digest([ids[i] for i in idx], labels[idx], [pixhash[i] for i in idx])
-
+    digests = split_digests(rows, request, plan.forget_ids, split_caps(cfg), key)
     from lethe import storage
 
     shards: dict[str, ShardInfo] = {}
@@ -523,16 +524,8 @@ def _split_into(cfg: RunConfig, out_dir: str | Path, tmp: str | Path) -> Manifes
                 expected=str(counts[name]),
                 seen=str(written),
             )
-        shards[name] = ShardInfo(name, storage.join(out_dir, name), written, digest_of(parts == name))
+        shards[name] = ShardInfo(name, storage.join(out_dir, name), written, digests.shards[name])
 
-    dataset_digest = digest_of(np.ones(len(ids), dtype=bool))
-    request_payload = {
-        "request": request,
-        "dataset_digest": dataset_digest,
-        "heldout_fraction": cfg.data.heldout_fraction,
-        "max_train": cfg.data.max_train,
-        "max_heldout": cfg.data.max_heldout,
-    }
     manifest = Manifest(
         dataset=info.name,
         source_uri=info.source_uri,
@@ -540,15 +533,21 @@ def _split_into(cfg: RunConfig, out_dir: str | Path, tmp: str | Path) -> Manifes
         height=info.height,
         width=info.width,
         channels=info.channels,
-        request=request,
+        request=digests.request,
         shards=shards,
-        request_digest=hashlib.sha256(json.dumps(request_payload, sort_keys=True).encode()).hexdigest(),
-        # The union, not forget and retain separately: requests that train on the same rows share
-        # one original model.
-        data_digest=digest_of((parts == "forget") | (parts == "retain")),
+        request_digest=digests.request_digest,
+        data_digest=digests.data_digest,
+        digest_algorithm=ALGORITHM,
+        digest_key_id=key.key_id,
     )
     manifest.save(tmp)
     for name, shard in shards.items():
         log.info("shard %s: %d rows, digest %s", name, shard.count, shard.digest[:16])
-    log.info("request digest %s, data digest %s", manifest.request_digest[:16], manifest.data_digest[:16])
+    log.info(
+        "request digest %s, data digest %s (%s, key id %s)",
+        manifest.request_digest[:16],
+        manifest.data_digest[:16],
+        ALGORITHM,
+        key.key_id,
+    )
     return manifest

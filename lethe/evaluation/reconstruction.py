@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lethe import masks, metrics
+from lethe.evaluation import evidence
 from lethe.report.grids import image_grid, mask_overlay
 
 MODEL_NAMES = ("original", "unlearned", "oracle")
@@ -52,12 +53,26 @@ def _features(featnet: nn.Module, x: torch.Tensor, bs: int) -> np.ndarray:
 
 @torch.no_grad()
 def _recon_errors(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, bs: int) -> np.ndarray:
+    """Per-image masked MSE of the single-pass prediction; mask (1,1,H,W) or one per image (N,1,H,W)."""
     errs = []
     for i in range(0, len(x), bs):
         xb = x[i : i + bs]
-        m = masks.expand(mask, len(xb))
+        m = masks.expand(mask, len(xb)) if mask.shape[0] == 1 else mask[i : i + bs]
         errs.append(metrics.masked_mse_per_image(model(xb, m, mode="predict"), xb, m))
     return torch.cat(errs).numpy()
+
+
+def attack_masks(x: torch.Tensor, box: torch.Tensor, cell: int, ratio: float, n_random: int, seed: int):
+    """The membership attack's masks: the headline box plus `n_random` random-cell masks per image,
+    drawn from a fixed seed so every model is measured on the same ones."""
+    gen = torch.Generator().manual_seed(seed)
+    _, _, h, w = x.shape
+    return [box] + [masks.random_mask(len(x), h, w, cell, ratio, gen) for _ in range(n_random)]
+
+
+def attack_errors(model: nn.Module, x: torch.Tensor, mask_set: list[torch.Tensor], bs: int) -> np.ndarray:
+    """Per-image reconstruction error averaged over the attack's masks: shape (N,)."""
+    return np.mean([_recon_errors(model, x, m, bs) for m in mask_set], axis=0)
 
 
 def features(featnet: nn.Module, x: torch.Tensor, bs: int = 500) -> np.ndarray:
@@ -96,15 +111,65 @@ def model_fd(
     return metrics.frechet_distance(torch.cat(feats).numpy(), truth_feats)
 
 
-def split_metrics(
-    outputs: torch.Tensor, truth: torch.Tensor, featnet: nn.Module, truth_feats: np.ndarray, bs: int
-) -> dict[str, float]:
-    feats = _features(featnet, outputs, bs)
+@dataclass
+class Measured:
+    """One model on one split under one mask: per-image values, FD and its bootstrap series."""
+
+    per_image: dict[str, np.ndarray]  # psnr, ssim, embed_cos, oracle_dist: shape (N,)
+    fd: float | None  # None: too few images for a Frechet distance (metrics.fd_min_samples)
+    fd_series: np.ndarray | None  # FD under every bootstrap resample
+
+
+def measure(
+    out: torch.Tensor,
+    truth: torch.Tensor,
+    oracle_out: torch.Tensor,
+    mask: torch.Tensor,
+    featnet: nn.Module,
+    truth_feats: np.ndarray,
+    rs: evidence.Resamples | None,
+    bs: int,
+) -> Measured:
+    feats = _features(featnet, out, bs)
+    m = masks.expand(mask, len(out))
+    per_image = {
+        "psnr": metrics.psnr_per_image(out, truth),
+        "ssim": metrics.ssim_per_image(out, truth),
+        "embed_cos": metrics.embed_cos_per_image(feats, truth_feats),
+        # How far each output is from what a model that never saw the image draws (hidden pixels).
+        "oracle_dist": metrics.masked_mse_per_image(out, oracle_out, m).double().numpy(),
+    }
+    if len(out) < metrics.fd_min_samples(feats.shape[1]):
+        return Measured(per_image, None, None)
+    fd = metrics.frechet_distance(feats, truth_feats)
+    return Measured(per_image, fd, None if rs is None else evidence.fd_series(feats, truth_feats, rs))
+
+
+def summarise(m: Measured, rs: evidence.Resamples | None) -> dict[str, object]:
+    """metrics[model][split]: each figure, and with resamples its 95% interval as NAME_ci95."""
+    out: dict[str, object] = {"fd": m.fd}
+    for name, values in m.per_image.items():
+        out[name] = float(values.mean())
+    if rs is not None:
+        out["fd_ci95"] = None if m.fd_series is None else evidence.percentile_ci(m.fd_series)
+        for name, values in m.per_image.items():
+            out[f"{name}_ci95"] = evidence.percentile_ci(evidence.mean_series(values, rs))
+    return out
+
+
+def fd_ratio_ci95(measured: dict[str, dict[str, Measured]]) -> dict[str, dict[str, list[float] | None]]:
+    """Paired intervals of the FD ratios the gates read (same resamples in both models)."""
+
+    def ci(split: str, a: str, b: str) -> list[float] | None:
+        sa, sb = measured[a][split].fd_series, measured[b][split].fd_series
+        return None if sa is None or sb is None else evidence.ratio_ci(sa, sb)
+
     return {
-        "psnr": metrics.psnr(outputs, truth),
-        "ssim": metrics.ssim(outputs, truth),
-        "fd": metrics.frechet_distance(feats, truth_feats),
-        "embed_cos": metrics.embed_cos(feats, truth_feats),
+        "forget": {
+            "unlearned_vs_oracle": ci("forget", "unlearned", "oracle"),
+            "original_vs_oracle": ci("forget", "original", "oracle"),
+        },
+        "retain": {"unlearned_vs_original": ci("retain", "unlearned", "original")},
     }
 
 
@@ -126,72 +191,142 @@ def _grid(
     return image_grid(cols, out_dir / f"grid_{name}.png")
 
 
-def evaluate_models(
-    models: dict[str, nn.Module],
-    featnet: nn.Module,
-    data: EvalData,
-    box_frac: float,
-    grid_rows: int,
-    out_dir: Path,
-    batch_size: int = 500,
-    *,
-    outpaint_frac: float | None = None,
-    seed: int = 0,
-) -> tuple[dict, dict[str, Path], dict]:
-    """Returns metrics[model][split][name] under the centre box, grid paths, and extra facts:
-    feature-net accuracy, the masks, the sampler, and (when `outpaint_frac` is given)
-    extra["metrics_by_mask"]["outpaint"][model][split][name] under the border mask."""
-    any_model = next(iter(models.values()))
-    _, c, h, w = data.retain.shape
-    cell = any_model.mask_cell
-    mask_sets = {"box": masks.box_mask(h, w, box_frac, cell)}  # (1,1,H,W)
-    if outpaint_frac is not None:
-        mask_sets["outpaint"] = masks.border_mask(h, w, outpaint_frac, cell)
-    truth = {"retain": data.retain, "forget": data.forget}
-    truth_feats = {k: _features(featnet, v, batch_size) for k, v in truth.items()}
-    by_mask: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
-    outputs: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
-    for kind, mask in mask_sets.items():
-        by_mask[kind], outputs[kind] = {}, {}
-        for name, model in models.items():
-            by_mask[kind][name], outputs[kind][name] = {}, {}
-            for split, x in truth.items():
-                out = _inpaint(model, x, mask, batch_size, seed)
-                outputs[kind][name][split] = out
-                by_mask[kind][name][split] = split_metrics(out, x, featnet, truth_feats[split], batch_size)
-    # Membership inference under the headline mask only (the contract puts mia_auc there).
-    box = mask_sets["box"]
-    for name, model in models.items():
-        mem = _recon_errors(model, data.members, box, batch_size)
-        non = _recon_errors(model, data.nonmembers, box, batch_size)
-        by_mask["box"][name]["forget"]["mia_auc"] = metrics.mia_auc(
-            metrics.mia_scores_from_errors(mem), metrics.mia_scores_from_errors(non)
-        )
+@dataclass
+class EvalSettings:
+    box_frac: float
+    grid_rows: int
+    out_dir: Path
+    batch_size: int = 500
+    outpaint_frac: float | None = None
+    seed: int = 0
+    bootstrap: int = 200  # resamples per interval (0: no intervals)
+    attack_masks: int = 4  # random-cell masks besides the box in the membership attack
+    attack_mask_ratio: float = 0.5
 
+
+def _inpaint_all(models, truth, mask_sets, bs: int, seed: int):
+    """outputs[mask kind][model][split]: every model's inpaintings under every mask."""
+    return {
+        kind: {
+            name: {split: _inpaint(model, x, mask, bs, seed) for split, x in truth.items()}
+            for name, model in models.items()
+        }
+        for kind, mask in mask_sets.items()
+    }
+
+
+def _membership(
+    models, data: EvalData, box: torch.Tensor, st: EvalSettings
+) -> dict[str, evidence.AttackFigures]:
+    """The calibrated attack on every model, the oracle as the reference (its score is 0: AUC 0.5)."""
+    cell = next(iter(models.values())).mask_cell
+    mask_mem = attack_masks(data.members, box, cell, st.attack_mask_ratio, st.attack_masks, st.seed + 101)
+    mask_non = attack_masks(data.nonmembers, box, cell, st.attack_mask_ratio, st.attack_masks, st.seed + 202)
+    errs = {
+        name: (
+            attack_errors(m, data.members, mask_mem, st.batch_size),
+            attack_errors(m, data.nonmembers, mask_non, st.batch_size),
+        )
+        for name, m in models.items()
+    }
+    ref_mem, ref_non = errs["oracle"]
+    return {
+        name: evidence.attack_figures(
+            evidence.calibrated_scores(e_mem, ref_mem),
+            evidence.calibrated_scores(e_non, ref_non),
+            st.bootstrap,
+            st.seed + 303,
+        )
+        for name, (e_mem, e_non) in errs.items()
+    }
+
+
+def _grids(data: EvalData, mask_sets, outputs, models, st: EvalSettings) -> dict[str, Path]:
+    truth = {"retain": data.retain, "forget": data.forget}
     grids: dict[str, Path] = {}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    st.out_dir.mkdir(parents=True, exist_ok=True)
     for kind, mask in mask_sets.items():
         for split, x in truth.items():
             if split == "forget" and not data.show_forget:
                 continue
             per_model = {name: outputs[kind][name][split] for name in models}
-            path = _grid(f"{split}_{kind}", x, mask, per_model, grid_rows, out_dir)
+            path = _grid(f"{split}_{kind}", x, mask, per_model, st.grid_rows, st.out_dir)
             if path is not None:
                 grids[f"{split}_{kind}"] = path
+    return grids
 
+
+def evaluate_models(
+    models: dict[str, nn.Module], featnet: nn.Module, data: EvalData, st: EvalSettings
+) -> tuple[dict, dict[str, Path], dict]:
+    """Returns metrics[model][split][name] under the centre box (with NAME_ci95 intervals), grid
+    paths, and extra facts: feature-net accuracy, the masks, the sampler, the membership attack's
+    figures (extra["attack"][model]), the paired FD-ratio intervals (extra["fd_ratio_ci95"][mask]),
+    and with `outpaint_frac` extra["metrics_by_mask"]["outpaint"][model][split][name]."""
+    any_model = next(iter(models.values()))
+    _, c, h, w = data.retain.shape
+    cell = any_model.mask_cell
+    mask_sets = {"box": masks.box_mask(h, w, st.box_frac, cell)}  # (1,1,H,W)
+    if st.outpaint_frac is not None:
+        mask_sets["outpaint"] = masks.border_mask(h, w, st.outpaint_frac, cell)
+    truth = {"retain": data.retain, "forget": data.forget}
+    truth_feats = {k: _features(featnet, v, st.batch_size) for k, v in truth.items()}
+    resamples = {
+        split: evidence.Resamples.draw(len(x), st.bootstrap, st.seed + i) if st.bootstrap else None
+        for i, (split, x) in enumerate(truth.items())
+    }
+    outputs = _inpaint_all(models, truth, mask_sets, st.batch_size, st.seed)
+    by_mask: dict[str, dict] = {}
+    ratio_cis: dict[str, dict] = {}
+    for kind, mask in mask_sets.items():
+        measured = {
+            name: {
+                split: measure(
+                    outputs[kind][name][split],
+                    x,
+                    outputs[kind]["oracle"][split],
+                    mask,
+                    featnet,
+                    truth_feats[split],
+                    resamples[split],
+                    st.batch_size,
+                )
+                for split, x in truth.items()
+            }
+            for name in models
+        }
+        # Intervals on the headline mask; the other masks' figures are points.
+        by_mask[kind] = {
+            name: {
+                split: summarise(m, resamples[split] if kind == "box" else None) for split, m in per.items()
+            }
+            for name, per in measured.items()
+        }
+        ratio_cis[kind] = fd_ratio_ci95(measured)
+    attack = _membership(models, data, mask_sets["box"], st)
+    for name, fig in attack.items():
+        by_mask["box"][name]["forget"].update(fig.as_metrics())
+    grids = _grids(data, mask_sets, outputs, models, st)
     with torch.no_grad():
         logits = torch.cat(
-            [featnet(data.retain[i : i + batch_size]) for i in range(0, len(data.retain), batch_size)]
+            [featnet(data.retain[i : i + st.batch_size]) for i in range(0, len(data.retain), st.batch_size)]
         )
+    box = mask_sets["box"]
     extra: dict = {
-        "mask": {**_mask_facts("centre_box", box_frac, box, [c, h, w]), "box_frac": box_frac},
+        "mask": {**_mask_facts("centre_box", st.box_frac, box, [c, h, w]), "box_frac": st.box_frac},
         # The FD instrument must itself be good: report its accuracy on held-out retain data.
         "featnet_retain_accuracy": float((logits.argmax(1) == data.retain_labels).float().mean()),
-        "sampler": {**any_model.sampler_info(), "seed": seed, "seed_per_batch": "seed + batch index"},
+        "sampler": {**any_model.sampler_info(), "seed": st.seed, "seed_per_batch": "seed + batch index"},
+        "fd_min_samples": metrics.fd_min_samples(truth_feats["retain"].shape[1]),
+        "bootstrap": {"resamples": st.bootstrap, "interval": "percentile, 95%", "unit": "evaluation image"},
+        "attack": attack,
+        "fd_ratio_ci95": ratio_cis,
+        "n_members": len(data.members),
+        "n_nonmembers": len(data.nonmembers),
     }
     if "outpaint" in mask_sets:
         extra["outpaint_mask"] = _mask_facts(
-            "border", float(outpaint_frac or 0), mask_sets["outpaint"], [c, h, w]
+            "border", float(st.outpaint_frac or 0), mask_sets["outpaint"], [c, h, w]
         )
         extra["metrics_by_mask"] = {"outpaint": by_mask["outpaint"]}
     return by_mask["box"], grids, extra

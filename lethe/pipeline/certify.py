@@ -31,6 +31,8 @@ def finalize(
         report = json.loads(report_path.read_text())
         if status == "complete":
             finalise_report(ctx, report)
+        elif ctx.state.run_id and report.get("run_id") != ctx.state.run_id:
+            report = {}  # an earlier run's report: this run failed before its own evaluate
     if not report:
         report = request_only_report(ctx)
     if not report:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lethe.evaluation.reconstruction import MODEL_NAMES
+from lethe.pipeline.cleanup import forget_trained_model
 from lethe.pipeline.context import Context
 from lethe.pipeline.families import for_config
 from lethe.pipeline.params import numeric_or_str
@@ -20,13 +21,14 @@ def step_evaluate(ctx: Context) -> Path:
     with ctx.step("evaluate", fam.eval_params(cfg)) as run_id:
         man = ctx.manifest()
         arch = fam.arch(cfg, man)
+        featnet_path = forget_trained_model(lay, "featnet")  # before any work: cleanup deletes it
         loaded = {
             n: load_checkpoint(lay.fetch(lay.model(n)), expected_kind=cfg.family, expected_arch=arch)
             for n in MODEL_NAMES
         }
         models = {n: m for n, (m, _) in loaded.items()}
         ctx.state.unlearned_meta = numeric_or_str(loaded["unlearned"][1])
-        featnet, _ = load_checkpoint(lay.fetch(lay.model("featnet")), expected_kind="featnet")
+        featnet, _ = load_checkpoint(featnet_path, expected_kind="featnet")
         result = fam.evaluate(ctx, man, arch, models, featnet)
         ctx.state.evaluate = {"run_id": run_id}
         report = build_report(ctx, man, result.metrics, result.extra)

@@ -19,6 +19,7 @@ from lethe.config import RunConfig
 from lethe.errors import ConfigError, DataError
 from lethe.evaluation.reconstruction import MODEL_NAMES
 from lethe.models.families import get_family
+from lethe.pipeline.cleanup import forget_trained_model
 from lethe.pipeline.family_api import Evaluation, UnlearnPlan
 from lethe.pipeline.jobs import featnet_job, pretrain_job, unlearn_job
 from lethe.pipeline.keys import feature_classifier_key
@@ -290,7 +291,7 @@ class Generator:
         from lethe.models.checkpoint import load_checkpoint
 
         cfg, lay = ctx.cfg, ctx.lay
-        classifier, _ = load_checkpoint(lay.fetch(lay.model("feature_clf")), expected_kind="featnet")
+        classifier, _ = load_checkpoint(forget_trained_model(lay, "feature_clf"), expected_kind="featnet")
         direction, labelling = find_direction(cfg, teacher.eval(), classifier.eval(), feature_prior(man))
         ctx.tracker.log_metrics(
             {
@@ -327,7 +328,7 @@ class Generator:
 
         cfg, lay = ctx.cfg, ctx.lay
         models = {n: m.eval() for n, m in models.items()}
-        classifier, _ = load_checkpoint(lay.fetch(lay.model("feature_clf")), expected_kind="featnet")
+        classifier, _ = load_checkpoint(forget_trained_model(lay, "feature_clf"), expected_kind="featnet")
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         saved = ctx.state.unlearn
         if saved.get("direction"):

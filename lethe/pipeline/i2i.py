@@ -19,7 +19,7 @@ from lethe.models.families import get_family
 from lethe.pipeline.decouple import calibrate_decouple, decouple_check, decouple_summary, method_options
 from lethe.pipeline.family_api import Evaluation, UnlearnPlan
 from lethe.pipeline.jobs import fault_step, mask_spec, phases, pretrain_job, unlearn_job
-from lethe.pipeline.params import flat_params, ratio, section_params
+from lethe.pipeline.params import flat_params, numeric, ratio, section_params
 
 log = logging.getLogger("lethe")
 
@@ -157,30 +157,52 @@ class ImageToImage:
         return section_params("eval", cfg)
 
     def evaluate(self, ctx, man, arch, models, featnet) -> Evaluation:
-        from lethe.evaluation.reconstruction import evaluate_models
+        from lethe.evaluation.evidence import membership_verdict
+        from lethe.evaluation.reconstruction import EvalSettings, evaluate_models
         from lethe.report import distance_to_oracle, oracle_gaps
 
-        cfg = ctx.cfg
+        cfg, e = ctx.cfg, ctx.cfg.eval
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         data = eval_data(cfg, man, str(ctx.lay.shards))
-        metrics, grids, extra = evaluate_models(
-            models,
-            featnet,
-            data,
-            cfg.eval.box_frac,
-            cfg.eval.grid_rows,
-            ctx.lay.report_dir,
-            cfg.eval.batch_size,
-            outpaint_frac=cfg.eval.outpaint_frac if cfg.eval.outpaint else None,
+        settings = EvalSettings(
+            box_frac=e.box_frac,
+            grid_rows=e.grid_rows,
+            out_dir=ctx.lay.report_dir,
+            batch_size=e.batch_size,
+            outpaint_frac=e.outpaint_frac if e.outpaint else None,
             seed=cfg.seed,
+            bootstrap=e.bootstrap,
+            attack_masks=e.attack_masks,
+            attack_mask_ratio=cfg.pretrain.mask_ratio,
         )
+        metrics, grids, extra = evaluate_models(models, featnet, data, settings)
+        attack, ratio_cis = extra.pop("attack"), extra.pop("fd_ratio_ci95")
+        membership = membership_verdict(
+            attack["original"],
+            attack["unlearned"],
+            attack["oracle"],
+            extra.pop("n_members"),
+            extra.pop("n_nonmembers"),
+            cfg.gates.mia_auc_tol,
+            e.mia_min_members,
+        )
+        log.warning("evaluate: %s", membership["reason"])
         by_mask = extra.pop("metrics_by_mask", {})
         for prefix, per_model in [("", metrics), *((f"{k}.", v) for k, v in by_mask.items())]:
             for model, splits in per_model.items():
                 for split, vals in splits.items():
-                    ctx.tracker.log_metrics({f"{prefix}{model}.{split}.{k}": v for k, v in vals.items()})
+                    ctx.tracker.log_metrics(
+                        {f"{prefix}{model}.{split}.{k}": v for k, v in numeric(vals).items()}
+                    )
 
         def complete(report: dict[str, Any]) -> None:
+            report["evidence"] = {
+                "membership": membership,
+                "fd_ratio_ci95": ratio_cis["box"],
+                "fd_ratio_ci95_by_mask": {k: v for k, v in ratio_cis.items() if k != "box"},
+                "bootstrap": extra["bootstrap"],
+                "fd_min_samples": extra["fd_min_samples"],
+            }
             if by_mask:
                 # Other masks sit beside the headline metrics, never inside them (report.json contract).
                 report["metrics_by_mask"] = by_mask
@@ -209,7 +231,9 @@ class ImageToImage:
         from lethe import masks
         from lethe.gates import evaluate_gates
 
-        decision = evaluate_gates(report["metrics"], cfg.gates)
+        decision = evaluate_gates(
+            report["metrics"], cfg.gates, report.get("evidence"), report.get("metrics_by_mask")
+        )
         h, w, c = man.height, man.width, man.channels
         mask = masks.expand(masks.box_mask(h, w, cfg.eval.box_frac, model.mask_cell), 4).contiguous()
         return (torch.rand(4, c, h, w), mask), decision

@@ -87,12 +87,14 @@ def version_tags(
         "lethe.retain_count": str(man.shards["retain"].count),
         "lethe.request_digest": man.request_digest,
         "lethe.data_digest": man.data_digest,
+        # The digests are keyed (HMAC-SHA256): which key made them, by its public id.
+        "lethe.digest_key_id": man.digest_key_id or "unkeyed",
         "lethe.dataset": man.dataset,
         "lethe.code_version": code_version(),
         "lethe.source_model": source.get("uri") or "pretrained by lethe",
         "lethe.pipeline_run_id": st.run_id or "",
         "lethe.alias": cfg.tracking.alias,
-        "lethe.gates": "passed" if decision.passed else "failed",
+        "lethe.gates": decision.verdict,
         "lethe.gates.summary": decision.summary(),
         "lethe.certificate_uri": cert_uri,
         **({"lethe.source_model_requested": source["requested"]} if source.get("requested") else {}),
@@ -104,7 +106,9 @@ def version_tags(
 def _description(cfg, decision) -> str:
     alias = cfg.tracking.alias
     if decision.passed:
-        return f"lethe {cfg.method} unlearning of {cfg.family}; gates passed, promoted to @{alias}"
+        return (
+            f"lethe {cfg.method} unlearning of {cfg.family}; gates {decision.verdict}, promoted to @{alias}"
+        )
     return f"lethe {cfg.method} unlearning of {cfg.family}; NOT promoted to @{alias}: {decision.summary()}"
 
 
@@ -139,7 +143,7 @@ def _bookkeeping(ctx: Context, report, decision, description: str, run_id: str, 
     """What promote records once the version exists (run tags, gates, state, report); a failure
     here rolls the registration back (register_and_promote)."""
     name, alias = ctx.cfg.model_name, ctx.cfg.tracking.alias
-    verdict = "passed" if decision.passed else "failed"
+    verdict = decision.verdict
 
     def record(version: str, moved: bool, previous: str | None) -> None:
         if moved:

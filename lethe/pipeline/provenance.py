@@ -6,9 +6,9 @@ import os
 import subprocess
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from lethe import __version__
+from lethe.errors import redact_userinfo
 from lethe.pipeline.params import ratio
 
 
@@ -31,13 +31,9 @@ def code_version() -> str:
 
 
 def redact(uri: str) -> str:
-    """Tracking URIs may embed credentials (user:pass@host); never write them into reports."""
-    parts = urlsplit(uri)
-    if parts.password or parts.username:
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
+    """URIs may embed credentials (user:pass@host); never write them into reports. (The configuration
+    refuses such URIs; this is the second line of defence, the same one error lines go through.)"""
+    return redact_userinfo(uri)
 
 
 def cost_ratios(unlearn: dict[str, Any], oracle: dict[str, Any]) -> dict[str, float | None]:

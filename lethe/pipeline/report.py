@@ -49,13 +49,16 @@ def read_report(ctx: Context) -> dict[str, Any]:
 
 
 def request_section(ctx: Context, man) -> dict[str, Any]:
-    """What was asked to be forgotten: kind, counts and digests, never ids."""
+    """What was asked to be forgotten: kind, counts and digests, never ids. The digests are keyed
+    (HMAC-SHA256, lethe.digests): digest_key_id names the key, None for a manifest from before."""
     return {
         "kind": ctx.cfg.request.kind,
         "forget_count": man.shards["forget"].count,
         "retain_count": man.shards["retain"].count,
         "forget_digest": man.shards["forget"].digest,
         "request_digest": man.request_digest,
+        "digest_algorithm": man.digest_algorithm or "sha256",
+        "digest_key_id": man.digest_key_id or None,
     }
 
 
@@ -119,7 +122,8 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
         "evaluation": {
             **extra,
             "fd_feature_space": "project feature net (penultimate layer); not Inception, not FID",
-            "mia": "loss-based: lower masked reconstruction error => member; AUC 0.5 = chance",
+            "mia": "calibrated loss attack: score = oracle's masked error - the model's on the same image "
+            "and masks (higher => member); AUC 0.5 = chance; see evidence.membership",
         },
         "timing_s": dict(st.timing_s),
         "unlearn_vs_oracle_time": cost_ratios(st.unlearn, st.oracle),

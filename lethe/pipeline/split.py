@@ -12,15 +12,23 @@ def step_split(ctx: Context):
     with ctx.step("split", {"dataset": cfg.data.dataset, "request.kind": cfg.request.kind}):
         ctx.start_ray()
         man = split_dataset(cfg, ctx.lay.shards_uri)
+        # The digests are keyed (HMAC-SHA256, lethe.digests): the key's public id, never the key.
+        keyed = {"digest_algorithm": man.digest_algorithm, "digest_key_id": man.digest_key_id}
         for name, sh in man.shards.items():
             # Counts, digests and where the shards live: never ids or pixels.
             ctx.tracker.log_dataset(
-                name, sh.digest, sh.count, sh.path, context=name, tags={"derived_from": man.source_uri}
+                name,
+                sh.digest,
+                sh.count,
+                sh.path,
+                context=name,
+                tags={"derived_from": man.source_uri, **keyed},
             )
         ctx.tracker.log_params(
             {
                 "data_digest": man.data_digest,
                 "request_digest": man.request_digest,
+                **keyed,
                 "source_uri": man.source_uri,
             }
         )

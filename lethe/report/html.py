@@ -83,9 +83,19 @@ def _metric_names(metrics: dict, split: str) -> list[str]:
     names = list(REQUIRED_METRICS[split])
     for model in MODELS:
         for name in metrics.get(model, {}).get(split, {}):
-            if name not in names:
+            # An interval is shown in its figure's cell, not as a row of its own.
+            if name not in names and not name.endswith("_ci95"):
                 names.append(name)
     return names
+
+
+def _with_interval(values: dict, name: str) -> str:
+    """'value [low, high]' when the figure has a 95% interval, else the value alone."""
+    text = _e(format_number(values.get(name)))
+    ci = values.get(f"{name}_ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        text += f" <small>[{_e(format_number(ci[0]))}, {_e(format_number(ci[1]))}]</small>"
+    return text
 
 
 def _metrics_table(metrics: dict) -> str:
@@ -99,8 +109,7 @@ def _metrics_table(metrics: dict) -> str:
         for name in _metric_names(metrics, split):
             cells = [f"<td class='name'>{_e(split)}</td>", f"<td class='name'>{_e(name)}</td>"]
             for model in MODELS:
-                value = metrics.get(model, {}).get(split, {}).get(name)
-                cells.append(f"<td>{_e(format_number(value))}</td>")
+                cells.append(f"<td>{_with_interval(metrics.get(model, {}).get(split, {}), name)}</td>")
             for model in ("unlearned", "original"):
                 gap = gaps.get(model, {}).get(split, {}).get(name)
                 cells.append(f"<td>{_e(format_number(gap['diff'] if gap else None))}</td>")
@@ -204,6 +213,47 @@ def _distance_table(metrics: dict) -> str:
         "exactly like a model that never saw it.</p>"
         f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def _evidence_section(report: dict) -> list[str]:
+    """The membership test's verdict with its power check, and each gate's verdict and reason."""
+    parts: list[str] = []
+    mem = (report.get("evidence") or {}).get("membership")
+    if isinstance(mem, dict):
+        rows = [
+            ("verdict", mem.get("verdict")),
+            ("reason", mem.get("reason")),
+            ("attack", mem.get("attack")),
+            ("members / non-members", f"{mem.get('n_members')} / {mem.get('n_nonmembers')}"),
+            ("source AUC [95%]", _pair(mem.get("source_auc"), mem.get("source_auc_ci95"))),
+            ("unlearned AUC [95%]", _pair(mem.get("unlearned_auc"), mem.get("unlearned_auc_ci95"))),
+            ("band (oracle's interval, widened)", _pair(None, mem.get("band"))),
+        ]
+        body = "".join(
+            f"<tr><td class='name'>{_e(k)}</td><td class='name'>{_e(v)}</td></tr>" for k, v in rows
+        )
+        parts += [
+            f"<p class='verdict-{_e(mem.get('verdict'))}'>Membership evidence: <strong>{_e(mem.get('verdict'))}</strong></p>",
+            f"<table><tbody>{body}</tbody></table>",
+        ]
+    gates = ((report.get("promotion") or {}).get("gates") or {}).get("results") or []
+    if gates:
+        head = "<tr><th>gate</th><th>verdict</th><th>value</th><th>95% interval</th><th>reason</th></tr>"
+        rows = [
+            f"<tr><td class='name'>{_e(g.get('name'))}</td><td class='name'>{_e(g.get('verdict', 'passed' if g.get('passed') else 'failed'))}</td>"
+            f"<td>{_e(format_number(g.get('value')))}</td><td>{_e(_pair(None, g.get('interval')))}</td>"
+            f"<td class='name'>{_e(g.get('reason'))}</td></tr>"
+            for g in gates
+        ]
+        parts.append(f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
+    return parts
+
+
+def _pair(value, interval) -> str:
+    text = "" if value is None else format_number(value)
+    if isinstance(interval, (list, tuple)) and len(interval) == 2:
+        text += f" [{format_number(interval[0])}, {format_number(interval[1])}]"
+    return text.strip() or "-"
 
 
 def _decouple_section(dec: dict) -> str:
@@ -368,6 +418,7 @@ def write_html_report(
                 _fd_callout(report["metrics"]),
                 "<h2>Distance to the oracle</h2>",
                 _distance_table(report["metrics"]),
+                *(["<h2>Evidence</h2>", *_evidence_section(report)] if _evidence_section(report) else []),
                 *(
                     ["<h2>Decoupling + knowledge retention</h2>", _decouple_section(report["decouple"])]
                     if isinstance(report.get("decouple"), dict)

@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +21,9 @@ __all__ = [
     "MODELS",
     "SPLITS",
     "REQUIRED_METRICS",
+    "NULLABLE_METRICS",
     "REQUEST_KINDS",
+    "DIGEST_ALGORITHMS",
     "FORBIDDEN_KEYS",
     "FEATURE_METRICS",
     "FEATURE_SPLIT",
@@ -39,6 +42,10 @@ REQUIRED_METRICS: dict[str, tuple[str, ...]] = {
     "forget": ("psnr", "ssim", "fd", "embed_cos", "mia_auc"),
 }
 REQUEST_KINDS: tuple[str, ...] = ("classes", "ids", "feature")
+# request.digest_algorithm: "hmac-sha256" (keyed, lethe.digests; request.digest_key_id names the key)
+# or "sha256" (unkeyed, from a split made before digests were keyed). Both keys are optional.
+DIGEST_ALGORITHMS: tuple[str, ...] = ("hmac-sha256", "sha256")
+_KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 # Feature unlearning of a generator (request kind "feature", DESIGN.md 2.3): the models are compared
 # on their samples from one fixed set of latents, under metrics[model]["samples"].
 FEATURE_SPLIT = "samples"
@@ -55,6 +62,8 @@ _FEATURE_KEYS: tuple[str, ...] = ("feature", "classes", "direction", "attack", "
 FORBIDDEN_KEYS: frozenset[str] = frozenset({"ids", "forget_ids"})
 
 _MLFLOW_KEYS: tuple[str, ...] = ("tracking_uri", "run_id", "model_name", "model_version")
+# null when the split has too few images for the figure to mean anything (fd: lethe.metrics.fd_min_samples)
+NULLABLE_METRICS: frozenset[str] = frozenset({"fd"})
 
 
 def _is_number(x: Any) -> bool:
@@ -110,6 +119,16 @@ def _finite(value: Any, path: str) -> None:
         raise ValueError(f"{path}: expected a finite number, got {value!r}")
 
 
+def _interval(value: Any, path: str) -> None:
+    """A 95% interval: [low, high], two finite numbers, low <= high."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{path}: expected [low, high], got {value!r}")
+    for i, v in enumerate(value):
+        _finite(v, f"{path}[{i}]")
+    if float(value[0]) > float(value[1]):
+        raise ValueError(f"{path}: low {value[0]!r} is above high {value[1]!r}")
+
+
 def validate_report(report: dict) -> None:
     """Raise ValueError naming the first missing or invalid key path, e.g.
     "report.metrics.unlearned.forget.fd: missing". Returns None when the report is valid."""
@@ -132,6 +151,7 @@ def validate_report(report: dict) -> None:
         if not _is_int(value) or value < 0:
             raise ValueError(f"{req_path}.{key}: expected a non-negative integer, got {value!r}")
     _str(req, "forget_digest", req_path)
+    _validate_digest_key(req, req_path)
 
     met_path = f"{root}.metrics"
     metrics = _mapping(_get(rep, "metrics", root), met_path)
@@ -143,7 +163,13 @@ def validate_report(report: dict) -> None:
             split_path = f"{model_path}.{split}"
             per_split = _mapping(_get(per_model, split, model_path), split_path)
             for name in names:
-                _finite(_get(per_split, name, split_path), f"{split_path}.{name}")
+                value = _get(per_split, name, split_path)
+                if value is None and name in NULLABLE_METRICS:
+                    continue
+                _finite(value, f"{split_path}.{name}")
+            for name, value in per_split.items():
+                if name.endswith("_ci95") and value is not None:
+                    _interval(value, f"{split_path}.{name}")
     if kind == "feature":
         feat_path = f"{root}.feature"
         feat = _mapping(_get(rep, "feature", root), feat_path)
@@ -175,6 +201,22 @@ def validate_report(report: dict) -> None:
     version = _get(ml, "model_version", ml_path)
     if version is not None and not (isinstance(version, str) or _is_int(version)):
         raise ValueError(f"{ml_path}.model_version: expected a string, integer or null, got {version!r}")
+
+
+def _validate_digest_key(req: Mapping[str, Any], path: str) -> None:
+    """Which algorithm and key made the digests: absent in reports from before keyed digests; a keyed
+    digest names its key (16 hex characters, lethe.digests.key_id), an unkeyed one has none."""
+    algo, key_id = req.get("digest_algorithm"), req.get("digest_key_id")
+    if algo is None and key_id is None:
+        return
+    if algo not in DIGEST_ALGORITHMS:
+        raise ValueError(
+            f"{path}.digest_algorithm: expected one of {', '.join(DIGEST_ALGORITHMS)}, got {algo!r}"
+        )
+    if algo == "hmac-sha256" and not (isinstance(key_id, str) and _KEY_ID_RE.match(key_id)):
+        raise ValueError(f"{path}.digest_key_id: expected 16 lower-case hex characters, got {key_id!r}")
+    if algo == "sha256" and key_id is not None:
+        raise ValueError(f"{path}.digest_key_id: expected null for unkeyed sha256 digests, got {key_id!r}")
 
 
 def _validate_tune(tune: Mapping[str, Any], path: str) -> None:

@@ -1,4 +1,5 @@
-"""MLflow tracking for lethe: the only module of the package that imports mlflow.
+"""MLflow tracking for lethe: with model_format.py (the registry's model format) the only modules of
+the package that import mlflow.
 
 Everything the pipeline records goes through `Tracker`: one parent run per pipeline, one nested child
 run per step, parameters, metrics, artifacts, dataset lineage (digests and counts only) and model
@@ -22,7 +23,6 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
-import mlflow.pytorch
 import numpy as np
 import torch
 from mlflow.data.dataset_source import DatasetSource
@@ -30,9 +30,9 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import RunStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
 from lethe.errors import LetheError
+from lethe.tracking.model_format import load_lethe_model, log_lethe_model
 
 _log = logging.getLogger(__name__)
 
@@ -54,21 +54,11 @@ class TrackingError(LetheError):
     """The tracking store cannot be used (unreachable, deleted experiment, no active run)."""
 
 
-class _DropPickleWarning(logging.Filter):
-    """mlflow.pytorch warns on every pickle save; we chose pickle on purpose (see register_model)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Pickle or CloudPickle" not in record.getMessage()
-
-
 def _quiet_mlflow() -> None:
     # MLflow logs store migrations (alembic), "registered model ... created" and progress bars at
     # INFO on every run; in a CLI that prints report.json's path last this is noise.
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    pytorch_log = logging.getLogger("mlflow.pytorch")
-    if not any(isinstance(f, _DropPickleWarning) for f in pytorch_log.filters):
-        pytorch_log.addFilter(_DropPickleWarning())
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Against a server, end_run writes "View run ... at: URL" to stdout; the CLI's last stdout line
     # must be report.json's path, and callers get the link from run_url() instead.
@@ -198,64 +188,6 @@ class _UriSource(DatasetSource):
         return cls(str(source_dict["uri"]))
 
 
-def _first_tensor(value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, Mapping):
-        value = list(value.values())
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            if isinstance(item, torch.Tensor):
-                return item
-    raise TypeError(f"expected a tensor or a tuple holding one, got {type(value).__name__}")
-
-
-def picklable(model: torch.nn.Module) -> torch.nn.Module:
-    """`model`, or an equal model that mlflow.pytorch can pickle.
-
-    torch refuses to pickle parametrized modules (the GAN discriminator's spectral norm), so the
-    copy has every parametrization folded into a plain weight: the same function, frozen at its
-    current value. The lethe checkpoint (a state dict) keeps the parametrizations for training.
-    The copy is built anew from the model's arch, not deep-copied: a deep copy shares the injected
-    Parametrized* classes, and folding would strip the weight property from the caller's model."""
-    from torch.nn.utils import parametrize
-
-    if not any(parametrize.is_parametrized(m) for m in model.modules()):
-        return model
-    arch = getattr(model, "arch", None)
-    if arch is None:
-        raise TypeError(
-            f"cannot register {type(model).__name__}: parametrized and without an arch to rebuild it"
-        )
-    fresh = type(model)(arch)
-    fresh.load_state_dict(model.state_dict())
-    fresh.eval()  # in train mode spectral norm would take a power-iteration step while folding
-    for module in list(fresh.modules()):
-        if parametrize.is_parametrized(module):
-            for tensor_name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
-    return fresh.train(model.training)
-
-
-def _signature(model: torch.nn.Module, example_input: torch.Tensor | tuple) -> Any:
-    """Signature from the first input tensor and the first output tensor (shapes and dtypes only).
-
-    Our models take (images, mask); MLflow signatures describe one tensor input, so the signature
-    documents the image input. No input example is logged: it would put real pixels in the store.
-    """
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            output = model(*args)
-    finally:
-        model.train(was_training)
-    x = _first_tensor(args).detach().cpu().numpy()
-    y = _first_tensor(output).detach().cpu().numpy()
-    return infer_signature(x, y)
-
-
 def _pip_requirements() -> list[str]:
     # Given explicitly so MLflow skips its slow environment inference (it imports the model in a
     # subprocess). The local build tag (+cpu, +cu128) is dropped so a GPU image can load the model.
@@ -291,7 +223,7 @@ class Tracker:
     # -- setup ---------------------------------------------------------------------------------
 
     def _activate(self) -> None:
-        # The fluent API (start_run, pytorch.log_model) reads a process-global URI; set it again
+        # The fluent API (start_run, pyfunc.log_model) reads a process-global URI; set it again
         # before each run so two Trackers in one process do not write into each other's store.
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
@@ -440,15 +372,13 @@ class Tracker:
         tags: dict[str, str],
         description: str = "",
     ) -> str:
-        """Log `model` in the active run and register it as a new version of `name`; returns it."""
+        """Log `model` in the active run and register it as a new version of `name`; returns it.
+
+        Stored as a lethe checkpoint (weights + arch, loaded weights-only) with a models-from-code
+        pyfunc around it, never as a pickle (lethe/tracking/model_format.py).
+        """
         run_id = self._require_run("register_model")
-        info = mlflow.pytorch.log_model(
-            picklable(model),
-            name="model",
-            serialization_format="pickle",  # pt2 export would freeze the example's batch size
-            signature=_signature(model, example_input),
-            pip_requirements=_pip_requirements(),
-        )
+        info = log_lethe_model(model, name, example_input, _pip_requirements())
         try:
             self.client.create_registered_model(name)
         except MlflowException as exc:
@@ -554,8 +484,13 @@ class Tracker:
             raise
 
     def load_registered_model(self, name: str, version: str) -> torch.nn.Module:
+        """The lethe model of version `version` of `name`, from its checkpoint, weights-only.
+
+        Runs no code from the registry and unpickles nothing: a version that is not a lethe
+        checkpoint (e.g. logged with mlflow.pytorch) is refused with a CheckpointError.
+        """
         self._activate()
-        return mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
+        return load_lethe_model(f"models:/{name}/{version}", self.tracking_uri)
 
     def alias_version(self, name: str, alias: str) -> str | None:
         """The version `alias` points at, or None (no such alias or no such registered model)."""

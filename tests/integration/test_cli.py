@@ -86,6 +86,22 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     cert = json.loads((work / "certificate" / "certificate.json").read_text())
     assert cert["status"] == "complete" and cert["pipeline"]["orchestrator"] == "lethe run"
     assert cert["cleanup"]["all_absent"] and cert["result_model"]["version"] == "1"
+    # ... and so is the feature net trained on it: work dir, model cache, its Ray Train checkpoints
+    featnet_key = json.loads((work / "state.json").read_text())["pretrain"]["featnet"]["cache_key"]
+    cache = tmp_path / "cache"
+    gone = [
+        work / "models" / "featnet.pt",
+        cache / "models" / f"featnet-{featnet_key}.pt",
+        cache / "models" / f"featnet-{featnet_key}.json",
+        work / "ray" / f"featnet-{featnet_key}",
+    ]
+    assert not [p for p in gone if p.exists()]
+    assert list((cache / "models").glob("mae-*.pt"))  # the original and the oracle stay cached
+    listed = {(d["model"], d["copy"]): d for d in cert["cleanup"]["deleted"] if "model" in d}
+    for copy in ("work dir", "model cache", "ray checkpoints"):
+        assert listed[("featnet", copy)]["existed"] and listed[("featnet", copy)]["absent_after"], copy
+        assert listed[("featnet", copy)]["absent_at_issue"]
+    assert {Path(d["uri"]) for d in listed.values()} >= set(gone)
 
     db = work / "mlflow.db"
     assert runs_by_status(db) == {"FINISHED": 8}  # the pipeline run and its seven steps
@@ -116,9 +132,17 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     assert again["mlflow"]["model_version"] == "1"
     assert again["certificate_uri"] == report["certificate_uri"]
 
-    # each step also runs alone: re-split (cleanup removed the forget shard), then evaluate by itself
+    # each step also runs alone: re-split (cleanup removed the forget shard), then evaluate by itself,
+    # which first needs the feature net cleanup deleted: one line says so, `lethe pretrain` retrains it
     flags = ("--preset", "smoke", "--workdir", str(work), "--forget-classes", "Trouser")
     assert lethe("split", *flags, cwd=tmp_path).returncode == 0
+    no_featnet = lethe("evaluate", *flags, cwd=tmp_path)
+    assert no_featnet.returncode == 2, no_featnet.stderr[-2000:]
+    lines = [ln for ln in no_featnet.stderr.splitlines() if ln.startswith("lethe: error:")]
+    assert len(lines) == 1 and "feature net is missing" in lines[0] and "lethe pretrain" in lines[0]
+    assert "Traceback" not in no_featnet.stderr
+    assert lethe("pretrain", *flags, cwd=tmp_path).returncode == 0
+    assert (work / "models" / "featnet.pt").is_file()
     r3 = lethe("evaluate", *flags, cwd=tmp_path)
     assert r3.returncode == 0, r3.stderr[-3000:]
     alone = json.loads(report_path.read_text())
@@ -189,11 +213,13 @@ def test_decouple_retain_through_lethe_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_id_request_keeps_ids_out_of_mlflow_logs_and_reports(tmp_path: Path) -> None:
+@pytest.mark.parametrize("step", [29, 10_000], ids=["62-ids", "one-id"])
+def test_id_request_keeps_ids_out_of_mlflow_logs_and_reports(tmp_path: Path, step: int) -> None:
+    """A data subject's request: a few dozen images, or the single one that is the typical case."""
     from sklearn.datasets import load_digits
 
     n = len(load_digits().target)
-    forget_ids = [f"digits-{i:04d}" for i in range(0, n, 29)]  # 62 images of mixed classes
+    forget_ids = [f"digits-{i:04d}" for i in range(0, n, step)]  # 62 images of mixed classes, or 1
     ids_file = tmp_path / "forget.txt"
     ids_file.write_text("# deletion requests\n" + "\n".join(forget_ids) + "\n")
     work = tmp_path / "work"
@@ -215,6 +241,19 @@ def test_id_request_keeps_ids_out_of_mlflow_logs_and_reports(tmp_path: Path) -> 
     report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
     assert report["request"]["kind"] == "ids" and report["request"]["forget_count"] == len(forget_ids)
     assert set(report["metrics"]["unlearned"]["forget"]) >= {"psnr", "ssim", "fd", "embed_cos", "mia_auc"}
+    # Too few images for a Frechet distance (smoke feature net: 32-d, at least 64 images): per-image
+    # measures with intervals instead, and no membership verdict from fewer images than the test needs.
+    forget = report["metrics"]["unlearned"]["forget"]
+    assert forget["fd"] is None and forget["psnr_ci95"][0] <= forget["psnr"] <= forget["psnr_ci95"][1]
+    assert "oracle_dist" in forget and report["metrics"]["oracle"]["forget"]["oracle_dist"] == 0.0
+    membership = report["evidence"]["membership"]
+    assert membership["n_members"] == len(forget_ids)
+    assert registered_versions(work / "mlflow.db") == 1
+    gates = {g["name"]: g for g in report["promotion"]["gates"]["results"]}
+    assert "PSNR" in gates["forget_vs_oracle"]["limit"]
+    if len(forget_ids) == 1:
+        assert membership["verdict"] == "inconclusive" and "too few" in membership["reason"]
+        assert gates["mia"]["verdict"] == "inconclusive"
     # no picture of the requested images
     assert not (work / "report" / "grid_forget_box.png").exists()
     assert not (work / "report" / "grid_forget_outpaint.png").exists()

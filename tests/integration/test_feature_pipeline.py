@@ -10,12 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
-import mlflow.pytorch
 import pytest
 import torch
 
 from lethe.report import FEATURE_METRICS, MODELS, validate_report
+from lethe.tracking.model_format import load_lethe_model
 
 FASHION = Path(os.environ.get("LETHE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
@@ -64,11 +63,9 @@ def test_feature_unlearning_smoke_end_to_end(tmp_path: Path, family: str) -> Non
     assert (work / "report" / "report.html").read_text().count("data:image/png;base64") == 2
     assert report["mlflow"]["model_version"] == "1"
     # the registered version loads and generates (the GAN's spectral norm must survive registration)
-    mlflow.set_tracking_uri(report["mlflow"]["tracking_uri"])
-    try:
-        generator = mlflow.pytorch.load_model(f"models:/{report['mlflow']['model_name']}/1")
-    finally:
-        mlflow.set_tracking_uri(None)
+    generator = load_lethe_model(
+        f"models:/{report['mlflow']['model_name']}/1", report["mlflow"]["tracking_uri"]
+    )
     with torch.no_grad():
         assert generator(torch.randn(2, generator.latent_dim)).shape == (2, 1, 28, 28)
     assert not (work / "shards" / "forget").exists()

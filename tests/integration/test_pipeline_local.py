@@ -105,7 +105,10 @@ def test_local_pipeline_promotes_refuses_and_always_cleans_up(mlflow_server: str
     assert tags["lethe.source_model"] == "pretrained by lethe"
     assert tags["lethe.pipeline_run_id"] == report["run_id"]
     assert tags["lethe.code_version"].startswith("0.1.0")
-    assert tags["lethe.gates"] == "passed" and tags["lethe.gate.mia"] == "pass"
+    # Gates loosened to 1e6: the untouched source lies in the forget band too, so the power check
+    # makes that gate inconclusive (never "passed"); inconclusive does not hold the alias back.
+    assert tags["lethe.gates"] == "inconclusive" and tags["lethe.gate.forget_vs_oracle"] == "inconclusive"
+    assert tags["lethe.gate.mia"] in ("pass", "inconclusive")
     assert "lethe.oracle_gap.forget.fd_ratio" in tags
     mlflow.set_tracking_uri(mlflow_server)
     mlflow.set_registry_uri(mlflow_server)
@@ -132,7 +135,10 @@ def test_local_pipeline_promotes_refuses_and_always_cleans_up(mlflow_server: str
     }
     assert cert["request"]["forget_digest"] == report["request"]["forget_digest"]
     deleted = cert["cleanup"]["deleted"]
-    assert {d["shard"] for d in deleted} == {"forget", "heldout_forget"}
+    assert {d["shard"] for d in deleted if "shard" in d} == {"forget", "heldout_forget"}
+    # the feature net trained on the forget set went too (the exit handler runs after every task)
+    assert any(d.get("model") == "featnet" and d["existed"] for d in deleted)
+    assert not (w1 / "models" / "featnet.pt").exists()
     for d in deleted:  # the proof holds: the files are really gone
         assert d["absent_after"] and d["absent_at_issue"] and not Path(d["uri"]).exists()
     assert cert["cleanup"]["all_absent"] is True
@@ -144,7 +150,13 @@ def test_local_pipeline_promotes_refuses_and_always_cleans_up(mlflow_server: str
     strict = _yaml(
         tmp_path / "strict.yaml",
         {
-            "gates": {"forget_oracle_tol": 0, "retain_fd_tol": 0, "retain_psnr_drop_db": 0, "mia_auc_tol": 0},
+            "gates": {
+                "forget_oracle_tol": 0,
+                "forget_psnr_tol_db": 0,
+                "retain_fd_tol": 0,
+                "retain_psnr_drop_db": 0,
+                "mia_auc_tol": 0,
+            },
             "tracking": {"experiment": experiment},
         },
     )

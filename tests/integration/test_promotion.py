@@ -11,6 +11,9 @@ import mlflow
 import pytest
 import torch
 
+from lethe import masks
+from lethe.models import build_model, get_family
+from lethe.models.mae import MAE
 from lethe.pipeline.promote import register_and_promote
 from lethe.tracking import Tracker, TrackingError
 
@@ -39,11 +42,20 @@ def sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('promotion') / 'mlflow.db'}"
 
 
-def _register(tracker: Tracker, name: str, promote: bool, after=None) -> tuple[str, bool, str | None]:
-    model = torch.nn.Linear(4, 2)
+def _tiny_mae(seed: int = 0) -> MAE:
+    torch.manual_seed(seed)
+    section = {"dim": 16, "depth": 1, "heads": 2, "dec_dim": 8, "dec_depth": 1, "dec_heads": 2}
+    return build_model("mae", get_family("mae").build_arch(section, 16, 16, 1))
+
+
+def _register(
+    tracker: Tracker, name: str, promote: bool, after=None, model: MAE | None = None
+) -> tuple[str, bool, str | None]:
+    model = model if model is not None else _tiny_mae()
+    example = (torch.rand(4, 1, 16, 16), masks.box_mask(16, 16, 0.4, model.mask_cell))
     with tracker.step("promote"):
         return register_and_promote(
-            tracker, model, name, (torch.randn(3, 4),), {"lethe.method": "x"}, "d", "champion", promote, after
+            tracker, model, name, example, {"lethe.method": "x"}, "d", "champion", promote, after
         )
 
 
@@ -91,12 +103,15 @@ def test_source_model_resolution(sqlite_uri: str, tmp_path: Path, monkeypatch) -
     monkeypatch.chdir(tmp_path)
     tracker = Tracker(sqlite_uri, _unique("exp"))
     name = _unique("lethe-src")
-    _register(tracker, name, promote=True)
+    source = _tiny_mae(seed=3)
+    _register(tracker, name, promote=True, model=source)
     by_alias = tracker.resolve_model_version(f"models:/{name}@champion")
     assert (by_alias.name, str(by_alias.version)) == (name, "1")
     assert str(tracker.resolve_model_version(f"models:/{name}/1").version) == "1"
     model = tracker.load_registered_model(name, "1")
-    assert isinstance(model, torch.nn.Linear)
+    assert isinstance(model, MAE) and model.arch == source.arch
+    for key, tensor in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], tensor), key
     for bad in (f"models:/{name}@nope", f"models:/{name}/9", "models:/never-registered/1"):
         with pytest.raises(TrackingError, match="unknown source model") as e:
             tracker.resolve_model_version(bad)

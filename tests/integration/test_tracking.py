@@ -14,8 +14,13 @@ import mlflow
 import mlflow.pytorch
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 
+from lethe import masks
+from lethe.errors import CheckpointError
+from lethe.models import GAN, GANArch
+from lethe.models.checkpoint import FORMAT
 from lethe.tracking import Tracker, TrackingError, flatten_params, run_url
 from lethe.tracking.mlflow_tracker import PARENT_RUN_TAG, STEP_TAG
 
@@ -26,15 +31,28 @@ def _unique(prefix: str) -> str:
     return f"{prefix}-{os.getpid()}-{next(_names)}"
 
 
-class MaskedLinear(torch.nn.Module):
-    """Takes (images, mask) like lethe's models; module level so the pickled model can be loaded."""
+def _i2i_example(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """What lethe/pipeline/i2i.py promotion() passes: random images and the centre-box mask, batch 4."""
+    h, w, c = model.arch.height, model.arch.width, model.arch.channels
+    mask = masks.expand(masks.box_mask(h, w, 0.4, model.mask_cell), 4).contiguous()
+    return torch.rand(4, c, h, w), mask
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(4, 4)
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.fc(images * mask)
+def _tiny_gan() -> GAN:
+    torch.manual_seed(0)
+    model = GAN(GANArch(28, 28, 1, latent_dim=8, ch=8, disc_ch=8))
+    # A few discriminator calls in train mode move spectral norm's power-iteration vectors (u, v)
+    # away from their initial values, so the round trip has to carry them, not rebuild them.
+    for _ in range(3):
+        model.discriminate(torch.rand(2, 1, 28, 28))
+    return model.eval()
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), key
 
 
 @pytest.fixture(autouse=True)
@@ -133,12 +151,12 @@ def test_pipeline_with_steps_records_everything_next_to_the_db(
 
 
 def test_register_model_creates_versions_with_tags(
-    tracker: Tracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tracker: Tracker, tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     name = _unique("lethe-mae")
-    model = MaskedLinear()
-    example = (torch.randn(3, 4), torch.ones(3, 4))
+    model = tiny_model("mae")
+    example = _i2i_example(model)
     with tracker.pipeline_run("pipeline", {}, {}):
         with tracker.step("register") as step_id:
             v1 = tracker.register_model(
@@ -157,35 +175,132 @@ def test_register_model_creates_versions_with_tags(
     assert first.run_id == second.run_id == step_id
     assert first.status == "READY"
 
-    # Loadable, and the signature documents the image input only (shapes and dtypes, no data).
-    loaded = mlflow.pytorch.load_model(f"models:/{name}/2")
-    torch.testing.assert_close(loaded(*example), model(*example))
+    # Loadable, and the signature documents the (images, mask) input (shapes and dtypes, no data).
+    _assert_same_weights(tracker.load_registered_model(name, "2"), model)
     sig = mlflow.models.get_model_info(f"models:/{name}/2").signature
-    assert tuple(sig.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 4)
+    inputs = {spec["name"]: spec["tensor-spec"] for spec in sig.inputs.to_dict()}
+    assert {k: tuple(v["shape"]) for k, v in inputs.items()} == {
+        "images": (-1, 1, 16, 16),
+        "mask": (-1, 1, 16, 16),
+    }
+    assert tuple(sig.outputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 1, 16, 16)
     assert not (tmp_path / "mlruns").exists()
 
 
-def test_register_model_with_spectral_norm(
+def test_registered_version_holds_no_pickle(
+    tracker: Tracker, tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = _unique("lethe-nopickle")
+    model = tiny_model("mae")
+    with tracker.step("register"):
+        version = tracker.register_model(model, name, _i2i_example(model), {"method": "encoder_noise"})
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp_path / "dl")
+        )
+    )
+    files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pth"))], files
+    assert not (local / "data").exists()  # where mlflow.pytorch puts model.pth
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    assert set(mlmodel["flavors"]) == {"python_function"}
+    pyfunc = mlmodel["flavors"]["python_function"]
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert Path(pyfunc["model_code_path"]).name == "pyfunc_model.py" and "pyfunc_model.py" in files
+    assert "python_model" not in pyfunc  # the cloudpickled PythonModel of the non-code flavour
+    assert mlmodel["metadata"] == {"lethe_format": FORMAT, "lethe_family": "mae"}
+    ckpt_rel = pyfunc["artifacts"]["checkpoint"]["path"]
+    assert ckpt_rel in files
+    payload = torch.load(local / ckpt_rel, map_location="cpu", weights_only=True)
+    assert (payload["format"], payload["kind"], payload["arch"]) == (FORMAT, "mae", model.arch.to_dict())
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(payload["state_dict"][key], tensor), key
+
+
+def test_round_trip_is_bit_identical_for_a_gan_with_spectral_norm(
     tracker: Tracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from torch.nn.utils import parametrize
 
-    from lethe.models.gan import GAN, GANArch
-
-    # torch refuses to pickle parametrized modules; the GAN discriminator is one
     monkeypatch.chdir(tmp_path)
     name = _unique("lethe-gan")
-    model = GAN(GANArch(28, 28, 1, latent_dim=8, ch=8, disc_ch=8)).eval()
+    model = _tiny_gan()
     z, x = torch.randn(3, 8), torch.rand(3, 1, 28, 28)
     with tracker.pipeline_run("pipeline", {}, {}):
         with tracker.step("register"):
-            version = tracker.register_model(model, name, (z,), {"method": "latent_feature"})
-    loaded = mlflow.pytorch.load_model(f"models:/{name}/{version}")
+            version = tracker.register_model(model, name, (torch.randn(4, 8),), {"method": "latent_feature"})
+    loaded = tracker.load_registered_model(name, version)
+    assert isinstance(loaded, GAN) and loaded.arch == model.arch
+    _assert_same_weights(loaded, model)
+    # spectral norm survives as a parametrization on both sides (the state dict keeps u, v, original)
+    assert parametrize.is_parametrized(model.disc_head) and parametrize.is_parametrized(loaded.disc_head)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(z), model(z))
-        torch.testing.assert_close(loaded.discriminate(x), model.discriminate(x))
-    assert parametrize.is_parametrized(model.disc_head)  # the caller's model keeps its spectral norm
-    assert not parametrize.is_parametrized(loaded.disc_head)
+        assert torch.equal(loaded(z), model(z))
+        assert torch.equal(loaded.discriminate(x), model.discriminate(x))
+    # and the pyfunc a serving team loads generates the same samples from latents
+    samples = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(z.numpy())
+    with torch.no_grad():
+        assert torch.equal(torch.from_numpy(samples), model(z))
+
+
+def test_pyfunc_predict_of_an_i2i_model_on_the_example_input(
+    tracker: Tracker, tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = _unique("lethe-serve")
+    model = tiny_model("mae")
+    images, mask = _i2i_example(model)
+    with tracker.step("register"):
+        version = tracker.register_model(model, name, (images, mask), {"method": "encoder_noise"})
+    served = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    out = served.predict({"images": images.numpy(), "mask": mask.numpy()})
+    with torch.no_grad():
+        want = model.eval()(images, mask)
+    assert out.shape == (4, 1, 16, 16) and out.dtype == want.numpy().dtype
+    assert torch.equal(torch.from_numpy(out), want)
+    # one mask for the whole batch is broadcast, like the model itself does
+    one = served.predict({"images": images.numpy(), "mask": mask[:1].numpy()})
+    assert torch.equal(torch.from_numpy(one), want)
+    with pytest.raises(Exception, match="mask"):
+        served.predict({"images": images.numpy()})
+
+
+def test_version_logged_with_mlflow_pytorch_is_refused_not_unpickled(
+    tracker: Tracker, tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = _unique("lethe-foreign")
+    with tracker.step("someone else's registration"):
+        mlflow.pytorch.log_model(
+            tiny_model("mae"),
+            name="model",
+            serialization_format="pickle",
+            pip_requirements=["torch"],
+            registered_model_name=name,
+        )
+
+    def no_unpickling(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the registry loader tried to unpickle")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    monkeypatch.setattr(mlflow.pytorch, "load_model", no_unpickling)
+    with pytest.raises(CheckpointError) as e:
+        tracker.load_registered_model(name, "1")
+    line = e.value.line()
+    assert "\n" not in line
+    assert line.startswith("registered model version is not a lethe checkpoint")
+    assert f"models:/{name}/1" in line  # which model
+    assert f"expected a python_function model from code with a {FORMAT} checkpoint" in line
+    assert "got flavors python_function (mlflow.pytorch), pytorch" in line  # what was seen
+
+
+def test_registering_a_module_that_is_not_a_lethe_model_is_refused(tracker: Tracker) -> None:
+    name = _unique("lethe-linear")
+    with tracker.step("register"):
+        with pytest.raises(CheckpointError, match="not a lethe model.*got Linear"):
+            tracker.register_model(torch.nn.Linear(4, 2), name, torch.randn(2, 4), {"method": "x"})
+    assert tracker.find_versions(name) == []
 
 
 def test_failure_inside_step_fails_both_runs_and_registers_nothing(tracker: Tracker) -> None:
@@ -204,8 +319,11 @@ def test_failure_inside_step_fails_both_runs_and_registers_nothing(tracker: Trac
     assert mlflow.active_run() is None
 
 
-def test_rejected_registration_leaves_no_version(tracker: Tracker, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rejected_registration_leaves_no_version(
+    tracker: Tracker, tiny_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
     name = _unique("lethe-rollback")
+    model = tiny_model("mae")
 
     def fail(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("registry refused the tags")
@@ -214,7 +332,7 @@ def test_rejected_registration_leaves_no_version(tracker: Tracker, monkeypatch: 
     monkeypatch.setattr(tracker, "_check_version", fail)
     with tracker.step("register"):
         with pytest.raises(RuntimeError, match="refused"):
-            tracker.register_model(torch.nn.Linear(4, 2), name, torch.randn(2, 4), {"method": "x"})
+            tracker.register_model(model, name, _i2i_example(model), {"method": "x"})
     assert tracker.find_versions(name) == []
 
 
@@ -285,20 +403,19 @@ def test_run_url_only_for_servers() -> None:
 
 @pytest.mark.slow
 def test_against_a_real_mlflow_server(
-    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mlflow_server: str, tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     tracker = Tracker(mlflow_server, _unique("exp"))
     artifact = tmp_path / "grid.txt"
     artifact.write_text("pixels would go here, but not forget-set ones")
     name = _unique("lethe-server")
+    model = tiny_model("mae")
     with tracker.pipeline_run("pipeline", {"family": "mae"}, {}) as parent_id:
         with tracker.step("register") as step_id:
             tracker.log_artifact(artifact, "report")
             tracker.log_dataset("forget", "sha256:cccc", 12, "s3://bucket/forget", "forget")
-            version = tracker.register_model(
-                torch.nn.Linear(4, 2), name, torch.randn(2, 4), {"method": "encoder_noise"}
-            )
+            version = tracker.register_model(model, name, _i2i_example(model), {"method": "encoder_noise"})
 
     client = MlflowClient(mlflow_server)
     assert client.get_run(parent_id).info.status == "FINISHED"
@@ -310,6 +427,6 @@ def test_against_a_real_mlflow_server(
     mv = client.get_model_version(name, version)
     assert mv.tags == {"method": "encoder_noise"} and mv.run_id == step_id
     assert mv.run_link == run_url(mlflow_server, tracker.experiment_id, step_id)
-    assert isinstance(mlflow.pytorch.load_model(f"models:/{name}/{version}"), torch.nn.Linear)
+    _assert_same_weights(tracker.load_registered_model(name, version), model)
     # Proxied artifacts: the client wrote nothing locally.
     assert not (tmp_path / "mlruns").exists()

@@ -99,3 +99,70 @@ def test_cache_digest_covers_only_the_active_family() -> None:
 def test_bad_family_fields_name_the_field(over, field) -> None:
     with pytest.raises(ConfigError, match=f"invalid configuration field ({field})"):
         build_config("smoke", overrides=over)
+
+
+# -- credentials never travel in a URI ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("over", "field", "hint"),
+    [
+        ({"tracking": {"tracking_uri": "http://u:p4ssw0rd@host:5000"}}, "tracking.tracking_uri", "MLFLOW_TRACKING_PASSWORD"),
+        ({"tracking": {"tracking_uri": "https://t0ken-p4ssw0rd@host"}}, "tracking.tracking_uri", "MLFLOW_TRACKING_USERNAME"),
+        ({"tracking": {"tracking_uri": "postgresql://u:p4ssw0rd@db/mlflow"}}, "tracking.tracking_uri", "PGPASSWORD"),
+        ({"storage": {"uri": "s3://AKIA:p4ssw0rd@bucket/run"}}, "storage.uri", "AWS_"),
+        ({"resources": {"ray_address": "http://u:p4ssw0rd@head:8265"}}, "resources.ray_address", "environment"),
+        ({"data": {"dataset": "s3://k:p4ssw0rd@bucket/data/"}}, "data.dataset", "AWS_"),
+        ({"request": {"kind": "ids", "ids_file": "s3://k:p4ssw0rd@b/ids.txt"}}, "request.ids_file", "AWS_"),
+    ],
+)  # fmt: skip
+def test_uri_with_credentials_is_refused_in_one_line_without_them(over, field, hint) -> None:
+    with pytest.raises(ConfigError) as e:
+        build_config("smoke", overrides=over)
+    line = e.value.line()
+    assert line.startswith(f"invalid configuration field {field}: ") and "must not embed credentials" in line
+    assert hint in line and "\n" not in line
+    assert "p4ssw0rd" not in line and "p4ssw0rd" not in str(e.value)
+
+
+def test_the_cli_example_is_refused(tmp_path) -> None:
+    from lethe.cli import config_from_args, parser
+
+    args = parser().parse_args(["run", "--preset", "smoke", "--tracking-uri", "http://u:p@host:5000"])
+    with pytest.raises(ConfigError) as e:
+        config_from_args(args)
+    assert "must not embed credentials" in e.value.line() and "u:p@" not in e.value.line()
+    assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in e.value.line()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://mlflow.example:5000",
+        "postgresql://lethe@db/mlflow",
+        "sqlite:////tmp/a@b/mlflow.db",
+        "file:///m",
+    ],
+)
+def test_uris_without_a_secret_are_accepted(uri) -> None:
+    assert build_config("smoke", overrides={"tracking": {"tracking_uri": uri}}).tracking_uri == uri
+
+
+def test_a_later_assignment_is_refused_too() -> None:
+    from pydantic import ValidationError
+
+    cfg = build_config("smoke")
+    with pytest.raises(ValidationError):
+        cfg.tracking.tracking_uri = "http://u:p@host:5000"
+    assert cfg.tracking.tracking_uri is None
+
+
+def test_error_lines_and_reports_drop_userinfo() -> None:
+    from lethe.errors import LetheError, redact_userinfo
+    from lethe.pipeline.provenance import redact
+
+    e = LetheError(
+        "cannot reach", where="http://u:p4ss@host:5000/api", seen="'s3://k:s@ss@bucket/x' and ftp://a@b"
+    )
+    assert e.line() == "cannot reach; at http://host:5000/api; got 's3://bucket/x' and ftp://b"
+    assert "p4ss" not in str(e)
+    assert redact("http://u:p@host:5000") == "http://host:5000" == redact_userinfo("http://host:5000")
+    assert redact("sqlite:////tmp/a@b/mlflow.db") == "sqlite:////tmp/a@b/mlflow.db"

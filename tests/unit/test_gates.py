@@ -109,3 +109,58 @@ def test_gates_are_config_fields_with_defaults() -> None:
     assert cfg.gates.mia_auc_tol == 0.05 and cfg.gates.forget_oracle_tol == 1.0
     with pytest.raises(Exception, match="gates.retain_fd_tol"):
         build_config("smoke", overrides={"gates": {"retain_fd_tol": -1}})
+
+
+# -- evidence: power checks, small forget sets, other masks -------------------------------------
+def test_forget_gate_is_inconclusive_when_the_source_already_sits_in_the_band() -> None:
+    # The source is 1.5x the oracle's forget FD: inside [0.5, 2] before any unlearning.
+    r = forget_vs_oracle(metrics(fd_forget=(6.0, 4.0, 4.0)), tol=1.0)
+    assert r.verdict == "inconclusive" and r.passed and "source already behaves like the oracle" in r.reason
+    d = evaluate_gates(metrics(fd_forget=(6.0, 4.0, 4.0)), GatesConfig())
+    assert (
+        d.passed
+        and d.verdict == "inconclusive"
+        and d.summary().startswith("no gate failed, evidence inconclusive")
+    )
+    assert d.tags()["lethe.gate.forget_vs_oracle"] == "inconclusive"
+
+
+def test_gate_reasons_say_where_the_interval_lies() -> None:
+    ev = {
+        "fd_ratio_ci95": {
+            "forget": {"unlearned_vs_oracle": [0.4, 0.9]},
+            "retain": {"unlearned_vs_original": [1.0, 1.1]},
+        }
+    }
+    r = forget_vs_oracle(metrics(fd_forget=(1.0, 2.8, 4.0)), tol=1.0, evidence=ev)
+    assert r.interval == [0.4, 0.9] and "across the lower edge" in r.reason
+    assert "inside the band" in retain_fd(metrics(), tol=0.15, evidence=ev).reason
+
+
+def test_small_forget_set_is_judged_per_image_against_the_oracle() -> None:
+    m = metrics()
+    for model, psnr in (("original", 18.0), ("unlearned", 15.4), ("oracle", 15.0)):
+        m[model]["forget"].update(fd=None, psnr=psnr)
+    r = forget_vs_oracle(m, tol=1.0, psnr_tol_db=1.0)
+    assert r.passed and not r.inconclusive and "PSNR" in r.limit
+    m["unlearned"]["forget"]["psnr"] = 17.9  # still reconstructs them like the source
+    r = forget_vs_oracle(m, tol=1.0, psnr_tol_db=1.0)
+    assert not r.passed and "under-forgetting" in r.reason
+    m["original"]["forget"]["psnr"] = 15.5  # the source is already within 1 dB of the oracle
+    assert forget_vs_oracle(m, tol=1.0, psnr_tol_db=1.0).verdict == "inconclusive"
+
+
+def test_mia_gate_reads_the_membership_verdict() -> None:
+    for verdict, passed in (("passed", True), ("failed", False), ("inconclusive", True)):
+        ev = {"membership": {"verdict": verdict, "reason": f"membership {verdict}", "band": [0.4, 0.6]}}
+        r = mia(metrics(auc=0.55), tol=0.1, evidence=ev)
+        assert (r.verdict, r.passed) == (verdict, passed)
+
+
+def test_other_masks_are_gated_too() -> None:
+    bad_outpaint = metrics(fd_forget=(1.0, 30.0, 4.0))  # over-forgets on the border it never trained on
+    d = evaluate_gates(metrics(), GatesConfig(), by_mask={"outpaint": bad_outpaint})
+    names = [r.name for r in d.results]
+    assert names[:4] == list(GATE_NAMES) and "forget_vs_oracle.outpaint" in names
+    assert not d.passed and [r.name for r in d.failures] == ["forget_vs_oracle.outpaint"]
+    assert d.failures[0].reason.startswith("forget_vs_oracle.outpaint:")

@@ -24,6 +24,7 @@ from lethe.data.loaders import (
     open_source,
     read_idx,
 )
+from lethe.data.split import SplitPlan, assign_parts, read_ids_file
 from lethe.errors import DataError
 
 
@@ -163,6 +164,79 @@ def test_decode_image_modes() -> None:
     assert decode_image(_png(np.zeros((3, 4), np.uint8)), "x").shape == (3, 4, 1)
 
 
+def _png_of(img: Image.Image, **save: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **save)
+    return buf.getvalue()
+
+
+def test_transparent_pixels_are_composited_on_white() -> None:
+    # Fully transparent pixels store black (0,0,0,0): `.convert("RGB")` alone would show them black.
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[0, 0] = (10, 20, 30, 255)  # opaque: kept as is
+    rgba[0, 1] = (0, 0, 0, 128)  # half transparent black: mid grey
+    out = decode_image(_png(rgba), "x")
+    assert out.shape == (2, 3, 3)
+    assert out[0, 0].tolist() == [10, 20, 30]
+    assert out[0, 1].tolist() == [127, 127, 127]  # round(255 * 127 / 255)
+    assert (out[1] == 255).all() and (out[0, 2] == 255).all()
+    # Grey with alpha stays one grey channel, composited the same way.
+    la = np.zeros((2, 2, 2), np.uint8)
+    la[0, 0] = (40, 255)
+    out = decode_image(_png_of(Image.fromarray(la)), "x")
+    assert out.shape == (2, 2, 1) and out[..., 0].tolist() == [[40, 255], [255, 255]]
+    # Palette and grey images with a tRNS colour key: the keyed colour is transparent.
+    pal = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8)).convert("P")
+    pal.putpalette([0, 0, 0, 200, 0, 0])
+    out = decode_image(_png_of(pal, transparency=0), "x")
+    assert out.shape == (2, 2, 3)
+    assert out[0, 0].tolist() == [255, 255, 255] and out[0, 1].tolist() == [200, 0, 0]
+    grey = np.array([[0, 90]], np.uint8)
+    out = decode_image(_png_of(Image.fromarray(grey), transparency=0), "x")
+    assert out[..., 0].tolist() == [[255, 90]]
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
+    wide = np.linspace(0, 65535, 48).round().astype(np.uint16).reshape(6, 8)
+    data = _png_of(Image.fromarray(wide))
+    assert Image.open(io.BytesIO(data)).mode.startswith("I;16")
+    expected = np.round(wide.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    out = decode_image(data, "x")
+    assert out.shape == (6, 8, 1) and out.dtype == np.uint8
+    flat = out.ravel()
+    assert (np.diff(flat.astype(int)) >= 0).all()  # monotone
+    assert flat[0] == 0 and flat[-1] == 255 and len(np.unique(flat)) == 48  # spans 0..255, no clipping
+    assert (out[..., 0] == expected).all()
+    # Image folders and Parquet PNG bytes share the decoding.
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "w.png").write_bytes(data)
+    src = open_source(str(tmp_path))
+    assert src.info.shape == (6, 8, 1)
+    batch = src.meta.append_column("path", pa.array(src.state["paths"]))
+    assert decode_file_batch(batch, shape=(6, 8, 1)).column("pixels")[0].as_py() == expected.tobytes()
+    table = pa.table({"id": ["r0"], "label": [0], "image": [data]})
+    out = decode_parquet_batch(table, shape=(6, 8, 1), label_values=[0], where="d")
+    assert out.column("pixels")[0].as_py() == expected.tobytes()
+
+
+def test_id_with_hash_is_requestable_through_the_ids_file(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    (root / "cat").mkdir(parents=True)
+    (root / "dog").mkdir()
+    for f in (root / "cat" / "a#1.png", root / "cat" / "b.png", root / "dog" / "c.png"):
+        f.write_bytes(_png(np.zeros((3, 3), np.uint8)))
+    src = open_source(str(root))
+    ids = src.meta.column("id").to_pylist()
+    assert "cat/a#1.png" in ids
+    ids_file = tmp_path / "forget.txt"
+    ids_file.write_text("# deletion requests\ncat/a#1.png\n")
+    wanted = read_ids_file(ids_file)
+    assert wanted == ["cat/a#1.png"]
+    plan = SplitPlan(has_test=False, heldout_fraction=0.0, forget_ids=frozenset(wanted))
+    parts = assign_parts(ids, src.meta.column("label").to_numpy(), [""] * len(ids), plan)
+    assert [i for i, part in zip(ids, parts, strict=True) if part == "forget"] == ["cat/a#1.png"]
+
+
 def _file_batch(paths: list[Path]) -> pa.Table:
     return pa.table(
         {
@@ -262,12 +336,15 @@ def test_to_chw_float() -> None:
 
 
 def test_shard_digest_is_order_free_and_content_sensitive() -> None:
+    def digest(ids: list[str], labels: list[int], ph: list[str]) -> str:
+        return shard_digest(ids, labels, ph, key=b"test-key")  # keyed: lethe.digests
+
     ids, labels, ph = ["b", "a", "c"], [1, 0, 2], ["h1", "h0", "h2"]
-    d = shard_digest(ids, labels, ph)
-    assert d == shard_digest(["c", "a", "b"], [2, 0, 1], ["h2", "h0", "h1"])
-    assert d != shard_digest(ids, [1, 0, 3], ph)
-    assert d != shard_digest(ids, labels, ["h1", "h0", "hX"])
-    assert d != shard_digest(["b", "a", "d"], labels, ph)
-    assert d != shard_digest(ids[:2], labels[:2], ph[:2])
+    d = digest(ids, labels, ph)
+    assert d == digest(["c", "a", "b"], [2, 0, 1], ["h2", "h0", "h1"])
+    assert d != digest(ids, [1, 0, 3], ph)
+    assert d != digest(ids, labels, ["h1", "h0", "hX"])
+    assert d != digest(["b", "a", "d"], labels, ph)
+    assert d != digest(ids[:2], labels[:2], ph[:2])
     # Length-prefixed rows: moving a character between id and hash cannot give the same digest.
-    assert shard_digest(["ab"], [0], ["c"]) != shard_digest(["a"], [0], ["bc"])
+    assert digest(["ab"], [0], ["c"]) != digest(["a"], [0], ["bc"])

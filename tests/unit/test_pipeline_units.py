@@ -136,6 +136,39 @@ def test_certificate_proves_cleanup_with_files_really_absent(tmp_path: Path) -> 
     assert "Cleanup proof" in html and str(gone) in html
 
 
+def test_certificate_states_the_keyed_digest_from_the_report(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lethe.data.shards import Manifest, ShardInfo
+    from lethe.digests import key_id
+    from lethe.pipeline.report import request_section
+    from lethe.report.schema import validate_report
+
+    kid = key_id(b"k" * 32)
+    shards = {n: ShardInfo(n, str(tmp_path / n), 3, n[0] * 64) for n in ("forget", "retain")}
+    man = Manifest("d", "/d", ["a"], 4, 4, 1, {"kind": "ids"}, shards, "q" * 64, "t" * 64, "hmac-sha256", kid)
+    ctx = SimpleNamespace(cfg=SimpleNamespace(request=SimpleNamespace(kind="ids")))
+    rep = _report()
+    rep["request"] = request_section(ctx, man)
+    assert rep["request"]["digest_key_id"] == kid and rep["request"]["digest_algorithm"] == "hmac-sha256"
+    validate_report(
+        {
+            **rep,
+            "timing_s": {},
+            "mlflow": {"tracking_uri": "x", "run_id": "r", "model_name": "m", "model_version": None},
+        }
+    )
+    cert = build_certificate(rep, {}, hyperparameters={}, tracking={}, orchestrator="lethe run")
+    assert cert["request"]["digest"] == {"algorithm": "hmac-sha256", "key_id": kid}
+    assert cert["request"]["forget_digest"] == "f" * 64
+    html = render_html(cert)
+    assert f"HMAC-SHA256 under the key with id {kid}" in html and "SHA-256 digest" not in html
+    # A report from before keyed digests: the certificate says its digests are unkeyed.
+    cert = build_certificate(_report(), {}, hyperparameters={}, tracking={}, orchestrator="lethe run")
+    assert cert["request"]["digest"] == {"algorithm": "sha256", "key_id": None}
+    assert "unkeyed SHA-256" in render_html(cert)
+
+
 def test_certificate_refuses_ids_and_escapes_html() -> None:
     rep = _report()
     rep["request"]["classes"] = ["<script>alert(1)</script>"]

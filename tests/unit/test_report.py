@@ -130,6 +130,26 @@ def test_validate_report_accepts_numpy_numbers_and_model_version() -> None:
     validate_report(rep)
 
 
+def test_validate_report_checks_the_digest_key_id() -> None:
+    rep = _report()
+    validate_report(rep)  # a report from before keyed digests names no key
+    rep["request"].update(digest_algorithm="hmac-sha256", digest_key_id="0123456789abcdef")
+    validate_report(rep)
+    for algo, kid, bad in [
+        ("hmac-sha256", None, "digest_key_id"),
+        ("hmac-sha256", "0123", "digest_key_id"),
+        ("hmac-sha256", "0123456789ABCDEF", "digest_key_id"),
+        ("sha256", "0123456789abcdef", "digest_key_id"),
+        (None, "0123456789abcdef", "digest_algorithm"),
+        ("md5", None, "digest_algorithm"),
+    ]:
+        rep["request"].update(digest_algorithm=algo, digest_key_id=kid)
+        with pytest.raises(ValueError, match=rf"^report\.request\.{bad}: "):
+            validate_report(rep)
+    rep["request"].update(digest_algorithm="sha256", digest_key_id=None)
+    validate_report(rep)
+
+
 @pytest.mark.parametrize(
     ("where", "key"),
     [

@@ -115,8 +115,16 @@ def test_resolve_classes() -> None:
 
 def test_read_ids_file(tmp_path: Path) -> None:
     f = tmp_path / "ids.txt"
-    f.write_text("# forget these\nb\n\n a  # trailing comment\nb\n")
+    f.write_text("# forget these\nb\n\n a \nb\n   # indented comment\n")
     assert read_ids_file(f) == ["a", "b"]
+
+
+def test_read_ids_file_hash_inside_an_id_is_not_a_comment(tmp_path: Path) -> None:
+    # Only a line whose first non-blank character is '#' is a comment: image-folder ids are file
+    # names, and `cat/a#1.png` must be requestable.
+    f = tmp_path / "ids.txt"
+    f.write_text("# comment\ncat/a#1.png\n  #also a comment\nissue#42 \n")
+    assert read_ids_file(f) == ["cat/a#1.png", "issue#42"]
 
 
 # -- split_dataset: bad inputs are refused and leave nothing behind ---------------------------------

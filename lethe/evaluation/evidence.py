@@ -1,0 +1,216 @@
+"""Uncertainty and power for the figures that decide (plain NumPy): bootstrap intervals, the
+calibrated membership-inference attack, and its power check.
+
+Intervals are percentile bootstraps over the evaluation images. One set of resampled indices per
+split is shared by every model, so a ratio of two models' FDs is bootstrapped pairwise (the same
+images in numerator and denominator) and its interval is not the loose product of two intervals.
+
+The membership attack is calibrated per example (Carlini et al. 2022, "LiRA" in its offline,
+one-reference form): the score of an image is the reference model's masked reconstruction error on it
+minus the attacked model's, on the same image, masks and seeds. The reference is the oracle, which
+never trained on the forget set, so an image's own difficulty cancels and what remains is how much
+better the attacked model knows it than a model that never saw it. Attacking the oracle with itself
+gives score 0 for every image: AUC 0.5 by construction, the null the unlearned model is held to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lethe.metrics import mia_auc
+
+CI_LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Resamples:
+    """Bootstrap indices into one split's images: (B, N), row b = the b-th resample."""
+
+    idx: np.ndarray
+
+    @classmethod
+    def draw(cls, n: int, b: int, seed: int) -> Resamples:
+        rng = np.random.default_rng(seed)
+        return cls(rng.integers(0, n, size=(b, n)) if n > 0 else np.zeros((b, 0), dtype=np.int64))
+
+
+def percentile_ci(series: np.ndarray, level: float = CI_LEVEL) -> list[float] | None:
+    """[low, high] of a bootstrap series (non-finite resamples dropped); None if none is finite."""
+    s = np.asarray(series, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return None
+    a = (1.0 - level) / 2.0
+    return [float(np.quantile(s, a)), float(np.quantile(s, 1.0 - a))]
+
+
+def mean_series(values: np.ndarray, rs: Resamples) -> np.ndarray:
+    """The mean of per-image values under every resample: shape (B,)."""
+    v = np.asarray(values, dtype=np.float64)
+    return v[rs.idx].mean(axis=1)
+
+
+def _moments(feats: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = feats[idx]
+    return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
+
+
+def _fd_from_moments(mu_a: np.ndarray, sa: np.ndarray, mu_b: np.ndarray, sb: np.ndarray) -> float:
+    # Tr(sqrtm(Sa Sb)) = sum of sqrt(eigenvalues of Sa Sb) (real and >= 0 for two covariances, up to
+    # round-off): three times faster than scipy's sqrtm, which is what B resamples need.
+    ev = np.linalg.eigvals(sa @ sb).real
+    diff = mu_a - mu_b
+    fd = float(diff @ diff + np.trace(sa) + np.trace(sb) - 2.0 * np.sqrt(np.clip(ev, 0.0, None)).sum())
+    return max(fd, 0.0)
+
+
+def fd_series(feats_out: np.ndarray, feats_truth: np.ndarray, rs: Resamples) -> np.ndarray:
+    """FD between a model's outputs and the ground truth under every resample (paired rows)."""
+    a = np.asarray(feats_out, dtype=np.float64)
+    t = np.asarray(feats_truth, dtype=np.float64)
+    out = np.empty(len(rs.idx))
+    for b, idx in enumerate(rs.idx):
+        mu_a, sa = _moments(a, idx)
+        mu_t, st = _moments(t, idx)
+        out[b] = _fd_from_moments(mu_a, sa, mu_t, st)
+    return out
+
+
+def ratio_ci(num: np.ndarray, den: np.ndarray) -> list[float] | None:
+    """Interval of a ratio of two paired bootstrap series (same resamples)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return percentile_ci(np.asarray(num) / np.asarray(den))
+
+
+# -- membership inference ------------------------------------------------------------------------
+def calibrated_scores(errors_model: np.ndarray, errors_reference: np.ndarray) -> np.ndarray:
+    """Membership score per image: reference error - model error (higher: more likely a member)."""
+    return np.asarray(errors_reference, dtype=np.float64) - np.asarray(errors_model, dtype=np.float64)
+
+
+def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: float = 0.01) -> float:
+    """True-positive rate at the threshold where at most `fpr` of the non-members score above it.
+
+    The threshold is the smallest score that no more than floor(fpr * N_non) non-members exceed;
+    members must score strictly above it (ties count as negatives, so identical scores give 0)."""
+    m = np.sort(np.asarray(member_scores, dtype=np.float64))
+    nm = np.sort(np.asarray(nonmember_scores, dtype=np.float64))
+    k = int(np.floor(fpr * nm.size))
+    threshold = nm[nm.size - 1 - k] if k < nm.size else -np.inf
+    return float((m > threshold).mean()) if m.size else 0.0
+
+
+def _attack_series(
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    b: int,
+    seed: int,
+    stat: Callable[[np.ndarray, np.ndarray], float],
+) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty(b)
+    for i in range(b):
+        out[i] = stat(
+            members[rng.integers(0, members.size, members.size)],
+            nonmembers[rng.integers(0, nonmembers.size, nonmembers.size)],
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class AttackFigures:
+    auc: float
+    auc_ci95: list[float] | None
+    tpr_at_1pct_fpr: float
+    tpr_at_1pct_fpr_ci95: list[float] | None
+
+    def as_metrics(self) -> dict[str, object]:
+        return {
+            "mia_auc": self.auc,
+            "mia_auc_ci95": self.auc_ci95,
+            "mia_tpr_at_1pct_fpr": self.tpr_at_1pct_fpr,
+            "mia_tpr_at_1pct_fpr_ci95": self.tpr_at_1pct_fpr_ci95,
+        }
+
+
+def attack_figures(
+    member_scores: np.ndarray, nonmember_scores: np.ndarray, b: int, seed: int
+) -> AttackFigures:
+    """AUC and TPR at 1% FPR of the attack, each with a bootstrap interval (members and non-members
+    resampled independently: they are two samples)."""
+    m = np.asarray(member_scores, dtype=np.float64)
+    nm = np.asarray(nonmember_scores, dtype=np.float64)
+    return AttackFigures(
+        auc=mia_auc(m, nm),
+        auc_ci95=percentile_ci(_attack_series(m, nm, b, seed, mia_auc)),
+        tpr_at_1pct_fpr=tpr_at_fpr(m, nm),
+        tpr_at_1pct_fpr_ci95=percentile_ci(_attack_series(m, nm, b, seed + 1, tpr_at_fpr)),
+    )
+
+
+def membership_verdict(
+    source: AttackFigures,
+    unlearned: AttackFigures,
+    oracle: AttackFigures,
+    n_members: int,
+    n_nonmembers: int,
+    tol: float,
+    min_members: int,
+) -> dict[str, object]:
+    """evidence.membership: passed | failed | inconclusive, the reason, and the figures behind it.
+
+    Power check first: the attack must tell members from non-members on the source model (its AUC
+    interval lies above 0.5) on enough members; otherwise no verdict on the unlearned model means
+    anything, and it is "inconclusive", never "passed". Then the unlearned AUC must lie inside the
+    oracle's interval widened by `tol` on both sides: too low fails as surely as too high (an image
+    the model now reconstructs worse than a model that never saw it marks whom a request was for).
+    """
+    o_lo, o_hi = oracle.auc_ci95 or [oracle.auc, oracle.auc]
+    band = [max(0.0, o_lo - tol), min(1.0, o_hi + tol)]
+    figures: dict[str, object] = {
+        "attack": "calibrated loss attack: score = oracle's masked error - model's, same image, masks, seeds",
+        "reference": "oracle",
+        "n_members": n_members,
+        "n_nonmembers": n_nonmembers,
+        "source_auc": source.auc,
+        "source_auc_ci95": source.auc_ci95,
+        "unlearned_auc": unlearned.auc,
+        "unlearned_auc_ci95": unlearned.auc_ci95,
+        "band": band,
+        "min_members": min_members,
+    }
+    lo = (source.auc_ci95 or [source.auc])[0]
+    if n_members < min_members:
+        return {
+            **figures,
+            "power": False,
+            "verdict": "inconclusive",
+            "reason": f"membership evidence inconclusive: {n_members} forget images are too few for a "
+            f"membership test (at least {min_members})",
+        }
+    if lo <= 0.5:
+        return {
+            **figures,
+            "power": False,
+            "verdict": "inconclusive",
+            "reason": "membership evidence inconclusive: the source model does not measurably leak "
+            f"membership of these images (its AUC {source.auc:.3f}, interval from {lo:.3f}, includes chance)",
+        }
+    auc = unlearned.auc
+    if band[0] <= auc <= band[1]:
+        verdict, why = "passed", f"within the oracle's band [{band[0]:.3f}, {band[1]:.3f}]"
+    elif auc > band[1]:
+        verdict, why = (
+            "failed",
+            f"above the oracle's band [{band[0]:.3f}, {band[1]:.3f}]: still leaks membership",
+        )
+    else:
+        verdict, why = (
+            "failed",
+            f"below the oracle's band [{band[0]:.3f}, {band[1]:.3f}]: over-forgotten, the images stand out",
+        )
+    reason = f"membership: unlearned AUC {auc:.3f} {why} (the source's {source.auc:.3f} shows the attack has power)"
+    return {**figures, "power": True, "verdict": verdict, "reason": reason}
