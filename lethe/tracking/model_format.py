@@ -152,7 +152,11 @@ def checkpoint_path_in(mlmodel: Model, where: str) -> str:
 
 
 def _download(artifact_uri: str, dst: str, tracking_uri: str, what: str, where: str) -> str:
+    # download_artifacts resolves models:/ URIs against the process-wide registry URI whatever its
+    # registry_uri argument says (MLflow 3.17): point it at this store for the call, then put it back.
+    previous = mlflow.get_registry_uri()
     try:
+        mlflow.set_registry_uri(tracking_uri)
         return mlflow.artifacts.download_artifacts(
             artifact_uri=artifact_uri, dst_path=dst, tracking_uri=tracking_uri, registry_uri=tracking_uri
         )
@@ -163,6 +167,8 @@ def _download(artifact_uri: str, dst: str, tracking_uri: str, what: str, where: 
             expected=_EXPECTED,
             seen=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
         ) from exc
+    finally:
+        mlflow.set_registry_uri(previous)
 
 
 def load_lethe_model(model_uri: str, tracking_uri: str) -> torch.nn.Module:

@@ -204,7 +204,9 @@ def test_decouple_retain_through_lethe_run(tmp_path: Path) -> None:
     assert 0 <= dec["ascent_steps"] <= 10 and dec["retain_steps"] >= 1
     assert dec["lambda_reached"] == (dec["final_distance"] >= dec["lambda"])
     dist = report["distance_to_oracle"]
-    assert set(dist) == {"original", "unlearned", "oracle"} and dist["oracle"]["fd_rel"] == 0.0
+    assert set(dist) == {"original", "unlearned", "oracle"} and dist["oracle"]["psnr_abs"] == 0.0
+    # digits holds ~27 held-out 3s: fewer than FD needs (2 x the 32-d smoke features), so no fd_rel
+    assert report["metrics"]["oracle"]["forget"]["fd"] is None and "fd_rel" not in dist["oracle"]
     assert "Decoupling + knowledge retention" in (work / "report" / "report.html").read_text()
     with sqlite3.connect(work / "mlflow.db") as con:
         params = dict(con.execute("select key, value from params"))
@@ -213,13 +215,10 @@ def test_decouple_retain_through_lethe_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", [29, 10_000], ids=["62-ids", "one-id"])
-def test_id_request_keeps_ids_out_of_mlflow_logs_and_reports(tmp_path: Path, step: int) -> None:
-    """A data subject's request: a few dozen images, or the single one that is the typical case."""
-    from sklearn.datasets import load_digits
-
-    n = len(load_digits().target)
-    forget_ids = [f"digits-{i:04d}" for i in range(0, n, step)]  # 62 images of mixed classes, or 1
+def test_one_id_request_finishes_and_keeps_the_id_out_of_mlflow_logs_and_reports(tmp_path: Path) -> None:
+    """The typical data subject's request: one image. (Several ids go the same way: the split is the
+    same code, and the evidence rules for any size are unit-tested in tests/unit/test_evidence.py.)"""
+    forget_ids = ["digits-0029"]
     ids_file = tmp_path / "forget.txt"
     ids_file.write_text("# deletion requests\n" + "\n".join(forget_ids) + "\n")
     work = tmp_path / "work"
@@ -251,9 +250,8 @@ def test_id_request_keeps_ids_out_of_mlflow_logs_and_reports(tmp_path: Path, ste
     assert registered_versions(work / "mlflow.db") == 1
     gates = {g["name"]: g for g in report["promotion"]["gates"]["results"]}
     assert "PSNR" in gates["forget_vs_oracle"]["limit"]
-    if len(forget_ids) == 1:
-        assert membership["verdict"] == "inconclusive" and "too few" in membership["reason"]
-        assert gates["mia"]["verdict"] == "inconclusive"
+    assert membership["verdict"] == "inconclusive" and "too few" in membership["reason"]
+    assert gates["mia"]["verdict"] == "inconclusive"
     # no picture of the requested images
     assert not (work / "report" / "grid_forget_box.png").exists()
     assert not (work / "report" / "grid_forget_outpaint.png").exists()
