@@ -18,10 +18,9 @@ import torch
 from lethe.config import RunConfig
 from lethe.errors import ConfigError, DataError
 from lethe.evaluation.reconstruction import MODEL_NAMES
-from lethe.models.families import get_family
 from lethe.pipeline.cleanup import forget_trained_model
 from lethe.pipeline.family_api import Evaluation, UnlearnPlan
-from lethe.pipeline.jobs import featnet_job, pretrain_job, unlearn_job
+from lethe.pipeline.jobs import family_arch, featnet_job, pretrain_job, unlearn_job, unlearned_meta
 from lethe.pipeline.keys import feature_classifier_key
 from lethe.pipeline.model_cache import train_or_reuse
 from lethe.pipeline.params import prefixed, section_params
@@ -246,9 +245,7 @@ class Generator:
     tunable = False
 
     def arch(self, cfg: RunConfig, man) -> dict[str, Any]:
-        return get_family(cfg.family).build_arch(
-            cfg.model.section(cfg.family), man.height, man.width, man.channels
-        )
+        return family_arch(cfg, man)
 
     def model_info(self, cfg: RunConfig) -> dict[str, Any]:
         return {}
@@ -301,15 +298,7 @@ class Generator:
                 "direction.n_neg": float(direction.n_neg),
             }
         )
-        meta = {
-            "role": "unlearned",
-            "method": cfg.method,
-            "alpha": u.alpha,
-            "lr": u.lr,
-            "tuned": False,
-            "feature": cfg.request.feature or "",
-            "forget_digest": man.shards["forget"].digest,
-        }
+        meta = unlearned_meta(cfg, man, u, False, feature=cfg.request.feature or "")
         job = unlearn_job(cfg, "feature_unlearn", arch, u, 0, meta, direction=direction.to_dict())
         return UnlearnPlan(
             job=job,

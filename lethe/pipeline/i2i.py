@@ -15,10 +15,17 @@ import torch
 
 from lethe.config import RunConfig
 from lethe.errors import DataError
-from lethe.models.families import get_family
 from lethe.pipeline.decouple import calibrate_decouple, decouple_check, decouple_summary, method_options
 from lethe.pipeline.family_api import Evaluation, UnlearnPlan
-from lethe.pipeline.jobs import fault_step, mask_spec, phases, pretrain_job, unlearn_job
+from lethe.pipeline.jobs import (
+    family_arch,
+    fault_step,
+    mask_spec,
+    phases,
+    pretrain_job,
+    unlearn_job,
+    unlearned_meta,
+)
 from lethe.pipeline.params import flat_params, numeric, ratio, section_params
 
 log = logging.getLogger("lethe")
@@ -92,10 +99,7 @@ class ImageToImage:
     tunable = True
 
     def arch(self, cfg: RunConfig, man) -> dict[str, Any]:
-        """The family's architecture for this data (shape from the manifest), via the registry."""
-        return get_family(cfg.family).build_arch(
-            cfg.model.section(cfg.family), man.height, man.width, man.channels
-        )
+        return family_arch(cfg, man)
 
     def model_info(self, cfg: RunConfig) -> dict[str, Any]:
         return {"phases": ",".join(phases(cfg))}  # e.g. VQ-GAN: tokenizer,transformer,transformer
@@ -130,14 +134,7 @@ class ImageToImage:
                 }
             )
             log.warning("decouple_retain: %s = %.5g", calibration["rule"], calibration["lambda"])
-        meta = {
-            "role": "unlearned",
-            "method": cfg.method,
-            "alpha": u.alpha,
-            "lr": u.lr,
-            "tuned": tuned,
-            "forget_digest": man.shards["forget"].digest,
-        }
+        meta = unlearned_meta(cfg, man, u, tuned)
         if calibration is not None:
             meta["decouple_lambda"] = calibration["lambda"]
         job = i2i_unlearn_job(cfg, man, arch, u, meta, calibration)

@@ -31,6 +31,26 @@ def mask_spec(cfg: RunConfig, arch: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def family_arch(cfg: RunConfig, man) -> dict[str, Any]:
+    """The family's architecture for this data (shape from the manifest), via the registry."""
+    return get_family(cfg.family).build_arch(
+        cfg.model.section(cfg.family), man.height, man.width, man.channels
+    )
+
+
+def unlearned_meta(cfg: RunConfig, man, u: Any, tuned: bool, **extra: Any) -> dict[str, Any]:
+    """What the unlearned checkpoint records of how it was made (never ids or pixels)."""
+    return {
+        "role": "unlearned",
+        "method": cfg.method,
+        "alpha": u.alpha,
+        "lr": u.lr,
+        "tuned": tuned,
+        **extra,
+        "forget_digest": man.shards["forget"].digest,
+    }
+
+
 def phases(cfg: RunConfig) -> list[str]:
     """The family's phase of each pretraining epoch (VQ-GAN: tokenizer..., transformer...)."""
     return get_family(cfg.family).phases(cfg.model.section(cfg.family), cfg.pretrain.epochs)
