@@ -10,16 +10,19 @@ PYTEST_ARGS ?=
 
 IMAGE ?= lethe:0.1.0
 
-.PHONY: run run-direct test install data lint bench bench-scaling bench-methods image pipeline clean
+.PHONY: run run-direct test test-extended install data postgres lint bench bench-scaling bench-methods bench-requests image pipeline clean
 
 install: $(VENV)/.installed
 
 # torch first, from the CPU wheel on disk: a bare `torch` requirement would pull CUDA packages.
+# The distribution was called `lethe` before it became `lethe-unlearn`: an old install of it is
+# dropped first, or both would own the `lethe` command.
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { echo "Python venv is missing: apt-get install python3-venv" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip uninstall -q -y lethe 2>/dev/null || true
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
@@ -46,6 +49,18 @@ data:
 		fi; \
 	fi
 
+# The request-store tests start a throwaway PostgreSQL server (initdb + pg_ctl): Debian's postgresql.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package postgresql (the request-store tests start their own server)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+		echo "PostgreSQL is missing: run 'sudo apt-get install postgresql' (the tests start their own server)" >&2; \
+		exit 1; \
+	fi
+
 run: install data
 	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/lethe pipeline run --local $(RUN_ARGS)
 
@@ -62,8 +77,12 @@ pipeline: install
 image:
 	docker build -f infra/Dockerfile -t $(IMAGE) --build-arg LETHE_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null) .
 
-test: install data
+test: install data postgres
 	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Also the `extended` end-to-end variants (each family's and method's own run; ~15 min more on 2 cores).
+test-extended: install data postgres
+	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python -m pytest --extended $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check lethe tests ray_jobs components pipelines benchmarks
@@ -79,6 +98,10 @@ bench-scaling: install data
 # decouple_retain vs encoder_noise vs the oracle on one split / original / oracle (demo preset).
 bench-methods: install data
 	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python benchmarks/methods_vs_oracle.py
+
+# What a deletion request costs: nightly runs over 1, 10 and 100 queued requests (smoke preset).
+bench-requests: install
+	$(BIN)/python benchmarks/cost_per_request.py
 
 clean:
 	rm -rf runs .pytest_cache lethe-pipeline.yaml

@@ -12,7 +12,6 @@ id of the key, so nobody without the key can match a digest against a data set's
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -92,6 +91,8 @@ def _request_summary(report: Mapping[str, Any]) -> dict[str, Any]:
         for k in ("kind", "forget_count", "retain_count", "forget_digest", "request_digest", "classes")
         if k in req
     }
+    if req.get("requests"):
+        out["requests"] = _stored_requests(req["requests"])
     if req.get("digest_key_id"):
         out["digest"] = {
             "algorithm": req.get("digest_algorithm") or "hmac-sha256",
@@ -100,6 +101,24 @@ def _request_summary(report: Mapping[str, Any]) -> dict[str, Any]:
     else:
         out["digest"] = {"algorithm": "sha256", "key_id": None}
     return out
+
+
+def _stored_requests(refs: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The store's requests this version forgets (lethe nightly), by uuid and keyed digest, with the
+    days from receipt to this certificate and the margin left to each deadline."""
+    issued = datetime.now(timezone.utc)
+
+    def days(a: datetime, b: datetime) -> float:
+        return round((b - a).total_seconds() / 86400, 2)
+
+    return [
+        {
+            **dict(r),
+            "days_received_to_applied": days(datetime.fromisoformat(r["received_at"]), issued),
+            "days_left_to_deadline": days(issued, datetime.fromisoformat(r["deadline"])),
+        }
+        for r in refs
+    ]
 
 
 def _digest_line(digest: Mapping[str, Any] | None) -> str:
@@ -127,8 +146,22 @@ def _request_rows(req: Mapping[str, Any]) -> str:
         [
             (k, _digest_line(v) if k == "digest" else ", ".join(map(str, v)) if isinstance(v, list) else v)
             for k, v in req.items()
+            if k != "requests"
         ]
     )
+
+
+def _stored_request_rows(refs: list[Mapping[str, Any]]) -> str:
+    if not refs:
+        return ""
+    head = "<tr><th>request</th><th>night</th><th>received</th><th>deadline</th><th>days to apply</th><th>days left</th></tr>"
+    body = "".join(
+        f"<tr><td><code>{_e(r['request_id'])}</code></td><td>{_e(r['night'])}</td><td>{_e(r['received_at'])}</td>"
+        f"<td>{_e(r['deadline'])}</td><td>{_num(r['days_received_to_applied'])}</td>"
+        f"<td class='{'ok' if r['days_left_to_deadline'] >= 0 else 'bad'}'>{_num(r['days_left_to_deadline'])}</td></tr>"
+        for r in refs
+    )
+    return f"<h3>Deletion requests</h3><table>{head}{body}</table>"
 
 
 def _source_model(state: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
@@ -166,6 +199,18 @@ def _timestamps(state: Mapping[str, Any]) -> dict[str, Any]:
         "finished_at": now_iso(),
         "steps": dict(state.get("steps_at") or {}),
         "timing_s": dict(state.get("timing_s") or {}),
+    }
+
+
+def _oracle(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Which yardstick this version was judged against: retrained in this run, or reused (trained
+    earlier on the same retain set, so on the same cumulative forget set)."""
+    o = dict(state.get("oracle") or {})
+    return {
+        "policy": o.get("policy", "reuse"),
+        "retrained_in_this_run": not o.get("cached", False) if o else None,
+        "cache_key": o.get("cache_key"),
+        "training_wall_s": o.get("train_wall_s"),
     }
 
 
@@ -212,6 +257,7 @@ def build_certificate(
             "hyperparameters": dict(hyperparameters),
         },
         "metrics": metrics,
+        "oracle": _oracle(state),
         "vs_oracle": (report.get("oracle_gaps") or {}).get("unlearned"),
         "vs_source": _vs_source(metrics),
         "membership_inference": {
@@ -348,6 +394,17 @@ def _timestamp_rows(timestamps: Mapping[str, Any]) -> str:
     )
 
 
+def _oracle_note(o: Mapping[str, Any]) -> str:
+    if o.get("retrained_in_this_run") is None:
+        return "none in this run"
+    how = (
+        "retrained in this run"
+        if o["retrained_in_this_run"]
+        else "reused, trained earlier on the same retain set"
+    )
+    return f"{how} (policy {o.get('policy')}; cache key {o.get('cache_key')})"
+
+
 def render_html(cert: Mapping[str, Any]) -> str:
     req, src, res = cert["request"], cert["source_model"], cert["result_model"]
     gates = cert.get("gates") or {}
@@ -363,10 +420,12 @@ def render_html(cert: Mapping[str, Any]) -> str:
 <h2>What was forgotten</h2>
 <p>{_e(_digest_note(req.get("digest")))}</p>
 <table>{_request_rows(req)}</table>
+{_stored_request_rows(req.get("requests") or [])}
 <h2>Models</h2>
 <table>{_model_rows(src, res)}</table>
 <h2>Method</h2>
 <table>{_method_rows(cert["method"])}</table>
+<p>Oracle (the model retrained without the forget set): {_e(_oracle_note(cert.get("oracle") or {}))}</p>
 <h2>Metrics (held-out data)</h2>
 <table><tr><th>split</th><th>metric</th><th>source</th><th>unlearned</th><th>oracle</th></tr>
 {metric_rows}</table>
@@ -395,8 +454,9 @@ def write_certificate(cert: Mapping[str, Any], folder: Path) -> tuple[Path, Path
     """Write certificate.json and certificate.html atomically into `folder`."""
     validate_certificate(cert)
     folder = Path(folder)
-    text = json.dumps(cert, indent=2, sort_keys=True, allow_nan=False, default=str)
-    j = atomic_write_bytes(folder / JSON_NAME, (text + "\n").encode())
+    from lethe.signing import canonical_bytes
+
+    j = atomic_write_bytes(folder / JSON_NAME, canonical_bytes(cert))
     h = atomic_write_bytes(folder / HTML_NAME, render_html(cert).encode())
     return j, h
 

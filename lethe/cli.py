@@ -54,6 +54,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, help="forget-loss weight")
     g.add_argument("--workdir", help="where shards, models, reports and the MLflow store go")
     g.add_argument("--cache-dir", help="model cache shared between runs (default: <workdir>/../cache)")
+    g.add_argument(
+        "--cache-on-corrupt",
+        choices=("rebuild", "refuse"),
+        help="a cached model that fails its check: rebuild it (default) or stop with the command that clears it",
+    )
     g.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the work dir)")
     g.add_argument("--num-workers", type=int, help="Ray Train workers")
     g.add_argument("--use-gpu", action="store_true", default=None, help="Ray Train workers on GPUs")
@@ -93,6 +98,14 @@ def _pipeline_parsers(pipe: argparse.ArgumentParser) -> None:
         _common(p)
         g = p.add_argument_group("pipeline")
         g.add_argument("--retries", type=int, help="retries per task (default 2 on a cluster, 0 locally)")
+        g.add_argument(
+            "--model",
+            metavar="NAME",
+            help="the nightly pipeline of a registered model: apply its queued deletion requests to its champion",
+        )
+        g.add_argument(
+            "--requests-db", metavar="URL", help="the request store (default: <workdir>/requests.db)"
+        )
         if action == "compile":
             g.add_argument("--output", required=True, metavar="FILE", help="pipeline YAML to write")
         if action == "run":
@@ -134,10 +147,38 @@ def parser() -> argparse.ArgumentParser:
         "pipeline", help="Kubeflow pipeline commands: compile, run --local, submit, schedule"
     )
     _pipeline_parsers(pipe)
+    night = sub.add_parser(
+        "nightly",
+        help="apply every queued deletion request of a model to its champion; prints report.json's path",
+    )
+    _common(night)
+    g = night.add_argument_group("requests")
+    g.add_argument("--model", help="registered model whose queued requests to apply (default: the run's)")
+    g.add_argument("--requests-db", metavar="URL", help="the request store (default: <workdir>/requests.db)")
+    from lethe.store.cli import add_parsers, store_flags
+
+    add_parsers(sub)
+    cert = sub.add_parser("certificate", help="unlearning certificates: verify a signed chain")
+    verify = cert.add_subparsers(dest="action", required=True, metavar="{verify}").add_parser(
+        "verify",
+        help="check a certificate's signature and walk its chain back to the model's first version",
+    )
+    store_flags(verify)
+    verify.add_argument(
+        "target", metavar="FILE|models:/NAME/VERSION", help="a certificate.json or a model version"
+    )
+    verify.add_argument(
+        "--key-id",
+        action="append",
+        metavar="ID",
+        help="trust signatures by this key id (repeatable; default: this deployment's signing key)",
+    )
     return p
 
 
-def overrides_from_args(a: argparse.Namespace) -> dict[str, Any]:
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    # Commands take different subsets of the flags (`lethe requests` only the store's): absent = unset.
+    a = argparse.Namespace(**{**dict.fromkeys(_FLAG_DESTS), **vars(args)})
     o: dict[str, Any] = {}
 
     def put(path: str, value: Any) -> None:
@@ -164,6 +205,7 @@ def overrides_from_args(a: argparse.Namespace) -> dict[str, Any]:
     put("unlearn.alpha", a.alpha)
     put("workdir", a.workdir)
     put("cache_dir", a.cache_dir)
+    put("cache.on_corrupt", a.cache_on_corrupt)
     put("tracking.tracking_uri", a.tracking_uri)
     put("resources.num_workers", a.num_workers)
     put("resources.use_gpu", a.use_gpu)
@@ -173,7 +215,15 @@ def overrides_from_args(a: argparse.Namespace) -> dict[str, Any]:
     put("seed", a.seed)
     put("source_model", a.source_model)
     put("tracking.alias", a.alias)
+    put("requests.db_url", a.requests_db)
     return o
+
+
+_FLAG_DESTS = (
+    "dataset forget_classes forget_ids forget_feature family method alpha workdir cache_dir "
+    "cache_on_corrupt tracking_uri num_workers use_gpu ray_address storage tune seed source_model alias "
+    "requests_db"
+).split()
 
 
 def config_from_args(a: argparse.Namespace) -> RunConfig:
@@ -204,7 +254,12 @@ def _pipeline(args: argparse.Namespace, cfg: RunConfig) -> int:
             tune=cfg.tune.enabled,
             cache=not args.no_cache,
             retries=args.retries if args.retries is not None else 0,
+            model=args.model or "",
         )
+        if res.night is not None:
+            print(res.night.summary(args.model), file=sys.stderr)
+            if not res.night.claimed:
+                return 0
         if res.certificate:
             print(f"certificate: {res.certificate}", file=sys.stderr)
         print(res.report)
@@ -214,7 +269,12 @@ def _pipeline(args: argparse.Namespace, cfg: RunConfig) -> int:
     if args.action == "compile":
         print(
             kfp_client.compile_pipeline(
-                cfg, args.output, retries=retries, tune=cfg.tune.enabled, volume=volume
+                cfg,
+                args.output,
+                retries=retries,
+                tune=cfg.tune.enabled,
+                volume=volume,
+                model=args.model or "",
             )
         )
     elif args.action == "submit":
@@ -227,6 +287,7 @@ def _pipeline(args: argparse.Namespace, cfg: RunConfig) -> int:
             retries=retries,
             namespace=args.namespace,
             volume=volume,
+            model=args.model or "",
         )
         print(run_id)
     else:
@@ -242,6 +303,7 @@ def _pipeline(args: argparse.Namespace, cfg: RunConfig) -> int:
             namespace=args.namespace,
             max_concurrency=args.max_concurrency,
             volume=volume,
+            model=args.model or "",
         )
         print(
             f"recurring run {sched.recurring_run_id}: cron '{sched.cron}', pipeline {sched.pipeline_id} "
@@ -262,6 +324,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.command == "pipeline":
             return _pipeline(args, cfg)
+        if args.command == "requests":
+            from lethe.store import cli as store_cli
+
+            return store_cli.run(args, cfg)
+        if args.command == "nightly":
+            return _nightly(args, cfg)
+        if args.command == "certificate":
+            return _verify_certificate(args, cfg)
         if args.command == "run":
             last: object = run_all(cfg)
             cert = layout(cfg).certificate_dir / "certificate.json"
@@ -286,6 +356,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         _shutdown_ray()
+
+
+def _nightly(args: argparse.Namespace, cfg: RunConfig) -> int:
+    from lethe.pipeline.nightly import run_nightly
+
+    night = run_nightly(cfg, args.model)
+    _shutdown_ray()
+    print(night.summary(args.model or cfg.model_name), file=sys.stderr)
+    if not night.claimed:
+        return 0
+    print(night.report, flush=True)
+    return 0 if night.promoted else 1
+
+
+def _verify_certificate(args: argparse.Namespace, cfg: RunConfig) -> int:
+    from lethe.signing import load_signing_key
+    from lethe.tracking.certificates import verify
+    from lethe.tracking.mlflow_tracker import Tracker
+
+    trusted = set(args.key_id or [])
+    if not trusted:
+        own = load_signing_key(cfg.signing_key_path, create=False)
+        if own is None:
+            raise LetheError(
+                "no trusted signing key",
+                expected="--key-id ID, LETHE_SIGNING_KEY or the signing key file",
+                seen=f"no {cfg.signing_key_path}",
+            )
+        trusted = {own.key_id}
+    links = verify(args.target, Tracker(cfg.tracking_uri, cfg.tracking.experiment), trusted)
+    for link in links:
+        print(f"ok  {link.model or '-'}  {link.status}  sha256 {link.sha256[:16]}  {link.where}")
+    print(
+        f"verified: {len(links)} certificates, signed by {', '.join(sorted(trusted))}, back to the first version"
+    )
+    return 0
 
 
 def _shutdown_ray() -> None:

@@ -23,6 +23,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from lethe.errors import ConfigError
 
@@ -48,6 +49,15 @@ class DigestKey:
     @property
     def key_id(self) -> str:
         return key_id(self.secret)
+
+
+def stream_sha256(fh: BinaryIO) -> tuple[int, str]:
+    """(size in bytes, plain sha256 hex) of a binary stream, read in 1 MiB chunks (files may be large)."""
+    h, size = hashlib.sha256(), 0
+    while chunk := fh.read(1 << 20):
+        h.update(chunk)
+        size += len(chunk)
+    return size, h.hexdigest()
 
 
 def key_id(key: bytes | DigestKey) -> str:
@@ -89,81 +99,97 @@ def load_key(key_file: str | os.PathLike[str]) -> DigestKey:
         key = DigestKey(env.encode("utf-8"), f"env {ENV_VAR}")
     else:
         path = Path(key_file).expanduser()
-        secret = _read_key_file(path) if os.path.lexists(path) else _create_key_file(path)
+        secret = secret_from_file(path, "digest key", ENV_VAR)
         key = DigestKey(secret, str(path))
     log.info("digests keyed (%s) by %s, key id %s", ALGORITHM, key.source, key.key_id)
     return key
 
 
-def _refuse(path: Path, what: str, seen: str = "") -> ConfigError:
+def secret_from_file(path: Path, name: str, env_var: str) -> bytes:
+    """A key file's secret (mode 0600, this user's), created with fresh random bytes if absent."""
+    return (
+        _read_key_file(path, name, env_var)
+        if os.path.lexists(path)
+        else _create_key_file(path, name, env_var)
+    )
+
+
+def _refuse(path: Path, what: str, seen: str = "", env_var: str = ENV_VAR) -> ConfigError:
     return ConfigError(
         what,
         where=str(path),
-        expected=f"a non-empty key file of this user with mode 0600 (or set {ENV_VAR})",
+        expected=f"a non-empty key file of this user with mode 0600 (or set {env_var})",
         seen=seen,
     )
 
 
-def _read_key_file(path: Path) -> bytes:
+def _read_key_file(path: Path, name: str = "digest key", env_var: str = ENV_VAR) -> bytes:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise _refuse(path, "cannot read the digest key file", e.strerror or str(e)) from None
+        raise _refuse(path, f"cannot read the {name} file", e.strerror or str(e), env_var=env_var) from None
     if not stat.S_ISREG(st.st_mode):
-        raise _refuse(path, "the digest key file is not a regular file")
+        raise _refuse(path, f"the {name} file is not a regular file", env_var=env_var)
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
         raise _refuse(
             path,
-            "the digest key file is open to group or others; run `chmod 600` on it",
+            f"the {name} file is open to group or others; run `chmod 600` on it",
             f"mode {mode:04o}",
+            env_var=env_var,
         )
     try:
         with open(path, "rb") as fh:
             secret = fh.read()
     except OSError as e:
-        raise _refuse(path, "cannot read the digest key file", e.strerror or str(e)) from None
+        raise _refuse(path, f"cannot read the {name} file", e.strerror or str(e), env_var=env_var) from None
     if not secret:
-        raise _refuse(path, "the digest key file is empty")
+        raise _refuse(path, f"the {name} file is empty", env_var=env_var)
     return secret
 
 
-def _create_key_file(path: Path) -> bytes:
+def _create_key_file(path: Path, name: str = "digest key", env_var: str = ENV_VAR) -> bytes:
     """Write 32 random bytes to a 0600 file, atomically: a concurrent creator's key wins if it is first."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
-        raise _refuse(path, "cannot create the digest key folder", e.strerror or str(e)) from None
+        raise _refuse(
+            path, f"cannot create the {name} folder", e.strerror or str(e), env_var=env_var
+        ) from None
     secret = secrets.token_bytes(KEY_BYTES)
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
     try:
         _write_new(tmp, secret)
     except OSError as e:
-        raise _refuse(path, "cannot create the digest key file", e.strerror or str(e)) from None
+        raise _refuse(path, f"cannot create the {name} file", e.strerror or str(e), env_var=env_var) from None
     try:
         # A hard link publishes the complete file under its name, or fails if another got there first.
         os.link(tmp, path)
     except FileExistsError:
-        return _read_after_race(path)
+        return _read_after_race(path, name, env_var)
     except OSError:
         # No hard links on this file system: create the file in place, still exclusively.
         try:
             _write_new(path, secret)
         except FileExistsError:
-            return _read_after_race(path)
+            return _read_after_race(path, name, env_var)
         except OSError as e:
-            raise _refuse(path, "cannot create the digest key file", e.strerror or str(e)) from None
+            raise _refuse(
+                path, f"cannot create the {name} file", e.strerror or str(e), env_var=env_var
+            ) from None
     finally:
         try:
             os.unlink(tmp)
         except OSError:
             pass
     log.warning(
-        "created a new digest key at %s (key id %s): keep it, and share it with every node of this "
-        "deployment (or set %s); without it old digests cannot be checked",
+        "created a new %s at %s (key id %s): keep it, and share it with every node of this "
+        "deployment (or set %s); without it old %s cannot be checked",
+        name,
         path,
         key_id(secret),
-        ENV_VAR,
+        env_var,
+        "digests" if name == "digest key" else "signatures",
     )
     return secret
 
@@ -183,12 +209,12 @@ def _write_new(path: Path, secret: bytes) -> None:
     os.close(fd)
 
 
-def _read_after_race(path: Path) -> bytes:
+def _read_after_race(path: Path, name: str, env_var: str) -> bytes:
     """Another process created the key first: read theirs (it may still be writing it in place)."""
     deadline = time.monotonic() + _RACE_WAIT_S
     while True:
         try:
-            return _read_key_file(path)
+            return _read_key_file(path, name, env_var)
         except ConfigError:
             if time.monotonic() >= deadline:
                 raise
@@ -205,4 +231,5 @@ __all__ = [
     "keyed_hasher",
     "key_id",
     "load_key",
+    "secret_from_file",
 ]

@@ -356,18 +356,44 @@ def read_bytes(uri: str) -> bytes:
             return Path(uri).read_bytes()
         except OSError as e:
             raise StorageError("cannot read", where=uri, seen=e.strerror or str(e)) from None
-    bucket, key = split_s3(uri)
-    client = s3_client()
+    got = read_object(uri)
+    if got is None:
+        raise StorageError("object not found", where=uri)
+    return got[0]
 
-    def get() -> bytes:
+
+def read_object(uri: str) -> tuple[bytes, str] | None:
+    """An S3 object's bytes and ETag (for `put_object_if`); None when there is none."""
+    bucket, key = split_s3(uri)
+
+    def get() -> tuple[bytes, str] | None:
         try:
-            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            resp = s3_client().get_object(Bucket=bucket, Key=key)
         except Exception as e:
             if _missing(e):
-                raise StorageError("object not found", where=uri) from None
+                return None
             raise
+        return resp["Body"].read(), str(resp["ETag"])
 
     return with_retries("reading", uri, get)
+
+
+def put_object_if(uri: str, data: bytes, etag: str | None) -> bool:
+    """PUT only if the object is absent (etag None) or still has `etag`; False when it is not. A
+    server without conditional writes (501) gets a plain PUT: callers read back to see who won."""
+    bucket, key = split_s3(uri)
+    cond = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+
+    def put() -> bool:
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data, **cond)
+            return True
+        except Exception as e:
+            if (status := _client_error_code(e)[1]) not in (409, 412, 501):
+                raise
+        return status == 501 and bool(s3_client().put_object(Bucket=bucket, Key=key, Body=data))
+
+    return with_retries("writing", uri, put)
 
 
 def read_text(uri: str) -> str:

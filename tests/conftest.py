@@ -61,3 +61,53 @@ def tiny_model():
         return build_model(family, arch)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server per test session (started on first use, stopped after);
+    its password reaches clients through PGPASSWORD, as in production."""
+    from lethe.testing.postgres import postgres_server
+
+    with postgres_server() as pg:
+        old = os.environ.get("PGPASSWORD")
+        os.environ["PGPASSWORD"] = pg.password
+        try:
+            yield pg
+        finally:
+            if old is None:
+                os.environ.pop("PGPASSWORD", None)
+            else:
+                os.environ["PGPASSWORD"] = old
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """A fresh, empty request store URL on each backend: the same tests run on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'requests.db'}"
+    pg = request.getfixturevalue("postgres")
+    import uuid
+
+    return pg.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--extended",
+        action="store_true",
+        help="also run the `extended` end-to-end variants (each family's and method's own smoke run ...)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`extended` tests are left out unless --extended: end-to-end variants whose parts other tests
+    cover (the default suite must fit CI's time on 2 cores); `make test-extended` runs them all."""
+    if config.getoption("--extended"):
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("extended") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -5,7 +5,8 @@ YAML file and flag overrides, then hands it on. Every field has a default that w
 
 Modules: `base` (the strict section base), `data` (data and request sections), `families` (the
 model section, one per family), `training` (pretraining, unlearning, feature network, evaluation
-and tuning recipes), `runtime` (resources, storage, tracking, gates, privacy), `run` (`RunConfig` and its
+and tuning recipes), `runtime` (resources, storage, model cache, tracking, gates, privacy), `requests` (the
+deletion-request store), `run` (`RunConfig` and its
 cross-field validation), `presets` (presets and their per-family settings) and `loading`
 (`build_config`, `config_from_json`).
 """
@@ -23,9 +24,11 @@ from lethe.config.families import (
 )
 from lethe.config.loading import build_config, config_from_json
 from lethe.config.presets import PRESETS
+from lethe.config.requests import RequestsConfig
 from lethe.config.run import RunConfig
 from lethe.config.runtime import (
     SOURCE_MODEL_RE,
+    CacheConfig,
     GatesConfig,
     PrivacyConfig,
     ResourcesConfig,
@@ -47,6 +50,7 @@ __all__ = [
     "DEFAULT_DATASET",
     "PRESETS",
     "SOURCE_MODEL_RE",
+    "CacheConfig",
     "DataConfig",
     "DecoupleConfig",
     "DiffusionConfig",
@@ -59,6 +63,7 @@ __all__ = [
     "ModelConfig",
     "PrivacyConfig",
     "RequestConfig",
+    "RequestsConfig",
     "ResourcesConfig",
     "RunConfig",
     "StorageConfig",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from lethe.catalogue import RequestKind
@@ -24,6 +26,17 @@ class DataConfig(_Strict):
         return no_credentials(v, "the data set URI", STORAGE_CREDENTIALS) or v
 
 
+class RequestRef(_Strict):
+    """A stored deletion request a run applies (lethe nightly): uuid and keyed digest, never its ids."""
+
+    request_id: str = Field(pattern=r"^[0-9a-f-]{36}$")
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    received_at: str
+    deadline: str
+    # "this": claimed by this run; "earlier": applied to the lineage before, forgotten again (cumulative)
+    night: Literal["this", "earlier"] = "this"
+
+
 class RequestConfig(_Strict):
     kind: RequestKind = "classes"
     classes: list[str] = Field(default_factory=lambda: ["Trouser"])
@@ -31,6 +44,8 @@ class RequestConfig(_Strict):
     # kind "feature": a visual feature ("glasses" on avataaars) or a class name (class-as-feature);
     # forget = the training images that show it, and the generator must stop producing it.
     feature: str | None = None
+    # Set by `lethe nightly`: the stored requests whose union this run forgets.
+    refs: list[RequestRef] = Field(default_factory=list)
 
     @field_validator("ids_file")
     @classmethod

@@ -44,7 +44,7 @@ def _preset(name: str) -> dict[str, Any]:
 
 
 # Per (preset, family) settings, applied over the preset and under the YAML file and the flags.
-# Demo timings on the 2-core development machine are in README.md ("Model families").
+# Demo timings on the 2-core development machine are in docs/families/.
 _TINY_TRANSFORMER = {"dim": 32, "depth": 1, "heads": 2, "dec_dim": 16, "dec_depth": 1, "dec_heads": 2}
 _FAMILY_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("smoke", "mae"): {"model": {"mae": _TINY_TRANSFORMER}},
@@ -100,7 +100,7 @@ _FAMILY_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("demo", "gan"): {
         "pretrain": {"epochs": 10, "lr": 2e-4, "weight_decay": 0.0, "warmup_frac": 0.0, "batch_size": 64},
         "model": {"gan": {"loss": "nonsat"}},
-        # 400 steps left 6 of 2000 samples flagged (oracle: 0); 800 left 1 (README, feature unlearning)
+        # 400 steps left 6 of 2000 samples flagged (oracle: 0); 800 left 1 (docs/families/gan.md)
         "unlearn": {
             "max_steps": 800,
             "batch_size": 64,
@@ -124,7 +124,7 @@ _FAMILY_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # The samplers cost several network passes per image: evaluate on 500 forget / 1000 retain.
     # 8 epochs (tokenizer 2, transformer 6): unlearned forget FD x6.36 (oracle x6.53), retain x1.116.
     # With 4 the original inpainted far worse (forget FD 32.9 vs 4.9) and unlearning reached only
-    # forget x1.47 (README, "Demo runs of the other families").
+    # forget x1.47 (docs/families/vqgan.md).
     ("demo", "vqgan"): {
         "pretrain": {"epochs": 8},
         "model": {"vqgan": {"tokenizer_share": 0.25, "adv_start_step": 100}},

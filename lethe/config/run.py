@@ -14,7 +14,9 @@ from lethe import catalogue, digests
 from lethe.config.base import _Strict
 from lethe.config.data import DataConfig, RequestConfig
 from lethe.config.families import ModelConfig
+from lethe.config.requests import RequestsConfig
 from lethe.config.runtime import (
+    CacheConfig,
     GatesConfig,
     PrivacyConfig,
     ResourcesConfig,
@@ -37,6 +39,7 @@ class RunConfig(_Strict):
     seed: int = 0
     workdir: str = "runs/default"
     cache_dir: str | None = Field(None, description="None: <workdir>/../cache, shared by runs")
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     family: str = "mae"
     method: str = "encoder_noise"
     source_model: str | None = Field(
@@ -46,6 +49,7 @@ class RunConfig(_Strict):
     )
     data: DataConfig = Field(default_factory=DataConfig)
     request: RequestConfig = Field(default_factory=RequestConfig)
+    requests: RequestsConfig = Field(default_factory=RequestsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: TrainConfig = Field(default_factory=TrainConfig)
     unlearn: UnlearnConfig = Field(default_factory=UnlearnConfig)
@@ -153,10 +157,24 @@ class RunConfig(_Strict):
         return digests.default_key_file(self.cache_path)
 
     @property
+    def signing_key_path(self) -> Path:
+        """The certificate signing key file (used when LETHE_SIGNING_KEY is unset)."""
+        if self.privacy.signing_key_file:
+            return Path(self.privacy.signing_key_file).expanduser().resolve()
+        return self.cache_path / "keys" / "signing.key"
+
+    @property
     def tracking_uri(self) -> str:
         if self.tracking.tracking_uri:
             return self.tracking.tracking_uri
         return f"sqlite:///{self.workdir_path / 'mlflow.db'}"
+
+    @property
+    def requests_db_url(self) -> str:
+        """The deletion-request store: requests.db_url, else a SQLite file next to the MLflow store."""
+        if self.requests.db_url:
+            return self.requests.db_url
+        return f"sqlite:///{self.workdir_path / 'requests.db'}"
 
     @property
     def model_name(self) -> str:

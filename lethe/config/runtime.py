@@ -1,11 +1,14 @@
 """The sections of where a run executes and what it records: compute resources, output storage,
-MLflow tracking (with the registered source model) and the promotion gates."""
+the model cache, MLflow tracking (with the registered source model) and the promotion gates."""
 
 from __future__ import annotations
 
+import os
 import re
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from lethe.config.base import (
     DATABASE_CREDENTIALS,
@@ -55,6 +58,21 @@ class StorageConfig(_Strict):
         return v.rstrip("/")
 
 
+class CacheConfig(_Strict):
+    """The model cache (`cache_dir`): what to do with an entry that fails its check before reuse."""
+
+    on_corrupt: Literal["rebuild", "refuse"] = Field(
+        "rebuild",
+        description="a cached model whose file does not match its cache index entry (size, sha256) or "
+        "does not load: rebuild it, or refuse (one line naming the command that clears the entry)",
+    )
+    oracle: Literal["reuse", "retrain"] = Field(
+        "reuse",
+        description="the oracle policy: reuse the oracle cached for the same retain set (the same "
+        "cumulative forget set, so the same yardstick), or retrain it every run; the certificate says which",
+    )
+
+
 # MLflow's rules for alias names (mlflow.utils.validation._validate_model_alias_name), checked here
 # so a bad alias fails before any work instead of after the model version exists.
 _ALIAS_RE = re.compile(r"^[\w\-]{1,255}$")
@@ -71,8 +89,47 @@ def parse_source_model(uri: str) -> tuple[str, str | None, str | None]:
     return m["name"], m["version"], m["alias"]
 
 
+# The tracking stores lethe can use (MLflow's, less the Unity Catalog registries and the file store
+# MLflow 3 has switched off); checked before a run starts so a typo never ends in a traceback.
+TRACKING_SCHEMES = "http(s)://host[:port], sqlite:///PATH, postgresql|mysql|mssql[+driver]://host/db or databricks[://profile]"
+_DB_SCHEME_RE = re.compile(r"^(postgresql|mysql|mssql)(\+\w+)?$")
+_FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
+
+
+def check_tracking_uri(v: str) -> str:
+    """`v` if it names a tracking store lethe can use, else a ValueError naming the schemes."""
+    uri = v.strip()
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        raise ValueError(f"expected {TRACKING_SCHEMES}") from None
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https") and parts.hostname:
+        return uri
+    if scheme == "sqlite" and not parts.netloc and parts.path.strip("/"):
+        return uri
+    if _DB_SCHEME_RE.match(scheme) and parts.hostname:
+        return uri
+    if uri == "databricks" or (scheme == "databricks" and parts.netloc and not parts.path.strip("/")):
+        return uri
+    if scheme in ("", "file") or (len(scheme) == 1 and scheme.isalpha()):  # a path, file://, C:\
+        if os.environ.get(_FILE_STORE_ENV, "").lower() in ("1", "true"):
+            return uri
+        raise ValueError(
+            f"expected {TRACKING_SCHEMES}; MLflow 3 refuses its file store (use sqlite:///PATH/mlflow.db, "
+            f"or set {_FILE_STORE_ENV}=true)"
+        )
+    raise ValueError(f"expected {TRACKING_SCHEMES}")
+
+
 class TrackingConfig(_Strict):
     tracking_uri: str | None = Field(None, description="None: sqlite store in the work dir")
+    retry_s: float = Field(
+        60.0,
+        ge=0,
+        description="how long calls to an MLflow server that stopped answering are retried (exponential "
+        "backoff) before the run fails with one line; 0: no retries",
+    )
     experiment: str = "lethe"
     model_name: str | None = Field(
         None, description="None: the source model's registered model, else lethe-<family>"
@@ -86,9 +143,8 @@ class TrackingConfig(_Strict):
         # The URI travels in clear text (KFP parameters, Ray job command lines, MLflow params); MLflow
         # reads the credentials from its own variables in every process that talks to the server.
         web = not v or v.startswith(("http://", "https://"))
-        return no_credentials(
-            v, "the MLflow tracking URI", MLFLOW_CREDENTIALS if web else DATABASE_CREDENTIALS
-        )
+        no_credentials(v, "the MLflow tracking URI", MLFLOW_CREDENTIALS if web else DATABASE_CREDENTIALS)
+        return None if v is None else check_tracking_uri(v)
 
     @field_validator("alias")
     @classmethod
@@ -133,15 +189,23 @@ class PrivacyConfig(_Strict):
         "0600). The LETHE_DIGEST_KEY variable, when set, wins over any file",
     )
 
-    @field_validator("digest_key_file")
+    signing_key_file: str | None = Field(
+        None,
+        description="the certificate signing key (Ed25519 seed); None: <cache_dir>/keys/signing.key (created "
+        "on first use, mode 0600). The LETHE_SIGNING_KEY variable (64 hex characters), when set, wins",
+    )
+
+    @field_validator("digest_key_file", "signing_key_file")
     @classmethod
-    def _key_file(cls, v: str | None) -> str | None:
+    def _key_file(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None:
             return None
+        kind = "digest" if info.field_name == "digest_key_file" else "signing"
         if not v.strip():
-            raise ValueError("must be a file path, or unset for <cache_dir>/keys/digest.key")
+            raise ValueError(f"must be a file path, or unset for <cache_dir>/keys/{kind}.key")
         if "://" in v:
             raise ValueError(
-                f"must be a local file (mount the key into the container), got {v!r}; or set LETHE_DIGEST_KEY"
+                f"must be a local file (mount the key into the container), got {v!r}; "
+                f"or set LETHE_{kind.upper()}_KEY"
             )
         return v.strip()

@@ -53,7 +53,7 @@ class UnlearnConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(64, ge=1, description="per side: forget and retain batches each")
     # Measured on the demo (Fashion-MNIST, forget Trouser, 2 cores, one original/oracle pair, see
-    # README "Measured"): 1.5 passes at lr 5e-4: forget FD x5.66, retain FD x1.021, PSNR -0.06 dB,
+    # docs/methods/encoder_noise.md): 1.5 passes at lr 5e-4: forget FD x5.66, retain FD x1.021, PSNR -0.06 dB,
     # unlearning/oracle loop time 0.15; 0.5 passes at lr 1e-3: forget FD x5.64, retain FD x1.023,
     # PSNR -0.15 dB, loop time 0.07; 0.5 at 5e-4: retain FD x1.069; 0.3 at 1e-3: retain FD x1.059.
     # The loop's compute is proportional to passes, so 0.5 at the higher rate is the default.

@@ -1,9 +1,9 @@
-"""Image bytes to pixels: decoding (transparency on white, 16-bit scaled), and shape checks."""
+"""Image bytes to pixels: decoding (transparency on white, 16-bit scaled), shape checks, sample checks."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,3 +94,30 @@ def check_max_side(shape: Sequence[int], where: str) -> None:
             expected=f"at most {MAX_SIDE} pixels a side",
             seen=_fmt(shape),
         )
+
+
+# Images decoded in the driver before any Ray work: enough to catch a folder that mixes sizes or
+# modes in seconds, few enough that a large folder on S3 opens quickly.
+SAMPLE_SIZE = 64
+
+
+def sample_indices(labels: Sequence[int], limit: int = SAMPLE_SIZE) -> list[int]:
+    """Rows to check before the full read: the first row, every class's first row, and up to
+    `limit` rows spread evenly over the rest. Sorted, distinct, deterministic; starts with 0."""
+    n = len(labels)
+    if n == 0:
+        return []
+    lab = np.asarray(labels)
+    firsts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    spread = np.linspace(0, n - 1, num=min(limit, n)).round().astype(np.int64)
+    return sorted({0, *firsts.tolist(), *spread.tolist()})
+
+
+def check_sample(read: Callable[[str], bytes], paths: Sequence[str], picks: Sequence[int]) -> tuple[int, ...]:
+    """Decode the images at `picks` (the first sets the data set's shape); the shape, or a DataError
+    naming the first file that cannot be decoded or does not match."""
+    first = decode_image(read(paths[picks[0]]), paths[picks[0]])
+    check_max_side(first.shape, paths[picks[0]])
+    for i in picks[1:]:
+        check_shape(decode_image(read(paths[i]), paths[i]).shape, first.shape, paths[i])
+    return tuple(first.shape)

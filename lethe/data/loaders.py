@@ -2,9 +2,10 @@
 
 Four sources are understood: an IDX folder (Fashion-MNIST layout), the built-in scikit-learn
 "digits", the rendered cartoon faces "avataaars[:N]" (cached as Parquet, see avataaars.py), an image
-folder root/<class>/*.png|jpg|jpeg and Parquet (id, label, image). Everything
-that is cheap (ids, labels, subsets, the image shape) is read in the driver by `open_source`, so a
-forget request can be checked before any Ray work starts; pixels are decoded in Ray Data tasks.
+folder root/<class>/*.png|jpg|jpeg and Parquet (id, label, image); image folders and Parquet also on
+s3://. Everything that is cheap (ids, labels, subsets, the image shape, a decoded sample of an image
+folder) is read in the driver by `open_source`, so a forget request or a folder of mixed sizes is
+refused before any Ray work starts; pixels are decoded in Ray Data tasks.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lethe.data import avataaars
-from lethe.data.images import check_max_side, check_shape, decode_image
+from lethe.data.images import check_max_side, check_sample, check_shape, decode_image, sample_indices
 from lethe.errors import DataError
 
 if TYPE_CHECKING:
@@ -51,7 +52,10 @@ BLOCK_ROWS = 10_000
 # Image folders: decoding is the expensive part, so use smaller blocks to spread it over workers.
 FILE_BLOCK_ROWS = 2_000
 
-_S3_EXPECTED = "a Parquet file or a prefix of Parquet files with columns id,label,image (on S3)"
+_S3_EXPECTED = (
+    "a Parquet file or a prefix of Parquet files with columns id,label,image, "
+    "or an image folder prefix/<class>/*.png (on S3)"
+)
 _NOT_FOUND_EXPECTED = (
     "an IDX folder, an image folder root/<class>/*.png, or a Parquet file/folder with columns id,label,image"
 )
@@ -100,7 +104,7 @@ class Source:
             return surface_udf_errors(ray.data.from_arrow(tables)).map_batches(
                 decode_file_batch,
                 batch_format="pyarrow",
-                fn_kwargs={"shape": self.info.shape},
+                fn_kwargs={"shape": self.info.shape, "remote": self.state["remote"]},
             )
         if self.kind == "parquet":
             columns = ["id", "label", "image"] + (["subset"] if self.state["has_subset"] else [])
@@ -177,10 +181,7 @@ def open_source(spec: str) -> Source:
     if resolved == DIGITS:
         return _open_digits()
     if storage.is_s3(resolved):
-        files = storage.list_files(resolved, ".parquet")
-        if not files:
-            raise DataError("no Parquet files found", where=resolved, expected=_S3_EXPECTED)
-        return _open_parquet_files(files, resolved, spec, remote=True)
+        return _open_s3(resolved, spec)
     path = Path(resolved)
     if avataaars.is_spec(spec):
         return _open_parquet(path, avataaars.NAME)
@@ -317,32 +318,82 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def _open_image_folder(root: Path, name: str) -> Source:
-    class_dirs = _class_dirs(root)
-    class_names = [d.name for d in class_dirs]
+    classes = [(d.name, [str(f) for f in _image_files(d)]) for d in _class_dirs(root)]
+    return _folder_source(classes, str(root), name, remote=False)
+
+
+def _s3_classes(files: list[str], prefix: str) -> list[tuple[str, list[str]]]:
+    """Objects named prefix/<class>/<file>.png|jpg|jpeg, grouped by class (as a local folder is)."""
+    by_class: dict[str, list[str]] = {}
+    for uri in files:
+        parts = uri[len(prefix) + 1 :].split("/")
+        if len(parts) == 2 and not parts[0].startswith(".") and uri.lower().endswith(IMAGE_SUFFIXES):
+            by_class.setdefault(parts[0], []).append(uri)
+    return [(c, sorted(by_class[c])) for c in sorted(by_class)]
+
+
+def _open_s3(uri: str, name: str) -> Source:
+    from lethe import storage
+
+    files = storage.list_files(uri)
+    parquet = [f for f in files if f.endswith(".parquet")]
+    if parquet:
+        return _open_parquet_files(parquet, uri, name, remote=True)
+    classes = _s3_classes(files, uri)
+    if not classes:
+        raise DataError(
+            "no Parquet files and no image folder found",
+            where=uri,
+            expected=_S3_EXPECTED,
+            seen=f"{len(files)} other objects",
+        )
+    return _folder_source(classes, uri, name, remote=True)
+
+
+def _folder_source(classes: list[tuple[str, list[str]]], root: str, name: str, remote: bool) -> Source:
+    """An image folder (local paths or s3:// URIs), each class's files sorted; a sample is decoded
+    here so that mixed sizes, modes or broken files are refused before Ray reads the rest."""
     ids: list[str] = []
     labels: list[int] = []
     paths: list[str] = []
-    for label, d in enumerate(class_dirs):
-        for f in _image_files(d):
-            ids.append(f"{d.name}/{f.name}")
+    for label, (cls, files) in enumerate(classes):
+        for f in files:
+            ids.append(f"{cls}/{f.rpartition('/')[2]}")
             labels.append(label)
-            paths.append(str(f))
-    first = decode_image(Path(paths[0]).read_bytes(), paths[0])
-    check_max_side(first.shape, paths[0])
-    info = DatasetInfo(name, str(root), class_names, *first.shape)
+            paths.append(f)
+    fs = _image_fs(remote)
+    shape = check_sample(lambda p: read_image_file(p, fs), paths, sample_indices(labels))
+    info = DatasetInfo(name, root, [c for c, _ in classes], *shape)
     meta = _meta(ids, np.asarray(labels, np.int64), [""] * len(ids))
-    return Source(info, meta, "image_folder", {"paths": paths})
+    return Source(info, meta, "image_folder", {"paths": paths, "remote": remote})
 
 
-def decode_file_batch(batch: pa.Table, shape: tuple[int, int, int]) -> pa.Table:
+def _image_fs(remote: bool) -> Any:
+    from lethe import storage
+
+    # Built from the AWS_* variables of the process that reads: a Ray task uses its own.
+    return storage.s3_filesystem() if remote else None
+
+
+def read_image_file(path: str, fs: Any = None) -> bytes:
+    """The bytes of one image: a local path, or an s3:// URI read through `fs` (pyarrow's S3)."""
+    from lethe import storage
+
+    try:
+        if fs is None:
+            return Path(path).read_bytes()
+        with fs.open_input_stream(storage.fs_path(path)) as fh:
+            return fh.read()
+    except OSError as e:
+        raise DataError("cannot read image file", where=path, seen=e.strerror or storage.reason(e)) from e
+
+
+def decode_file_batch(batch: pa.Table, shape: tuple[int, int, int], remote: bool = False) -> pa.Table:
     """Ray Data UDF: read and decode the files named in `path`; every image must have `shape`."""
+    fs = _image_fs(remote)
     pixels = []
     for path in batch.column("path").to_pylist():
-        try:
-            data = Path(path).read_bytes()
-        except OSError as e:
-            raise DataError("cannot read image file", where=path, seen=e.strerror or str(e)) from e
-        arr = decode_image(data, path)
+        arr = decode_image(read_image_file(path, fs), path)
         check_shape(arr.shape, shape, path)
         pixels.append(arr.tobytes())
     return _output_table(batch.column("id"), batch.column("label"), pixels, batch.column("subset"))

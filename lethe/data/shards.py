@@ -1,4 +1,11 @@
-"""The split's output: four Parquet shards (id, label, pixels) and a manifest that describes them."""
+"""The split's output: four Parquet shards (id, label, pixels) and a manifest that describes them.
+
+Each shard carries two digests: `digest`, keyed and over its rows (what the data is, blind to file
+layout), and `files`, the size and plain sha256 of each Parquet file (what is on disk), recorded when
+the manifest is saved. Readers check the files once per loaded manifest before the first read, so a
+truncated or altered shard file stops the step with one line instead of failing inside Ray, or
+worse, training on fewer rows.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lethe.digests import DigestKey, keyed_digest, keyed_hasher
+from lethe.digests import DigestKey, keyed_digest, keyed_hasher, stream_sha256
 from lethe.errors import DataError, StorageError
 
 if TYPE_CHECKING:
@@ -24,7 +31,7 @@ if TYPE_CHECKING:
 
 SHARD_NAMES = ("forget", "retain", "heldout_forget", "heldout_retain")
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 2  # 2: keyed digests (digest_algorithm, digest_key_id)
+MANIFEST_VERSION = 3  # 2: keyed digests (digest_algorithm, digest_key_id); 3: shard files' sha256
 SHARD_SCHEMA = pa.schema([("id", pa.string()), ("label", pa.int64()), ("pixels", pa.binary())])
 
 
@@ -34,6 +41,9 @@ class ShardInfo:
     path: str
     count: int
     digest: str
+    # file name relative to `path` -> {"size": bytes, "sha256": hex}; empty in a manifest from
+    # before version 3 (nothing to check the files against)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,6 +62,8 @@ class Manifest:
     # (lethe.digests); a manifest from before keyed digests reads as "sha256" with no key id.
     digest_algorithm: str = ""
     digest_key_id: str = ""
+    # Shards whose files were checked against `files` since this manifest was loaded (not saved).
+    verified: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -59,6 +71,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["verified"]
         d["shards"] = {k: asdict(v) for k, v in self.shards.items()}
         d["version"] = MANIFEST_VERSION
         return d
@@ -86,11 +99,15 @@ class Manifest:
             ) from e
 
     def save(self, path: str | os.PathLike[str]) -> Path | str:
-        """Write manifest.json (atomically) into a shards folder / prefix, or to a .json path."""
+        """Write manifest.json (atomically) into a shards folder / prefix, or to a .json path; first
+        record the files of each shard beside it that has none recorded yet (see `file_index`)."""
         from lethe import storage
 
+        target = manifest_uri(str(path))
+        for name, shard in self.shards.items():
+            if not shard.files:
+                shard.files = file_index(storage.join(storage.parent(target), name))
         if storage.is_s3(path):
-            target = manifest_uri(str(path))
             text = json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
             storage.write_bytes(target, text.encode("utf-8"))  # one PUT: atomic
             return target
@@ -154,6 +171,31 @@ def manifest_uri(path: str) -> str:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _file_entry(uri: str) -> dict[str, Any]:
+    """{"size", "sha256"} of one file or object, streamed (shard files may be large)."""
+    from lethe import storage
+
+    fs, path = storage.filesystem(uri)
+
+    def digest() -> dict[str, Any]:
+        with fs.open_input_stream(path) as fh:
+            size, sha = stream_sha256(fh)
+        return {"size": size, "sha256": sha}
+
+    return storage.with_retries("digesting shard file", uri, digest) if storage.is_s3(uri) else digest()
+
+
+def _relative(folder: str, uri: str) -> str:
+    return uri[len(folder.rstrip("/")) + 1 :].replace(os.sep, "/")
+
+
+def file_index(folder: str) -> dict[str, dict[str, Any]]:
+    """The size and sha256 of every Parquet file of a shard folder / prefix, by relative name."""
+    from lethe import storage
+
+    return {_relative(folder, f): _file_entry(f) for f in storage.list_files(folder, ".parquet")}
 
 
 def shard_digest(
@@ -247,7 +289,39 @@ def _shard(manifest: Manifest, name: str) -> ShardInfo:
     return manifest.shards[name]
 
 
-def _shard_files(shard: ShardInfo) -> list[str]:
+def _corrupt(shard: ShardInfo, why: str) -> DataError:
+    return DataError(f"shard {shard.name} is corrupt ({why}); run `lethe split` again", where=shard.path)
+
+
+def verify_shard(shard: ShardInfo, files: list[str]) -> None:
+    """The listed files are the ones the manifest recorded, with their sizes and sha256 (sizes of all
+    first: a truncated file is found without reading the others)."""
+    from lethe import storage
+
+    if not shard.files:
+        return  # a manifest from before file digests
+    listed = {_relative(shard.path, f): f for f in files}
+    missing = sorted(set(shard.files) - set(listed))
+    if missing:
+        raise _corrupt(shard, f"file {missing[0]} is missing")
+    extra = sorted(set(listed) - set(shard.files))
+    if extra:
+        raise _corrupt(shard, f"file {extra[0]} is not in the manifest")
+    fs, _ = storage.filesystem(files[0])
+    paths = [storage.fs_path(listed[n]) for n in sorted(listed)]
+    infos = storage.with_retries("checking shard", shard.path, lambda: fs.get_file_info(paths))
+    for name, info in zip(sorted(listed), infos, strict=True):
+        want = int(shard.files[name]["size"])
+        if info.size != want:
+            raise _corrupt(shard, f"{name}: size {info.size} bytes, manifest says {want}")
+    for name in sorted(listed):
+        got, want = _file_entry(listed[name])["sha256"], str(shard.files[name]["sha256"])
+        if got != want:
+            raise _corrupt(shard, f"{name}: sha256 {got[:12]}, manifest says {want[:12]}")
+
+
+def _shard_files(manifest: Manifest, shard: ShardInfo) -> list[str]:
+    """The shard's Parquet files, checked against the manifest the first time they are read."""
     from lethe import storage
 
     files = storage.list_files(shard.path, ".parquet")
@@ -255,6 +329,9 @@ def _shard_files(shard: ShardInfo) -> list[str]:
         raise DataError(
             "shard is missing; run `lethe split` again", where=str(shard.path), expected="Parquet files"
         )
+    if shard.name not in manifest.verified:
+        verify_shard(shard, files)
+        manifest.verified.add(shard.name)
     return files
 
 
@@ -280,7 +357,7 @@ def read_shard_numpy(
     The hash order makes `limit` a fixed subset that does not depend on how Ray laid out the files.
     """
     shard = _shard(manifest, name)
-    table = _read_table(_shard_files(shard))
+    table = _read_table(_shard_files(manifest, shard))
     ids = table.column("id").to_pylist()
     order = sorted(range(len(ids)), key=lambda i: sha256_hex(ids[i].encode()))
     if limit is not None:
@@ -322,7 +399,7 @@ def shard_dataset(manifest: Manifest, name: str) -> ray.data.Dataset:
     from lethe import storage
     from lethe.data.loaders import surface_udf_errors
 
-    files = _shard_files(shard)
+    files = _shard_files(manifest, shard)
     if storage.is_s3(files[0]):
         # The filesystem pickles without credentials: Ray tasks read them from their own AWS_* env.
         fs, _ = storage.filesystem(files[0])

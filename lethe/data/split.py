@@ -486,6 +486,11 @@ def _split_into(cfg: RunConfig, out_dir: str | Path, tmp: str | Path) -> Manifes
     plan, request, expected_parts = plan_split(cfg, info, src.meta)
     # After the request is known to be good, before any Ray work: a bad key file fails fast.
     key = load_key(cfg.digest_key_path)
+    from lethe.execution.ray_env import ensure_ray, ray_log_path
+
+    # Only now that the data and request passed their checks: start Ray (unless it runs already),
+    # with its own output (a failed task's traceback) in the run's log file, not on the terminal.
+    ensure_ray(cfg.resources, ray_log_path(cfg.workdir_path))
     counts = {name: int((expected_parts == name).sum()) for name in SHARD_NAMES}
     log.info(
         "split %s (%d rows, %dx%dx%d): %s",

@@ -10,8 +10,6 @@ This module is the driver side: `fit` starts the run (workers run lethe.executio
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,12 +144,13 @@ def _run(trainer: Any) -> Any:
 
 
 def _copy_model(result: Any, dest: Path) -> None:
-    """Copy the last checkpoint's model file to `dest`, atomically."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    """Copy the last checkpoint's model file to `dest`, atomically (a temp file of its own, then a
+    rename): a killed copy or a full disk leaves no half model under `dest`, which the model cache
+    would otherwise take for a whole one."""
+    from lethe import storage
+
     with result.checkpoint.as_directory() as d:
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(Path(d) / MODEL_FILE, tmp)
-        os.replace(tmp, dest)
+        storage.download_file(str(Path(d) / MODEL_FILE), dest)
 
 
 def fit(

@@ -1,20 +1,53 @@
-"""Connect to a Ray cluster, or start a local one sized for small machines."""
+"""Connect to a Ray cluster, or start a local one sized for small machines; keep Ray's own output
+(task tracebacks, Ray Data's execution lines, worker chatter) in a log file off the terminal."""
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
+from typing import Any
 
 from lethe.config import ResourcesConfig
 
 log = logging.getLogger("lethe.ray")
 
+# Worker lines that stay on the terminal: lethe's progress (lethe.execution.worker.progress).
+_OURS = "lethe: "
+# Driver-side loggers whose console handlers Ray installs ("ray.data" does not propagate to "ray").
+_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+_started_here = False
+_routed: dict[str, Any] = {}
 
-def ensure_ray(res: ResourcesConfig) -> None:
+
+def ray_log_path(workdir: str | os.PathLike[str]) -> Path:
+    """Where Ray's own output of a run goes: <workdir>/logs/ray.log."""
+    return Path(workdir) / "logs" / "ray.log"
+
+
+def ensure_ray(res: ResourcesConfig, log_file: str | os.PathLike[str] | None = None) -> None:
+    """Start or join Ray once per process; with `log_file`, route Ray's output there.
+
+    A Ray this process did not start (a test session's, say) keeps its output where its owner put it.
+    """
+    global _started_here
     import ray
 
     if ray.is_initialized():
+        if log_file is not None and _started_here:
+            route_ray_output(Path(log_file))
         return
+    _init_ray(res)
+    _started_here = True
+    # A new Ray installs its own worker-output handler again: route afresh even to the same file.
+    _routed.pop("path", None)
+    if log_file is not None:
+        route_ray_output(Path(log_file))
+
+
+def _init_ray(res: ResourcesConfig) -> None:
+    import ray
+
     # Local clusters in this project never need Ray's token auth or usage reporting.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = res.ray_address or os.environ.get("RAY_ADDRESS")
@@ -39,6 +72,61 @@ def ensure_ray(res: ResourcesConfig) -> None:
         configure_logging=True,
         logging_level=logging.WARNING,
     )
+
+
+def route_ray_output(path: Path) -> None:
+    """Ray's driver-side log lines and its workers' output to `path`; lethe's lines stay on stderr.
+
+    Ray Data logs a failed task's whole traceback on the driver (logger "ray.data") and Ray streams
+    worker output to the driver's terminal (log_to_driver): both go to the file, except worker lines
+    of lethe's own progress. With -v (lethe at DEBUG) everything keeps streaming to the terminal.
+    """
+    if logging.getLogger("lethe").isEnabledFor(logging.DEBUG) or _routed.get("path") == path:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = _routed.get("handler")
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in _RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if h is old or (isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)):
+                logger.removeHandler(h)
+        logger.addHandler(handler)
+    if old is not None:
+        old.close()
+    _routed.update(path=path, handler=handler)
+    _route_worker_output(handler)
+    log.info("Ray's own output goes to %s", path)
+
+
+def _route_worker_output(handler: logging.Handler) -> None:
+    # Ray's stream dispatcher is internal API: if it moves, worker output just stays on the terminal.
+    try:
+        from ray._private import worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+    file_logger = logging.getLogger("ray.workers")
+    file_logger.propagate = False
+    file_logger.handlers = [handler]
+    file_logger.setLevel(logging.INFO)
+
+    def emit(data: dict[str, Any]) -> None:
+        lines = data.get("lines", [])
+        if data.get("pid") == "autoscaler":  # its status tables every few seconds: events only
+            lines = list(ray_worker.filter_autoscaler_events(lines))
+        who = data.get("actor_name") or data.get("task_name") or ""
+        for line in lines:
+            file_logger.info("(%s pid=%s) %s", who, data.get("pid"), line)
+        ours = [ln for ln in lines if ln.startswith(_OURS)]
+        if ours:
+            ray_worker.print_to_stdstream({**data, "lines": ours}, ignore_prefix=ignore_prefix)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", emit)
 
 
 def worker_threads(res: ResourcesConfig) -> int:

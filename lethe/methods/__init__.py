@@ -233,7 +233,7 @@ class DecoupleRetain(Method):
     truth, plus `distill` * masked MSE toward the teacher's prediction (distillation from the
     original; 0 turns it off), for `retain_steps` steps (None: the run's usual step count). The
     config defaults (30 steps, no distillation) come from the demo: long retention distilled from
-    the original pulls the forget outputs back to the original's (README, "decouple_retain").
+    the original pulls the forget outputs back to the original's (docs/methods/decouple_retain.md).
 
     Why the full model and not the encoder: the oracle differs from the original in every weight,
     and ascent restricted to the encoder of a token family (VQ-GAN: the transformer encoder) leaves

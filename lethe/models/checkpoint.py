@@ -40,7 +40,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def save_checkpoint(
     path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any] | None = None
 ) -> Path:
-    """Atomic write: a crash never leaves a truncated checkpoint under the final name."""
+    """Atomic write: a crash or a full disk never leaves a truncated checkpoint under the final name
+    (temp file, fsync, rename); a failed write is one CheckpointError line."""
     model = _unwrap(model)
     payload = {
         "format": FORMAT,
@@ -54,8 +55,18 @@ def save_checkpoint(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            # Durable before the rename: otherwise a power loss can leave the new name on an empty file.
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
+        raise CheckpointError(
+            "cannot write checkpoint",
+            where=str(path),
+            seen=str(e).splitlines()[0] if str(e) else type(e).__name__,
+        ) from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

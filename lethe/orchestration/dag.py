@@ -4,6 +4,10 @@
     (all inside an ExitHandler whose exit task, cleanup, deletes the forget shards, writes the
     certificate and closes the MLflow run whether the body succeeded or failed)
 
+The nightly pipeline of a registered model (`--model NAME`) starts with `claim` (the model's queued
+deletion requests) and runs the body above only when it claimed some, on the night's configuration
+(the claim's output); its cleanup settles the requests (applied / failed / queued again).
+
 The tasks run one after the other: they share the work dir and its state file, and the parallelism
 is inside each step (Ray). Caching: split never (its input can change under the same name);
 resolve-or-pretrain and oracle are keyed on (config, data digests, pinned source model version)
@@ -22,6 +26,7 @@ from typing import Any
 from kfp import dsl
 
 from components.begin import begin
+from components.claim import claim
 from components.cleanup import cleanup
 from components.evaluate import evaluate
 from components.oracle import oracle
@@ -48,6 +53,9 @@ TASKS = (
     "promote",
     "cleanup",
 )
+# The nightly pipeline (`--model NAME`) claims the model's queued requests first, and runs the rest
+# only when it claimed some.
+NIGHTLY_TASKS = ("claim", *TASKS)
 # Kubernetes requests per task on a cluster (ignored by the local runner, so not set there).
 _HEAVY = {"cpu": "2", "memory": "6G"}
 _LIGHT = {"cpu": "500m", "memory": "1G"}
@@ -79,6 +87,53 @@ def _task(task: Any, retries: int, cache: bool, resources: dict | None, volume: 
     return task
 
 
+def _body(step: Any, config: Any, tune: Any, light: dict | None) -> None:
+    """begin .. promote, every task on `config`: the pipeline's, or the night's from `claim`."""
+    b = step(begin, size=light, config_json=config, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    run_id = b.outputs["parent_run_id"]
+    s = step(split, config_json=config, parent_run_id=run_id)
+    p = step(
+        resolve_or_pretrain,
+        cache=True,
+        config_json=config,
+        data_digest=s.outputs["data_digest"],
+        source_model=b.outputs["source_model"],
+    )
+    o = step(oracle, cache=True, config_json=config, retain_digest=s.outputs["retain_digest"]).after(p)
+    models = {"original": p.outputs["original"], "featnet": p.outputs["featnet"]}
+    t = step(
+        tune_component,
+        config_json=config,
+        parent_run_id=run_id,
+        enabled=tune,
+        oracle=o.outputs["oracle"],
+        **models,
+    )
+    u = step(
+        unlearn,
+        config_json=config,
+        parent_run_id=run_id,
+        alpha=t.outputs["Output"],
+        original=p.outputs["original"],
+    )
+    e = step(
+        evaluate,
+        config_json=config,
+        parent_run_id=run_id,
+        oracle=o.outputs["oracle"],
+        unlearned=u.outputs["unlearned"],
+        **models,
+    )
+    step(
+        promote,
+        size=light,
+        config_json=config,
+        parent_run_id=run_id,
+        unlearned=u.outputs["unlearned"],
+        report_json=e.outputs["report_json"],
+    )
+
+
 def build_pipeline(
     config_json: str,
     workdir: str,
@@ -87,12 +142,16 @@ def build_pipeline(
     tune_enabled: bool = False,
     pvc: str | None = None,
     pvc_mount: str | None = None,
+    model: str = "",
 ) -> Any:
     """The pipeline function, with this run configuration as its parameters' defaults.
 
     `retries`: retries per task (0 locally: a failure there is a bug or bad input, not a flaky
     service). `cluster`: also set Kubernetes resource requests. `pvc`: an existing
     PersistentVolumeClaim (ReadWriteMany) mounted at `pvc_mount` in every task: the shared work dir.
+    `model`: the nightly pipeline of that registered model (its queued deletion requests, from its
+    champion); the model is part of the pipeline, not a run parameter, so a run of one model's
+    pipeline can never settle another's requests.
     """
     heavy = _HEAVY if cluster else None
     light = _LIGHT if cluster else None
@@ -102,39 +161,19 @@ def build_pipeline(
     def lethe_pipeline(config_json: str = config_json, workdir: str = workdir, tune: bool = tune_enabled):
         def step(component: Any, cache: bool = False, size: dict | None = heavy, **inputs: Any) -> Any:
             # Every task reads the run configuration and the shared work dir.
-            task = component(config_json=config_json, workdir=workdir, **inputs)
+            inputs.setdefault("config_json", config_json)
+            task = component(workdir=workdir, **inputs)
             return _task(task, retries, cache, size, vol)
 
-        with dsl.ExitHandler(step(cleanup, size=light), name="unlearning"):
-            b = step(begin, size=light, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-            run_id = b.outputs["parent_run_id"]
-            s = step(split, parent_run_id=run_id)
-            p = step(
-                resolve_or_pretrain,
-                cache=True,
-                data_digest=s.outputs["data_digest"],
-                source_model=b.outputs["source_model"],
-            )
-            o = step(oracle, cache=True, retain_digest=s.outputs["retain_digest"]).after(p)
-            models = {"original": p.outputs["original"], "featnet": p.outputs["featnet"]}
-            t = step(tune_component, parent_run_id=run_id, enabled=tune, oracle=o.outputs["oracle"], **models)
-            u = step(unlearn, parent_run_id=run_id, alpha=t.outputs["Output"], original=p.outputs["original"])
-            e = step(
-                evaluate,
-                parent_run_id=run_id,
-                oracle=o.outputs["oracle"],
-                unlearned=u.outputs["unlearned"],
-                **models,
-            )
-            step(
-                promote,
-                size=light,
-                parent_run_id=run_id,
-                unlearned=u.outputs["unlearned"],
-                report_json=e.outputs["report_json"],
-            )
+        with dsl.ExitHandler(step(cleanup, size=light, model=model), name="unlearning"):
+            if not model:
+                _body(step, config_json, tune, light)
+            else:
+                c = step(claim, size=light, model=model, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                with dsl.If(c.outputs["Output"] > 0, name="requests-claimed"):  # how many it claimed
+                    _body(step, c.outputs["config_json"], tune, light)
 
     return lethe_pipeline
 
 
-__all__ = ["PIPELINE_NAME", "TASKS", "build_pipeline"]
+__all__ = ["NIGHTLY_TASKS", "PIPELINE_NAME", "TASKS", "build_pipeline"]

@@ -21,6 +21,7 @@ from typing import Any
 import lethe
 from lethe.config import RunConfig
 from lethe.errors import LetheError, StorageError
+from lethe.pipeline.nightly import Night, forget_last_night, last_pipeline_night
 
 log = logging.getLogger("lethe.pipeline")
 
@@ -93,7 +94,12 @@ class Volume:
 
 
 def build(
-    cfg: RunConfig, retries: int = 2, cluster: bool = True, tune: bool = False, volume: Volume | None = None
+    cfg: RunConfig,
+    retries: int = 2,
+    cluster: bool = True,
+    tune: bool = False,
+    volume: Volume | None = None,
+    model: str = "",
 ):
     mod = _dag()
     args = pipeline_arguments(cfg, tune, cluster=cluster)
@@ -106,6 +112,7 @@ def build(
         tune_enabled=tune,
         pvc=pvc,
         pvc_mount=mount,
+        model=model,
     )
 
 
@@ -115,11 +122,12 @@ def compile_pipeline(
     retries: int = 2,
     tune: bool = False,
     volume: Volume | None = None,
+    model: str = "",
 ) -> Path:
     """Write the pipeline's IR YAML (this config as the parameters' defaults); atomic."""
     from kfp import compiler
 
-    pipeline = build(cfg, retries=retries, tune=tune, volume=volume)  # bad arguments fail before writing
+    pipeline = build(cfg, retries=retries, tune=tune, volume=volume, model=model)  # bad arguments fail first
     out = Path(output).expanduser().resolve()
     if out.suffix not in (".yaml", ".yml", ".json"):
         raise PipelineError("pipeline file must end in .yaml, .yml or .json", where=str(out))
@@ -171,15 +179,33 @@ def _start_shared_ray(cfg: RunConfig) -> bool:
 
 @dataclass
 class LocalResult:
-    report: Path
+    report: Path | None  # None: a nightly run with nothing queued
     certificate: Path | None
     run_id: str | None
+    night: Night | None = None  # the nightly pipeline's verdict on its requests
 
 
 def run_local(
-    cfg: RunConfig, tune: bool = False, cache: bool = True, retries: int = 0, pipeline_root: str | None = None
+    cfg: RunConfig,
+    tune: bool = False,
+    cache: bool = True,
+    retries: int = 0,
+    pipeline_root: str | None = None,
+    model: str = "",
 ) -> LocalResult:
-    """Run the pipeline with kfp's local SubprocessRunner (each task a subprocess of this Python)."""
+    """Run the pipeline with kfp's local SubprocessRunner (each task a subprocess of this Python).
+
+    The whole run holds the work dir's lock; the tasks inherit it (LETHE_WORKDIR_LOCK in their env).
+    """
+    from lethe.pipeline.workdir_lock import hold
+
+    with hold(cfg):
+        return _run_local(cfg, tune, cache, retries, pipeline_root, model)
+
+
+def _run_local(
+    cfg: RunConfig, tune: bool, cache: bool, retries: int, pipeline_root: str | None, model: str
+) -> LocalResult:
     from lethe.pipeline.context import make_context, preflight
     from lethe.pipeline.layout import layout
     from lethe.pipeline.state import load_state
@@ -199,7 +225,9 @@ def run_local(
         enable_caching=cache,
         cache_root=str(cfg.cache_path / "kfp"),
     )
-    pipeline = build(cfg, retries=retries, cluster=False, tune=tune)
+    pipeline = build(cfg, retries=retries, cluster=False, tune=tune, model=model)
+    if model:
+        forget_last_night(cfg)  # what run_local reports afterwards is this run's verdict, not an older one
     failure: BaseException | None = None
     shared_ray = _start_shared_ray(cfg)
     try:
@@ -217,6 +245,9 @@ def run_local(
             ray.shutdown()
             os.environ.pop("RAY_ADDRESS", None)
     state = load_state(layout(cfg))
+    night = last_pipeline_night(cfg) if model else None
+    if night is not None and not night.claimed:
+        return LocalResult(report=None, certificate=None, run_id=None, night=night)
     if failure is not None or state.failed:
         f = state.failed
         if f:
@@ -224,7 +255,9 @@ def run_local(
         raise PipelineError("pipeline failed", seen=str(failure).splitlines()[0][:300] if failure else "")
     report = cfg.workdir_path / "report" / "report.json"
     cert = state.certificate.get("path")
-    return LocalResult(report=report, certificate=Path(cert) if cert else None, run_id=state.run_id)
+    return LocalResult(
+        report=report, certificate=Path(cert) if cert else None, run_id=state.run_id, night=night
+    )
 
 
 # -- a KFP server -----------------------------------------------------------------------------------
@@ -276,11 +309,12 @@ def submit(
     namespace: str | None = None,
     pipeline_root: str | None = None,
     volume: Volume | None = None,
+    model: str = "",
 ) -> str:
     """One run on a KFP server; returns its run id."""
     with tempfile.TemporaryDirectory(prefix="lethe-kfp-") as d:
         package = compile_pipeline(
-            cfg, Path(d) / "lethe-pipeline.yaml", retries=retries, tune=tune, volume=volume
+            cfg, Path(d) / "lethe-pipeline.yaml", retries=retries, tune=tune, volume=volume, model=model
         )
         client = _client(host, namespace)
         result = _api(
@@ -289,7 +323,7 @@ def submit(
             client.create_run_from_pipeline_package,
             str(package),
             arguments=pipeline_arguments(cfg, tune, cluster=True),
-            run_name=run_name or f"lethe-{cfg.family}-{cfg.method}",
+            run_name=run_name or (f"lethe-nightly-{model}" if model else f"lethe-{cfg.family}-{cfg.method}"),
             experiment_name=experiment,
             namespace=namespace,
             pipeline_root=pipeline_root,
@@ -362,6 +396,7 @@ def schedule(
     max_concurrency: int = 1,
     catchup: bool = False,
     volume: Volume | None = None,
+    model: str = "",
 ) -> Schedule:
     """A recurring run of a pinned pipeline version on a KFP server.
 
@@ -377,7 +412,7 @@ def schedule(
     pipeline_name = pipeline_name or mod.PIPELINE_NAME
     with tempfile.TemporaryDirectory(prefix="lethe-kfp-") as d:
         package = compile_pipeline(
-            cfg, Path(d) / "lethe-pipeline.yaml", retries=retries, tune=tune, volume=volume
+            cfg, Path(d) / "lethe-pipeline.yaml", retries=retries, tune=tune, volume=volume, model=model
         )
         digest = hashlib.sha256(package.read_bytes()).hexdigest()[:12]
         version_name = f"{pipeline_name}-{lethe.__version__}-{digest}"
@@ -393,7 +428,8 @@ def schedule(
             client.create_recurring_run,
             experiment_id=exp.experiment_id,
             job_name=job_name or f"{pipeline_name}-{cfg.family}-{cfg.method}",
-            description=f"lethe {cfg.method} unlearning of {cfg.model_name}, cron {cron6}",
+            description=f"lethe {cfg.method} unlearning of {model or cfg.model_name}, cron {cron6}"
+            + (" (nightly: its queued deletion requests)" if model else ""),
             cron_expression=cron6,
             max_concurrency=max_concurrency,
             no_catchup=not catchup,

@@ -36,8 +36,15 @@ from typing import Any
 from lethe.config import RunConfig, config_from_json
 from lethe.errors import CheckpointError, DataError, find_lethe_error
 from lethe.orchestration import ray_submit
+from lethe.pipeline import nightly
 from lethe.pipeline.layout import layout
-from lethe.pipeline.lifecycle import finish_pipeline, open_pipeline, record_failure, run_step
+from lethe.pipeline.lifecycle import (
+    failure_line,
+    finish_pipeline,
+    open_pipeline,
+    record_failure,
+    run_step,
+)
 from lethe.pipeline.params import numeric
 from lethe.pipeline.state import RunState, load_state, save_state
 
@@ -64,6 +71,8 @@ def _component(step: str, cfg: RunConfig) -> Iterator[None]:
     _setup_logging()
     ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     try:
+        if step not in ("claim", "cleanup"):
+            _renew_claim(cfg)
         yield
     except BaseException as e:
         record_failure(cfg, step, e)
@@ -76,6 +85,15 @@ def _component(step: str, cfg: RunConfig) -> Iterator[None]:
         # Disconnect from the Ray this step started or joined (not one the caller already had).
         if not ray_before and "ray" in sys.modules and sys.modules["ray"].is_initialized():
             sys.modules["ray"].shutdown()
+
+
+def _renew_claim(cfg: RunConfig) -> None:
+    """Keep a nightly pipeline's claim alive; a store that is down for a moment fails no step (the
+    exit handler's verdict reports a claim that was lost meanwhile)."""
+    try:
+        nightly.renew_pipeline_claim(cfg)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not renew the claim on this night's requests: %s", find_lethe_error(e) or e)
 
 
 def _run_step(cfg: RunConfig, step: str, parent_run_id: str | None) -> RunState:
@@ -145,6 +163,18 @@ def _adopt_lineage(cfg: RunConfig, original: Any) -> None:
 
 
 # -- the components' bodies -----------------------------------------------------------------------
+
+
+def claim(config_json: str, workdir: str, model: str, kfp_run_id: str = "") -> tuple[int, str]:
+    """The nightly pipeline's first task: claim the model's queued requests. Returns (how many, the
+    night's run configuration as JSON: the cumulative forget set as an ids file, from the champion)."""
+    cfg = component_config(config_json, workdir)
+    with _component("claim", cfg):
+        got = nightly.pipeline_claim(cfg, model, f"kfp-run {kfp_run_id}" if kfp_run_id else "")
+        if got.config is None:
+            log.warning("nightly %s: no queued requests; nothing to do, no new version", model)
+            return 0, config_json
+        return len(got.claimed), got.config.model_dump_json()
 
 
 def begin(config_json: str, workdir: str, kfp_run_id: str = "") -> tuple[str, str]:
@@ -361,16 +391,39 @@ def promote(
 
 
 def cleanup(
-    config_json: str, workdir: str, state: str, error_message: str, certificate: Any, certificate_json: Any
+    config_json: str,
+    workdir: str,
+    state: str,
+    error_message: str,
+    certificate: Any,
+    certificate_json: Any,
+    model: str = "",
 ) -> None:
     """Exit handler: delete the forget shards, certify, close the pipeline's MLflow run.
 
-    KFP runs it whether the body succeeded or failed (`state` is the body's final state).
+    KFP runs it whether the body succeeded or failed (`state` is the body's final state). In the
+    nightly pipeline (`model` set) it also gives the verdict on the claimed requests.
     """
     cfg = component_config(config_json, workdir)
     with _component("cleanup", cfg):
         succeeded = str(state).upper() == "SUCCEEDED"
-        out = finish_pipeline(cfg, succeeded=succeeded, error=None if succeeded else (error_message or None))
+        pending = nightly.pending_claim(cfg) if model else None
+        if pending is not None and pending.config is None:
+            nightly.pipeline_settle(cfg, succeeded, None)  # nothing was claimed: no run to close
+            return
+        if pending is not None:
+            cfg = component_config(pending.config.model_dump_json(), workdir)  # the night's refs
+        try:
+            out = finish_pipeline(
+                cfg, succeeded=succeeded, error=None if succeeded else (error_message or None)
+            )
+        except BaseException as e:
+            if pending is not None:
+                nightly.pipeline_settle(cfg, False, failure_line(e))
+            raise
+        if pending is not None:
+            failed = load_state(layout(cfg)).failed
+            nightly.pipeline_settle(cfg, out["succeeded"], None if out["succeeded"] else failed.get("error"))
         cert = out.get("certificate")
         if cert:
             export_file(

@@ -62,6 +62,8 @@ def submit_step(
     """Submit `step` to the Ray cluster at cfg.resources.ray_address and wait; returns the job id."""
     from ray.job_submission import JobSubmissionClient
 
+    from lethe.pipeline.workdir_lock import child_env
+
     address = str(cfg.resources.ray_address)
     try:
         client = JobSubmissionClient(address)
@@ -73,6 +75,7 @@ def submit_step(
             seen=str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
         ) from None
     submission_id = f"lethe-{step}-{uuid.uuid4().hex[:8]}"
+    lock_env = child_env()
     deadline = time.monotonic() + _AGENT_WAIT_S
     while True:
         try:
@@ -80,6 +83,8 @@ def submit_step(
                 entrypoint=job_entrypoint(cfg, step, parent_run_id),
                 submission_id=submission_id,
                 metadata={"lethe.step": step, "lethe.workdir": str(cfg.workdir_path)},
+                # The job runs under our work-dir lock when we run under one (a local pipeline run).
+                runtime_env={"env_vars": lock_env} if lock_env else None,
             )
             break
         except RuntimeError as exc:

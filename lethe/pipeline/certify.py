@@ -24,6 +24,8 @@ def finalize(
     `lethe.certificate_uri` tag points. Returns the certificate JSON path (None: nothing to certify).
     """
     from lethe.certificate import CERT_DIR, build_certificate, write_certificate
+    from lethe.signing import load_signing_key, sign
+    from lethe.tracking.certificates import previous_link
 
     report_path = ctx.lay.report_dir / "report.json"
     report: dict[str, Any] = {}
@@ -49,6 +51,8 @@ def finalize(
         status=status,
         error=error,
     )
+    cert["previous_certificate"] = previous_link(ctx.tracker, (st.pretrain.get("source") or {}).get("uri"))
+    cert = sign(cert, load_signing_key(cfg.signing_key_path))
     json_path, html_path = write_certificate(cert, ctx.lay.certificate_dir)
     anchor = st.promote.get("certificate_run_id") or st.run_id
     if anchor:

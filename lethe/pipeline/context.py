@@ -56,9 +56,10 @@ class Context:
         """Join the configured Ray cluster, or start a local one, before the first Ray work."""
         import ray.data
 
-        from lethe.execution.ray_env import ensure_ray
+        from lethe.execution.ray_env import ensure_ray, ray_log_path
 
-        ensure_ray(self.cfg.resources)
+        # Every step, alone or in `lethe run`: Ray's own output (task tracebacks) goes to the log file.
+        ensure_ray(self.cfg.resources, ray_log_path(self.lay.root))
         # Ray Data's bars are live progress on a terminal but thousands of lines in a CI log.
         ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
 
@@ -67,7 +68,7 @@ def make_context(cfg: RunConfig, parent_run_id: str | None = None) -> Context:
     from lethe.tracking import Tracker
 
     lay = check_workdir(cfg)
-    tracker = Tracker(cfg.tracking_uri, cfg.tracking.experiment)
+    tracker = Tracker(cfg.tracking_uri, cfg.tracking.experiment, retry_s=cfg.tracking.retry_s)
     return Context(cfg=cfg, lay=lay, tracker=tracker, state=load_state(lay), parent_run_id=parent_run_id)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lethe.config import RunConfig
+from lethe.digests import stream_sha256
 
 # The config sections that decide a pretrained model (original and oracle use the same recipe).
 RECIPE = ("family", "model", "pretrain", "eval", "seed")
@@ -25,11 +26,8 @@ def key(*parts: str) -> str:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return stream_sha256(fh)[1]
 
 
 def state_digest(model: torch.nn.Module) -> str:

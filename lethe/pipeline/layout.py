@@ -112,6 +112,11 @@ def layout(cfg: RunConfig) -> Layout:
     return Layout(cfg.workdir_path, cfg.cache_path, remote)
 
 
+def unwritable(path: Path, exc: OSError) -> StorageError:
+    """The one line for a work dir (or model cache) that cannot be created or written."""
+    return StorageError("work dir is not writable", where=str(path), seen=exc.strerror or type(exc).__name__)
+
+
 def check_workdir(cfg: RunConfig) -> Layout:
     """Fail early, before any work, when the work dir (or storage.uri) cannot be written."""
     lay = layout(cfg)
@@ -122,9 +127,7 @@ def check_workdir(cfg: RunConfig) -> Layout:
             probe.write_text("")
             probe.unlink()
         except OSError as e:
-            raise StorageError(
-                "work dir is not writable", where=str(d), seen=e.strerror or type(e).__name__
-            ) from None
+            raise unwritable(d, e) from None
     if lay.remote:
         storage.check_writable(lay.remote)
     return lay

@@ -34,6 +34,7 @@ from lethe.pipeline.split import step_split
 from lethe.pipeline.state import RunState, load_state, now_iso, save_state
 from lethe.pipeline.tune import step_tune
 from lethe.pipeline.unlearn import step_unlearn
+from lethe.pipeline.workdir_lock import WorkdirBusy, hold
 
 log = logging.getLogger("lethe")
 
@@ -154,7 +155,7 @@ def run_all(cfg: RunConfig) -> Path:
     run: forget data deleted, certificate `incomplete` with the step and its one-line error, the MLflow
     run FAILED (KILLED when interrupted); then the error goes on to the caller.
     """
-    with sigterm_raises() as guard:
+    with sigterm_raises() as guard, hold(cfg):  # the lock first: the MLflow store is set up under it
         ctx = make_context(cfg)
         ctx.state = RunState.fresh(cfg.source_model)
         preflight(ctx)  # an unknown source model fails here, before anything is written
@@ -239,7 +240,13 @@ def run_step(
     standalone (`lethe <step>`): the step belongs to no pipeline run; `lethe tune` first runs the
     steps it needs, and `lethe cleanup` certifies the run. Otherwise (a KFP component, a Ray job)
     the step is a child of the pipeline's MLflow run: `parent_run_id`, or the one in state.json.
+    Under the work dir's lock: the pipeline's launcher's when it holds it, else this step's own.
     """
+    with hold(cfg):
+        return _run_step(cfg, name, parent_run_id, standalone)
+
+
+def _run_step(cfg: RunConfig, name: str, parent_run_id: str | None, standalone: bool) -> tuple[Any, RunState]:
     ctx = make_context(cfg, parent_run_id=parent_run_id or None)
     if standalone:
         ctx.state.run_id = None
@@ -264,26 +271,32 @@ def open_pipeline(cfg: RunConfig, orchestrator: str, tags: dict[str, str] | None
     run, which stays RUNNING until `finish_pipeline`, and records its id in state.json. Returns
     (run id, source model pinned to a version or "").
     """
-    ctx = make_context(cfg)
-    ctx.state = RunState.fresh(cfg.source_model)
-    ctx.save()
-    pinned = preflight(ctx) or ""
-    all_tags = {"lethe.code_version": code_version(), "lethe.pipeline": orchestrator, **(tags or {})}
-    run_id = ctx.tracker.open_run(f"lethe-{cfg.family}-{cfg.method}", pipeline_params(cfg), all_tags)
-    ctx.state.run_id, ctx.state.orchestrator, ctx.state.source_pinned = run_id, orchestrator, pinned
-    ctx.save()
+    with hold(cfg):
+        ctx = make_context(cfg)
+        ctx.state = RunState.fresh(cfg.source_model)
+        ctx.save()
+        pinned = preflight(ctx) or ""
+        all_tags = {"lethe.code_version": code_version(), "lethe.pipeline": orchestrator, **(tags or {})}
+        run_id = ctx.tracker.open_run(f"lethe-{cfg.family}-{cfg.method}", pipeline_params(cfg), all_tags)
+        ctx.state.run_id, ctx.state.orchestrator, ctx.state.source_pinned = run_id, orchestrator, pinned
+        ctx.save()
     log.warning("pipeline run %s opened (%s)", run_id, orchestrator)
     return run_id, pinned
 
 
 def record_failure(cfg: RunConfig, step: str, exc: BaseException) -> None:
-    """Note in state.json which step failed and why (one line; no data), for the exit handler."""
+    """Note in state.json which step failed and why (one line; no data), for the exit handler.
+    Not when another run holds the work dir: its state is not ours to write (the step was refused)."""
     lay = layout(cfg)
     if not lay.root.is_dir():
         return
-    state = load_state(lay)
-    state.failed = failure_record(step, exc)
-    save_state(lay, state)
+    try:
+        with hold(cfg):
+            state = load_state(lay)
+            state.failed = failure_record(step, exc)
+            save_state(lay, state)
+    except WorkdirBusy as busy:
+        log.warning("failure of step %s not recorded: %s", step, busy.line())
 
 
 def _has_shards(lay: Layout) -> bool:
@@ -370,6 +383,11 @@ def finish_pipeline(cfg: RunConfig, succeeded: bool, error: str | None = None) -
     """Last step of a pipeline run spread over processes, run whatever happened before (KFP exit
     handler): delete the forget data, write the final report and certificate, and close the
     pipeline's MLflow run as FINISHED or FAILED with the reason. Raises if cleanup failed."""
+    with hold(cfg):
+        return _finish_pipeline(cfg, succeeded, error)
+
+
+def _finish_pipeline(cfg: RunConfig, succeeded: bool, error: str | None) -> dict[str, Any]:
     try:
         ctx = make_context(cfg)
     except LetheError:

@@ -1,4 +1,5 @@
-"""oracle: retrain from scratch on the retain shard only, same recipe; cached by the retain digest."""
+"""oracle: retrain from scratch on the retain shard only, same recipe; cached by the retain digest
+(cache.oracle = reuse) or retrained every run (retrain)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def step_oracle(ctx: Context) -> Path:
             "oracle",
             lambda n_rows, meta: fam.pretrain_job(cfg, man, n_rows, meta),
             fam.model_info(cfg),
+            reuse=cfg.cache.oracle == "reuse",
         )
+        info["policy"] = cfg.cache.oracle
         ctx.tracker.log_params({"oracle.cache_key": key})
         ctx.tracker.log_metrics(numeric(prefixed("oracle", info)))
         ctx.state.oracle = info

@@ -1,7 +1,9 @@
 """promote: register the unlearned model with its lineage; move the alias only if the gates pass.
 
 All or nothing: when moving the alias or recording the decision fails, the alias goes back and the
-new version is deleted. A re-run that produced the same weights registers no second version.
+new version is deleted. A re-run that produced the same weights registers no second version; what a
+failed attempt could not roll back (the tracking server died, the process was killed) is a version
+whose promote run never finished: the re-run deletes it (alias restored) and registers anew.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 import torch
 
+from lethe.errors import LetheError
 from lethe.pipeline.context import Context
 from lethe.pipeline.families import for_config
 from lethe.pipeline.keys import state_digest
@@ -19,6 +22,10 @@ from lethe.pipeline.provenance import code_version
 from lethe.pipeline.report import read_report, record_promotion
 
 log = logging.getLogger("lethe")
+
+# Where the alias pointed before a version was registered: what a re-run puts back if it was left
+# on a version of a failed attempt.
+PREVIOUS_ALIAS_TAG = "lethe.previous_alias_version"
 
 
 def register_and_promote(
@@ -39,6 +46,7 @@ def register_and_promote(
     Returns (version, moved, previous alias target).
     """
     previous = tracker.alias_version(name, alias)
+    tags = {**tags, PREVIOUS_ALIAS_TAG: previous or ""}
     version = tracker.register_model(model, name, example, tags, description=description)
     moved = False
     try:
@@ -47,15 +55,33 @@ def register_and_promote(
             moved = True
         if after is not None:
             after(version, moved, previous)
-    except BaseException:
+    except BaseException as exc:
         try:
             if moved:
                 tracker.restore_alias(name, alias, previous)
             tracker.delete_version(name, version)
         except Exception:  # noqa: BLE001 - report the original failure, not the rollback's
-            log.error("promote: rollback of %s version %s failed; delete it by hand", name, version)
+            log.error("promote: rollback of %s version %s failed; the next run removes it", name, version)
+            if isinstance(exc, LetheError) and "nothing was registered" in exc.what:
+                left = f"{name} version {version} stays registered until the next run removes it"
+                raise type(exc)(exc.what.replace("nothing was registered", left)) from None
         raise
     return version, moved, previous
+
+
+def drop_unfinished(tracker: Any, same: list, alias: str) -> list:
+    """Versions of this model left by a failed attempt (their promote run is not FINISHED) are
+    deleted, the alias put back where that attempt found it; returns the complete ones."""
+    kept = []
+    for v in same:
+        if not v.run_id or tracker.run_status(v.run_id) == "FINISHED":
+            kept.append(v)
+            continue
+        log.warning("promote: %s version %s is left from a failed run; replacing it", v.name, v.version)
+        if tracker.alias_version(v.name, alias) == str(v.version):
+            tracker.restore_alias(v.name, alias, v.tags.get(PREVIOUS_ALIAS_TAG) or None)
+        tracker.delete_version(v.name, str(v.version))
+    return kept
 
 
 def gap_tags(report: dict[str, Any]) -> dict[str, str]:
@@ -211,6 +237,7 @@ def step_promote(ctx: Context) -> str | None:
         cert_uri = f"runs:/{anchor}/{CERT_DIR}/{JSON_NAME}"
         name = cfg.model_name
         same = [v for v in ctx.tracker.find_versions(name) if v.tags.get("lethe.model_digest") == digest]
+        same = drop_unfinished(ctx.tracker, same, alias)
         if same:
             return _reuse_version(ctx, report, decision, same, digest, run_id, anchor, cert_uri)
         description = _description(cfg, decision)

@@ -51,7 +51,9 @@ def read_report(ctx: Context) -> dict[str, Any]:
 def request_section(ctx: Context, man) -> dict[str, Any]:
     """What was asked to be forgotten: kind, counts and digests, never ids. The digests are keyed
     (HMAC-SHA256, lethe.digests): digest_key_id names the key, None for a manifest from before."""
+    refs = [r.model_dump() for r in ctx.cfg.request.refs]
     return {
+        **({"requests": refs} if refs else {}),
         "kind": ctx.cfg.request.kind,
         "forget_count": man.shards["forget"].count,
         "retain_count": man.shards["retain"].count,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lethe.testing.seaweedfs import free_port
 
+RAY = str(Path(sys.executable).parent / "ray")  # this interpreter's, not whatever is on PATH
 _PORTS = ("gcs", "dash", "agent", "agent_grpc", "client", "metrics", "nm", "om", "rtenv")
 
 
@@ -52,13 +53,26 @@ def own_pids(marker: str) -> list[int]:
     return pids
 
 
-def _start_cmd(temp: str, num_cpus: int) -> tuple[list[str], dict[str, int]]:
-    ports = {name: free_port() for name in _PORTS}
+def _node_flags(temp: str, num_cpus: int) -> list[str]:
+    """The flags every node of ours takes: its own worker-port range, temp dir, CPUs, store size."""
     # Worker ports below the kernel's ephemeral range (32768+), where free_port's picks live, so the
     # two can never overlap.
     lo = 10000 + free_port() % 20000
+    return [
+        f"--min-worker-port={lo}",
+        f"--max-worker-port={lo + 200}",
+        f"--temp-dir={temp}",
+        f"--num-cpus={num_cpus}",
+        "--object-store-memory=300000000",
+        "--disable-usage-stats",
+    ]
+
+
+def head_start_cmd(temp: str, num_cpus: int) -> tuple[list[str], dict[str, int]]:
+    """`ray start --head` on 127.0.0.1 with every port picked free; returns the command and ports."""
+    ports = {name: free_port() for name in _PORTS}
     cmd = [
-        str(Path(sys.executable).parent / "ray"),
+        RAY,
         "start",
         "--head",
         "--node-ip-address=127.0.0.1",
@@ -72,14 +86,26 @@ def _start_cmd(temp: str, num_cpus: int) -> tuple[list[str], dict[str, int]]:
         f"--node-manager-port={ports['nm']}",
         f"--object-manager-port={ports['om']}",
         f"--runtime-env-agent-port={ports['rtenv']}",
-        f"--min-worker-port={lo}",
-        f"--max-worker-port={lo + 200}",
-        f"--temp-dir={temp}",
-        f"--num-cpus={num_cpus}",
-        "--object-store-memory=300000000",
-        "--disable-usage-stats",
+        *_node_flags(temp, num_cpus),
     ]
     return cmd, ports
+
+
+def worker_start_cmd(gcs_port: int, temp: str, num_cpus: int) -> list[str]:
+    """`ray start` joining the head at 127.0.0.1:gcs_port as a worker node, its ports picked free."""
+    return [
+        RAY,
+        "start",
+        f"--address=127.0.0.1:{gcs_port}",
+        "--node-ip-address=127.0.0.1",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        *_node_flags(temp, num_cpus),
+    ]
 
 
 @contextmanager
@@ -93,7 +119,7 @@ def local_ray_head(num_cpus: int = 4, pythonpath: str | None = None, timeout_s: 
     temp = tempfile.mkdtemp(prefix="lrh-", dir="/tmp")  # short: Ray's socket paths are length-limited
     try:
         for attempt in (1, 2):
-            cmd, ports = _start_cmd(temp, num_cpus)
+            cmd, ports = head_start_cmd(temp, num_cpus)
             # Its own session, so nothing it spawns shares our process group.
             start = subprocess.run(
                 cmd,
@@ -105,7 +131,7 @@ def local_ray_head(num_cpus: int = 4, pythonpath: str | None = None, timeout_s: 
             )
             if start.returncode == 0:
                 break
-            _stop(temp)
+            stop_node(temp)
             if attempt == 2:
                 raise RuntimeError("ray start failed:\n" + start.stdout[-2000:] + start.stderr[-2000:])
         url = f"http://127.0.0.1:{ports['dash']}"
@@ -120,10 +146,11 @@ def local_ray_head(num_cpus: int = 4, pythonpath: str | None = None, timeout_s: 
                 time.sleep(1)
         yield url
     finally:
-        _stop(temp)
+        stop_node(temp)
 
 
-def _stop(temp: str) -> None:
+def stop_node(temp: str) -> None:
+    """Stop the node whose temp dir is `temp` by its own processes' pids (never `ray stop`)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in own_pids(temp):
             try:

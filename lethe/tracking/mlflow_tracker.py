@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException
 
 from lethe.errors import LetheError
 from lethe.tracking.model_format import load_lethe_model, log_lethe_model
+from lethe.tracking.retry import DEFAULT_RETRY_S, ServerRetry, TrackingError, reason
 
 _log = logging.getLogger(__name__)
 
@@ -50,10 +51,6 @@ _BAD_KEY_CHARS = re.compile(r"[^\w.\- /]")
 _MAX_DIGEST = 32
 
 
-class TrackingError(LetheError):
-    """The tracking store cannot be used (unreachable, deleted experiment, no active run)."""
-
-
 def _quiet_mlflow() -> None:
     # MLflow logs store migrations (alembic), "registered model ... created" and progress bars at
     # INFO on every run; in a CLI that prints report.json's path last this is noise.
@@ -63,6 +60,8 @@ def _quiet_mlflow() -> None:
     # Against a server, end_run writes "View run ... at: URL" to stdout; the CLI's last stdout line
     # must be report.json's path, and callers get the link from run_url() instead.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # urllib3 logs each of MLflow's inner retries; lethe's own retry line says the same once.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _is_http(uri: str) -> bool:
@@ -197,7 +196,7 @@ def _pip_requirements() -> list[str]:
 class Tracker:
     """Records one pipeline (parent run) and its steps (child runs) in one MLflow experiment."""
 
-    def __init__(self, tracking_uri: str, experiment: str) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, retry_s: float = DEFAULT_RETRY_S) -> None:
         _quiet_mlflow()
         db_path = _sqlite_db_path(tracking_uri)
         if db_path is not None:
@@ -208,11 +207,15 @@ class Tracker:
         self.experiment = experiment
         if _is_http(tracking_uri):
             _check_reachable(tracking_uri)
+        remote = _is_http(tracking_uri) or urlparse(tracking_uri).scheme == "databricks"
+        self._retry = ServerRetry(tracking_uri, retry_s, remote)
+        self._call = self._retry.call
         self._activate()
-        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         try:
-            self.experiment_id = self._ensure_experiment(db_path)
-        except MlflowException as exc:
+            self.client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            self.experiment_id = self._call("experiment lookup", lambda: self._ensure_experiment(db_path))
+        except (MlflowException, ImportError) as exc:
+            # ImportError: a database URI whose driver (psycopg2, pymysql, ...) is not installed.
             raise TrackingError(
                 "cannot use the MLflow tracking store",
                 where=tracking_uri,
@@ -261,12 +264,15 @@ class Tracker:
     @contextmanager
     def _run(self, run_name: str, tags: dict[str, str], parent_run_id: str | None) -> Iterator[str]:
         self._activate()
-        active = mlflow.start_run(
-            experiment_id=self.experiment_id,
-            run_name=run_name,
-            nested=parent_run_id is not None,
-            parent_run_id=parent_run_id,
-            tags={_clean_key(k): _truncate(str(v), _MAX_TAG_VALUE) for k, v in tags.items()},
+        active = self._call(
+            "start run",
+            lambda: mlflow.start_run(
+                experiment_id=self.experiment_id,
+                run_name=run_name,
+                nested=parent_run_id is not None,
+                parent_run_id=parent_run_id,
+                tags={_clean_key(k): _truncate(str(v), _MAX_TAG_VALUE) for k, v in tags.items()},
+            ),
         )
         run_id = active.info.run_id
         try:
@@ -275,14 +281,14 @@ class Tracker:
             # Ctrl-C and SIGTERM-turned-exceptions are "killed", everything else "failed"; either
             # way the run must not stay RUNNING forever in the UI.
             killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            status = RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED)
             try:
-                mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED))
-            except Exception:
-                # The caller needs the original error, not "tracking server unreachable".
-                _log.warning("could not mark run %s as failed", run_id, exc_info=True)
+                self._call("end run", lambda: mlflow.end_run(status))
+            except Exception as e:  # noqa: BLE001 - the caller needs the original error, not this one
+                _log.warning("could not mark run %s as %s: %s", run_id, status, _one_line(e))
             raise
         else:
-            mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+            self._call("end run", lambda: mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED)))
 
     @contextmanager
     def pipeline_run(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[str]:
@@ -322,25 +328,23 @@ class Tracker:
         self._require_run("log_params")
         flat = flatten_params(params)
         if flat:
-            mlflow.log_params(flat, synchronous=True)
+            self._call("log params", lambda: mlflow.log_params(flat, synchronous=True))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._require_run("log_metrics")
         clean = _finite_metrics(metrics)
         if clean:
-            mlflow.log_metrics(clean, step=step, synchronous=True)
+            self._call("log metrics", lambda: mlflow.log_metrics(clean, step=step, synchronous=True))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._require_run("log_artifact")
         path = Path(path)
-        if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-        else:
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        log = mlflow.log_artifacts if path.is_dir() else mlflow.log_artifact
+        self._call("log artifact", lambda: log(str(path), artifact_path=artifact_path))
 
     def log_dict(self, d: dict, artifact_file: str) -> None:
         self._require_run("log_dict")
-        mlflow.log_dict(d, artifact_file)
+        self._call("log artifact", lambda: mlflow.log_dict(d, artifact_file))
 
     def log_dataset(
         self,
@@ -356,11 +360,12 @@ class Tracker:
         # MLflow caps a dataset digest at 36 characters: the field gets a prefix, a tag the whole.
         dataset = MetaDataset(source=_UriSource(str(source_uri)), name=name, digest=digest[:_MAX_DIGEST])
         all_tags = {"count": str(int(count)), "digest_sha256": digest, **(tags or {})}
-        mlflow.log_input(dataset, context=context, tags=all_tags)
+        self._call("log dataset", lambda: mlflow.log_input(dataset, context=context, tags=all_tags))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._require_run("set_tags")
-        mlflow.set_tags({_clean_key(k): _truncate(str(v), _MAX_TAG_VALUE) for k, v in tags.items()})
+        clean = {_clean_key(k): _truncate(str(v), _MAX_TAG_VALUE) for k, v in tags.items()}
+        self._call("set tags", lambda: mlflow.set_tags(clean))
 
     # -- registry ------------------------------------------------------------------------------
 
@@ -378,34 +383,51 @@ class Tracker:
         pyfunc around it, never as a pickle (lethe/tracking/model_format.py).
         """
         run_id = self._require_run("register_model")
-        info = log_lethe_model(model, name, example_input, _pip_requirements())
+        info = self._call(
+            "log model", lambda: log_lethe_model(model, name, example_input, _pip_requirements())
+        )
+        self._call("create registered model", lambda: self._ensure_registered_model(name))
+        version_tags = {_clean_key(k): _truncate(str(v), _MAX_TAG_VALUE) for k, v in tags.items()}
+        # Tags and description travel in the create request itself: the store writes them in the
+        # same transaction as the version, so a bad tag leaves no version behind.
+        version = self._call(
+            "create model version",
+            lambda: self.client.create_model_version(
+                name=name,
+                source=info.model_uri,
+                run_id=run_id,
+                tags=version_tags,
+                description=description or None,
+                model_id=info.model_id,
+                run_link=run_url(self.tracking_uri, self.experiment_id, run_id),
+            ),
+            # A lost answer may hide a version the server did create: reuse it, never make a second.
+            before_retry=lambda: self._version_of(name, run_id, info.model_uri),
+        )
+        try:
+            self._call("tag model version", lambda: self._check_version(version, version_tags))
+        except BaseException:
+            # An untagged version would look promotable to nobody and confuse "latest" queries.
+            try:
+                self.delete_version(name, str(version.version))
+            except Exception as e:  # noqa: BLE001 - the original failure is the one to report
+                _log.warning(
+                    "could not delete half-registered %s version %s: %s", name, version.version, _one_line(e)
+                )
+            raise
+        return str(version.version)
+
+    def _ensure_registered_model(self, name: str) -> None:
         try:
             self.client.create_registered_model(name)
         except MlflowException as exc:
             if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
-        version_tags = {_clean_key(k): _truncate(str(v), _MAX_TAG_VALUE) for k, v in tags.items()}
-        # Tags and description travel in the create request itself: the store writes them in the
-        # same transaction as the version, so a bad tag leaves no version behind.
-        version = self.client.create_model_version(
-            name=name,
-            source=info.model_uri,
-            run_id=run_id,
-            tags=version_tags,
-            description=description or None,
-            model_id=info.model_id,
-            run_link=run_url(self.tracking_uri, self.experiment_id, run_id),
-        )
-        try:
-            self._check_version(version, version_tags)
-        except BaseException:
-            # An untagged version would look promotable to nobody and confuse "latest" queries.
-            try:
-                self.client.delete_model_version(name, version.version)
-            except Exception:
-                _log.warning("could not delete half-registered %s version %s", name, version.version)
-            raise
-        return str(version.version)
+
+    def _version_of(self, name: str, run_id: str, source: str) -> ModelVersion | None:
+        escaped = name.replace("'", "\\'")
+        found = self.client.search_model_versions(f"name='{escaped}' and run_id='{run_id}'")
+        return next((v for v in found if v.source == source), None)
 
     def _check_version(self, version: ModelVersion, tags: dict[str, str]) -> None:
         # Read-back check: promotion gates select versions by these tags, so any tag the registry
@@ -417,7 +439,18 @@ class Tracker:
     def find_versions(self, name: str) -> list[ModelVersion]:
         """Every version of registered model `name` (empty when it does not exist)."""
         escaped = name.replace("'", "\\'")
-        return list(self.client.search_model_versions(f"name='{escaped}'"))
+        return list(
+            self._call("search versions", lambda: self.client.search_model_versions(f"name='{escaped}'"))
+        )
+
+    def run_status(self, run_id: str) -> str | None:
+        """RUNNING, FINISHED, FAILED or KILLED; None when the run does not exist (any more)."""
+        try:
+            return str(self._call("get run", lambda: self.client.get_run(run_id)).info.status)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
 
     # -- pipelines spread over processes (KFP components, Ray jobs) ------------------------------
 
@@ -427,35 +460,37 @@ class Tracker:
         The KFP pipeline opens its parent run in one component and closes it in the exit handler;
         every step in between attaches to it with `step(..., parent_run_id=...)`.
         """
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=run_name,
-            tags={_clean_key(k): _truncate(str(v), _MAX_TAG_VALUE) for k, v in tags.items()},
+        clean = {_clean_key(k): _truncate(str(v), _MAX_TAG_VALUE) for k, v in tags.items()}
+        run = self._call(
+            "create run", lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=clean)
         )
         run_id = run.info.run_id
         flat = flatten_params(params)
         if flat:
             from mlflow.entities import Param
 
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()], synchronous=True)
+            batch = [Param(k, v) for k, v in flat.items()]
+            self._call("log params", lambda: self.client.log_batch(run_id, params=batch, synchronous=True))
         return run_id
 
     def close_run(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
         """End a run opened with `open_run`: status FINISHED, FAILED or KILLED."""
         if tags:
             self.set_run_tags(run_id, tags)
-        self.client.set_terminated(run_id, status)
+        self._call("end run", lambda: self.client.set_terminated(run_id, status))
 
     def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
         clean = [RunTag(_clean_key(k), _truncate(str(v), _MAX_TAG_VALUE)) for k, v in tags.items()]
         if clean:
-            self.client.log_batch(run_id, tags=clean, synchronous=True)
+            self._call("set tags", lambda: self.client.log_batch(run_id, tags=clean, synchronous=True))
 
     def log_artifact_to(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         """Log a file into any run (also a finished one), without touching the active run."""
-        self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+        self._call(
+            "log artifact", lambda: self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+        )
 
     # -- registry: source models, aliases, rollback ----------------------------------------------
 
@@ -471,8 +506,8 @@ class Tracker:
             ) from None
         try:
             if alias is not None:
-                return self.client.get_model_version_by_alias(name, alias)
-            return self.client.get_model_version(name, str(version))
+                return self._call("get version", lambda: self.client.get_model_version_by_alias(name, alias))
+            return self._call("get version", lambda: self.client.get_model_version(name, str(version)))
         except MlflowException as exc:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
                 raise TrackingError(
@@ -483,6 +518,22 @@ class Tracker:
                 ) from None
             raise
 
+    def read_run_artifact(self, uri: str) -> bytes:
+        """The exact bytes of the artifact `runs:/RUN_ID/PATH` (a certificate, say)."""
+        import tempfile
+
+        run_id, _, path = uri.removeprefix("runs:/").partition("/")
+        if not uri.startswith("runs:/") or not run_id or not path:
+            raise TrackingError("malformed run artifact URI", expected="runs:/RUN_ID/PATH", seen=uri)
+        with tempfile.TemporaryDirectory(prefix="lethe-artifact-") as d:
+            try:
+                local = self._call(
+                    "download artifact", lambda: self.client.download_artifacts(run_id, path, d)
+                )
+            except MlflowException as exc:
+                raise TrackingError("cannot read run artifact", where=uri, seen=reason(exc)) from None
+            return Path(local).read_bytes()
+
     def load_registered_model(self, name: str, version: str) -> torch.nn.Module:
         """The lethe model of version `version` of `name`, from its checkpoint, weights-only.
 
@@ -490,29 +541,39 @@ class Tracker:
         checkpoint (e.g. logged with mlflow.pytorch) is refused with a CheckpointError.
         """
         self._activate()
-        return load_lethe_model(f"models:/{name}/{version}", self.tracking_uri)
+        return self._call(
+            "load model", lambda: load_lethe_model(f"models:/{name}/{version}", self.tracking_uri)
+        )
 
     def alias_version(self, name: str, alias: str) -> str | None:
         """The version `alias` points at, or None (no such alias or no such registered model)."""
         try:
-            return str(self.client.get_model_version_by_alias(name, alias).version)
+            return str(
+                self._call("get alias", lambda: self.client.get_model_version_by_alias(name, alias)).version
+            )
         except MlflowException as exc:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
                 return None
             raise
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.client.set_registered_model_alias(name, alias, str(version))
+        self._call("set alias", lambda: self.client.set_registered_model_alias(name, alias, str(version)))
 
     def restore_alias(self, name: str, alias: str, previous: str | None) -> None:
         """Put `alias` back where it was before a failed promotion (or remove it if it was unset)."""
         if previous is None:
             try:
-                self.client.delete_registered_model_alias(name, alias)
+                self._call("delete alias", lambda: self.client.delete_registered_model_alias(name, alias))
             except MlflowException:
                 pass
         else:
-            self.client.set_registered_model_alias(name, alias, previous)
+            self.set_alias(name, alias, previous)
 
     def delete_version(self, name: str, version: str) -> None:
-        self.client.delete_model_version(name, str(version))
+        self._call("delete version", lambda: self.client.delete_model_version(name, str(version)))
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, LetheError):
+        return exc.line()
+    return reason(exc)

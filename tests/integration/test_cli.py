@@ -116,15 +116,31 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
         and tags["lethe.forget_digest"] == report["request"]["forget_digest"]
     )
 
-    # a second run reuses the cached original, feature net and oracle instead of retraining
+    # a killed copy left the cached original truncated: the second run says so and rebuilds it (from
+    # its finished Ray Train run: the same weights), then reuses the oracle instead of retraining
+    from lethe.pipeline.model_cache import corruption, index_path
+
+    original_key = json.loads((work / "state.json").read_text())["pretrain"]["original"]["cache_key"]
+    cached_original = cache / "models" / f"mae-{original_key}.pt"
+    whole = cached_original.read_bytes()
+    cached_original.write_bytes(whole[: len(whole) // 3])
     r2 = lethe(
         "run", "--preset", "smoke", "--workdir", str(work), "--forget-classes", "Trouser", cwd=tmp_path
     )
     assert r2.returncode == 0, r2.stderr[-3000:]
+    assert (
+        f"cached original model is corrupt (size {len(whole) // 3} bytes, index says {len(whole)}); rebuilding"
+        in r2.stderr
+    )
+    assert cached_original.read_bytes() == whole and corruption(cached_original) is None
+    assert json.loads(index_path(cached_original).read_text())["file"]["size"] == len(whole)
     assert "reusing cached model" in r2.stderr
     # same request, recipe and original: the finished unlearning run is returned, not trained again,
     # and its (identical) weights are not registered a second time
-    assert "finished before: returning its result" in r2.stderr
+    assert any(
+        "run unlearn-" in ln and "finished before: returning its result" in ln
+        for ln in r2.stderr.splitlines()
+    )
     assert "already holds this model" in r2.stderr
     assert registered_versions(db) == 1
     # the re-run's report points at the version, and the certificate, that the first run registered
@@ -151,7 +167,12 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "sampler"), [("vqgan", "maskgit"), ("diffusion", "ddim")])
+# diffusion's own run is `extended`: its model, sampler and unlearning have unit tests (test_families,
+# test_methods); the generator pipeline runs end to end with vqgan here.
+@pytest.mark.parametrize(
+    ("family", "sampler"),
+    [("vqgan", "maskgit"), pytest.param("diffusion", "ddim", marks=pytest.mark.extended)],
+)
 def test_smoke_run_of_each_generative_family(tmp_path: Path, family: str, sampler: str) -> None:
     """The whole pipeline per family on the 8x8 digits (the smallest real data set)."""
     import torch
@@ -188,6 +209,7 @@ def test_smoke_run_of_each_generative_family(tmp_path: Path, family: str, sample
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the method's phases and resume run in test_ray_train; its units in test_decouple
 def test_decouple_retain_through_lethe_run(tmp_path: Path) -> None:
     """`--method decouple_retain`: lambda calibrated in the unlearn step, recorded with its rule in
     report.json and MLflow; decoupling ended (at lambda or the smoke cap of 10 ascent steps) and the

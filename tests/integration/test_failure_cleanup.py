@@ -3,7 +3,7 @@ and certifies the run as incomplete, like the Kubeflow pipeline's exit handler d
 
 Both run the real CLI in a subprocess (local Ray for the split, MLflow on SQLite in the work dir):
 one fails in pretrain on a registered source model of another architecture (no Ray Train run), the
-other gets SIGTERM while pretrain trains.
+other gets SIGTERM while pretrain trains, after a second `lethe run` on its work dir was refused.
 """
 
 from __future__ import annotations
@@ -140,13 +140,30 @@ def test_sigterm_during_a_run_deletes_the_forget_data_and_certifies(tmp_path: Pa
             assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
             assert time.monotonic() < deadline, "pretrain never started"
             time.sleep(0.5)
-        time.sleep(3)  # inside the step (training), not between two MLflow calls
+        # A second run on the same work dir (a schedule overlapping a manual run) is refused in one
+        # line naming the holder, and touches nothing of the first (it also keeps us inside the step).
+        second = subprocess.run(
+            [*LETHE, "run", *COMMON, "--workdir", str(work)],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+    assert second.returncode == 2, second.stderr[-3000:]
+    lines = [ln for ln in second.stderr.splitlines() if ln.startswith("lethe: error:")]
+    assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert lines[0].startswith(
+        f"lethe: error: work dir {work} is in use by another lethe run (pid {proc.pid} on host "
+    ), lines[0]
+    assert "`lethe run --preset smoke" in lines[0] and "since 20" in lines[0]
+    assert "wait for it or use another --workdir" in lines[0] and not second.stdout
     stderr = log_path.read_text(errors="replace")
     # lethe's handler raises Terminated (exit 143); while Ray Train's fit runs, Ray's own SIGTERM
     # handler may take the signal first and stop the driver with SystemExit instead. Either way the
@@ -159,3 +176,7 @@ def test_sigterm_during_a_run_deletes_the_forget_data_and_certifies(tmp_path: Pa
     state = _assert_cleaned_up_and_certified(work, "pretrain", reason)
     status, tags = _run_status(work / "mlflow.db", state["run_id"])
     assert status in ("KILLED", "FAILED") and tags["lethe.error"].startswith("pretrain: ")
+    with sqlite3.connect(work / "mlflow.db") as con:
+        pipeline_runs = con.execute("select count(*) from tags where key = 'lethe.pipeline'").fetchone()[0]
+    assert pipeline_runs == 1  # the first run's only: the refused one opened none
+    assert (work / ".lethe.lock").read_bytes() == b""  # released on SIGTERM too

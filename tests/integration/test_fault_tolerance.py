@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# `extended`: test_multinode kills a whole node mid-unlearning and checks the run resumes from its
+# checkpoint; this one's extra (a resumed run equals an uninterrupted one) runs with --extended.
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 LETHE = [sys.executable, "-m", "lethe.cli"]
 LOSS_RTOL = 1e-4
 METRIC_RTOL = 1e-3

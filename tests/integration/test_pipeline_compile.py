@@ -94,6 +94,40 @@ def test_cleanup_is_the_exit_handler(compiled: tuple[Path, dict]) -> None:
     assert set(TASKS) - {"cleanup"} == set(body)
 
 
+def test_nightly_pipeline_claims_first_and_runs_the_body_only_when_it_claimed(tmp_path: Path) -> None:
+    out = tmp_path / "nightly.yaml"
+    argv = [
+        "pipeline",
+        "compile",
+        "--preset",
+        "smoke",
+        "--workdir",
+        str(tmp_path / "w"),
+        "--output",
+        str(out),
+    ]
+    assert main([*argv, "--model", "faces"]) == 0
+    doc = yaml.safe_load(out.read_text())
+    comps = doc["components"]
+    handler = comps[doc["root"]["dag"]["tasks"]["exit-handler-1"]["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(handler) == {"claim", "condition-2"}
+    assert handler["claim"]["inputs"]["parameters"]["model"]["runtimeValue"]["constant"] == "faces"
+    cond = handler["condition-2"]
+    assert cond["dependentTasks"] == ["claim"]
+    assert (
+        cond["triggerPolicy"]["condition"]
+        == "int(inputs.parameter_values['pipelinechannel--claim-Output']) > 0"
+    )
+    body = comps[cond["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(body) == set(TASKS) - {"cleanup"}
+    # Every task of the body runs on the night's configuration (the claim's output), not the pipeline's.
+    for name, task in body.items():
+        config = task["inputs"]["parameters"]["config_json"]
+        assert config["componentInputParameter"] == "pipelinechannel--claim-config_json", name
+    cleanup = doc["root"]["dag"]["tasks"]["cleanup"]
+    assert cleanup["inputs"]["parameters"]["model"]["runtimeValue"]["constant"] == "faces"
+
+
 def test_caching_and_retries(compiled: tuple[Path, dict]) -> None:
     _, doc = compiled
     tasks = _all_tasks(doc)

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,7 @@ import yaml
 STEPS = {"split", "pretrain", "oracle", "unlearn", "evaluate", "promote", "cleanup"}
 
 
-@pytest.fixture(autouse=True)
-def _restore_mlflow_globals() -> Iterator[None]:
-    import mlflow
-
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    yield
-    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+pytestmark = pytest.mark.usefixtures("restore_mlflow_globals")
 
 
 def lethe(*args: str, cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
@@ -161,14 +148,32 @@ def test_local_pipeline_promotes_refuses_and_always_cleans_up(mlflow_server: str
             "tracking": {"experiment": experiment},
         },
     )
+    # ... as the nightly pipeline of the model (`--model`): it claims the one queued request, its
+    # source is the champion, and the failed gates send the request back to the queue (attempt 1).
     w2 = tmp_path / "w2"
     source = f"models:/{name}@champion"
+    store = ["--preset", "smoke", "--dataset", "digits", "--workdir", str(w2), "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"digits-{i:04d}\n" for i in range(0, 60, 6)))
+    r = lethe("requests", "submit", *store, "--model", name, "--ids", str(ids), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    request_id = r.stdout.strip().splitlines()[-1]
     r = lethe(
-        "pipeline", "run", "--local", "--config", strict, "--source-model", source, "--workdir", str(w2), *common,
+        "pipeline", "run", "--local", "--config", strict, "--model", name, "--workdir", str(w2), *common,
         cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-4000:] + r.stdout[-4000:]
     assert "NOT promoted" in r.stdout + r.stderr  # the log line says why
+    assert (
+        f"nightly {name}: 1 requests claimed, 0 applied earlier, 10 images forgotten in all; "
+        "failed: version 2 not promoted: gates failed" in r.stderr
+    ), r.stderr[-3000:]
+    out = lethe("requests", "show", *store, request_id, cwd=tmp_path).stdout
+    shown = {line[:12].strip(): line[13:] for line in out.splitlines()}
+    assert shown["status"] == "failed" and shown["attempts"] == "1", out
+    assert shown["last error"].startswith("version 2 not promoted: gates failed: "), out
+    assert not (w2 / "requests" / "forget-ids.txt").exists()  # the night's ids went with the night
+    assert "digits-" not in (w2 / "requests" / "night.json").read_text()  # uuids only
     assert client.get_model_version_by_alias(name, "champion").version == "1"
     v2 = client.get_model_version(name, "2")
     assert v2.tags["lethe.gates"] == "failed" and v2.tags["lethe.gates.summary"].startswith("gates failed: ")
@@ -184,6 +189,9 @@ def test_local_pipeline_promotes_refuses_and_always_cleans_up(mlflow_server: str
     assert cert2["result_model"]["promoted"] is False and cert2["gates"]["passed"] is False
     assert cert2["source_model"]["uri"] == f"models:/{name}/1"
     assert cert2["source_model"]["requested"] == source
+    assert [q["request_id"] for q in report2["request"]["requests"]] == [request_id]
+    # 9 of the 10 ids are training images (one is held out): the forget shard holds those 9
+    assert report2["request"]["kind"] == "ids" and report2["request"]["forget_count"] in (9, 10)
 
     # -- 3. a step fails (source architecture differs from the config): cleanup still runs ---------
     w3 = tmp_path / "w3"
@@ -203,6 +211,18 @@ def test_local_pipeline_promotes_refuses_and_always_cleans_up(mlflow_server: str
     failed_run = client.get_run(state["run_id"])
     assert failed_run.info.status == "FAILED" and "dim" in failed_run.data.tags["lethe.error"]
     assert len(client.search_model_versions(f"name='{name}'")) == 2  # nothing registered
+
+    # -- 4. the nightly pipeline of a model with nothing queued: claim, cleanup, nothing else -------
+    w4 = tmp_path / "w4"
+    r = lethe(
+        "pipeline", "run", "--local", "--model", f"{name}-idle", "--workdir", str(w4), *common, cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"nightly {name}-idle: no queued requests; nothing to do, no new version" in r.stderr
+    # kfp's runner logs to stdout; no report path is printed, no step ran
+    assert "report.json" not in r.stdout and not (w4 / "report").exists() and not (w4 / "shards").exists()
+    assert "Executing task \x1b[96m'split'" not in r.stdout
+    assert client.search_model_versions(f"name='{name}-idle'") == []
 
 
 def test_unknown_source_model_is_one_line_and_writes_nothing(tmp_path: Path) -> None:

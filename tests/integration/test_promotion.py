@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 
@@ -24,17 +22,7 @@ def _unique(prefix: str) -> str:
     return f"{prefix}-{os.getpid()}-{next(_n)}"
 
 
-@pytest.fixture(autouse=True)
-def _restore_mlflow_globals() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    yield
-    while mlflow.active_run() is not None:
-        mlflow.end_run("KILLED")
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+pytestmark = pytest.mark.usefixtures("restore_mlflow_globals")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Object storage against a real S3 server (SeaweedFS on 127.0.0.1): lethe.storage, a whole smoke run
-reading its data from S3 and writing shards, checkpoints, models and the report there, MLflow
-artifacts on S3 through an MLflow server, and a server restart in the middle of a split.
+reading an image folder from S3 and writing shards, checkpoints, models and the report there, MLflow
+artifacts on S3 through an MLflow server, bad images in an S3 image folder, and a server restart in
+the middle of a split (reading Parquet from S3).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,8 +34,7 @@ def _keys(server, prefix: str) -> list[str]:
     return out
 
 
-def _upload_digits_parquet(server, key: str) -> None:
-    """scikit-learn digits as a Parquet data set (id, label, image PNG bytes) in the test bucket."""
+def _digits_pngs() -> tuple[list[bytes], list[int]]:
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -45,10 +46,36 @@ def _upload_digits_parquet(server, key: str) -> None:
         buf = io.BytesIO()
         Image.fromarray(img, mode="L").save(buf, format="PNG")
         pngs.append(buf.getvalue())
+    return pngs, [int(v) for v in d.target]
+
+
+def _upload_image_folder(server, prefix: str, files: dict[str, bytes]) -> None:
+    """files: relative key (<class>/<name>.png) -> bytes, put under prefix in the test bucket."""
+    client = server.client()
+
+    def put(item: tuple[str, bytes]) -> None:
+        client.put_object(Bucket="lethe", Key=f"{prefix}/{item[0]}", Body=item[1])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, files.items()))
+
+
+def _upload_digits_folder(server, prefix: str, n: int | None = None) -> dict[str, bytes]:
+    """scikit-learn digits as an image folder prefix/<label>/<i>.png in the test bucket."""
+    pngs, labels = _digits_pngs()
+    files = {f"{lab}/{i:04d}.png": png for i, (png, lab) in enumerate(zip(pngs, labels, strict=True))}
+    files = dict(list(files.items())[:n])
+    _upload_image_folder(server, prefix, files)
+    return files
+
+
+def _upload_digits_parquet(server, key: str) -> None:
+    """scikit-learn digits as a Parquet data set (id, label, image PNG bytes) in the test bucket."""
+    pngs, labels = _digits_pngs()
     table = pa.table(
         {
-            "id": [f"d{i:04d}" for i in range(len(images))],
-            "label": [str(int(v)) for v in d.target],
+            "id": [f"d{i:04d}" for i in range(len(pngs))],
+            "label": [str(v) for v in labels],
             "image": pa.array(pngs, pa.binary()),
         }
     )
@@ -199,7 +226,8 @@ def mlflow_s3_server(s3_server, tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_smoke_run_on_s3_end_to_end(s3_server, mlflow_s3_server, tmp_path: Path) -> None:
     env = s3_server.env()
-    _upload_digits_parquet(s3_server, "data/digits/part-0.parquet")
+    # The data set is an image folder on S3 (<class>/<i>.png, as image sets usually are stored).
+    _upload_digits_folder(s3_server, "data/digits")
     work, run = tmp_path / "work", "s3://lethe/runs/digits-3"
     r = _lethe(
         [
@@ -221,11 +249,17 @@ def test_smoke_run_on_s3_end_to_end(s3_server, mlflow_s3_server, tmp_path: Path)
         tmp_path,
     )
     assert r.returncode == 0, r.stderr[-4000:]
+    # Ray's own output went to the run's log file; workers' progress lines still reach the terminal.
+    assert "Traceback" not in r.stderr and (work / "logs" / "ray.log").is_file()
+    assert "unlearn step" in r.stderr
     # The last line is the local report; the same report is in S3.
     report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
     remote = json.loads(storage_read(s3_server, "runs/digits-3/report/report.json"))
     assert remote["run_id"] == report["run_id"] and report["storage_uri"] == run
     assert report["source_uri"] == "s3://lethe/data/digits"
+    man = json.loads(storage_read(s3_server, "runs/digits-3/shards/manifest.json"))
+    assert man["class_names"] == [str(i) for i in range(10)] and man["request"]["classes"] == ["3"]
+    assert sum(sh["count"] for sh in man["shards"].values()) > 0
     assert report["mlflow"]["model_version"] == "1"
 
     keys = _keys(s3_server, "runs/digits-3/")
@@ -258,6 +292,58 @@ def test_smoke_run_on_s3_end_to_end(s3_server, mlflow_s3_server, tmp_path: Path)
         )
     )
     assert env["AWS_SECRET_ACCESS_KEY"] not in written and env["AWS_ACCESS_KEY_ID"] not in written
+
+
+def _unsampled(files: dict[str, bytes]) -> str:
+    """A relative key the driver's pre-validation sample does not decode (the loader's order)."""
+    from lethe.data.images import sample_indices
+
+    keys = sorted(files)
+    picks = set(sample_indices([k.split("/")[0] for k in keys]))
+    return next(k for i, k in enumerate(keys) if i not in picks)
+
+
+@pytest.mark.slow
+def test_s3_image_folder_bad_images_fail_in_one_line(s3_env, s3_server, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from lethe.data.loaders import open_source
+    from lethe.errors import DataError
+
+    def png(h: int, w: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((h, w), np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    # Before Ray: a class's first file (always in the sample) of another size.
+    _upload_image_folder(s3_server, "data/mixed-a", {"a/0.png": png(8, 8), "b/0.png": png(9, 8)})
+    with pytest.raises(DataError, match="images of mixed sizes") as e:
+        open_source("s3://lethe/data/mixed-a/")
+    assert "s3://lethe/data/mixed-a/b/0.png" in str(e.value) and "got 9x8x1" in str(e.value)
+    # A prefix holding neither Parquet nor an image folder: one line naming both.
+    _upload_image_folder(s3_server, "data/neither", {"readme.txt": b"x", "a/b/c.png": png(8, 8)})
+    with pytest.raises(DataError, match="no Parquet files and no image folder") as e:
+        open_source("s3://lethe/data/neither")
+    assert "Parquet" in e.value.expected and "image folder" in e.value.expected
+
+    # In a Ray Data task (the file escapes the sample), through the CLI: one line on the terminal,
+    # Ray's traceback only in <workdir>/logs/ray.log.
+    files = _upload_digits_folder(s3_server, "data/mixed-b", n=200)
+    odd = _unsampled(files)
+    _upload_image_folder(s3_server, "data/mixed-b", {odd: png(9, 8)})
+    work = tmp_path / "work"
+    args = ["split", "--preset", "smoke", "--dataset", "s3://lethe/data/mixed-b", "--forget-classes", "3"]
+    r = _lethe([*args, "--workdir", str(work)], s3_server.env(), tmp_path)
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("lethe: error:")]
+    assert len(errors) == 1 and "images of mixed sizes" in errors[0], r.stderr[-3000:]
+    assert f"s3://lethe/data/mixed-b/{odd}" in errors[0]
+    for dump in ("Traceback", "RayTaskError", "streaming_executor", "Full stack trace"):
+        assert dump not in r.stderr, r.stderr[-3000:]
+    assert "RayTaskError" in (work / "logs" / "ray.log").read_text()
+    assert not (work / "shards").exists()
+    assert s3_env["AWS_SECRET_ACCESS_KEY"] not in r.stdout + r.stderr
 
 
 def storage_read(server, key: str) -> str:

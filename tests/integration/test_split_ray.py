@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,11 @@ def _leftovers(out_dir: Path) -> list[str]:
     return sorted(p.name for p in out_dir.parent.iterdir() if p.name.startswith(f".{out_dir.name}."))
 
 
+def _without_files(manifest_json: dict) -> dict:
+    shards = {k: {f: v for f, v in s.items() if f != "files"} for k, s in manifest_json["shards"].items()}
+    return {**manifest_json, "shards": shards}
+
+
 def test_load_dataset_schema() -> None:
     ds, info = load_dataset("digits")
     assert info.name == "digits" and (info.height, info.width, info.channels) == (8, 8, 1)
@@ -73,8 +81,11 @@ def test_digits_split_is_reproducible(tmp_path: Path) -> None:
     assert Manifest.load(out) == m
 
     # Same input and request: same digests, and the earlier folder is replaced without leftovers.
+    # The per-file index (`files`) names what this write put on disk (Ray's file names differ per
+    # write); the content digests do not.
     m2 = split_dataset(cfg, out)
-    assert m2.to_json() == m.to_json()
+    assert _without_files(m2.to_json()) == _without_files(m.to_json())
+    assert all(s.files for s in m2.shards.values())
     assert _leftovers(out) == []
 
     # Another class: other shards and request, but the same training rows -> same original model.
@@ -138,16 +149,25 @@ def test_ids_request(tmp_path: Path) -> None:
     assert "digits-0060" not in text and len(json.loads(text)["request"]["ids_digest"]) == 64
 
 
-def _image_folder(root: Path, corrupt: bool = False, odd_size: bool = False) -> None:
+def _image_folder(root: Path, n: int = 40, bad: bytes | None = None) -> Path | None:
+    """Digits as root/class<label>/<i>.png; with `bad`, one file the driver's sample skips holds it
+    (so only the Ray Data read can find it); returns that file."""
+    from lethe.data.images import sample_indices
+
     images, labels = _digits_uint8()
-    for i in range(40):
+    files = []
+    for i in range(n):
         d = root / f"class{labels[i]}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{i:03d}.png").write_bytes(_png(images[i]))
-    if corrupt:
-        (root / "class9" / "999.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    if odd_size:
-        (root / "class9" / "998.png").write_bytes(_png(np.zeros((9, 8), np.uint8)))
+        files.append((d.name, f"{i:03d}.png"))
+    if bad is None:
+        return None
+    files.sort()  # the loader's order: classes, then files, sorted
+    picks = set(sample_indices([c for c, _ in files]))
+    target = root.joinpath(*files[next(i for i in range(len(files)) if i not in picks)])
+    target.write_bytes(bad)
+    return target
 
 
 def test_image_folder_split(tmp_path: Path) -> None:
@@ -162,21 +182,50 @@ def test_image_folder_split(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "what", "where"),
+    ("bad", "what"),
     [
-        ({"corrupt": True}, "cannot decode image", "999.png"),
-        ({"odd_size": True}, "images of mixed sizes", "998.png"),
+        (b"\x89PNG\r\n\x1a\nnot really", "cannot decode image"),
+        (_png(np.zeros((9, 8), np.uint8)), "images of mixed sizes"),
     ],
+    ids=["corrupt", "odd-size"],
 )
-def test_bad_image_in_ray_task_is_reported_and_cleaned_up(
-    tmp_path: Path, kwargs: dict[str, bool], what: str, where: str
-) -> None:
-    _image_folder(tmp_path / "imgs", **kwargs)
+def test_bad_image_in_ray_task_is_reported_and_cleaned_up(tmp_path: Path, bad: bytes, what: str) -> None:
+    # 120 files: more than the driver samples, so the bad one is met in a Ray Data task.
+    target = _image_folder(tmp_path / "imgs", n=120, bad=bad)
+    assert target is not None
     out = tmp_path / "s"
     with pytest.raises(DataError, match=what) as e:
         split_dataset(_cfg(data={"dataset": str(tmp_path / "imgs")}, request={"classes": ["class1"]}), out)
-    assert where in str(e.value)
+    assert str(target) in str(e.value) and "\n" not in str(e.value)
     assert not out.exists() and _leftovers(out) == []
+
+
+def test_bad_image_in_ray_task_prints_one_line_and_logs_ray_traceback(tmp_path: Path) -> None:
+    """Through the CLI: the terminal gets one line, Ray Data's traceback goes to <workdir>/logs/ray.log."""
+    target = _image_folder(tmp_path / "imgs", n=120, bad=_png(np.zeros((9, 8), np.uint8)))
+    work = tmp_path / "work"
+    r = _split_cli(work, tmp_path / "imgs")
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("lethe: error:")]
+    assert len(errors) == 1 and "images of mixed sizes" in errors[0] and str(target) in errors[0]
+    for dump in ("Traceback", "RayTaskError", "streaming_executor", "Full stack trace"):
+        assert dump not in r.stderr, r.stderr[-3000:]
+    ray_log = (work / "logs" / "ray.log").read_text()
+    assert "Traceback" in ray_log and "RayTaskError" in ray_log
+    assert not (work / "shards").exists()
+
+
+def _split_cli(work: Path, dataset: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    args = ["split", "--preset", "smoke", "--workdir", str(work), "--dataset", str(dataset)]
+    return subprocess.run(
+        [sys.executable, "-m", "lethe.cli", *args, "--forget-classes", "class1"],
+        cwd=work.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Fashion-MNIST is not installed")

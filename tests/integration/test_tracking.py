@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -55,21 +54,7 @@ def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), key
 
 
-@pytest.fixture(autouse=True)
-def _restore_mlflow_globals() -> Iterator[None]:
-    # Tracker sets MLflow's process-global tracking/registry URIs (and their env vars, which
-    # subprocesses inherit); put them back so other tests do not write into a deleted temp db.
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    yield
-    while mlflow.active_run() is not None:
-        mlflow.end_run("KILLED")
-    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+pytestmark = pytest.mark.usefixtures("restore_mlflow_globals")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +90,7 @@ def test_pipeline_with_steps_records_everything_next_to_the_db(
             tracker.log_dict({"forget_count": 6000}, "report.json")
             tracker.set_tags({"lethe.outcome": "ok"})
 
-    client = MlflowClient(tracker.tracking_uri)
+    client = MlflowClient(tracking_uri=tracker.tracking_uri, registry_uri=tracker.tracking_uri)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params == {
@@ -417,7 +402,7 @@ def test_against_a_real_mlflow_server(
             tracker.log_dataset("forget", "sha256:cccc", 12, "s3://bucket/forget", "forget")
             version = tracker.register_model(model, name, _i2i_example(model), {"method": "encoder_noise"})
 
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     assert client.get_run(parent_id).info.status == "FINISHED"
     step = client.get_run(step_id)
     assert step.data.tags[PARENT_RUN_TAG] == parent_id

@@ -139,7 +139,7 @@ def test_the_cli_example_is_refused(tmp_path) -> None:
         "http://mlflow.example:5000",
         "postgresql://lethe@db/mlflow",
         "sqlite:////tmp/a@b/mlflow.db",
-        "file:///m",
+        "sqlite:////m.db",
     ],
 )
 def test_uris_without_a_secret_are_accepted(uri) -> None:

@@ -348,3 +348,61 @@ def test_shard_digest_is_order_free_and_content_sensitive() -> None:
     assert d != digest(ids[:2], labels[:2], ph[:2])
     # Length-prefixed rows: moving a character between id and hash cannot give the same digest.
     assert digest(["ab"], [0], ["c"]) != digest(["a"], [0], ["bc"])
+
+
+def test_sample_covers_every_class_and_spreads_over_the_rest() -> None:
+    from lethe.data.images import sample_indices
+
+    labels = [0] * 100 + [1] * 3 + [2] * 200
+    picks = sample_indices(labels, limit=10)
+    assert picks[0] == 0 and picks == sorted(set(picks))
+    assert {0, 100, 103} <= set(picks)  # each class's first file
+    assert picks[-1] == len(labels) - 1 and len(picks) <= 10 + 3
+    assert sample_indices([1, 1, 1], limit=64) == [0, 1, 2]
+    assert sample_indices([]) == []
+
+
+def test_mixed_size_in_the_sample_is_refused_before_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+    import ray.data
+
+    # Whatever an earlier test left running, nothing here may hand data to Ray.
+    def no_ray(*_a: object, **_k: object) -> None:
+        raise AssertionError("Ray was reached before the sample check")
+
+    for name in ("from_arrow", "read_parquet", "read_images"):
+        monkeypatch.setattr(ray.data, name, no_ray)
+    monkeypatch.setattr(ray, "init", no_ray)
+    for cls in ("a", "b", "c"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            (tmp_path / cls / f"{i}.png").write_bytes(_png(np.zeros((4, 4), np.uint8)))
+    # Class c's first file is always in the sample.
+    (tmp_path / "c" / "0.png").write_bytes(_png(np.zeros((4, 6), np.uint8)))
+    with pytest.raises(DataError, match="images of mixed sizes") as e:
+        open_source(str(tmp_path))
+    assert str(tmp_path / "c" / "0.png") in str(e.value) and "got 4x6x1" in str(e.value)
+    (tmp_path / "c" / "0.png").write_bytes(_png(np.zeros((4, 4, 3), np.uint8)))
+    with pytest.raises(DataError, match="mixed channel counts"):
+        open_source(str(tmp_path))
+
+
+def test_s3_keys_group_into_classes_like_a_local_folder() -> None:
+    from lethe.data.loaders import _s3_classes
+
+    root = "s3://b/imgs"
+    keys = [
+        f"{root}/dog/2.PNG",
+        f"{root}/dog/1.jpg",
+        f"{root}/cat/0.png",
+        f"{root}/cat/notes.txt",  # not an image
+        f"{root}/cat/deep/3.png",  # nested deeper: not a class file
+        f"{root}/.hidden/4.png",  # hidden folders are never classes
+        f"{root}/top.png",  # no class
+    ]
+    assert _s3_classes(keys, root) == [
+        ("cat", [f"{root}/cat/0.png"]),
+        ("dog", [f"{root}/dog/1.jpg", f"{root}/dog/2.PNG"]),
+    ]

@@ -147,7 +147,7 @@ def test_certificate_states_the_keyed_digest_from_the_report(tmp_path: Path) -> 
     kid = key_id(b"k" * 32)
     shards = {n: ShardInfo(n, str(tmp_path / n), 3, n[0] * 64) for n in ("forget", "retain")}
     man = Manifest("d", "/d", ["a"], 4, 4, 1, {"kind": "ids"}, shards, "q" * 64, "t" * 64, "hmac-sha256", kid)
-    ctx = SimpleNamespace(cfg=SimpleNamespace(request=SimpleNamespace(kind="ids")))
+    ctx = SimpleNamespace(cfg=SimpleNamespace(request=SimpleNamespace(kind="ids", refs=[])))
     rep = _report()
     rep["request"] = request_section(ctx, man)
     assert rep["request"]["digest_key_id"] == kid and rep["request"]["digest_algorithm"] == "hmac-sha256"

@@ -185,7 +185,7 @@ def test_manifest_records_the_algorithm_and_key_id(tmp_path: Path, digits) -> No
     assert TARGET not in text and KEY.hex() not in text
     loaded = Manifest.load(tmp_path)
     assert loaded.digest_algorithm == "hmac-sha256" and loaded.digest_key_id == key_id(KEY)
-    assert json.loads(text)["version"] == 2
+    assert json.loads(text)["version"] == 3  # 2 brought keyed digests, 3 shard file digests
     # A manifest from before keyed digests reads as unkeyed sha256 with no key id.
     old = json.loads(text)
     del old["digest_algorithm"], old["digest_key_id"]

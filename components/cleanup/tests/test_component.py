@@ -8,6 +8,11 @@ def test_interface(tmp_path):
     check_component(
         cleanup,
         tmp_path,
-        inputs={"config_json": "String", "workdir": "String", "status": "PipelineTaskFinalStatus"},
+        inputs={
+            "config_json": "String",
+            "workdir": "String",
+            "status": "PipelineTaskFinalStatus",
+            "model": "String",
+        },
         outputs={"certificate": "system.HTML@0.0.1", "certificate_json": "system.Artifact@0.0.1"},
     )

@@ -1,0 +1,3 @@
+from components.claim.component import claim
+
+__all__ = ["claim"]

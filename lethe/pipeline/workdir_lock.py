@@ -1,0 +1,277 @@
+"""One run per work dir: an exclusive lock taken before a run writes anything (issue 18).
+
+* The work dir: `fcntl.flock` on `<workdir>/.lethe.lock`. The kernel drops the lock when its process
+  dies, so a dead run's lock is free. The file's JSON (token, pid, host, command, started_at) names
+  the holder in a refusal; a clean release empties it, so content found by the next run that gets
+  the lock is a dead run's, and the log says that it is taken over.
+* `storage.uri` on s3:// (shared by machines, no shared kernel): a lease object
+  `<storage.uri>/.lethe.lease` with the same fields and `expires_at`, written with a conditional PUT
+  and read back (who won), renewed by a daemon thread every third of its term, deleted on release.
+  An expired lease is a dead run's and is taken over, with a log line.
+* The holder exports its token in LETHE_WORKDIR_LOCK; a process whose token is the one in the lock
+  (a KFP local task, a Ray job the holder submitted, a nested call) proceeds without taking it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shlex
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from lethe import storage
+from lethe.config import RunConfig
+from lethe.errors import LetheError, redact_userinfo
+from lethe.pipeline.layout import unwritable
+from lethe.pipeline.state import now_iso
+
+log = logging.getLogger("lethe")
+
+LOCK_FILE = ".lethe.lock"
+LEASE_OBJECT = ".lethe.lease"
+TOKEN_ENV = "LETHE_WORKDIR_LOCK"
+LEASE_S = 120.0  # a dead run blocks an s3:// storage.uri for at most this long
+_COMMAND_CHARS = 160
+# A holder writes its record right after it gets the lock: a refusal waits this long to name it.
+_RECORD_WAIT_S = 1.0
+
+
+class WorkdirBusy(LetheError):
+    """Another lethe run holds the work dir (or the lease on its storage.uri)."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lock or lease: no data, no credentials (the command is redacted and cut short)."""
+
+    token: str
+    pid: int
+    host: str
+    command: str
+    started_at: str
+    expires_at: str = ""  # leases only
+
+    @classmethod
+    def me(cls, token: str) -> Holder:
+        return cls(token, os.getpid(), socket.gethostname(), _command(), now_iso())
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Holder | None:
+        """The record in a lock file or lease; None when empty or unreadable (a torn or foreign file)."""
+        try:
+            d = json.loads(raw)
+            return cls(
+                str(d["token"]),
+                int(d["pid"]),
+                str(d["host"]),
+                str(d.get("command", "")),
+                str(d["started_at"]),
+                str(d.get("expires_at", "")),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(asdict(self), sort_keys=True) + "\n").encode()
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on host {self.host}, `{self.command}`, since {self.started_at}"
+
+    def renewed(self, lease_s: float) -> Holder:
+        until = datetime.now(timezone.utc) + timedelta(seconds=lease_s)
+        return replace(self, expires_at=until.isoformat(timespec="milliseconds"))
+
+    def expired(self) -> bool:
+        try:
+            return datetime.fromisoformat(self.expires_at) <= datetime.now(timezone.utc)
+        except ValueError:
+            return True  # no valid expiry: nobody can be renewing it
+
+
+def _command() -> str:
+    """This process's command line, for the refusal line of another run: short and redacted."""
+    argv = list(sys.argv) or ["python"]
+    prog = Path(argv[0]).name
+    # `lethe ...` and `python -m lethe.cli ...` read the same to the user.
+    text = shlex.join(["lethe" if prog in ("lethe", "cli.py") else prog, *argv[1:]])
+    text = redact_userinfo(text)
+    return text if len(text) <= _COMMAND_CHARS else text[: _COMMAND_CHARS - 3] + "..."
+
+
+@contextmanager
+def hold(cfg: RunConfig) -> Iterator[None]:
+    """Hold cfg's work dir (and the lease on an s3:// storage.uri) for the block, or raise
+    WorkdirBusy naming the holder. Taken before anything is written: a refused run writes nothing."""
+    inherited = os.environ.get(TOKEN_ENV, "")
+    token = inherited or uuid.uuid4().hex
+    with ExitStack() as stack:
+        stack.enter_context(_local_lock(cfg.workdir_path, token))
+        if cfg.storage.uri and storage.is_s3(cfg.storage.uri):
+            remote = storage.normalize(cfg.storage.uri)
+            storage.check_writable(remote)  # a missing bucket or bad credentials: that line, not the lease's
+            stack.enter_context(_lease(storage.join(remote, LEASE_OBJECT), token, LEASE_S))
+        if not inherited:
+            os.environ[TOKEN_ENV] = token  # child processes (KFP local tasks) run under this lock
+            stack.callback(os.environ.pop, TOKEN_ENV, None)
+        yield
+
+
+def child_env() -> dict[str, str]:
+    """What a process started elsewhere on the holder's behalf (a Ray job) needs to run under its lock."""
+    token = os.environ.get(TOKEN_ENV, "")
+    return {TOKEN_ENV: token} if token else {}
+
+
+# -- the work dir: an OS file lock ---------------------------------------------------------------------
+
+
+def _read_fd(fd: int) -> bytes:
+    return os.pread(fd, 1 << 16, 0)
+
+
+def _busy_workdir(root: Path, holder: Holder | None) -> WorkdirBusy:
+    who = holder.describe() if holder else "its holder has not recorded itself yet"
+    return WorkdirBusy(
+        f"work dir {root} is in use by another lethe run ({who})",
+        expected="one run per work dir; wait for it or use another --workdir",
+    )
+
+
+def _holder_of(fd: int) -> Holder | None:
+    deadline = time.monotonic() + _RECORD_WAIT_S
+    while (holder := Holder.parse(_read_fd(fd))) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return holder
+
+
+@contextmanager
+def _local_lock(root: Path, token: str) -> Iterator[None]:
+    path = root / LOCK_FILE
+    try:
+        current = Holder.parse(path.read_bytes()) if path.is_file() else None
+    except OSError:
+        current = None
+    if current is not None and current.token == token:
+        yield  # our launcher holds it (or this process does, one call up)
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise unwritable(root, e) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy_workdir(root, _holder_of(fd)) from None
+        dead = Holder.parse(_read_fd(fd))
+        if dead is not None:
+            log.warning(
+                "work dir %s: taking over the lock of dead run pid %d on host %s (`%s`, since %s)",
+                root,
+                dead.pid,
+                dead.host,
+                dead.command,
+                dead.started_at,
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, Holder.me(token).to_bytes(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # released cleanly: the next run has no dead run to report
+    finally:
+        os.close(fd)  # drops the flock
+
+
+# -- s3:// storage: a lease object ---------------------------------------------------------------------
+
+
+def _read_lease(uri: str) -> tuple[Holder | None, str | None, bool]:
+    """(holder, ETag, whether an object is there at all)."""
+    got = storage.read_object(uri)
+    if got is None:
+        return None, None, False
+    return Holder.parse(got[0]), got[1], True
+
+
+def _busy_storage(uri: str, holder: Holder | None) -> WorkdirBusy:
+    who = f"{holder.describe()}, lease until {holder.expires_at}" if holder else "holder unknown"
+    return WorkdirBusy(
+        f"storage {storage.parent(uri)} is in use by another lethe run ({who})",
+        expected="one run per storage.uri; wait for it or use another --storage",
+    )
+
+
+def take_lease(uri: str, me: Holder, lease_s: float = LEASE_S) -> bool:
+    """Write our lease at `uri` unless a live one of another run is there (WorkdirBusy). Returns
+    False when the lease is already ours (inherited: the holder renews it), True when taken."""
+    holder: Holder | None = None
+    for _ in range(3):  # a lost race is re-read: the winner's lease then refuses us
+        holder, etag, present = _read_lease(uri)
+        if holder is not None and holder.token == me.token:
+            return False
+        if holder is not None and not holder.expired():
+            raise _busy_storage(uri, holder)
+        if present:
+            who = holder.describe() if holder else "an unreadable lease"
+            log.warning("storage %s: taking over the expired lease of %s", storage.parent(uri), who)
+        storage.put_object_if(uri, me.renewed(lease_s).to_bytes(), etag)
+        holder, _etag, _present = _read_lease(uri)
+        if holder is not None and holder.token == me.token:
+            return True
+    raise _busy_storage(uri, holder)
+
+
+def _renew(uri: str, me: Holder, lease_s: float, stop: threading.Event) -> None:
+    while not stop.wait(lease_s / 3):
+        try:
+            holder, etag, _present = _read_lease(uri)
+            if holder is None or holder.token != me.token:
+                who = holder.describe() if holder else "nobody"
+                log.warning("storage %s: lost the lease (now held by %s)", storage.parent(uri), who)
+                return
+            storage.put_object_if(uri, me.renewed(lease_s).to_bytes(), etag)
+        except LetheError as e:  # a storage hiccup: try again next period, the lease has time left
+            log.warning("storage %s: could not renew the lease: %s", storage.parent(uri), e.line())
+
+
+def release_lease(uri: str, me: Holder) -> None:
+    """Delete our lease (never another run's); a failure only logs: the lease then expires."""
+    try:
+        holder, _etag, _present = _read_lease(uri)
+        if holder is not None and holder.token == me.token:
+            storage.delete(uri)
+    except LetheError as e:
+        log.warning("storage %s: could not release the lease: %s", storage.parent(uri), e.line())
+
+
+@contextmanager
+def _lease(uri: str, token: str, lease_s: float) -> Iterator[None]:
+    me = Holder.me(token)
+    if not take_lease(uri, me, lease_s):
+        yield
+        return
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(uri, me, lease_s, stop), name="lethe-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
+        release_lease(uri, me)
+
+
+__all__ = ["LEASE_OBJECT", "LOCK_FILE", "TOKEN_ENV", "Holder", "WorkdirBusy", "child_env", "hold"]

@@ -1,0 +1,172 @@
+"""Deletion requests end to end (issue 15): submit, run the nightly, kill it mid-run, run it again,
+cancel, verify the certificate chain. The real CLI in subprocesses, smoke preset on digits, the
+request store on the session's real PostgreSQL server, MLflow on SQLite in the work dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+LETHE = [sys.executable, "-m", "lethe.cli"]
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _ids(path: Path, ids: list[str]) -> str:
+    path.write_text("".join(f"{i}\n" for i in ids))
+    return str(path)
+
+
+def test_two_nights_a_killed_night_a_cancelled_request_and_the_certificate_chain(
+    tmp_path: Path, postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("LETHE_DIGEST_KEY", "nightly-test-key")
+    work, model = tmp_path / "work", "faces"
+    db = postgres.create_database("nightly")
+    config = tmp_path / "night.yaml"
+    # The gates are not what this test is about (test_evidence and test_promotion are): loose, so
+    # every night promotes and the requests' lifecycle is what is checked.
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "gates": {
+                    "forget_oracle_tol": 1e6,
+                    "retain_fd_tol": 1e6,
+                    "retain_psnr_drop_db": 1e6,
+                    "mia_auc_tol": 0.5,
+                }
+            }
+        )
+    )
+    common = ["--preset", "smoke", "--dataset", "digits", "--workdir", str(work), "--config", str(config)]
+    store = [*common[:-2], "--requests-db", db]
+
+    def lethe(*argv: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*LETHE, *argv], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=timeout
+        )
+
+    def submit(name: str, ids: list[str]) -> str:
+        r = lethe(
+            "requests", "submit", *store, "--model", model, "--ids", _ids(tmp_path / f"{name}.txt", ids)
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout.strip().splitlines()[-1]
+
+    def show(rid: str) -> dict[str, str]:
+        out = lethe("requests", "show", *store, rid).stdout
+        return {line[:12].strip(): line[13:] for line in out.splitlines()}
+
+    def night() -> subprocess.CompletedProcess[str]:
+        return lethe("nightly", *common, "--model", model, "--requests-db", db)
+
+    a_ids = [f"digits-{i:04d}" for i in range(0, 40, 4)]
+    b_ids = [f"digits-{i:04d}" for i in range(1, 41, 4)]
+    a = submit("a", a_ids)
+    # -- night 1: no champion yet, so it pretrains; A is applied in version 1 --------------------
+    r = night()
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert (
+        "1 requests claimed, 0 applied earlier, 10 images forgotten in all; applied in version 1" in r.stderr
+    )
+    rep1 = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    assert rep1["request"]["forget_count"] == 10
+    assert [(q["request_id"], q["night"]) for q in rep1["request"]["requests"]] == [(a, "this")]
+    assert show(a)["status"] == "applied" and show(a)["applied in"].startswith("version 1 ")
+    assert not (work / "requests" / "forget-ids.txt").exists()  # the night's ids file is gone
+
+    oracle1 = json.loads((work / "state.json").read_text())["oracle"]["cache_key"]
+    b = submit("b", b_ids)
+    c = submit("c", [f"digits-{i:04d}" for i in range(2, 42, 4)])
+    assert lethe("requests", "cancel", *store, c).returncode == 0
+
+    # -- night 2, killed outright mid-run: B stays claimed by a dead run ----------------------------
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "wb") as err:
+        proc = subprocess.Popen(
+            [*LETHE, "nightly", *common, "--model", model, "--requests-db", db],
+            cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        # Killed once the night has claimed B and is at work (the split done, pretrain started).
+        while "== pretrain" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "the pretrain step never started"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    assert show(b)["status"] == "in_progress"
+
+    # -- night 2 again: the dead run's claim is taken over, B applied once, in version 2 -----------
+    r = night()
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert (
+        "1 requests claimed, 1 applied earlier, 20 images forgotten in all; applied in version 2" in r.stderr
+    )
+    rep2 = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    # Cumulative: version 2 forgets A and B; its retain set (and the oracle trained on it) holds neither.
+    assert rep2["request"]["forget_count"] == 20
+    retain_ids = set(pq.read_table(work / "shards" / "retain", columns=["id"]).column("id").to_pylist())
+    assert retain_ids and not retain_ids & set(a_ids + b_ids)
+    state = json.loads((work / "state.json").read_text())
+    # The oracle's cache key is the retain shard's digest: night 2's oracle is a new one, on that set.
+    assert state["oracle"]["cache_key"] != oracle1
+    cert2 = json.loads((work / "certificate" / "certificate.json").read_text())
+    assert cert2["oracle"]["policy"] == "reuse" and cert2["oracle"]["retrained_in_this_run"] is True
+    assert sorted((q["request_id"], q["night"]) for q in rep2["request"]["requests"]) == sorted(
+        [(b, "this"), (a, "earlier")]
+    )
+    assert show(b)["applied in"].startswith("version 2 ") and show(c)["status"] == "cancelled"
+    audit = lethe("requests", "audit", *store, b).stdout
+    assert "ended without a verdict" in audit and audit.count("in_progress") >= 2
+    # Both URIs given: an earlier test in the session may have left MLflow's global registry URI set.
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{model}'"))
+    assert versions == [1, 2]
+    assert client.get_model_version(model, "2").tags["lethe.source_model"] == f"models:/{model}/1"
+
+    # -- night 3: nothing queued, nothing done ---------------------------------------------------
+    r = night()
+    assert r.returncode == 0 and "no queued requests; nothing to do, no new version" in r.stderr
+    assert sorted(int(v.version) for v in client.search_model_versions(f"name='{model}'")) == [1, 2]
+
+    # -- the certificate chain: version 2 -> version 1, and a one-byte edit to version 1 breaks it --
+    verify = ["certificate", "verify", *common[:-2]]
+    r = lethe(*verify, f"models:/{model}/2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("ok  ") == 2 and "verified: 2 certificates" in r.stdout
+    cert1 = client.get_model_version(model, "1").tags["lethe.certificate_uri"]
+    run1 = cert1.removeprefix("runs:/").split("/")[0]
+    path = (
+        Path(client.get_run(run1).info.artifact_uri.removeprefix("file://"))
+        / "certificate"
+        / "certificate.json"
+    )
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    r = lethe(*verify, f"models:/{model}/2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "certificate" in r.stderr and "Traceback" not in r.stderr
