@@ -154,14 +154,32 @@ def _request_rows(req: Mapping[str, Any]) -> str:
 def _stored_request_rows(refs: list[Mapping[str, Any]]) -> str:
     if not refs:
         return ""
-    head = "<tr><th>request</th><th>night</th><th>received</th><th>deadline</th><th>days to apply</th><th>days left</th></tr>"
+    head = (
+        "<tr><th>request</th><th>night</th><th>received</th><th>deadline</th><th>days to apply</th>"
+        "<th>days left</th><th>its images</th></tr>"
+    )
     body = "".join(
         f"<tr><td><code>{_e(r['request_id'])}</code></td><td>{_e(r['night'])}</td><td>{_e(r['received_at'])}</td>"
         f"<td>{_e(r['deadline'])}</td><td>{_num(r['days_received_to_applied'])}</td>"
-        f"<td class='{'ok' if r['days_left_to_deadline'] >= 0 else 'bad'}'>{_num(r['days_left_to_deadline'])}</td></tr>"
+        f"<td class='{'ok' if r['days_left_to_deadline'] >= 0 else 'bad'}'>{_num(r['days_left_to_deadline'])}</td>"
+        f"{_request_evidence_cell(r.get('evidence'))}</tr>"
         for r in refs
     )
-    return f"<h3>Deletion requests</h3><table>{head}{body}</table>"
+    return (
+        "<h3>Deletion requests</h3><p>Its images: each request's own images measured in this version "
+        "(calibrated membership score against the oracle: about 0 when forgotten).</p>"
+        f"<table>{head}{body}</table>"
+    )
+
+
+def _request_evidence_cell(ev: Mapping[str, Any] | None) -> str:
+    if not ev:
+        return "<td>not measured</td>"
+    verdict = str(ev.get("verdict"))
+    cls = {"forgotten": "ok", "remembered": "bad"}.get(verdict, "")
+    ci = ev.get("unlearned_score_ci95")
+    figure = f" (score {_num(ev['unlearned_score'])}, 95% CI {_num(ci[0])} .. {_num(ci[1])})" if ci else ""
+    return f"<td class='{cls}' title='{_e(str(ev.get('reason', '')))}'>{_e(verdict)}, {ev['n_images']} images{figure}</td>"
 
 
 def _source_model(state: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:

@@ -131,6 +131,12 @@ class EvalConfig(_Strict):
     mia_min_members: int = Field(
         20, ge=1, description="fewer forget images than this: membership evidence is inconclusive"
     )
+    request_min_images: int = Field(
+        5,
+        ge=2,
+        description="fewer of a stored request's images among the evaluated ones: its own evidence "
+        "(still forgotten?) is inconclusive",
+    )
 
 
 class TuneConfig(_Strict):

@@ -214,3 +214,53 @@ def membership_verdict(
         )
     reason = f"membership: unlearned AUC {auc:.3f} {why} (the source's {source.auc:.3f} shows the attack has power)"
     return {**figures, "power": True, "verdict": verdict, "reason": reason}
+
+
+def request_evidence(
+    source_scores: np.ndarray, unlearned_scores: np.ndarray, b: int, seed: int, min_images: int
+) -> dict[str, object]:
+    """Whether one stored request's images are still forgotten (a night re-forgets every request
+    applied before): the mean calibrated membership score over its images, for the source and the
+    unlearned model, each with a bootstrap interval. The oracle never saw the images, so a model
+    that has forgotten them scores about 0; one that still knows them scores above 0.
+
+    forgotten: the unlearned model's interval reaches 0 or below; remembered: it lies above 0;
+    inconclusive: too few images, or the source itself is not measurably better than the oracle on
+    them (its interval reaches 0), so the test would pass a model that forgot nothing.
+    """
+    s = np.asarray(source_scores, dtype=np.float64)
+    u = np.asarray(unlearned_scores, dtype=np.float64)
+    n = int(s.size)
+    out: dict[str, object] = {"n_images": n}
+    if n < min_images:
+        return {
+            **out,
+            "verdict": "inconclusive",
+            "reason": f"{n} of its images were evaluated; at least {min_images} are needed",
+        }
+    rs = Resamples.draw(n, b, seed) if b else None
+    s_ci = percentile_ci(mean_series(s, rs)) if rs else None
+    u_ci = percentile_ci(mean_series(u, rs)) if rs else None
+    out |= {
+        "source_score": float(s.mean()),
+        "source_score_ci95": s_ci,
+        "unlearned_score": float(u.mean()),
+        "unlearned_score_ci95": u_ci,
+    }
+    if s_ci is None or u_ci is None or s_ci[0] <= 0.0:
+        return {
+            **out,
+            "verdict": "inconclusive",
+            "reason": "the source model does not reconstruct these images measurably better than the oracle",
+        }
+    if u_ci[0] > 0.0:
+        return {
+            **out,
+            "verdict": "remembered",
+            "reason": "the unlearned model still reconstructs these images better than the oracle (interval above 0)",
+        }
+    return {
+        **out,
+        "verdict": "forgotten",
+        "reason": "the unlearned model reconstructs these images no better than the oracle, which never saw them",
+    }

@@ -32,6 +32,7 @@ class EvalData:
     nonmembers: torch.Tensor  # comparable images no model was trained on (MIA negatives)
     show_forget: bool  # False for id requests: no picture may show the requested images
     retain_labels: torch.Tensor  # (N_r,) for the feature net's sanity accuracy
+    member_ids: tuple[str, ...] = ()  # ids of `members`, row by row (kept out of every output)
 
 
 @torch.no_grad()
@@ -217,8 +218,9 @@ def _inpaint_all(models, truth, mask_sets, bs: int, seed: int):
 
 def _membership(
     models, data: EvalData, box: torch.Tensor, st: EvalSettings
-) -> dict[str, evidence.AttackFigures]:
-    """The calibrated attack on every model, the oracle as the reference (its score is 0: AUC 0.5)."""
+) -> tuple[dict[str, evidence.AttackFigures], dict[str, np.ndarray]]:
+    """The calibrated attack on every model, the oracle as the reference (its score is 0: AUC 0.5);
+    and every model's per-member scores (N_members,), row by row as data.members."""
     cell = next(iter(models.values())).mask_cell
     mask_mem = attack_masks(data.members, box, cell, st.attack_mask_ratio, st.attack_masks, st.seed + 101)
     mask_non = attack_masks(data.nonmembers, box, cell, st.attack_mask_ratio, st.attack_masks, st.seed + 202)
@@ -230,15 +232,14 @@ def _membership(
         for name, m in models.items()
     }
     ref_mem, ref_non = errs["oracle"]
-    return {
+    member_scores = {name: evidence.calibrated_scores(e_mem, ref_mem) for name, (e_mem, _) in errs.items()}
+    figures = {
         name: evidence.attack_figures(
-            evidence.calibrated_scores(e_mem, ref_mem),
-            evidence.calibrated_scores(e_non, ref_non),
-            st.bootstrap,
-            st.seed + 303,
+            member_scores[name], evidence.calibrated_scores(e_non, ref_non), st.bootstrap, st.seed + 303
         )
-        for name, (e_mem, e_non) in errs.items()
+        for name, (_, e_non) in errs.items()
     }
+    return figures, member_scores
 
 
 def _grids(data: EvalData, mask_sets, outputs, models, st: EvalSettings) -> dict[str, Path]:
@@ -303,7 +304,7 @@ def evaluate_models(
             for name, per in measured.items()
         }
         ratio_cis[kind] = fd_ratio_ci95(measured)
-    attack = _membership(models, data, mask_sets["box"], st)
+    attack, member_scores = _membership(models, data, mask_sets["box"], st)
     for name, fig in attack.items():
         by_mask["box"][name]["forget"].update(fig.as_metrics())
     grids = _grids(data, mask_sets, outputs, models, st)
@@ -320,6 +321,7 @@ def evaluate_models(
         "fd_min_samples": metrics.fd_min_samples(truth_feats["retain"].shape[1]),
         "bootstrap": {"resamples": st.bootstrap, "interval": "percentile, 95%", "unit": "evaluation image"},
         "attack": attack,
+        "member_scores": member_scores,  # per image: for per-request evidence, never for the report
         "fd_ratio_ci95": ratio_cis,
         "n_members": len(data.members),
         "n_nonmembers": len(data.nonmembers),

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lethe.config import RunConfig, config_from_json
-from lethe.errors import CheckpointError, DataError, find_lethe_error
+from lethe.errors import CheckpointError, DataError, LetheError, find_lethe_error
 from lethe.orchestration import ray_submit
 from lethe.pipeline import nightly
 from lethe.pipeline.layout import layout
@@ -47,6 +47,7 @@ from lethe.pipeline.lifecycle import (
 )
 from lethe.pipeline.params import numeric
 from lethe.pipeline.state import RunState, load_state, save_state
+from lethe.pipeline.workdir_lock import join_pipeline_run
 
 log = logging.getLogger("lethe.kfp")
 
@@ -67,10 +68,13 @@ def _setup_logging() -> None:
 
 
 @contextmanager
-def _component(step: str, cfg: RunConfig) -> Iterator[None]:
+def _component(step: str, cfg: RunConfig, run_id: str | None = None) -> Iterator[None]:
+    """A task of the pipeline run `run_id` (default: the one begin recorded in state.json)."""
     _setup_logging()
     ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     try:
+        if step not in ("claim", "begin"):
+            join_pipeline_run(run_id or _recorded_run_id(cfg))
         if step not in ("claim", "cleanup"):
             _renew_claim(cfg)
         yield
@@ -85,6 +89,13 @@ def _component(step: str, cfg: RunConfig) -> Iterator[None]:
         # Disconnect from the Ray this step started or joined (not one the caller already had).
         if not ray_before and "ray" in sys.modules and sys.modules["ray"].is_initialized():
             sys.modules["ray"].shutdown()
+
+
+def _recorded_run_id(cfg: RunConfig) -> str | None:
+    try:
+        return load_state(layout(cfg)).run_id
+    except (OSError, ValueError, LetheError):
+        return None  # no run begun in this work dir: the step says so itself
 
 
 def _renew_claim(cfg: RunConfig) -> None:
@@ -188,7 +199,7 @@ def begin(config_json: str, workdir: str, kfp_run_id: str = "") -> tuple[str, st
 def split(config_json: str, workdir: str, parent_run_id: str, shards: Any) -> dict[str, Any]:
     """Split the data set; `shards` gets the manifest (counts, digests, source URI)."""
     cfg = component_config(config_json, workdir)
-    with _component("split", cfg):
+    with _component("split", cfg, parent_run_id):
         _run_step(cfg, "split", parent_run_id)
         lay = layout(cfg)
         man = json.loads(lay.manifest.read_text())
@@ -291,7 +302,7 @@ def tune(
     Disabled (the default): returns the configured alpha.
     """
     cfg = component_config(config_json, workdir)
-    with _component("tune", cfg):
+    with _component("tune", cfg, parent_run_id):
         alpha = float(cfg.unlearn.alpha)
         if not enabled:
             _log_metrics(trials, {"alpha": alpha, "trials": 0.0})
@@ -318,7 +329,7 @@ def unlearn(
 ) -> None:
     """Unlearn the forget set from the source model with `alpha` (from the tune task)."""
     cfg = component_config(config_json, workdir)
-    with _component("unlearn", cfg):
+    with _component("unlearn", cfg, parent_run_id):
         cfg.unlearn.alpha = float(alpha)
         lay = layout(cfg)
         stage_file(original, lay.model("original"))
@@ -347,7 +358,7 @@ def evaluate(
 ) -> None:
     """Original vs unlearned vs oracle on held-out data; report.json, report.html and Metrics."""
     cfg = component_config(config_json, workdir)
-    with _component("evaluate", cfg):
+    with _component("evaluate", cfg, parent_run_id):
         lay = layout(cfg)
         for name, art in (
             ("original", original),
@@ -374,7 +385,7 @@ def promote(
 ) -> dict[str, Any]:
     """Register the unlearned model; move the alias only if the gates pass. Returns version/promoted."""
     cfg = component_config(config_json, workdir)
-    with _component("promote", cfg):
+    with _component("promote", cfg, parent_run_id):
         lay = layout(cfg)
         stage_file(unlearned, lay.model("unlearned"))
         stage_file(report_json, lay.report_dir / "report.json")

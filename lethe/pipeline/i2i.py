@@ -65,18 +65,18 @@ def eval_data(cfg: RunConfig, man, where: str):
 
     e = cfg.eval
 
-    def load(name: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-        imgs, labels, _ids = read_shard_numpy(man, name, limit=limit)
-        return torch.from_numpy(to_chw_float(imgs).copy()), torch.from_numpy(labels.copy())
+    def load(name: str, limit: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        imgs, labels, ids = read_shard_numpy(man, name, limit=limit)
+        return torch.from_numpy(to_chw_float(imgs).copy()), torch.from_numpy(labels.copy()), list(ids)
 
-    retain, retain_labels = load("heldout_retain", e.n_retain)
-    members, _ = load("forget", e.n_mia)
+    retain, retain_labels, _ = load("heldout_retain", e.n_retain)
+    members, _, member_ids = load("forget", e.n_mia)
     if cfg.request.kind == "ids":
         # The requested images themselves are the forget split; MIA negatives are unseen retain-like images.
         forget = members
         nonmembers = retain[: e.n_mia]
     else:
-        forget, _ = load("heldout_forget", e.n_forget)
+        forget, _, _ = load("heldout_forget", e.n_forget)
         nonmembers = forget[: e.n_mia]
     if len(forget) == 0 or len(retain) == 0:
         raise DataError(
@@ -92,7 +92,31 @@ def eval_data(cfg: RunConfig, man, where: str):
         nonmembers=nonmembers,
         show_forget=cfg.request.kind != "ids",
         retain_labels=retain_labels,
+        member_ids=tuple(member_ids),
     )
+
+
+def requests_evidence(
+    cfg: RunConfig, member_ids: tuple[str, ...], scores: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """A night's evidence per stored request (this night's and every earlier one): are its own
+    images forgotten by the unlearned model? Keyed by request uuid; empty when the run is no night."""
+    from lethe.evaluation.evidence import request_evidence
+    from lethe.pipeline.request_groups import read_groups
+
+    groups = read_groups(cfg.request.ids_file) if cfg.request.refs else {}
+    row = {i: k for k, i in enumerate(member_ids)}
+    out = {}
+    for n, ref in enumerate(cfg.request.refs):
+        rows = [row[i] for i in groups.get(ref.request_id, []) if i in row]
+        out[ref.request_id] = request_evidence(
+            scores["original"][rows],
+            scores["unlearned"][rows],
+            cfg.eval.bootstrap,
+            cfg.seed + 404 + n,
+            cfg.eval.request_min_images,
+        )
+    return out
 
 
 class ImageToImage:
@@ -174,6 +198,7 @@ class ImageToImage:
         )
         metrics, grids, extra = evaluate_models(models, featnet, data, settings)
         attack, ratio_cis = extra.pop("attack"), extra.pop("fd_ratio_ci95")
+        member_scores = extra.pop("member_scores")
         membership = membership_verdict(
             attack["original"],
             attack["unlearned"],
@@ -184,6 +209,7 @@ class ImageToImage:
             e.mia_min_members,
         )
         log.warning("evaluate: %s", membership["reason"])
+        per_request = requests_evidence(cfg, data.member_ids, member_scores)
         by_mask = extra.pop("metrics_by_mask", {})
         for prefix, per_model in [("", metrics), *((f"{k}.", v) for k, v in by_mask.items())]:
             for model, splits in per_model.items():
@@ -210,6 +236,8 @@ class ImageToImage:
                     }
                     for kind, m in by_mask.items()
                 }
+            for ref in report["request"].get("requests", []):
+                ref["evidence"] = per_request[ref["request_id"]]
             report["oracle_gaps"] = oracle_gaps(metrics)
             if isinstance(report.get("decouple"), dict):
                 report["decouple"].update(decouple_check(cfg, arch, models, data.forget))

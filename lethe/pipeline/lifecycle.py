@@ -34,7 +34,7 @@ from lethe.pipeline.split import step_split
 from lethe.pipeline.state import RunState, load_state, now_iso, save_state
 from lethe.pipeline.tune import step_tune
 from lethe.pipeline.unlearn import step_unlearn
-from lethe.pipeline.workdir_lock import WorkdirBusy, hold
+from lethe.pipeline.workdir_lock import WorkdirBusy, end_pipeline_lease, hold, start_pipeline_lease
 
 log = logging.getLogger("lethe")
 
@@ -280,6 +280,7 @@ def open_pipeline(cfg: RunConfig, orchestrator: str, tags: dict[str, str] | None
         run_id = ctx.tracker.open_run(f"lethe-{cfg.family}-{cfg.method}", pipeline_params(cfg), all_tags)
         ctx.state.run_id, ctx.state.orchestrator, ctx.state.source_pinned = run_id, orchestrator, pinned
         ctx.save()
+        start_pipeline_lease(cfg, run_id)  # on a cluster: the work dir is this run's until cleanup
     log.warning("pipeline run %s opened (%s)", run_id, orchestrator)
     return run_id, pinned
 
@@ -384,7 +385,10 @@ def finish_pipeline(cfg: RunConfig, succeeded: bool, error: str | None = None) -
     handler): delete the forget data, write the final report and certificate, and close the
     pipeline's MLflow run as FINISHED or FAILED with the reason. Raises if cleanup failed."""
     with hold(cfg):
-        return _finish_pipeline(cfg, succeeded, error)
+        try:
+            return _finish_pipeline(cfg, succeeded, error)
+        finally:
+            end_pipeline_lease(cfg)
 
 
 def _finish_pipeline(cfg: RunConfig, succeeded: bool, error: str | None) -> dict[str, Any]:

@@ -17,15 +17,18 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lethe.config import RunConfig
 from lethe.errors import LetheError
 from lethe.pipeline.keys import file_digest
+from lethe.pipeline.request_groups import delete_night_ids, write_night_ids
 from lethe.pipeline.workdir_lock import hold
 from lethe.store import lifecycle
 from lethe.store.check import DataView
@@ -90,16 +93,6 @@ def _ref(r: Request, night: str) -> dict[str, str]:
     }
 
 
-def _write_ids(path: Path, ids: Sequence[str]) -> None:
-    """The night's forget ids, readable by this user only; deleted when the night ends."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("".join(f"{i}\n" for i in ids))
-    os.replace(tmp, path)
-
-
 def night_config(
     cfg: RunConfig, model: str, ids_file: Path, refs: list[dict[str, str]], champion: bool
 ) -> RunConfig:
@@ -154,12 +147,11 @@ def claim_night(cfg: RunConfig, store: Store, model: str, claimer: str, dead_pre
     log.warning("nightly %s: %d requests claimed, %d applied earlier", model, len(claimed), len(earlier))
     try:
         view = DataView(cfg)
-        mask = view.forget_mask(claimed[0].kind, lifecycle.payload_of(claimed[0]))
-        for r in [*claimed[1:], *earlier]:
-            mask |= view.forget_mask(r.kind, lifecycle.payload_of(r))
-        forget = view.ids_of(mask)
+        masks = {r.id: view.forget_mask(r.kind, lifecycle.payload_of(r)) for r in [*claimed, *earlier]}
+        forget = view.ids_of(np.logical_or.reduce(list(masks.values())))
         ids_file = cfg.workdir_path / IDS_FILE
-        _write_ids(ids_file, forget)
+        # Grouped by request too, so the evaluation can measure each request's own images.
+        write_night_ids(ids_file, forget, {rid: view.ids_of(m) for rid, m in masks.items()})
         refs = [_ref(r, "this") for r in claimed] + [_ref(r, "earlier") for r in earlier]
         night = night_config(cfg, model, ids_file, refs, champion=_champion(cfg, model))
     except LetheError as e:
@@ -189,7 +181,7 @@ def settle(
     cfg = claim.config
     ids, by = claim.claimed, claim.claimer
     max_attempts = cfg.requests.max_attempts
-    (cfg.workdir_path / IDS_FILE).unlink(missing_ok=True)
+    delete_night_ids(cfg.workdir_path / IDS_FILE)
     night = Night(claim.claimed, claim.earlier, claim.forget_count, report)
     if interrupted:
         lifecycle.release(store, ids, by, reason="the nightly run was interrupted before a verdict")

@@ -10,6 +10,12 @@
   An expired lease is a dead run's and is taken over, with a log line.
 * The holder exports its token in LETHE_WORKDIR_LOCK; a process whose token is the one in the lock
   (a KFP local task, a Ray job the holder submitted, a nested call) proceeds without taking it.
+* A Kubeflow pipeline run on a cluster has no launcher process to hold the lock from begin to
+  cleanup: each task is its own pod and holds the lock only while it runs. `begin` therefore writes
+  a pipeline lease `<workdir>/.lethe.pipeline-lease` (the pipeline's MLflow run id and an expiry);
+  every later task of that run (LETHE_PIPELINE_RUN) renews it while it holds the lock, any other
+  run is refused while it is live, the exit handler deletes it, and one left by a dead pipeline run
+  expires after PIPELINE_LEASE_S and is then taken over, with a log line.
 """
 
 from __future__ import annotations
@@ -40,11 +46,18 @@ log = logging.getLogger("lethe")
 
 LOCK_FILE = ".lethe.lock"
 LEASE_OBJECT = ".lethe.lease"
+PIPELINE_LEASE_FILE = ".lethe.pipeline-lease"
 TOKEN_ENV = "LETHE_WORKDIR_LOCK"
+RUN_ENV = "LETHE_PIPELINE_RUN"  # the pipeline run (MLflow run id) a cluster task belongs to
 LEASE_S = 120.0  # a dead run blocks an s3:// storage.uri for at most this long
+# A dead pipeline run blocks its work dir for at most this long; it must outlast the gap between two
+# tasks (a pod scheduled, its image pulled), since a task renews it only while it runs.
+PIPELINE_LEASE_S = 900.0
 _COMMAND_CHARS = 160
 # A holder writes its record right after it gets the lock: a refusal waits this long to name it.
 _RECORD_WAIT_S = 1.0
+# Tokens of the holds this process took itself (not inherited from a launcher), innermost last.
+_own_holds: list[str] = []
 
 
 class WorkdirBusy(LetheError):
@@ -117,6 +130,8 @@ def hold(cfg: RunConfig) -> Iterator[None]:
     token = inherited or uuid.uuid4().hex
     with ExitStack() as stack:
         stack.enter_context(_local_lock(cfg.workdir_path, token))
+        if not inherited:
+            stack.enter_context(_pipeline_lease(cfg.workdir_path))
         if cfg.storage.uri and storage.is_s3(cfg.storage.uri):
             remote = storage.normalize(cfg.storage.uri)
             storage.check_writable(remote)  # a missing bucket or bad credentials: that line, not the lease's
@@ -124,13 +139,15 @@ def hold(cfg: RunConfig) -> Iterator[None]:
         if not inherited:
             os.environ[TOKEN_ENV] = token  # child processes (KFP local tasks) run under this lock
             stack.callback(os.environ.pop, TOKEN_ENV, None)
+            _own_holds.append(token)
+            stack.callback(_own_holds.pop)
         yield
 
 
 def child_env() -> dict[str, str]:
-    """What a process started elsewhere on the holder's behalf (a Ray job) needs to run under its lock."""
-    token = os.environ.get(TOKEN_ENV, "")
-    return {TOKEN_ENV: token} if token else {}
+    """What a process started elsewhere on the holder's behalf (a Ray job) needs to run under its
+    lock, or as a task of its pipeline run."""
+    return {k: os.environ[k] for k in (TOKEN_ENV, RUN_ENV) if os.environ.get(k)}
 
 
 # -- the work dir: an OS file lock ---------------------------------------------------------------------
@@ -274,4 +291,102 @@ def _lease(uri: str, token: str, lease_s: float) -> Iterator[None]:
         release_lease(uri, me)
 
 
-__all__ = ["LEASE_OBJECT", "LOCK_FILE", "TOKEN_ENV", "Holder", "WorkdirBusy", "child_env", "hold"]
+# -- a pipeline run spread over pods: a lease file in the work dir ------------------------------------
+# Read and written only by a process that holds the work dir's flock, so no two writers race.
+
+
+def _read_pipeline_lease(root: Path) -> Holder | None:
+    try:
+        return Holder.parse((root / PIPELINE_LEASE_FILE).read_bytes())
+    except OSError:
+        return None
+
+
+def _write_pipeline_lease(root: Path, holder: Holder) -> None:
+    path = root / PIPELINE_LEASE_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(holder.renewed(PIPELINE_LEASE_S).to_bytes())
+    os.replace(tmp, path)  # a reader sees the old lease or the new one, never half of one
+
+
+@contextmanager
+def _pipeline_lease(root: Path) -> Iterator[None]:
+    """Under the work dir's flock: refuse while another pipeline run's lease is live; renew ours
+    (LETHE_PIPELINE_RUN names it) for as long as the lock is held."""
+    lease = _read_pipeline_lease(root)
+    mine = os.environ.get(RUN_ENV, "")
+    if lease is None or (lease.token != mine and lease.expired()):
+        if lease is not None:
+            log.warning(
+                "work dir %s: taking over the expired lease of pipeline run %s (%s, lease until %s)",
+                root,
+                lease.token,
+                lease.describe(),
+                lease.expires_at,
+            )
+            (root / PIPELINE_LEASE_FILE).unlink(missing_ok=True)
+        yield
+        return
+    if lease.token != mine:
+        raise WorkdirBusy(
+            f"work dir {root} is in use by pipeline run {lease.token} ({lease.describe()}, "
+            f"lease until {lease.expires_at})",
+            expected="one run per work dir; wait for it or use another --workdir",
+        )
+    _write_pipeline_lease(root, lease)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(PIPELINE_LEASE_S / 3):
+            try:
+                _write_pipeline_lease(root, lease)
+            except OSError as e:  # the lease still has time left: try again next period
+                log.warning("work dir %s: could not renew the pipeline lease: %s", root, e)
+
+    renewer = threading.Thread(target=renew, name="lethe-pipeline-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(timeout=5)
+
+
+def start_pipeline_lease(cfg: RunConfig, run_id: str) -> None:
+    """`begin` of a pipeline run on a cluster, under the work dir's lock: lease the work dir to
+    `run_id` until its exit handler ends it. Nothing under a launcher that holds the lock for the
+    whole run (`lethe pipeline run --local`): its lock is released by the kernel if it dies."""
+    if not _own_holds:
+        return
+    _write_pipeline_lease(cfg.workdir_path, Holder.me(run_id))
+    os.environ[RUN_ENV] = run_id
+
+
+def end_pipeline_lease(cfg: RunConfig) -> None:
+    """The exit handler, under the work dir's lock: delete its pipeline run's lease (never another's)."""
+    lease = _read_pipeline_lease(cfg.workdir_path)
+    if lease is not None and lease.token == os.environ.get(RUN_ENV):
+        (cfg.workdir_path / PIPELINE_LEASE_FILE).unlink(missing_ok=True)
+
+
+def join_pipeline_run(run_id: str | None) -> None:
+    """A cluster task of pipeline run `run_id`: it may hold the work dir while that run's lease is
+    live (and renews it). Under a local launcher's lock the launcher's token is what counts."""
+    if run_id and not os.environ.get(TOKEN_ENV):
+        os.environ[RUN_ENV] = run_id
+
+
+__all__ = [
+    "LEASE_OBJECT",
+    "LOCK_FILE",
+    "PIPELINE_LEASE_FILE",
+    "RUN_ENV",
+    "TOKEN_ENV",
+    "Holder",
+    "WorkdirBusy",
+    "child_env",
+    "end_pipeline_lease",
+    "hold",
+    "join_pipeline_run",
+    "start_pipeline_lease",
+]

@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,11 +58,44 @@ def all_text_under(root: Path) -> bytes:
 # ----------------------------------------------------------------------------------------------
 # end to end
 # ----------------------------------------------------------------------------------------------
+def _run_while_a_second_run_tries_the_same_work_dir(
+    argv: list[str], work: Path, cwd: Path
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """Start `lethe *argv`, and once its pretrain step runs, the same command again; wait for both."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    err_path = cwd / "first-run.stderr"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            [*LETHE, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, text=True
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while "== pretrain" not in err_path.read_text(errors="replace"):
+                assert proc.poll() is None, err_path.read_text(errors="replace")[-3000:]
+                assert time.monotonic() < deadline, "the first run's pretrain step never started"
+                time.sleep(0.5)
+            second = lethe(*argv, cwd=cwd, timeout=120)
+            out, _ = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    first = subprocess.CompletedProcess(proc.args, proc.returncode, out, err_path.read_text(errors="replace"))
+    return first, second
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     work = tmp_path / "work"
-    r = lethe("run", "--preset", "smoke", "--workdir", str(work), "--forget-classes", "Trouser", cwd=tmp_path)
+    argv = ["run", "--preset", "smoke", "--workdir", str(work), "--forget-classes", "Trouser"]
+    # A second run on the same work dir while the first is at work (a schedule overlapping a manual
+    # run) is refused in one line and leaves the first run, which then completes, untouched.
+    r, second = _run_while_a_second_run_tries_the_same_work_dir(argv, work, tmp_path)
+    assert second.returncode == 2 and not second.stdout, second.stderr[-3000:]
+    refusals = [ln for ln in second.stderr.splitlines() if ln.startswith("lethe: error:")]
+    assert len(refusals) == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert f"work dir {work} is in use by another lethe run" in refusals[0]
     assert r.returncode == 0, r.stderr[-3000:]
     report_path = Path(r.stdout.strip().splitlines()[-1])
     assert report_path == work / "report" / "report.json"

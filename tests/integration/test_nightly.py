@@ -137,6 +137,15 @@ def test_two_nights_a_killed_night_a_cancelled_request_and_the_certificate_chain
     assert sorted((q["request_id"], q["night"]) for q in rep2["request"]["requests"]) == sorted(
         [(b, "this"), (a, "earlier")]
     )
+    # A's images, forgotten in version 1, measured again in version 2 (and B's for the first time):
+    # the calibrated membership score of each request's own 10 images, source vs version 2.
+    evidence = {q["request_id"]: q["evidence"] for q in rep2["request"]["requests"]}
+    for rid in (a, b):
+        ev = evidence[rid]
+        assert ev["n_images"] == 10 and ev["verdict"] in ("forgotten", "remembered", "inconclusive"), ev
+        assert isinstance(ev["unlearned_score"], float) and len(ev["unlearned_score_ci95"]) == 2
+    assert {q["request_id"]: q["evidence"] for q in cert2["requests"]} == evidence
+    assert "<th>its images</th>" in (work / "certificate" / "certificate.html").read_text()
     assert show(b)["applied in"].startswith("version 2 ") and show(c)["status"] == "cancelled"
     audit = lethe("requests", "audit", *store, b).stdout
     assert "ended without a verdict" in audit and audit.count("in_progress") >= 2

@@ -15,6 +15,7 @@ from lethe.evaluation.evidence import (
     membership_verdict,
     percentile_ci,
     ratio_ci,
+    request_evidence,
     tpr_at_fpr,
 )
 from lethe.evaluation.reconstruction import attack_errors, attack_masks
@@ -153,3 +154,28 @@ def test_inconclusive_on_a_model_that_never_saw_the_images(digits_models) -> Non
     null = _attack(oracle, oracle, members, nonmembers)
     v = membership_verdict(fig, fig, null, len(members), len(nonmembers), 0.1, 20)
     assert v["verdict"] == "inconclusive" and not v["power"], v["reason"]
+
+
+def _scores(model, ref, images) -> np.ndarray:
+    from lethe import masks
+
+    mm = attack_masks(images, masks.box_mask(8, 8, 0.5, 2), 2, 0.5, 4, seed=9)
+    return calibrated_scores(attack_errors(model, images, mm, 256), attack_errors(ref, images, mm, 256))
+
+
+def test_a_request_is_remembered_forgotten_or_inconclusive_on_real_models(digits_models) -> None:
+    """One request's 12 images (a night re-checks every earlier request): a model that still knows
+    them is caught, one that never saw them passes, and a source that never learnt them proves nothing."""
+    members, _, source, oracle, unseen = digits_models
+    request = members[:12]
+    knows, never = _scores(source, oracle, request), _scores(unseen, oracle, request)
+    remembered = request_evidence(knows, knows, 200, seed=0, min_images=5)
+    assert remembered["verdict"] == "remembered", remembered
+    assert remembered["unlearned_score_ci95"][0] > 0 and remembered["n_images"] == 12
+    forgotten = request_evidence(knows, never, 200, seed=0, min_images=5)
+    assert forgotten["verdict"] == "forgotten", forgotten
+    assert forgotten["unlearned_score_ci95"][0] <= 0 < forgotten["source_score_ci95"][0]
+    assert request_evidence(never, never, 200, seed=0, min_images=5)["verdict"] == "inconclusive"
+    few = request_evidence(knows[:3], knows[:3], 200, seed=0, min_images=5)
+    assert few["verdict"] == "inconclusive" and "3 of its images" in few["reason"]
+    assert "source_score" not in few  # no figure from too few images

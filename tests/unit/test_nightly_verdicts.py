@@ -13,6 +13,7 @@ from lethe.cli import main
 from lethe.config import build_config
 from lethe.pipeline import nightly
 from lethe.pipeline.layout import check_workdir
+from lethe.pipeline.request_groups import groups_path, read_groups
 from lethe.pipeline.state import RunState, load_state, save_state
 from lethe.store import lifecycle
 from lethe.store.db import open_store
@@ -75,6 +76,9 @@ def test_claim_writes_the_night_and_a_second_run_gets_nothing(night) -> None:
     ids_file = Path(got.config.request.ids_file)
     assert sorted(ids_file.read_text().split()) == IDS
     assert stat.S_IMODE(ids_file.stat().st_mode) == 0o600
+    # ... and the same ids by request, for the evaluation of each request's own images
+    groups = groups_path(ids_file)
+    assert read_groups(ids_file) == {rid: IDS} and stat.S_IMODE(groups.stat().st_mode) == 0o600
     assert got.config.request.kind == "ids" and got.config.tracking.model_name == "faces"
     assert [r.request_id for r in got.config.request.refs] == [rid]
     record = (c1.workdir_path / nightly.NIGHT_FILE).read_text()
@@ -99,6 +103,7 @@ def test_verdicts_interrupted_failed_applied(night) -> None:
     assert verdict is not None and verdict.outcome.startswith("interrupted")
     assert lifecycle.get(store, rid).status == "queued" and lifecycle.get(store, rid).attempts == 0
     assert not Path(got.config.request.ids_file).exists()
+    assert not groups_path(got.config.request.ids_file).exists()
     assert nightly.pipeline_settle(c, succeeded=False, error=None) is None  # settled once only
 
     # A step failed with its reason: failed, one attempt counted, claimed again the next night.

@@ -18,7 +18,19 @@ import pytest
 
 from lethe.config import RunConfig, build_config
 from lethe.errors import StorageError
-from lethe.pipeline.workdir_lock import LOCK_FILE, TOKEN_ENV, Holder, WorkdirBusy, hold
+from lethe.pipeline.workdir_lock import (
+    LOCK_FILE,
+    PIPELINE_LEASE_FILE,
+    RUN_ENV,
+    TOKEN_ENV,
+    Holder,
+    WorkdirBusy,
+    child_env,
+    end_pipeline_lease,
+    hold,
+    join_pipeline_run,
+    start_pipeline_lease,
+)
 
 # Takes the lock on argv[1], says so, holds it until stdin closes; exit 3 with the line if refused.
 HOLDER = """
@@ -154,3 +166,103 @@ def test_holder_records() -> None:
     assert Holder.parse(me.to_bytes()) == me and Holder.parse(b"") is None and Holder.parse(b"{") is None
     assert Holder.parse(b'{"token": "t"}') is None  # a record without its fields is no holder
     assert not me.renewed(60).expired() and me.renewed(-1).expired() and me.expired()
+
+
+# -- a Kubeflow pipeline run on a cluster: each task a pod, the work dir leased from begin to cleanup --
+
+
+@pytest.fixture()
+def pod(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process as a fresh pod: no launcher's lock token, no pipeline run joined yet."""
+    monkeypatch.setenv(RUN_ENV, "")
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    yield
+    os.environ.pop(RUN_ENV, None)
+
+
+def _task_of(cfg: RunConfig, run_id: str | None):
+    """A later task's pod of pipeline run `run_id` (None: a run that is no task of any pipeline)."""
+    os.environ.pop(RUN_ENV, None)
+    join_pipeline_run(run_id)
+    return hold(cfg)
+
+
+def _lease(work: Path) -> Holder | None:
+    path = work / PIPELINE_LEASE_FILE
+    return Holder.parse(path.read_bytes()) if path.is_file() else None
+
+
+def test_a_pipeline_run_on_a_cluster_holds_its_work_dir_between_its_tasks(
+    tmp_path: Path, pod: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    cfg = _cfg(work)
+    with hold(cfg):  # begin of run A: it opens its MLflow run, then leases the work dir to it
+        start_pipeline_lease(cfg, "run-a")
+    first = _lease(work)
+    assert first is not None and first.token == "run-a" and not first.expired()
+    assert (work / LOCK_FILE).read_bytes() == b""  # begin's pod is gone: only the lease holds the dir
+
+    # Between A's tasks, another run (a second pipeline run's begin, a `lethe run`) is refused.
+    with pytest.raises(WorkdirBusy) as err, _task_of(cfg, None):
+        pytest.fail("a second run got the work dir while pipeline run A holds it")
+    line = err.value.line()
+    assert line.startswith(f"work dir {work} is in use by pipeline run run-a (pid {os.getpid()} on host ")
+    assert "lease until 20" in line and "wait for it or use another --workdir" in line
+    with pytest.raises(WorkdirBusy), _task_of(cfg, "run-b"):
+        pytest.fail("a task of another pipeline run got the work dir")
+
+    # A's own later task gets it and renews the lease; a Ray job it submits runs as A's task too.
+    monkeypatch.setattr("lethe.pipeline.workdir_lock.PIPELINE_LEASE_S", 1800.0)
+    with _task_of(cfg, "run-a"):
+        assert child_env()[RUN_ENV] == "run-a"
+    renewed = _lease(work)
+    assert renewed is not None and renewed.expires_at > first.expires_at
+
+    # A's exit handler ends the lease; then the work dir is free for anyone.
+    with _task_of(cfg, "run-a"):
+        end_pipeline_lease(cfg)
+    assert _lease(work) is None
+    with _task_of(cfg, None):
+        pass
+
+
+def test_the_lease_of_a_dead_pipeline_run_expires_and_is_taken_over(
+    tmp_path: Path, pod: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    work = tmp_path / "work"
+    cfg = _cfg(work)
+    work.mkdir()
+    (work / PIPELINE_LEASE_FILE).write_bytes(Holder.me("run-dead").renewed(-1).to_bytes())
+    with caplog.at_level(logging.WARNING, logger="lethe"), _task_of(cfg, None):
+        pass
+    assert f"work dir {work}: taking over the expired lease of pipeline run run-dead" in caplog.text
+    assert _lease(work) is None
+    with hold(cfg):  # a new pipeline run can lease it now
+        start_pipeline_lease(cfg, "run-new")
+    assert _lease(work).token == "run-new"  # type: ignore[union-attr]
+
+
+def test_a_local_pipeline_run_leaves_no_lease(tmp_path: Path, pod: None) -> None:
+    """Under `lethe pipeline run --local` the launcher holds the lock for the whole run, and the
+    kernel drops it if the launcher dies: begin writes no lease that could outlive a killed run."""
+    cfg = _cfg(tmp_path / "work")
+    with hold(cfg):  # the launcher
+        env = {**os.environ}
+        assert (
+            subprocess.run(
+                [sys.executable, "-c", _BEGIN_UNDER_LAUNCHER, str(tmp_path / "work")], env=env, timeout=120
+            ).returncode
+            == 0
+        )
+    assert _lease(tmp_path / "work") is None
+
+
+_BEGIN_UNDER_LAUNCHER = """
+import sys
+from lethe.config import build_config
+from lethe.pipeline.workdir_lock import hold, start_pipeline_lease
+cfg = build_config("smoke", overrides={"workdir": sys.argv[1]})
+with hold(cfg):
+    start_pipeline_lease(cfg, "run-local")
+"""

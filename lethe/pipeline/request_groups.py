@@ -1,0 +1,51 @@
+"""Which of a night's forget ids belong to which stored request.
+
+`lethe nightly` writes the night's forget set as an ids file (the split reads it) and, beside it, the
+same ids grouped by request uuid, so that evaluate can measure each request's own images (is the
+first night's request still forgotten in the third version?). Both files hold ids: readable by their
+owner only, never published, deleted when the night ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def groups_path(ids_file: str | os.PathLike[str]) -> Path:
+    p = Path(ids_file)
+    return p.with_name(p.name + ".groups.json")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` with mode 0600 from the first byte, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_night_ids(ids_file: Path, forget: Sequence[str], groups: Mapping[str, Sequence[str]]) -> None:
+    """The night's forget ids (one per line) and, beside them, the ids of each request."""
+    write_private(ids_file, "".join(f"{i}\n" for i in forget))
+    write_private(groups_path(ids_file), json.dumps({k: list(v) for k, v in groups.items()}))
+
+
+def read_groups(ids_file: str | os.PathLike[str] | None) -> dict[str, list[str]]:
+    """{request uuid: its ids}; empty when the run is no night (or its file is gone)."""
+    if not ids_file:
+        return {}
+    try:
+        raw = json.loads(groups_path(ids_file).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): [str(i) for i in v] for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def delete_night_ids(ids_file: Path) -> None:
+    ids_file.unlink(missing_ok=True)
+    groups_path(ids_file).unlink(missing_ok=True)
