@@ -260,8 +260,7 @@ def _pipeline(args: argparse.Namespace, cfg: RunConfig) -> int:
             print(res.night.summary(args.model), file=sys.stderr)
             if not res.night.claimed:
                 return 0
-        if res.certificate:
-            print(f"certificate: {res.certificate}", file=sys.stderr)
+        _print_summary(res.report, res.certificate)
         print(res.report)
         return 0
     retries = args.retries if args.retries is not None else 2
@@ -335,8 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             last: object = run_all(cfg)
             cert = layout(cfg).certificate_dir / "certificate.json"
-            if cert.is_file():
-                print(f"certificate: {cert}", file=sys.stderr)
+            _print_summary(last, cert if cert.is_file() else None)
         else:
             out, _state = run_step(cfg, args.command)
             last = None
@@ -359,15 +357,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _nightly(args: argparse.Namespace, cfg: RunConfig) -> int:
+    from lethe.pipeline.layout import layout
     from lethe.pipeline.nightly import run_nightly
 
     night = run_nightly(cfg, args.model)
     _shutdown_ray()
+    if night.claimed and night.report is not None:
+        cert = layout(cfg).certificate_dir / "certificate.json"
+        _print_summary(night.report, cert if cert.is_file() else None)
     print(night.summary(args.model or cfg.model_name), file=sys.stderr)
     if not night.claimed:
         return 0
     print(night.report, flush=True)
     return 0 if night.promoted else 1
+
+
+def _print_summary(report_path: object, certificate: object = None) -> None:
+    """The results summary on stderr (stdout's last line stays the report's path); a report that
+    cannot be read (a remote work dir's local copy missing, say) just leaves it out."""
+    import json
+    from pathlib import Path
+
+    from lethe.report.summary import summary_lines
+
+    try:
+        report = json.loads(Path(str(report_path)).read_text())
+    except (OSError, ValueError):
+        return
+    _shutdown_ray()  # Ray's log monitor would interleave its lines with ours
+    for line in summary_lines(report, str(certificate) if certificate else None):
+        print(line, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def _verify_certificate(args: argparse.Namespace, cfg: RunConfig) -> int:

@@ -1,0 +1,108 @@
+"""The results summary a person reads at the end of a run, on the terminal: what was asked, how the
+three models did on forget and retain images, how far each is from the oracle, every gate's verdict,
+what was registered, and where the report and certificate are. Counts and figures only: no ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lethe.report.schema import FEATURE_SPLIT, MODELS
+
+# (split, metric, column title) per request kind: the figures that say whether forgetting worked
+_COLUMNS_I2I = (
+    ("forget", "fd", "forget FD"),
+    ("forget", "psnr", "forget PSNR"),
+    ("retain", "fd", "retain FD"),
+    ("retain", "psnr", "retain PSNR"),
+)
+_COLUMNS_FEATURE = (
+    (FEATURE_SPLIT, "flagged_share", "flagged share"),
+    (FEATURE_SPLIT, "attack_success", "PGD success"),
+    (FEATURE_SPLIT, "fd_without_feature", "FD w/o feature"),
+)
+
+
+def _what(req: Mapping[str, Any]) -> str:
+    kind = req.get("kind")
+    if kind == "feature":
+        return "a visual feature"
+    n = len(req.get("requests") or [])
+    if n:
+        return f"{n} stored deletion request{'s' if n != 1 else ''}"
+    return "a list of ids" if kind == "ids" else "classes"
+
+
+def _num(v: Any) -> str:
+    # four significant digits read at a glance on a terminal; the report keeps every digit
+    return f"{float(v):.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
+def _cell(v: Any, ci: Any = None) -> str:
+    text = _num(v)
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        text += f" [{_num(ci[0])}, {_num(ci[1])}]"
+    return text
+
+
+def _table(report: Mapping[str, Any]) -> list[str]:
+    metrics = report.get("metrics") or {}
+    feature = (report.get("request") or {}).get("kind") == "feature"
+    columns = _COLUMNS_FEATURE if feature else _COLUMNS_I2I
+    dist = report.get("distance_to_oracle") or {}
+    head = ["model", *(title for _, _, title in columns)] + ([] if feature else ["forget FD to oracle"])
+    rows = [head]
+    for model in MODELS:
+        vals = metrics.get(model) or {}
+        row = [model]
+        for split, name, _ in columns:
+            per = vals.get(split) or {}
+            row.append(_cell(per.get(name), per.get(f"{name}_ci95")))
+        if not feature:
+            row.append(_cell((dist.get(model) or {}).get("fd_rel")))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _gates(report: Mapping[str, Any]) -> list[str]:
+    promo = report.get("promotion") or {}
+    results = (promo.get("gates") or {}).get("results") or []
+    lines = [
+        f"  {r.get('name')}: {r.get('verdict', 'passed' if r.get('passed') else 'failed')}" for r in results
+    ]
+    membership = (report.get("evidence") or {}).get("membership")
+    if membership:
+        lines.append(f"  membership evidence: {membership.get('verdict')}")
+    return lines
+
+
+def _registry(report: Mapping[str, Any]) -> str:
+    ml = report.get("mlflow") or {}
+    promo = report.get("promotion") or {}
+    version = ml.get("model_version")
+    if not version:
+        return "registered: no version"
+    where = f"models:/{ml.get('model_name')}/{version}"
+    alias = promo.get("alias")
+    if promo.get("promoted"):
+        return f"registered: {where}, promoted: @{alias} now points to it"
+    return f"registered: {where}, not promoted: @{alias} left where it was"
+
+
+def summary_lines(report: Mapping[str, Any], certificate: str | None = None) -> list[str]:
+    """The summary, one line per entry (no trailing newline); `certificate`: its path, if written."""
+    req = report.get("request") or {}
+    lines = [
+        f"result: {report.get('family')} / {report.get('method')} on {report.get('dataset')}: forgot "
+        f"{req.get('forget_count')} training images ({_what(req)}), kept {req.get('retain_count')}",
+        *_table(report),
+    ]
+    gates = _gates(report)
+    if gates:
+        lines += ["gates:", *gates]
+    lines.append(_registry(report))
+    if certificate:
+        lines.append(f"certificate: {certificate}")
+    return lines
