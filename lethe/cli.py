@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -346,6 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if last is not None:
             print(last, flush=True)
         return 0
+    except KeyboardInterrupt:
+        # `lethe run` has already ended its run (forget data deleted, certificate incomplete).
+        print("lethe: interrupted (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT
     except Exception as e:  # noqa: BLE001 - the user gets one line for our errors, a traceback for bugs
         ours = find_lethe_error(e)
         if ours is None:

@@ -106,6 +106,11 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     for step in ("split", "pretrain", "oracle", "unlearn", "evaluate", "promote", "cleanup"):
         assert report["timing_s"][step] > 0
     assert report["mlflow"]["model_version"] == "1"
+    # the terminal ends with a results summary: the request, the three models, the gates, the version
+    summary = r.stderr[r.stderr.index("result: mae / encoder_noise on fashion-mnist: forgot ") :]
+    assert [ln.split()[0] for ln in summary.splitlines()[2:5]] == ["original", "unlearned", "oracle"]
+    assert "gates:\n  forget_vs_oracle: " in summary and "registered: models:/lethe-mae/1, " in summary
+    assert f"certificate: {work / 'certificate' / 'certificate.json'}" in summary
     # held-out pictures for both splits, embedded in the HTML report
     assert (work / "report" / "grid_retain_box.png").is_file() and (
         work / "report" / "grid_forget_box.png"

@@ -399,3 +399,19 @@ def test_orchestrator_arguments_carry_no_password(tmp_path: Path, monkeypatch: p
     for text in (args, entry):
         assert password not in text and "MLFLOW_TRACKING_PASSWORD" not in text
         assert "http://mlflow.example:5000" in text  # the plain URI travels; MLflow adds the credentials
+
+
+def test_ctrl_c_ends_the_command_in_one_line_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run_all has ended the run by then (the test above); the terminal gets one line, exit 130."""
+    from lethe import cli, pipeline
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_all", interrupted)
+    rc = cli.main(["run", "--preset", "smoke", "--dataset", "digits", "--workdir", str(tmp_path / "w")])
+    out, err = capsys.readouterr()
+    assert rc == 128 + signal.SIGINT and not out
+    assert err.strip().splitlines()[-1] == "lethe: interrupted (Ctrl-C)" and "Traceback" not in err
