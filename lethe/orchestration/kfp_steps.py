@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lethe.config import RunConfig, config_from_json
-from lethe.errors import CheckpointError, DataError, LetheError, find_lethe_error
+from lethe.errors import CheckpointError, DataError, find_lethe_error
 from lethe.orchestration import ray_submit
 from lethe.pipeline import nightly
 from lethe.pipeline.layout import layout
@@ -92,10 +92,13 @@ def _component(step: str, cfg: RunConfig, run_id: str | None = None) -> Iterator
 
 
 def _recorded_run_id(cfg: RunConfig) -> str | None:
+    """The pipeline run begin recorded in the work dir (read only: nothing is written before the
+    task holds the work dir)."""
     try:
-        return load_state(layout(cfg)).run_id
-    except (OSError, ValueError, LetheError):
+        run_id = json.loads(layout(cfg).state.read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
         return None  # no run begun in this work dir: the step says so itself
+    return run_id if isinstance(run_id, str) else None
 
 
 def _renew_claim(cfg: RunConfig) -> None:

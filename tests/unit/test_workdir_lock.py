@@ -266,3 +266,22 @@ cfg = build_config("smoke", overrides={"workdir": sys.argv[1]})
 with hold(cfg):
     start_pipeline_lease(cfg, "run-local")
 """
+
+
+def test_kfp_tasks_join_their_pipeline_run(tmp_path: Path, pod: None) -> None:
+    """A task with the run id as input joins that run; the cached ones and the exit handler, which
+    get no run id, join the run begin recorded in state.json."""
+    from lethe.orchestration.kfp_steps import _component
+
+    work = tmp_path / "work"
+    cfg = _cfg(work)
+    with hold(cfg):
+        start_pipeline_lease(cfg, "run-a")
+    (work / "state.json").write_text('{"run_id": "run-a"}')
+    for step, run_id in (("promote", "run-a"), ("oracle", None), ("cleanup", None)):
+        os.environ.pop(RUN_ENV, None)
+        with _component(step, cfg, run_id), hold(cfg):
+            assert os.environ[RUN_ENV] == "run-a"
+    os.environ.pop(RUN_ENV, None)
+    with pytest.raises(WorkdirBusy), _component("promote", cfg, "run-b"), hold(cfg):
+        pytest.fail("a task of another pipeline run got the work dir")
