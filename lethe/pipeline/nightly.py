@@ -16,9 +16,7 @@ import json
 import logging
 import os
 import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import numpy as np
 from lethe.config import RunConfig
 from lethe.errors import LetheError
 from lethe.pipeline.keys import file_digest
+from lethe.pipeline.periodic import every
 from lethe.pipeline.request_groups import delete_night_ids, write_night_ids
 from lethe.pipeline.workdir_lock import hold
 from lethe.store import lifecycle
@@ -107,25 +106,16 @@ def night_config(
     return RunConfig.model_validate(dump)
 
 
-@contextmanager
-def _renewing(store: Store, ids: list[str], claimer: str, lease_s: float) -> Iterator[None]:
+def _renewing(store: Store, ids: list[str], claimer: str, lease_s: float) -> AbstractContextManager[None]:
     """Keep the claim alive while the night runs (a lease only runs out when its run is gone)."""
-    stop = threading.Event()
 
     def renew() -> None:
-        while not stop.wait(lease_s / 3):
-            try:
-                lifecycle.renew(store, ids, claimer, lease_s=lease_s)
-            except Exception as e:  # noqa: BLE001 - the verdict step reports a lost claim; keep running
-                log.warning("could not renew the claim on %d requests: %s", len(ids), e)
+        try:
+            lifecycle.renew(store, ids, claimer, lease_s=lease_s)
+        except Exception as e:  # noqa: BLE001 - the verdict step reports a lost claim; keep running
+            log.warning("could not renew the claim on %d requests: %s", len(ids), e)
 
-    t = threading.Thread(target=renew, name="lethe-claim-renewal", daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        t.join(5)
+    return every(lease_s / 3, renew, "lethe-claim-renewal")
 
 
 def _champion(cfg: RunConfig, model: str) -> bool:

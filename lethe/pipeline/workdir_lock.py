@@ -27,7 +27,6 @@ import os
 import shlex
 import socket
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from lethe import storage
 from lethe.config import RunConfig
 from lethe.errors import LetheError, redact_userinfo
 from lethe.pipeline.layout import unwritable
+from lethe.pipeline.periodic import every
 from lethe.pipeline.state import now_iso
 
 log = logging.getLogger("lethe")
@@ -251,17 +251,18 @@ def take_lease(uri: str, me: Holder, lease_s: float = LEASE_S) -> bool:
     raise _busy_storage(uri, holder)
 
 
-def _renew(uri: str, me: Holder, lease_s: float, stop: threading.Event) -> None:
-    while not stop.wait(lease_s / 3):
-        try:
-            holder, etag, _present = _read_lease(uri)
-            if holder is None or holder.token != me.token:
-                who = holder.describe() if holder else "nobody"
-                log.warning("storage %s: lost the lease (now held by %s)", storage.parent(uri), who)
-                return
-            storage.put_object_if(uri, me.renewed(lease_s).to_bytes(), etag)
-        except LetheError as e:  # a storage hiccup: try again next period, the lease has time left
-            log.warning("storage %s: could not renew the lease: %s", storage.parent(uri), e.line())
+def _renew(uri: str, me: Holder, lease_s: float) -> bool:
+    """One renewal of our lease at `uri`; False once another run holds it."""
+    try:
+        holder, etag, _present = _read_lease(uri)
+        if holder is None or holder.token != me.token:
+            who = holder.describe() if holder else "nobody"
+            log.warning("storage %s: lost the lease (now held by %s)", storage.parent(uri), who)
+            return False
+        storage.put_object_if(uri, me.renewed(lease_s).to_bytes(), etag)
+    except LetheError as e:  # a storage hiccup: try again next period, the lease has time left
+        log.warning("storage %s: could not renew the lease: %s", storage.parent(uri), e.line())
+    return True
 
 
 def release_lease(uri: str, me: Holder) -> None:
@@ -280,14 +281,10 @@ def _lease(uri: str, token: str, lease_s: float) -> Iterator[None]:
     if not take_lease(uri, me, lease_s):
         yield
         return
-    stop = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(uri, me, lease_s, stop), name="lethe-lease", daemon=True)
-    renewer.start()
     try:
-        yield
+        with every(lease_s / 3, lambda: _renew(uri, me, lease_s), "lethe-lease"):
+            yield
     finally:
-        stop.set()
-        renewer.join(timeout=5)
         release_lease(uri, me)
 
 
@@ -334,22 +331,15 @@ def _pipeline_lease(root: Path) -> Iterator[None]:
             expected="one run per work dir; wait for it or use another --workdir",
         )
     _write_pipeline_lease(root, lease)
-    stop = threading.Event()
 
     def renew() -> None:
-        while not stop.wait(PIPELINE_LEASE_S / 3):
-            try:
-                _write_pipeline_lease(root, lease)
-            except OSError as e:  # the lease still has time left: try again next period
-                log.warning("work dir %s: could not renew the pipeline lease: %s", root, e)
+        try:
+            _write_pipeline_lease(root, lease)
+        except OSError as e:  # the lease still has time left: try again next period
+            log.warning("work dir %s: could not renew the pipeline lease: %s", root, e)
 
-    renewer = threading.Thread(target=renew, name="lethe-pipeline-lease", daemon=True)
-    renewer.start()
-    try:
+    with every(PIPELINE_LEASE_S / 3, renew, "lethe-pipeline-lease"):
         yield
-    finally:
-        stop.set()
-        renewer.join(timeout=5)
 
 
 def start_pipeline_lease(cfg: RunConfig, run_id: str) -> None:
