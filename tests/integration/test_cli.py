@@ -10,13 +10,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from lethe.report import validate_report
+from lethe.testing.processes import wait_for_output
 
 FASHION = Path(os.environ.get("LETHE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 LETHE = [sys.executable, "-m", "lethe.cli"]
@@ -69,11 +69,7 @@ def _run_while_a_second_run_tries_the_same_work_dir(
             [*LETHE, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, text=True
         )
         try:
-            deadline = time.monotonic() + 300
-            while "== pretrain" not in err_path.read_text(errors="replace"):
-                assert proc.poll() is None, err_path.read_text(errors="replace")[-3000:]
-                assert time.monotonic() < deadline, "the first run's pretrain step never started"
-                time.sleep(0.5)
+            wait_for_output(proc, err_path, "== pretrain", timeout_s=300)
             second = lethe(*argv, cwd=cwd, timeout=120)
             out, _ = proc.communicate(timeout=600)
         finally:

@@ -14,10 +14,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from lethe.testing.processes import wait_for_output
 
 pytestmark = pytest.mark.slow
 LETHE = [sys.executable, "-m", "lethe.cli"]
@@ -135,11 +136,7 @@ def test_sigterm_during_a_run_deletes_the_forget_data_and_certifies(tmp_path: Pa
             start_new_session=True,  # its local Ray is in the group, for the clean-up below
         )
     try:
-        deadline = time.monotonic() + 600
-        while "== pretrain" not in log_path.read_text(errors="replace"):
-            assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "pretrain never started"
-            time.sleep(0.5)
+        wait_for_output(proc, log_path, "== pretrain")
         # A second run on the same work dir (a schedule overlapping a manual run) is refused in one
         # line naming the holder, and touches nothing of the first (it also keeps us inside the step).
         second = subprocess.run(

@@ -9,12 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from lethe.testing.processes import wait_for_output
 
 pytestmark = pytest.mark.slow
 LETHE = [sys.executable, "-m", "lethe.cli"]
@@ -107,12 +108,8 @@ def test_two_nights_a_killed_night_a_cancelled_request_and_the_certificate_chain
             cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 600
         # Killed once the night has claimed B and is at work (the split done, pretrain started).
-        while "== pretrain" not in log_path.read_text(errors="replace"):
-            assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "the pretrain step never started"
-            time.sleep(0.5)
+        wait_for_output(proc, log_path, "== pretrain")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(60)
