@@ -217,7 +217,12 @@ def membership_verdict(
 
 
 def request_evidence(
-    source_scores: np.ndarray, unlearned_scores: np.ndarray, b: int, seed: int, min_images: int
+    source_scores: np.ndarray,
+    unlearned_scores: np.ndarray,
+    b: int,
+    seed: int,
+    min_images: int,
+    source: str = "the source model",
 ) -> dict[str, object]:
     """Whether one stored request's images are still forgotten (a night re-forgets every request
     applied before): the mean calibrated membership score over its images, for the source and the
@@ -226,7 +231,8 @@ def request_evidence(
 
     forgotten: the unlearned model's interval reaches 0 or below; remembered: it lies above 0;
     inconclusive: too few images, or the source itself is not measurably better than the oracle on
-    them (its interval reaches 0), so the test would pass a model that forgot nothing.
+    them (its interval reaches 0), so the test would pass a model that forgot nothing. `source` names
+    the source in that reason (a night's source has already forgotten the earlier requests).
     """
     s = np.asarray(source_scores, dtype=np.float64)
     u = np.asarray(unlearned_scores, dtype=np.float64)
@@ -251,7 +257,8 @@ def request_evidence(
         return {
             **out,
             "verdict": "inconclusive",
-            "reason": "the source model does not reconstruct these images measurably better than the oracle",
+            "reason": f"{source} does not reconstruct these images measurably better than the oracle: "
+            "no power to tell",
         }
     if u_ci[0] > 0.0:
         return {

@@ -115,6 +115,9 @@ def requests_evidence(
             cfg.eval.bootstrap,
             cfg.seed + 404 + n,
             cfg.eval.request_min_images,
+            "the source model"
+            if ref.night == "this"
+            else "this night's source, which had already forgotten them,",
         )
     return out
 

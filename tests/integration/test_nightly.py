@@ -141,7 +141,7 @@ def test_two_nights_a_killed_night_a_cancelled_request_and_the_certificate_chain
         ev = evidence[rid]
         assert ev["n_images"] == 10 and ev["verdict"] in ("forgotten", "remembered", "inconclusive"), ev
         assert isinstance(ev["unlearned_score"], float) and len(ev["unlearned_score_ci95"]) == 2
-    assert {q["request_id"]: q["evidence"] for q in cert2["requests"]} == evidence
+    assert {q["request_id"]: q["evidence"] for q in cert2["request"]["requests"]} == evidence
     assert "<th>its images</th>" in (work / "certificate" / "certificate.html").read_text()
     assert show(b)["applied in"].startswith("version 2 ") and show(c)["status"] == "cancelled"
     audit = lethe("requests", "audit", *store, b).stdout
