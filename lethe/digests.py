@@ -21,6 +21,7 @@ import os
 import secrets
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -105,12 +106,15 @@ def load_key(key_file: str | os.PathLike[str]) -> DigestKey:
     return key
 
 
-def secret_from_file(path: Path, name: str, env_var: str) -> bytes:
-    """A key file's secret (mode 0600, this user's), created with fresh random bytes if absent."""
+def secret_from_file(
+    path: Path, name: str, env_var: str, public_id: Callable[[bytes], str] | None = None
+) -> bytes:
+    """A key file's secret (mode 0600, this user's), created with fresh random bytes if absent.
+    `public_id`: the id the key is known by (default: a digest key's `key_id`), for the log line."""
     return (
         _read_key_file(path, name, env_var)
         if os.path.lexists(path)
-        else _create_key_file(path, name, env_var)
+        else _create_key_file(path, name, env_var, public_id or key_id)
     )
 
 
@@ -148,7 +152,12 @@ def _read_key_file(path: Path, name: str = "digest key", env_var: str = ENV_VAR)
     return secret
 
 
-def _create_key_file(path: Path, name: str = "digest key", env_var: str = ENV_VAR) -> bytes:
+def _create_key_file(
+    path: Path,
+    name: str = "digest key",
+    env_var: str = ENV_VAR,
+    public_id: Callable[[bytes], str] | None = None,
+) -> bytes:
     """Write 32 random bytes to a 0600 file, atomically: a concurrent creator's key wins if it is first."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -187,7 +196,7 @@ def _create_key_file(path: Path, name: str = "digest key", env_var: str = ENV_VA
         "deployment (or set %s); without it old %s cannot be checked",
         name,
         path,
-        key_id(secret),
+        (public_id or key_id)(secret),
         env_var,
         "digests" if name == "digest key" else "signatures",
     )

@@ -62,6 +62,11 @@ def public_key_id(public_raw: bytes) -> str:
     return hashlib.sha256(public_raw).hexdigest()[:16]
 
 
+def _seed_key_id(seed: bytes) -> str:
+    """The id a new key file's key is known by in certificates: that of its public key."""
+    return SigningKey(Ed25519PrivateKey.from_private_bytes(seed), "").key_id
+
+
 def default_key_file(cache_dir: str | os.PathLike[str]) -> Path:
     return Path(cache_dir) / KEY_FILE
 
@@ -81,7 +86,7 @@ def load_signing_key(key_file: str | os.PathLike[str], create: bool = True) -> S
     path = Path(key_file).expanduser()
     if not create and not os.path.lexists(path):
         return None
-    seed = secret_from_file(path, "signing key", ENV_VAR)
+    seed = secret_from_file(path, "signing key", ENV_VAR, public_id=_seed_key_id)
     if len(seed) != 32:
         raise ConfigError(
             "the signing key file is not an Ed25519 key",

@@ -101,3 +101,20 @@ def test_the_key_from_the_environment_wins(monkeypatch: pytest.MonkeyPatch, tmp_
 
     with pytest.raises(ConfigError, match="64 hex characters"):
         load_signing_key(tmp_path / "x.key")
+
+
+def test_a_new_key_file_is_announced_by_the_id_certificates_name_it_by(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log line that says a key was created gives the id `lethe certificate verify` prints and
+    certificates carry (its public key's), not some other fingerprint of the secret."""
+    import logging
+
+    monkeypatch.delenv("LETHE_SIGNING_KEY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="lethe"):
+        key = load_signing_key(tmp_path / "new" / "signing.key")
+    assert (
+        f"created a new signing key at {tmp_path / 'new' / 'signing.key'} (key id {key.key_id})"
+        in caplog.text
+    )
+    assert sign({"kind": "x"}, key)["signature"]["key_id"] == key.key_id
