@@ -54,13 +54,17 @@ class Context:
 
     def start_ray(self) -> None:
         """Join the configured Ray cluster, or start a local one, before the first Ray work."""
-        import ray.data
-
         from lethe.execution.ray_env import ensure_ray, ray_log_path
 
+        self.configure_ray_data()
         # Every step, alone or in `lethe run`: Ray's own output (task tracebacks) goes to the log file.
         ensure_ray(self.cfg.resources, ray_log_path(self.lay.root))
-        # Ray Data's bars are live progress on a terminal but thousands of lines in a CI log.
+
+    def configure_ray_data(self) -> None:
+        """Ray Data's settings for this process (no Ray started): its bars are live progress on a
+        terminal but thousands of lines in a CI log."""
+        import ray.data
+
         ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
 
 

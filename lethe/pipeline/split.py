@@ -10,7 +10,9 @@ def step_split(ctx: Context):
 
     cfg = ctx.cfg
     with ctx.step("split", {"dataset": cfg.data.dataset, "request.kind": cfg.request.kind}):
-        ctx.start_ray()
+        # Ray starts inside, once the data set's sample and the request have passed their checks:
+        # bad input is refused before any Ray work (and without Ray's start-up on the terminal).
+        ctx.configure_ray_data()
         man = split_dataset(cfg, ctx.lay.shards_uri)
         # The digests are keyed (HMAC-SHA256, lethe.digests): the key's public id, never the key.
         keyed = {"digest_algorithm": man.digest_algorithm, "digest_key_id": man.digest_key_id}

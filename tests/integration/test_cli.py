@@ -328,6 +328,7 @@ def _assert_clean_failure(r: subprocess.CompletedProcess[str], work: Path, *need
     for needle in needles:
         assert needle in line[0], line[0]
     assert "Traceback" not in r.stderr.split("lethe: error:")[-1]
+    assert "starting a local Ray" not in r.stderr  # refused before any Ray work
     assert not (work / "shards").exists()
     assert not list(work.parent.glob(".shards*")) and not list(work.glob(".shards*"))
     statuses = runs_by_status(work / "mlflow.db")
