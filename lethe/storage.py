@@ -408,6 +408,7 @@ def read_json(uri: str) -> Any:
 
 
 def _atomic_local_write(path: Path, data: bytes) -> None:
+    # mkstemp's mode 0600: files of ids (the nightly's) are never readable by others, even mid-write.
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

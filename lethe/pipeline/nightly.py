@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lethe import storage
 from lethe.config import RunConfig
 from lethe.errors import LetheError
 from lethe.pipeline.keys import file_digest
@@ -233,11 +234,7 @@ def _night_path(cfg: RunConfig) -> Path:
 
 
 def _save(cfg: RunConfig, record: dict[str, Any]) -> None:
-    path = _night_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    storage.write_json(str(_night_path(cfg)), record)
 
 
 def _load(cfg: RunConfig) -> dict[str, Any] | None:

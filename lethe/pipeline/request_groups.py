@@ -13,26 +13,19 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from lethe import storage
+
 
 def groups_path(ids_file: str | os.PathLike[str]) -> Path:
     p = Path(ids_file)
     return p.with_name(p.name + ".groups.json")
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` with mode 0600 from the first byte, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_night_ids(ids_file: Path, forget: Sequence[str], groups: Mapping[str, Sequence[str]]) -> None:
-    """The night's forget ids (one per line) and, beside them, the ids of each request."""
-    write_private(ids_file, "".join(f"{i}\n" for i in forget))
-    write_private(groups_path(ids_file), json.dumps({k: list(v) for k, v in groups.items()}))
+    """The night's forget ids (one per line) and, beside them, the ids of each request; both atomic
+    and owner-only from the first byte (storage's local writes go through a 0600 temp file)."""
+    storage.write_bytes(str(ids_file), "".join(f"{i}\n" for i in forget).encode())
+    storage.write_json(str(groups_path(ids_file)), {k: list(v) for k, v in groups.items()})
 
 
 def read_groups(ids_file: str | os.PathLike[str] | None) -> dict[str, list[str]]:

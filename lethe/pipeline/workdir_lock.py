@@ -300,10 +300,8 @@ def _read_pipeline_lease(root: Path) -> Holder | None:
 
 
 def _write_pipeline_lease(root: Path, holder: Holder) -> None:
-    path = root / PIPELINE_LEASE_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(holder.renewed(PIPELINE_LEASE_S).to_bytes())
-    os.replace(tmp, path)  # a reader sees the old lease or the new one, never half of one
+    # Atomic: a reader sees the old lease or the new one, never half of one.
+    storage.write_bytes(str(root / PIPELINE_LEASE_FILE), holder.renewed(PIPELINE_LEASE_S).to_bytes())
 
 
 @contextmanager
@@ -335,8 +333,8 @@ def _pipeline_lease(root: Path) -> Iterator[None]:
     def renew() -> None:
         try:
             _write_pipeline_lease(root, lease)
-        except OSError as e:  # the lease still has time left: try again next period
-            log.warning("work dir %s: could not renew the pipeline lease: %s", root, e)
+        except LetheError as e:  # the lease still has time left: try again next period
+            log.warning("work dir %s: could not renew the pipeline lease: %s", root, e.line())
 
     with every(PIPELINE_LEASE_S / 3, renew, "lethe-pipeline-lease"):
         yield
