@@ -220,16 +220,23 @@ def _timestamps(state: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _oracle(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Which yardstick this version was judged against: retrained in this run, or reused (trained
-    earlier on the same retain set, so on the same cumulative forget set)."""
+def _oracle(state: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
+    """Which yardstick this version was judged against: retrained in this run, reused (trained
+    earlier on the same retain set, so on the same cumulative forget set), or none (cache.oracle =
+    sample, a run not drawn for an audit: the report's oracle record says so and why)."""
     o = dict(state.get("oracle") or {})
-    return {
-        "policy": o.get("policy", "reuse"),
+    audit = dict(report.get("oracle") or {})
+    out = {
+        "policy": audit.get("policy") or o.get("policy", "reuse"),
+        "audited": audit.get("audited", True),
         "retrained_in_this_run": not o.get("cached", False) if o else None,
         "cache_key": o.get("cache_key"),
         "training_wall_s": o.get("train_wall_s"),
     }
+    if not out["audited"]:
+        out.update(retrained_in_this_run=None, cache_key=None, training_wall_s=None)
+    out.update({k: audit[k] for k in ("share", "draw", "reason") if k in audit})
+    return out
 
 
 def build_certificate(
@@ -275,7 +282,7 @@ def build_certificate(
             "hyperparameters": dict(hyperparameters),
         },
         "metrics": metrics,
-        "oracle": _oracle(state),
+        "oracle": _oracle(state, report),
         "vs_oracle": (report.get("oracle_gaps") or {}).get("unlearned"),
         "vs_source": _vs_source(metrics),
         "membership_inference": {
@@ -413,6 +420,8 @@ def _timestamp_rows(timestamps: Mapping[str, Any]) -> str:
 
 
 def _oracle_note(o: Mapping[str, Any]) -> str:
+    if o.get("audited") is False:
+        return f"none: {o.get('reason', 'not drawn for an audit')} (policy sample, share {o.get('share')})"
     if o.get("retrained_in_this_run") is None:
         return "none in this run"
     how = (

@@ -60,6 +60,18 @@ def _common(p: argparse.ArgumentParser) -> None:
         choices=("rebuild", "refuse"),
         help="a cached model that fails its check: rebuild it (default) or stop with the command that clears it",
     )
+    g.add_argument(
+        "--oracle",
+        choices=("reuse", "retrain", "sample"),
+        help="the oracle: reuse the one cached for the same retain set (default), retrain it, or sample: "
+        "only on a keyed random share of runs (--oracle-audit-share), the others judged without it",
+    )
+    g.add_argument(
+        "--oracle-audit-share",
+        type=float,
+        metavar="SHARE",
+        help="--oracle sample: share of runs audited (0.25)",
+    )
     g.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the work dir)")
     g.add_argument("--num-workers", type=int, help="Ray Train workers")
     g.add_argument("--use-gpu", action="store_true", default=None, help="Ray Train workers on GPUs")
@@ -207,6 +219,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("workdir", a.workdir)
     put("cache_dir", a.cache_dir)
     put("cache.on_corrupt", a.cache_on_corrupt)
+    put("cache.oracle", a.oracle)
+    put("cache.oracle_audit_share", a.oracle_audit_share)
     put("tracking.tracking_uri", a.tracking_uri)
     put("resources.num_workers", a.num_workers)
     put("resources.use_gpu", a.use_gpu)
@@ -222,7 +236,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 _FLAG_DESTS = (
     "dataset forget_classes forget_ids forget_feature family method alpha workdir cache_dir "
-    "cache_on_corrupt tracking_uri num_workers use_gpu ray_address storage tune seed source_model alias "
+    "cache_on_corrupt oracle oracle_audit_share tracking_uri num_workers use_gpu ray_address storage tune seed source_model alias "
     "requests_db"
 ).split()
 

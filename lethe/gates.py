@@ -19,6 +19,11 @@ each (four checks); every gate ends passed, failed or inconclusive:
   evidence.membership (lethe.evaluation.evidence): inconclusive when the attack has no power on the
   source model, else the unlearned AUC must lie in the oracle's interval widened by z.
 
+A run without an oracle (cache.oracle = sample, a night not drawn for an audit; report.json's
+`oracle.audited` is false) cannot answer the questions asked against the oracle: those gates are
+"not evaluated", which, like inconclusive, does not stop promotion and is never called passed. Only
+that explicit record makes them so: an oracle that should be there and is missing fails.
+
 A gate whose metric is missing or not finite fails (a broken evaluation must never promote). An
 inconclusive gate does not stop promotion (the request is still honoured), but the decision, the
 registry tags, the report and the certificate say "inconclusive", never "passed". Where a bootstrap
@@ -54,9 +59,12 @@ class GateResult:
     reason: str  # one line: why it passed, failed or was inconclusive
     inconclusive: bool = False  # the gate cannot tell the source from the oracle (power check)
     interval: list[float] | None = None  # bootstrap 95% interval of `value`, when there is one
+    not_evaluated: bool = False  # no oracle in this run to compare with (cache.oracle = sample)
 
     @property
     def verdict(self) -> str:
+        if self.not_evaluated:
+            return "not evaluated"
         return "inconclusive" if self.inconclusive else ("passed" if self.passed else "failed")
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,14 +93,14 @@ class GateDecision:
         """failed if any gate failed, else inconclusive if any was, else passed."""
         if not self.passed:
             return "failed"
-        return "inconclusive" if any(r.inconclusive for r in self.results) else "passed"
+        return "inconclusive" if any(r.inconclusive or r.not_evaluated for r in self.results) else "passed"
 
     def summary(self) -> str:
         """One line for logs, tags and descriptions."""
         if not self.passed:
             return "gates failed: " + "; ".join(r.reason for r in self.failures)
         if self.verdict == "inconclusive":
-            unsure = [r for r in self.results if r.inconclusive]
+            unsure = [r for r in self.results if r.inconclusive or r.not_evaluated]
             return "no gate failed, evidence inconclusive: " + "; ".join(r.reason for r in unsure)
         return "all gates passed: " + "; ".join(r.reason for r in self.results)
 
@@ -108,7 +116,11 @@ class GateDecision:
         """Registry / run tags: one pass|fail|inconclusive per gate plus the measured value."""
         out: dict[str, str] = {}
         for r in self.results:
-            out[f"{prefix}.{r.name}"] = {"passed": "pass", "failed": "fail"}.get(r.verdict, r.verdict)
+            out[f"{prefix}.{r.name}"] = {
+                "passed": "pass",
+                "failed": "fail",
+                "not evaluated": "not_evaluated",
+            }.get(r.verdict, r.verdict)
             out[f"{prefix}.{r.name}.value"] = "missing" if r.value is None else f"{r.value:.6g}"
         return out
 
@@ -135,6 +147,29 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 
 def _missing(name: str, limit: str, what: str) -> GateResult:
     return GateResult(name, False, None, limit, f"{name}: {what} is missing or not finite")
+
+
+# The gates that compare with the oracle (per mask, `<gate>.<mask>` too).
+ORACLE_GATES = frozenset({"forget_vs_oracle", "mia", "flagged_vs_oracle", "source_has_feature"})
+
+
+def oracle_audited(oracle: Mapping[str, Any] | None) -> bool:
+    """report.json's `oracle` record: only an explicit audited = false means "no oracle by design"."""
+    return not (isinstance(oracle, Mapping) and oracle.get("audited") is False)
+
+
+def _without_oracle(result: GateResult, oracle: Mapping[str, Any] | None) -> GateResult:
+    """The gate as a run without an oracle reports it: not evaluated, the reason and rule kept."""
+    if oracle_audited(oracle) or result.name.split(".")[0] not in ORACLE_GATES:
+        return result
+    return GateResult(
+        result.name,
+        True,
+        None,
+        result.limit,
+        f"{result.name}: not evaluated: no oracle in this run ({(oracle or {}).get('reason', 'cache.oracle = sample')})",
+        not_evaluated=True,
+    )
 
 
 def _where(interval: list[float] | None, lo: float, hi: float) -> str:
@@ -338,16 +373,18 @@ def evaluate_gates(
     thresholds: GateThresholds,
     evidence: Mapping[str, Any] | None = None,
     by_mask: Mapping[str, Any] | None = None,
+    oracle: Mapping[str, Any] | None = None,
 ) -> GateDecision:
     """The four checks in GATE_NAMES order on the headline mask, then the forget and retain gates
     again on every other evaluated mask (`by_mask`: report.json's metrics_by_mask, e.g. the
-    outpainting border), named `<gate>.<mask>`; the decision passes only if none fails."""
+    outpainting border), named `<gate>.<mask>`; the decision passes only if none fails. `oracle`:
+    report.json's oracle record (audited false: the oracle's gates are not evaluated)."""
     results = _quality_gates(metrics, thresholds, evidence)
     results.append(mia(metrics, thresholds.mia_auc_tol, evidence))
     for kind, per_model in (by_mask or {}).items():
         cis = ((evidence or {}).get("fd_ratio_ci95_by_mask") or {}).get(kind)
         results += [_on_mask(r, kind) for r in _quality_gates(per_model, thresholds, {"fd_ratio_ci95": cis})]
-    return GateDecision(results)
+    return GateDecision([_without_oracle(r, oracle) for r in results])
 
 
 FEATURE_GATE_NAMES = ("flagged_vs_oracle", "sample_fd", "attack", "source_has_feature")
@@ -440,17 +477,20 @@ def source_has_feature(metrics: Mapping[str, Any], tol: float, n_eval: int) -> G
 
 
 def evaluate_feature_gates(
-    metrics: Mapping[str, Any], flagged_tol: float, fd_tol: float, n_eval: int
+    metrics: Mapping[str, Any],
+    flagged_tol: float,
+    fd_tol: float,
+    n_eval: int,
+    oracle: Mapping[str, Any] | None = None,
 ) -> GateDecision:
     """The gates of a feature-unlearning run (generator families), in FEATURE_GATE_NAMES order."""
-    return GateDecision(
-        [
-            flagged_vs_oracle(metrics, flagged_tol, n_eval),
-            sample_fd(metrics, fd_tol),
-            attack(metrics),
-            source_has_feature(metrics, flagged_tol, n_eval),
-        ]
-    )
+    results = [
+        flagged_vs_oracle(metrics, flagged_tol, n_eval),
+        sample_fd(metrics, fd_tol),
+        attack(metrics),
+        source_has_feature(metrics, flagged_tol, n_eval),
+    ]
+    return GateDecision([_without_oracle(r, oracle) for r in results])
 
 
 __all__ = [
@@ -460,7 +500,9 @@ __all__ = [
     "GateDecision",
     "GateResult",
     "GateThresholds",
+    "ORACLE_GATES",
     "evaluate_gates",
+    "oracle_audited",
     "forget_vs_oracle",
     "mia",
     "retain_fd",

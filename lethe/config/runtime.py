@@ -66,10 +66,20 @@ class CacheConfig(_Strict):
         description="a cached model whose file does not match its cache index entry (size, sha256) or "
         "does not load: rebuild it, or refuse (one line naming the command that clears the entry)",
     )
-    oracle: Literal["reuse", "retrain"] = Field(
+    oracle: Literal["reuse", "retrain", "sample"] = Field(
         "reuse",
         description="the oracle policy: reuse the oracle cached for the same retain set (the same "
-        "cumulative forget set, so the same yardstick), or retrain it every run; the certificate says which",
+        "cumulative forget set, so the same yardstick), retrain it every run, or sample: train (or "
+        "reuse) it only on a keyed random share of runs (oracle_audit_share), the others judged "
+        "without it (the gates that need it: not evaluated); the certificate says which",
+    )
+    oracle_audit_share: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="cache.oracle = sample: the share of runs that get an oracle, drawn from the keyed "
+        "digest of the run's retain set (the same forget set draws the same answer: a night cannot be "
+        "re-run until it escapes the audit); 0 = never, 1 = always. A run that tunes always gets one",
     )
 
 

@@ -151,6 +151,29 @@ def attack_figures(
     )
 
 
+NOT_EVALUATED = "not evaluated"
+_NO_ORACLE = "no oracle in this run (cache.oracle = sample, not drawn for an audit)"
+
+
+def membership_not_evaluated(n_members: int, n_nonmembers: int) -> dict[str, object]:
+    """evidence.membership of a run without an oracle: the attack is calibrated against the oracle,
+    and without that reference it has no power (the source's own AUC is about 0.5), so no verdict."""
+    return {
+        "attack": "calibrated loss attack: needs the oracle as its reference",
+        "reference": None,
+        "n_members": n_members,
+        "n_nonmembers": n_nonmembers,
+        "power": False,
+        "verdict": NOT_EVALUATED,
+        "reason": f"membership not evaluated: {_NO_ORACLE}",
+    }
+
+
+def request_not_evaluated(n_images: int) -> dict[str, object]:
+    """A stored request's evidence in a run without an oracle (its score is measured against it)."""
+    return {"n_images": n_images, "verdict": NOT_EVALUATED, "reason": f"not evaluated: {_NO_ORACLE}"}
+
+
 def membership_verdict(
     source: AttackFigures,
     unlearned: AttackFigures,

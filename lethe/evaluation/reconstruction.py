@@ -124,7 +124,7 @@ class Measured:
 def measure(
     out: torch.Tensor,
     truth: torch.Tensor,
-    oracle_out: torch.Tensor,
+    oracle_out: torch.Tensor | None,
     mask: torch.Tensor,
     featnet: nn.Module,
     truth_feats: np.ndarray,
@@ -137,9 +137,10 @@ def measure(
         "psnr": metrics.psnr_per_image(out, truth),
         "ssim": metrics.ssim_per_image(out, truth),
         "embed_cos": metrics.embed_cos_per_image(feats, truth_feats),
-        # How far each output is from what a model that never saw the image draws (hidden pixels).
-        "oracle_dist": metrics.masked_mse_per_image(out, oracle_out, m).double().numpy(),
     }
+    if oracle_out is not None:
+        # How far each output is from what a model that never saw the image draws (hidden pixels).
+        per_image["oracle_dist"] = metrics.masked_mse_per_image(out, oracle_out, m).double().numpy()
     if len(out) < metrics.fd_min_samples(feats.shape[1]):
         return Measured(per_image, None, None)
     fd = metrics.frechet_distance(feats, truth_feats)
@@ -162,6 +163,8 @@ def fd_ratio_ci95(measured: dict[str, dict[str, Measured]]) -> dict[str, dict[st
     """Paired intervals of the FD ratios the gates read (same resamples in both models)."""
 
     def ci(split: str, a: str, b: str) -> list[float] | None:
+        if a not in measured or b not in measured:  # no oracle in this run (cache.oracle = sample)
+            return None
         sa, sb = measured[a][split].fd_series, measured[b][split].fd_series
         return None if sa is None or sb is None else evidence.ratio_ci(sa, sb)
 
@@ -220,7 +223,10 @@ def _membership(
     models, data: EvalData, box: torch.Tensor, st: EvalSettings
 ) -> tuple[dict[str, evidence.AttackFigures], dict[str, np.ndarray]]:
     """The calibrated attack on every model, the oracle as the reference (its score is 0: AUC 0.5);
-    and every model's per-member scores (N_members,), row by row as data.members."""
+    and every model's per-member scores (N_members,), row by row as data.members. No oracle, no
+    reference: no attack (an uncalibrated one has no power here, see lethe.evaluation.evidence)."""
+    if "oracle" not in models:
+        return {}, {}
     cell = next(iter(models.values())).mask_cell
     mask_mem = attack_masks(data.members, box, cell, st.attack_mask_ratio, st.attack_masks, st.seed + 101)
     mask_non = attack_masks(data.nonmembers, box, cell, st.attack_mask_ratio, st.attack_masks, st.seed + 202)
@@ -285,7 +291,7 @@ def evaluate_models(
                 split: measure(
                     outputs[kind][name][split],
                     x,
-                    outputs[kind]["oracle"][split],
+                    outputs[kind]["oracle"][split] if "oracle" in models else None,
                     mask,
                     featnet,
                     truth_feats[split],

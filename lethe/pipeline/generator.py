@@ -214,11 +214,11 @@ def _grids(cfg, models, classifier, samples, attacks, out_dir: Path, image_grid)
     out_dir.mkdir(parents=True, exist_ok=True)
     grids = {
         "samples": image_grid(
-            [(n, samples[n][idx].numpy()) for n in MODEL_NAMES], out_dir / "grid_samples.png"
+            [(n, samples[n][idx].numpy()) for n in MODEL_NAMES if n in models], out_dir / "grid_samples.png"
         ),
     }
     k = min(cfg.eval.grid_rows, len(next(iter(attacks.values())).best_z))
-    cols = [(n, generate(models[n], attacks[n].best_z[:k]).numpy()) for n in MODEL_NAMES]
+    cols = [(n, generate(models[n], attacks[n].best_z[:k]).numpy()) for n in MODEL_NAMES if n in models]
     grids["attack"] = image_grid(cols, out_dir / "grid_attack.png")
     return grids
 
@@ -353,5 +353,7 @@ class Generator:
         from lethe.gates import evaluate_feature_gates
 
         fc = cfg.feature
-        decision = evaluate_feature_gates(report["metrics"], fc.flagged_oracle_tol, fc.fd_tol, fc.n_eval)
+        decision = evaluate_feature_gates(
+            report["metrics"], fc.flagged_oracle_tol, fc.fd_tol, fc.n_eval, report.get("oracle")
+        )
         return (torch.randn(4, model.latent_dim),), decision

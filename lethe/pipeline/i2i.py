@@ -101,7 +101,7 @@ def requests_evidence(
 ) -> dict[str, dict[str, Any]]:
     """A night's evidence per stored request (this night's and every earlier one): are its own
     images forgotten by the unlearned model? Keyed by request uuid; empty when the run is no night."""
-    from lethe.evaluation.evidence import request_evidence
+    from lethe.evaluation.evidence import request_evidence, request_not_evaluated
     from lethe.pipeline.request_groups import read_groups
 
     groups = read_groups(cfg.request.ids_file) if cfg.request.refs else {}
@@ -109,6 +109,9 @@ def requests_evidence(
     out = {}
     for n, ref in enumerate(cfg.request.refs):
         rows = [row[i] for i in groups.get(ref.request_id, []) if i in row]
+        if not scores:  # no oracle, no calibrated scores
+            out[ref.request_id] = request_not_evaluated(len(rows))
+            continue
         out[ref.request_id] = request_evidence(
             scores["original"][rows],
             scores["unlearned"][rows],
@@ -181,7 +184,7 @@ class ImageToImage:
         return section_params("eval", cfg)
 
     def evaluate(self, ctx, man, arch, models, featnet) -> Evaluation:
-        from lethe.evaluation.evidence import membership_verdict
+        from lethe.evaluation.evidence import membership_not_evaluated, membership_verdict
         from lethe.evaluation.reconstruction import EvalSettings, evaluate_models
         from lethe.report import distance_to_oracle, oracle_gaps
 
@@ -202,14 +205,19 @@ class ImageToImage:
         metrics, grids, extra = evaluate_models(models, featnet, data, settings)
         attack, ratio_cis = extra.pop("attack"), extra.pop("fd_ratio_ci95")
         member_scores = extra.pop("member_scores")
-        membership = membership_verdict(
-            attack["original"],
-            attack["unlearned"],
-            attack["oracle"],
-            extra.pop("n_members"),
-            extra.pop("n_nonmembers"),
-            cfg.gates.mia_auc_tol,
-            e.mia_min_members,
+        n_members, n_nonmembers = extra.pop("n_members"), extra.pop("n_nonmembers")
+        membership = (
+            membership_verdict(
+                attack["original"],
+                attack["unlearned"],
+                attack["oracle"],
+                n_members,
+                n_nonmembers,
+                cfg.gates.mia_auc_tol,
+                e.mia_min_members,
+            )
+            if "oracle" in attack
+            else membership_not_evaluated(n_members, n_nonmembers)
         )
         log.warning("evaluate: %s", membership["reason"])
         per_request = requests_evidence(cfg, data.member_ids, member_scores)
@@ -260,7 +268,11 @@ class ImageToImage:
         from lethe.gates import evaluate_gates
 
         decision = evaluate_gates(
-            report["metrics"], cfg.gates, report.get("evidence"), report.get("metrics_by_mask")
+            report["metrics"],
+            cfg.gates,
+            report.get("evidence"),
+            report.get("metrics_by_mask"),
+            report.get("oracle"),
         )
         h, w, c = man.height, man.width, man.channels
         mask = masks.expand(masks.box_mask(h, w, cfg.eval.box_frac, model.mask_cell), 4).contiguous()

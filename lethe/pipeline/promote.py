@@ -121,6 +121,11 @@ def version_tags(
         "lethe.pipeline_run_id": st.run_id or "",
         "lethe.alias": cfg.tracking.alias,
         "lethe.gates": decision.verdict,
+        # Which yardstick judged it: an oracle, or none (cache.oracle = sample, not drawn).
+        "lethe.oracle": "{}, {}".format(
+            (report.get("oracle") or {}).get("policy", cfg.cache.oracle),
+            "audited" if (report.get("oracle") or {}).get("audited", True) else "not audited",
+        ),
         "lethe.gates.summary": decision.summary(),
         "lethe.certificate_uri": cert_uri,
         **({"lethe.source_model_requested": source["requested"]} if source.get("requested") else {}),

@@ -18,6 +18,7 @@ from lethe.pipeline.decouple import calibrate_decouple
 from lethe.pipeline.families import for_config
 from lethe.pipeline.i2i import i2i_unlearn_job
 from lethe.pipeline.keys import file_digest, tune_key
+from lethe.pipeline.oracle import require_oracle
 from lethe.pipeline.params import numeric
 
 log = logging.getLogger("lethe")
@@ -186,6 +187,7 @@ def step_tune(ctx: Context) -> Path:
     t = cfg.tune
     with ctx.step("tune", {f"tune.{k}": v for k, v in t.model_dump().items() if k != "enabled"}):
         man = ctx.manifest()
+        require_oracle(cfg, man, "tuning")
         arch = fam.arch(cfg, man)
         paths = {n: lay.fetch(lay.model(n)) for n in ("original", "oracle", "featnet")}
         digests = {n: file_digest(p) for n, p in paths.items()}

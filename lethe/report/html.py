@@ -197,6 +197,16 @@ def _fd_callout(metrics: dict) -> str:
     )
 
 
+def _no_oracle_note(report: dict) -> list[str]:
+    """A run without an oracle (cache.oracle = sample) says so where the oracle's column is empty."""
+    oracle = report.get("oracle") or {}
+    if oracle.get("audited") is not False:
+        return []
+    return [
+        f"<p class='verdict-inconclusive'><strong>No oracle in this run</strong>: {_e(oracle.get('reason'))}</p>"
+    ]
+
+
 def _distance_table(metrics: dict) -> str:
     """Unsigned distance to the oracle on forget, one row per model (schema.distance_to_oracle)."""
     dist = distance_to_oracle(metrics)
@@ -408,11 +418,12 @@ def write_html_report(
         "</tbody></table>",
         "<h2>Metrics</h2>",
         *(
-            _feature_section(report)
+            [*_no_oracle_note(report), *_feature_section(report)]
             if kind == "feature"
             else [
                 "<p>Held-out data, centre-box mask. The oracle is retrained from scratch without the "
                 "forget set; the closer the unlearned model is to it, the better.</p>",
+                *_no_oracle_note(report),
                 _sampler_line(report.get("sampler") or {}),
                 _metrics_table(report["metrics"]),
                 _fd_callout(report["metrics"]),

@@ -156,7 +156,15 @@ def validate_report(report: dict) -> None:
     met_path = f"{root}.metrics"
     metrics = _mapping(_get(rep, "metrics", root), met_path)
     required = {FEATURE_SPLIT: FEATURE_METRICS} if kind == "feature" else REQUIRED_METRICS
-    for model in MODELS:
+    models = MODELS
+    if not _oracle_audited(rep, root):
+        # A run without an oracle (cache.oracle = sample): no oracle metrics, and no membership
+        # attack (it is calibrated against the oracle). Oracle figures here would be invented.
+        if "oracle" in metrics:
+            raise ValueError(f"{met_path}.oracle: present, but report.oracle.audited is false")
+        models = tuple(m for m in MODELS if m != "oracle")
+        required = {s: tuple(n for n in names if n != "mia_auc") for s, names in required.items()}
+    for model in models:
         model_path = f"{met_path}.{model}"
         per_model = _mapping(_get(metrics, model, met_path), model_path)
         for split, names in required.items():
@@ -201,6 +209,18 @@ def validate_report(report: dict) -> None:
     version = _get(ml, "model_version", ml_path)
     if version is not None and not (isinstance(version, str) or _is_int(version)):
         raise ValueError(f"{ml_path}.model_version: expected a string, integer or null, got {version!r}")
+
+
+def _oracle_audited(rep: Mapping[str, Any], root: str) -> bool:
+    """report.oracle (optional: absent in reports from before the sample policy, which always had an
+    oracle): {policy, audited, ...}; audited must be a boolean."""
+    if "oracle" not in rep:
+        return True
+    path = f"{root}.oracle"
+    audited = _get(_mapping(rep["oracle"], path), "audited", path)
+    if not isinstance(audited, bool):
+        raise ValueError(f"{path}.audited: expected true or false, got {audited!r}")
+    return audited
 
 
 def _validate_digest_key(req: Mapping[str, Any], path: str) -> None:

@@ -53,7 +53,7 @@ def _table(report: Mapping[str, Any]) -> list[str]:
     dist = report.get("distance_to_oracle") or {}
     head = ["model", *(title for _, _, title in columns)] + ([] if feature else ["forget FD to oracle"])
     rows = [head]
-    for model in MODELS:
+    for model in (m for m in MODELS if m in metrics):  # no oracle row in a run without one
         vals = metrics.get(model) or {}
         row = [model]
         for split, name, _ in columns:
@@ -99,6 +99,9 @@ def summary_lines(report: Mapping[str, Any], certificate: str | None = None) -> 
         f"{req.get('forget_count')} training images ({_what(req)}), kept {req.get('retain_count')}",
         *_table(report),
     ]
+    oracle = report.get("oracle") or {}
+    if oracle.get("audited") is False:
+        lines.append(f"oracle: none in this run ({oracle.get('reason')})")
     gates = _gates(report)
     if gates:
         lines += ["gates:", *gates]

@@ -1,5 +1,5 @@
 """Deletion requests end to end (issue 15): submit, run the nightly, kill it mid-run, run it again,
-cancel, verify the certificate chain. The real CLI in subprocesses, smoke preset on digits, the
+cancel, a night without an oracle (the sample policy), verify the certificate chain. The real CLI in subprocesses, smoke preset on digits, the
 request store on the session's real PostgreSQL server, MLflow on SQLite in the work dir."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _ids(path: Path, ids: list[str]) -> str:
     return str(path)
 
 
-def test_two_nights_a_killed_night_a_cancelled_request_and_the_certificate_chain(
+def test_nights_a_killed_night_a_cancelled_request_no_oracle_and_the_certificate_chain(
     tmp_path: Path, postgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow import MlflowClient
@@ -158,11 +158,37 @@ def test_two_nights_a_killed_night_a_cancelled_request_and_the_certificate_chain
     assert r.returncode == 0 and "no queued requests; nothing to do, no new version" in r.stderr
     assert sorted(int(v.version) for v in client.search_model_versions(f"name='{model}'")) == [1, 2]
 
-    # -- the certificate chain: version 2 -> version 1, and a one-byte edit to version 1 breaks it --
+    # -- night 4 under the sample oracle policy, not drawn (share 0): D is applied in version 3 ----
+    # without an oracle; the gates that need one are "not evaluated" (never "passed"), and the
+    # report, the certificate and the registry say which yardstick there was.
+    d = submit("d", [f"digits-{i:04d}" for i in range(3, 43, 4)])
+    sample = ["--oracle", "sample", "--oracle-audit-share", "0"]
+    r = lethe("nightly", *common, *sample, "--model", model, "--requests-db", db)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "1 requests claimed, 2 applied earlier," in r.stderr, r.stderr[-3000:]
+    assert "images forgotten in all; applied in version 3" in r.stderr
+    assert "oracle: not audited: not drawn" in r.stderr and "== oracle" in r.stderr
+    rep4 = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    assert rep4["oracle"]["policy"] == "sample" and rep4["oracle"]["audited"] is False
+    assert set(rep4["metrics"]) == {"original", "unlearned"}  # no oracle figures are made up
+    verdicts = {g["name"]: g["verdict"] for g in rep4["promotion"]["gates"]["results"]}
+    assert verdicts["forget_vs_oracle"] == verdicts["mia"] == "not evaluated"
+    assert verdicts["retain_fd"] == verdicts["retain_psnr"] == "passed"
+    assert {q["evidence"]["verdict"] for q in rep4["request"]["requests"]} == {"not evaluated"}
+    # No oracle was trained: the work dir holds the stand-in, never a model.
+    assert (work / "models" / "oracle.pt").read_bytes().startswith(b"lethe: no oracle in this run")
+    cert4 = json.loads((work / "certificate" / "certificate.json").read_text())
+    assert cert4["oracle"]["audited"] is False and cert4["oracle"]["retrained_in_this_run"] is None
+    assert cert4["gates"]["verdict"] == "inconclusive"
+    v3 = client.get_model_version(model, "3").tags
+    assert v3["lethe.oracle"] == "sample, not audited" and v3["lethe.gate.mia"] == "not_evaluated"
+    assert show(d)["applied in"].startswith("version 3 ")
+
+    # -- the certificate chain: version 3 -> 2 -> 1, and a one-byte edit to version 1 breaks it -----
     verify = ["certificate", "verify", *common[:-2]]
-    r = lethe(*verify, f"models:/{model}/2")
+    r = lethe(*verify, f"models:/{model}/3")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("ok  ") == 2 and "verified: 2 certificates" in r.stdout
+    assert r.stdout.count("ok  ") == 3 and "verified: 3 certificates" in r.stdout
     cert1 = client.get_model_version(model, "1").tags["lethe.certificate_uri"]
     run1 = cert1.removeprefix("runs:/").split("/")[0]
     path = (
@@ -173,6 +199,6 @@ def test_two_nights_a_killed_night_a_cancelled_request_and_the_certificate_chain
     data = bytearray(path.read_bytes())
     data[len(data) // 3] ^= 0x01
     path.write_bytes(bytes(data))
-    r = lethe(*verify, f"models:/{model}/2")
+    r = lethe(*verify, f"models:/{model}/3")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "certificate" in r.stderr and "Traceback" not in r.stderr

@@ -118,6 +118,19 @@ def test_feature_gates() -> None:
     assert not evaluate_feature_gates(missing, 1.0, 0.2, 100).passed
 
 
+def test_feature_gates_without_an_oracle() -> None:
+    no_oracle = {k: v for k, v in copy.deepcopy(METRICS).items() if k != "oracle"}
+    record = {"policy": "sample", "audited": False, "reason": "not audited: not drawn"}
+    d = evaluate_feature_gates(no_oracle, 1.0, 0.2, 100, record)
+    assert [r.verdict for r in d.results] == ["not evaluated", "passed", "passed", "not evaluated"]
+    assert d.passed and d.verdict == "inconclusive"
+    no_oracle["unlearned"]["samples"]["fd_without_feature"] = 13.0  # the quality gate still bites
+    assert [r.name for r in evaluate_feature_gates(no_oracle, 1.0, 0.2, 100, record).failures] == [
+        "sample_fd"
+    ]
+    assert not evaluate_feature_gates(no_oracle, 1.0, 0.2, 100).passed  # no record: a lost oracle fails
+
+
 def test_feature_gates_gate_fd_on_images_without_the_feature() -> None:
     m = copy.deepcopy(METRICS)
     m["unlearned"]["samples"]["fd"] = 3 * m["original"]["samples"]["fd"]  # the removal itself

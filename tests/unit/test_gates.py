@@ -164,3 +164,55 @@ def test_other_masks_are_gated_too() -> None:
     assert names[:4] == list(GATE_NAMES) and "forget_vs_oracle.outpaint" in names
     assert not d.passed and [r.name for r in d.failures] == ["forget_vs_oracle.outpaint"]
     assert d.failures[0].reason.startswith("forget_vs_oracle.outpaint:")
+
+
+NO_ORACLE = {
+    "policy": "sample",
+    "audited": False,
+    "share": 0.25,
+    "draw": 0.8,
+    "reason": "not audited: not drawn",
+}
+
+
+def _without_oracle(m: dict) -> dict:
+    """A run that had no oracle: no oracle metrics and no membership attack (it needs the oracle)."""
+    m = {k: v for k, v in m.items() if k != "oracle"}
+    for model in m.values():
+        model["forget"].pop("mia_auc")
+    return m
+
+
+def test_a_run_without_an_oracle_leaves_its_gates_not_evaluated_and_still_gates_retain() -> None:
+    d = evaluate_gates(
+        _without_oracle(metrics()),
+        GatesConfig(),
+        by_mask={"outpaint": _without_oracle(metrics())},
+        oracle=NO_ORACLE,
+    )
+    verdicts = {r.name: r.verdict for r in d.results}
+    assert verdicts == {
+        "forget_vs_oracle": "not evaluated",
+        "retain_fd": "passed",
+        "retain_psnr": "passed",
+        "mia": "not evaluated",
+        "forget_vs_oracle.outpaint": "not evaluated",
+        "retain_fd.outpaint": "passed",
+        "retain_psnr.outpaint": "passed",
+    }
+    # Never "passed": the decision says what was not evaluated, and why.
+    assert d.passed and d.verdict == "inconclusive"
+    assert "not evaluated: no oracle in this run (not audited: not drawn)" in d.summary()
+    assert d.tags()["lethe.gate.mia"] == "not_evaluated" and d.tags()["lethe.gate.mia.value"] == "missing"
+    # The retain side is still judged: a damaged model fails on a night without an oracle too.
+    bad = _without_oracle(metrics(fd_retain=(1.0, 3.0, 1.0)))
+    d = evaluate_gates(bad, GatesConfig(), oracle=NO_ORACLE)
+    assert not d.passed and [r.name for r in d.failures] == ["retain_fd"]
+
+
+def test_a_missing_oracle_without_the_record_fails() -> None:
+    # Only report.json's explicit "audited: false" excuses the oracle; a lost one is a broken evaluation.
+    for record in (None, {"policy": "reuse", "audited": True}):
+        d = evaluate_gates(_without_oracle(metrics()), GatesConfig(), oracle=record)
+        assert not d.passed
+        assert {r.name for r in d.failures} == {"forget_vs_oracle", "mia"}

@@ -330,3 +330,34 @@ def test_html_report_shows_distance_to_oracle_and_the_decoupling(tmp_path: Path)
     assert format_number(fd_rel) in page
     assert "Decoupling + knowledge retention" in page and "lambda reached" in page
     assert "Decoupling" not in write_html_report(_report(), {}, tmp_path / "plain.html").read_text("utf-8")
+
+
+def _no_oracle_report() -> dict[str, Any]:
+    rep = _report("ids")
+    del rep["metrics"]["oracle"]
+    for model in rep["metrics"].values():
+        del model["forget"]["mia_auc"]
+    rep["oracle"] = {"policy": "sample", "audited": False, "reason": "not audited: not drawn (0.8 >= 0.25)"}
+    return rep
+
+
+def test_a_run_without_an_oracle_says_so_and_carries_no_oracle_figures(tmp_path: Path) -> None:
+    validate_report(_no_oracle_report())
+    # Audited (or a report from before the policy): the oracle's figures and the attack's are required.
+    for record in ({"policy": "reuse", "audited": True}, None):
+        rep = _no_oracle_report()
+        rep.pop("oracle") if record is None else rep.update(oracle=record)
+        with pytest.raises(ValueError, match=r"report.metrics.original.forget.mia_auc: missing"):
+            validate_report(rep)
+    rep = _no_oracle_report()
+    rep["metrics"]["oracle"] = copy.deepcopy(rep["metrics"]["original"])
+    with pytest.raises(
+        ValueError, match=r"report.metrics.oracle: present, but report.oracle.audited is false"
+    ):
+        validate_report(rep)
+    rep = _no_oracle_report()
+    rep["oracle"]["audited"] = "no"
+    with pytest.raises(ValueError, match=r"report.oracle.audited: expected true or false"):
+        validate_report(rep)
+    page = write_html_report(_no_oracle_report(), {}, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "No oracle in this run</strong>: not audited: not drawn (0.8 &gt;= 0.25)" in page
