@@ -401,6 +401,8 @@ def promote(
         )
         _log_metrics(gates, {f"{r['name']}.passed": float(r["passed"]) for r in decision.get("results", [])})
         gates.metadata.update({"summary": decision.get("summary", "not registered"), "alias": p.get("alias")})
+        # passed = 1 means "did not block": the verdict tells passed from inconclusive / not evaluated.
+        gates.metadata.update({f"{r['name']}.verdict": r["verdict"] for r in decision.get("results", [])})
         return {"model_version": str(p.get("model_version") or ""), "promoted": bool(p.get("promoted"))}
 
 
