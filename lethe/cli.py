@@ -333,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         cfg = config_from_args(args)
+        from lethe.execution.ray_env import prefer_loopback
+
+        prefer_loopback(cfg.resources)
         from lethe.pipeline import run_all, run_step
         from lethe.pipeline.layout import layout
 

@@ -25,6 +25,22 @@ def ray_log_path(workdir: str | os.PathLike[str]) -> Path:
     return Path(workdir) / "logs" / "ray.log"
 
 
+# Read by ray._private.ray_constants at import: "0" makes a Ray that this process (or a child of it:
+# kfp's local tasks) starts or joins use the loopback address for every node, so a local cluster
+# binds and announces 127.0.0.1 only, never the machine's network address.
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def prefer_loopback(res: ResourcesConfig) -> None:
+    """Before Ray is imported: a local Ray of this run (no cluster address configured) stays on
+    127.0.0.1. A run that joins a cluster, or a process that already imported Ray, is left alone."""
+    import sys
+
+    if res.ray_address or os.environ.get("RAY_ADDRESS") or "ray" in sys.modules:
+        return
+    os.environ.setdefault(_LOOPBACK_ENV, "0")
+
+
 def ensure_ray(res: ResourcesConfig, log_file: str | os.PathLike[str] | None = None) -> None:
     """Start or join Ray once per process; with `log_file`, route Ray's output there.
 

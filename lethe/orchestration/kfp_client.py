@@ -170,11 +170,26 @@ def _start_shared_ray(cfg: RunConfig) -> bool:
         return False
     import ray
 
-    from lethe.execution.ray_env import ensure_ray
+    from lethe.execution.ray_env import ensure_ray, ray_log_path
 
-    ensure_ray(cfg.resources)
+    ensure_ray(cfg.resources, ray_log_path(cfg.workdir_path))
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     return True
+
+
+def _screen(cfg: RunConfig):
+    """kfp's runner output to <workdir>/logs/pipeline.log and a line per task on the terminal; with
+    -v (lethe at DEBUG) everything streams to the terminal as kfp prints it."""
+    import contextlib
+    import logging
+
+    from lethe.orchestration.local_screen import task_lines
+
+    if logging.getLogger("lethe").isEnabledFor(logging.DEBUG):
+        return contextlib.nullcontext()
+    path = cfg.workdir_path / "logs" / "pipeline.log"
+    logging.getLogger("lethe").warning("the pipeline's full log: %s (-v shows it here)", path)
+    return task_lines(path)
 
 
 @dataclass
@@ -230,8 +245,9 @@ def _run_local(
         forget_last_night(cfg)  # what run_local reports afterwards is this run's verdict, not an older one
     failure: BaseException | None = None
     shared_ray = _start_shared_ray(cfg)
+    screen = _screen(cfg)
     try:
-        with warnings.catch_warnings():
+        with screen, warnings.catch_warnings():
             # "lethe:0.1.0" is not a python image name: expected, the local runner uses this interpreter.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             try:

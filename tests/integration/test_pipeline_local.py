@@ -80,6 +80,15 @@ def test_local_pipeline_promotes_refuses_and_always_cleans_up(mlflow_server: str
     assert r.returncode == 0, r.stderr[-4000:] + r.stdout[-4000:]
     report_path = Path(r.stdout.strip().splitlines()[-1])
     assert report_path == w1 / "report" / "report.json"
+    # The terminal: a line per task as it starts and ends, then the results summary; stdout is only
+    # the report path. kfp's executor output is in the log file, and every task joined the run's
+    # local Ray on 127.0.0.1 (never the machine's network address).
+    assert r.stdout.strip().splitlines() == [str(report_path)]
+    assert "split: success in " in r.stderr and "cleanup: success in " in r.stderr, r.stderr[-3000:]
+    assert "Executing task" not in r.stderr and len(r.stderr.splitlines()) < 60, r.stderr
+    full = (w1 / "logs" / "pipeline.log").read_text()
+    assert "Executing task" in full and "Got executor_input" in full
+    assert "connecting to Ray at 127.0.0.1:" in full
     report = json.loads(report_path.read_text())
     assert report["mlflow"]["model_version"] == "1" and report["promotion"]["promoted"] is True
 
@@ -163,7 +172,8 @@ def test_local_pipeline_promotes_refuses_and_always_cleans_up(mlflow_server: str
         cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-4000:] + r.stdout[-4000:]
-    assert "NOT promoted" in r.stdout + r.stderr  # the log line says why
+    assert "not promoted: @champion left where it was" in r.stderr  # the summary says so
+    assert "NOT promoted" in (w2 / "logs" / "pipeline.log").read_text()  # the log line says why
     assert (
         f"nightly {name}: 1 requests claimed, 0 applied earlier, 10 images forgotten in all; "
         "failed: version 2 not promoted: gates failed" in r.stderr
@@ -219,9 +229,9 @@ def test_local_pipeline_promotes_refuses_and_always_cleans_up(mlflow_server: str
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"nightly {name}-idle: no queued requests; nothing to do, no new version" in r.stderr
-    # kfp's runner logs to stdout; no report path is printed, no step ran
+    # no report path is printed, no step ran (the terminal has no task line but claim's and cleanup's)
     assert "report.json" not in r.stdout and not (w4 / "report").exists() and not (w4 / "shards").exists()
-    assert "Executing task \x1b[96m'split'" not in r.stdout
+    assert "split ..." not in r.stderr and "Executing task \x1b[96m'split'" not in r.stdout
     assert client.search_model_versions(f"name='{name}-idle'") == []
 
 
