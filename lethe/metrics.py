@@ -10,6 +10,8 @@ is called FD, never FID (which implies Inception-v3 features and is not comparab
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.linalg
 import scipy.stats
@@ -161,7 +163,11 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6
     sa = np.atleast_2d(np.cov(a, rowvar=False))
     sb = np.atleast_2d(np.cov(b, rowvar=False))
 
-    covmean = scipy.linalg.sqrtm(sa @ sb)
+    with warnings.catch_warnings():
+        # A singular product is expected (few samples, or a feature that never varies) and handled
+        # just below; scipy's warning about it would only alarm the person reading the terminal.
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sa @ sb)
     if not np.isfinite(covmean).all() or (
         np.iscomplexobj(covmean) and np.abs(covmean.imag).max() > 1e-3 * max(1.0, np.abs(covmean).max())
     ):

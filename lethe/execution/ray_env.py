@@ -143,6 +143,31 @@ def _route_worker_output(handler: logging.Handler) -> None:
 
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", emit)
+    _route_raylet_notices(ray_worker, file_logger)
+
+
+# Raylet notices that need nothing from a person: a short-lived task burst on a 2-core machine
+# starts more Python workers than Ray expects, and Ray says so (with a link) each time.
+_RAYLET_NOISE = ("PYTHON worker processes have been started",)
+
+
+def _route_raylet_notices(ray_worker: Any, file_logger: logging.Logger) -> None:
+    """Ray prints raylet messages (GCS error channel) with print_to_stdstream, past the dispatcher:
+    the notices above go to the log file, every other one (an OOM kill, say) stays on the terminal."""
+    original = getattr(ray_worker, "_lethe_print_to_stdstream", ray_worker.print_to_stdstream)
+    ray_worker._lethe_print_to_stdstream = original
+
+    def to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            noise = [ln for ln in data.get("lines", []) if any(n in ln for n in _RAYLET_NOISE)]
+            for line in noise:
+                file_logger.info("(raylet) %s", line)
+            data = {**data, "lines": [ln for ln in data.get("lines", []) if ln not in noise]}
+            if not data["lines"]:
+                return
+        original(data, ignore_prefix=ignore_prefix)
+
+    ray_worker.print_to_stdstream = to_stdstream
 
 
 def worker_threads(res: ResourcesConfig) -> int:

@@ -23,8 +23,10 @@ from lethe.execution.job import MODEL_FILE, STATE_FILE
 
 
 def progress(msg: str, *args: Any) -> None:
-    # Ray Train v2 routes worker `logging` to its own files; stderr is what reaches the driver.
-    print("lethe: " + (msg % args), file=sys.stderr, flush=True)
+    # Ray Train v2 routes worker `logging` to its own files; stderr is what reaches the driver. Not
+    # print(): Train patches it in its workers to print *and* log, so every line arrived twice.
+    sys.stderr.write("lethe: " + (msg % args) + "\n")
+    sys.stderr.flush()
 
 
 def save_checkpoint_dir(model, opt, sched, progress_state: dict[str, Any], meta: dict[str, Any]) -> str:

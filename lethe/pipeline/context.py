@@ -37,6 +37,7 @@ class Context:
         with self.tracker.step(name, params, parent_run_id=self.parent_run_id) as run_id:
             yield run_id
             dt = time.perf_counter() - t0
+            log.warning("   %s done in %.1f s", name, dt)
             self.state.record_step(name, dt, started)
             self.tracker.log_metrics({"wall_s": dt})
             self.save()
