@@ -21,6 +21,7 @@ import torch
 from lethe.execution.worker import (
     ShardEpochs,
     all_reduce_grads,
+    epoch_progress,
     frozen_teacher,
     maybe_fail,
     progress,
@@ -73,6 +74,7 @@ def generator_pretrain_loop(job: dict[str, Any], model) -> None:
     source = ShardEpochs(
         ray.train.get_dataset_shard("train"), job["batch_size"], job["seed"], device, preload
     )
+    local_rows = -(-job["n_rows"] // world)  # this worker's share of an epoch (equal split)
     for epoch in range(start_epoch, job["epochs"]):
         gen = torch.Generator().manual_seed(job["seed"] * 1000 + rank * 7 + epoch)
         t0, seen, totals = time.perf_counter(), 0, {k: 0.0 for k in groups}
@@ -88,14 +90,12 @@ def generator_pretrain_loop(job: dict[str, Any], model) -> None:
             seen += len(x)
             if rank == 0 and n_batches % 50 == 0:
                 parts = ", ".join(f"{k} {v / seen:.4f}" for k, v in totals.items())
-                progress(
-                    "pretrain %s epoch %d/%d: %d images, %s",
-                    model.family,
-                    epoch + 1,
-                    job["epochs"],
-                    seen,
-                    parts,
+                epoch_progress(
+                    f"pretrain {model.family}", epoch + 1, job["epochs"], seen, local_rows, parts, t0
                 )
+        if rank == 0:  # the epoch's last line: its bar ends complete
+            parts = ", ".join(f"{k} {v / max(1, seen):.4f}" for k, v in totals.items())
+            epoch_progress(f"pretrain {model.family}", epoch + 1, job["epochs"], seen, seen, parts, t0)
         dt = time.perf_counter() - t0
         loop_s += dt
         metrics = {

@@ -18,6 +18,7 @@ from lethe.execution.generator_loops import feature_unlearn_loop, generator_pret
 from lethe.execution.job import job_method, stage_budgets
 from lethe.execution.worker import (
     ShardEpochs,
+    epoch_progress,
     frozen_teacher,
     local_rows,
     maybe_fail,
@@ -104,6 +105,7 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
     preload = ShardEpochs.fits(job["n_rows"], world, job["arch"], job["cache_mb"])
     source = ShardEpochs(shard, job["batch_size"], job["seed"], device, preload)
     label_map = torch.tensor(job["label_map"], device=device) if job.get("label_map") else None
+    local_rows = -(-job["n_rows"] // world)  # this worker's share of an epoch (equal split)
     for epoch in range(start_epoch, job["epochs"]):
         phase = phases[epoch]
         if epoch > start_epoch and phase != phases[epoch - 1]:
@@ -118,16 +120,13 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
             seen += x.shape[0]
             total += loss.item() * x.shape[0]
             if rank == 0 and n_batches % 50 == 0:
-                progress(
-                    "%s %s epoch %d/%d: %d images, loss %.4f, %.0f img/s",
-                    job["kind"],
-                    phase,
-                    epoch + 1,
-                    job["epochs"],
-                    seen,
-                    total / seen,
-                    seen / (time.perf_counter() - t0),
+                label = f"{job['kind']} {phase}"
+                epoch_progress(
+                    label, epoch + 1, job["epochs"], seen, local_rows, f"loss {total / seen:.4f}", t0
                 )
+        if rank == 0:  # the epoch's last line: its bar ends complete
+            label, mean = f"{job['kind']} {phase}", total / max(1, seen)
+            epoch_progress(label, epoch + 1, job["epochs"], seen, seen, f"loss {mean:.4f}", t0)
         dt = time.perf_counter() - t0
         loop_s += dt
         metrics = {

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lethe.config import ResourcesConfig
+from lethe.execution.progress import Bars
 
 log = logging.getLogger("lethe.ray")
 
@@ -125,6 +126,7 @@ def _route_worker_output(handler: logging.Handler) -> None:
     except ImportError:
         return
     ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+    bars = Bars()
     file_logger = logging.getLogger("ray.workers")
     file_logger.propagate = False
     file_logger.handlers = [handler]
@@ -137,7 +139,8 @@ def _route_worker_output(handler: logging.Handler) -> None:
         who = data.get("actor_name") or data.get("task_name") or ""
         for line in lines:
             file_logger.info("(%s pid=%s) %s", who, data.get("pid"), line)
-        ours = [ln for ln in lines if ln.startswith(_OURS)]
+        # On a terminal, training progress becomes a bar; lethe's other worker lines are printed.
+        ours = [ln for ln in lines if ln.startswith(_OURS) and not bars.feed(ln)]
         if ours:
             ray_worker.print_to_stdstream({**data, "lines": ours}, ignore_prefix=ignore_prefix)
 

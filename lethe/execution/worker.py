@@ -29,6 +29,12 @@ def progress(msg: str, *args: Any) -> None:
     sys.stderr.flush()
 
 
+def epoch_progress(job: str, epoch: int, epochs: int, done: int, total: int, figures: str, t0: float) -> None:
+    """One epoch's progress, in the form lethe.execution.progress turns into a bar on the driver."""
+    rate = done / max(time.perf_counter() - t0, 1e-9)
+    progress("%s epoch %d/%d: %d/%d images, %s, %.0f img/s", job, epoch, epochs, done, total, figures, rate)
+
+
 def save_checkpoint_dir(model, opt, sched, progress_state: dict[str, Any], meta: dict[str, Any]) -> str:
     from lethe.models.checkpoint import save_checkpoint
 

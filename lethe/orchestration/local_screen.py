@@ -1,5 +1,5 @@
 """What `lethe pipeline run --local` shows on the terminal: one line per task as it starts and ends
-(with its duration), while kfp's local runner's own output (every task's executor input and output
+(with its duration) and, on a terminal, a bar for each training job inside a task, while kfp's local runner's own output (every task's executor input and output
 JSON, its streamed logs) goes to a log file under the work dir."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
+
+from lethe.execution.progress import Bars
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '(?P<task>[^']+)'")
@@ -24,6 +26,7 @@ class TaskLines:
         self._log, self._screen = log, screen
         self._partial = ""
         self._started: dict[str, float] = {}
+        self._bars = Bars(screen)  # training progress inside a task, as a bar on a terminal
 
     def write(self, text: str) -> int:
         self._log.write(text)
@@ -34,6 +37,8 @@ class TaskLines:
         return len(text)
 
     def _event(self, line: str) -> None:
+        if self._bars.feed(line):
+            return
         if m := _START.search(line):
             self._started[m["task"]] = time.perf_counter()
             self._say(f"[{time.strftime('%H:%M:%S')}] {m['task']} ...")
@@ -43,6 +48,7 @@ class TaskLines:
             self._say(f"[{time.strftime('%H:%M:%S')}] {m['task']}: {m['status'].lower()}{took}")
 
     def _say(self, line: str) -> None:
+        self._bars.close()
         self._screen.write(line + "\n")
         self._screen.flush()
 

@@ -1,0 +1,97 @@
+"""Training progress on the driver's terminal: the workers' progress lines, turned into bars.
+
+A Ray Train worker reports its progress as plain lines (lethe.execution.worker.epoch_progress:
+"lethe: pretrain main epoch 2/8: 6400/54000 images, loss 0.0213, 640 img/s"; "lethe: unlearn step
+30/47: loss 0.0123, 900 img/s"), which Ray
+forwards to the driver (and kfp's local runner into its log). Where the driver's terminal is a TTY,
+`Bars.feed` renders them as one tqdm bar per job (images or steps, img/s, ETA) instead of lines; where
+it is not (CI logs, tests, a pipe), nothing changes: the lines are the record.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from typing import Any, TextIO
+
+_EPOCH = re.compile(
+    r"lethe: (?P<job>[\w ]+?) epoch (?P<epoch>\d+)/(?P<epochs>\d+): (?P<done>\d+)/(?P<total>\d+) images"
+    r"(?:, (?P<post>.*))?$"
+)
+_STEP = re.compile(r"lethe: (?P<job>(?:feature )?unlearn) step (?P<done>\d+)/(?P<total>\d+): (?P<post>.*)$")
+
+
+def parse(line: str) -> dict[str, Any] | None:
+    """The bar a progress line stands for: {key, desc, done, total, unit, postfix}; None otherwise."""
+    if m := _EPOCH.search(line):
+        return {
+            "key": f"{m['job']} epoch {m['epoch']}",
+            "desc": f"{m['job']} epoch {m['epoch']}/{m['epochs']}",
+            "done": int(m["done"]),
+            "total": int(m["total"]),
+            "unit": "img",
+            "postfix": m["post"] or "",
+        }
+    if m := _STEP.search(line):
+        return {
+            "key": m["job"],
+            "desc": m["job"],
+            "done": int(m["done"]),
+            "total": int(m["total"]),
+            "unit": "step",
+            "postfix": m["post"],
+        }
+    return None
+
+
+class Bars:
+    """One live tqdm bar at a time on `stream` (stderr), fed with progress lines."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self._bar: Any = None
+        self._key: str | None = None
+
+    @property
+    def live(self) -> bool:
+        """Bars only on a terminal: elsewhere the progress lines themselves are the record."""
+        return bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def feed(self, line: str) -> bool:
+        """Show `line` as a bar; True when it was a progress line and the bar took it."""
+        if not self.live:
+            return False
+        p = parse(line)
+        if p is None:
+            return False
+        if p["key"] != self._key:
+            self.close()
+            from tqdm import tqdm
+
+            # A terminal that reports no size (a pty under `script`, some CI consoles) would hide
+            # tqdm's bar (it counts 0 rows): fall back to 100 x 20.
+            size = shutil.get_terminal_size((100, 20))
+            self._bar = tqdm(
+                total=p["total"],
+                desc=p["desc"],
+                unit=p["unit"],
+                file=self.stream,
+                leave=True,
+                ncols=size.columns or 100,
+                nrows=size.lines or 20,
+                # The worker's own img/s is in the postfix; tqdm's rate would count progress lines.
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]",
+            )
+            self._key = p["key"]
+        self._bar.n = min(p["done"], p["total"])
+        self._bar.set_postfix_str(p["postfix"], refresh=False)
+        self._bar.refresh()
+        if p["done"] >= p["total"]:
+            self.close()
+        return True
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._key = None, None
