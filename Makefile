@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 IMAGE ?= lethe:0.1.0
 
-.PHONY: run run-direct test test-extended install data postgres lint bench bench-scaling bench-methods bench-requests image pipeline clean
+.PHONY: run run-direct test test-extended install data postgres lint bench bench-retrain bench-scaling bench-methods bench-requests image pipeline clean
 
 install: $(VENV)/.installed
 
@@ -88,7 +88,12 @@ lint: install
 	$(BIN)/ruff check lethe tests ray_jobs components pipelines benchmarks
 	$(BIN)/ruff format --check lethe tests ray_jobs components pipelines benchmarks
 
+# Ray Train vs a plain loop on the same job and data (one pretraining epoch, the unlearning), GEMM rate.
 bench: install data
+	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python benchmarks/ray_vs_plain.py
+
+# Unlearning vs retraining the oracle (demo preset, the whole recipe).
+bench-retrain: install data
 	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python benchmarks/unlearn_vs_retrain.py
 
 # Ray Train 1 vs 2 workers, Ray Tune per-trial time, shards on S3 (local SeaweedFS) vs local disk.

@@ -1,0 +1,247 @@
+"""Ray Train vs a plain single-process PyTorch loop, on the same job and data, in one run.
+
+    python benchmarks/ray_vs_plain.py [--preset demo|smoke] [--rows N] [--out FILE]
+
+Runs lethe's real steps (split, pretrain with one epoch, unlearn: Ray Data shards, Ray Train worker
+groups) and then the same work in a plain loop in this process, at the worker's torch thread count:
+  * one pretraining epoch of the original model (forget + retain, the pretraining batch size);
+  * the unlearning job (its steps, batches of retain + forget, masks, teacher).
+Both sides' img/s are measured inside the training loop (start-up excluded); the Ray side's wall
+time (worker group start-up, data loading, checkpoints included) is reported beside it. Also: the
+machine's fp32 GEMM rate at that thread count, the model's FLOPs per image (torch's flop counter,
+forward + backward), and so the share of the GEMM rate the hot step reaches.
+Prints a table and writes JSON (default benchmarks/results/ray_vs_plain.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lethe import masks
+from lethe.config import build_config
+from lethe.data import read_shard_numpy, to_chw_float
+from lethe.execution.ray_env import worker_threads
+from lethe.methods import get_method
+from lethe.models.checkpoint import build_model, load_checkpoint
+from lethe.optim import MaskSpec, make_optimizer, optimizer_step, training_loss, unlearn_step
+from lethe.pipeline.context import make_context
+from lethe.pipeline.families import for_config
+from lethe.pipeline.jobs import mask_spec, phases
+from lethe.pipeline.pretrain import step_pretrain
+from lethe.pipeline.split import step_split
+from lethe.pipeline.state import RunState
+from lethe.pipeline.unlearn import step_unlearn
+
+
+def _tensor(man, *names: str) -> torch.Tensor:
+    return torch.cat([torch.from_numpy(to_chw_float(read_shard_numpy(man, n)[0])) for n in names])
+
+
+def gemm_gflops(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
+    """fp32 matrix multiply rate of this machine at `threads` threads (GFLOP/s)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+class Pretrain:
+    """One pretraining epoch of the original model (first phase), as the Ray worker runs it."""
+
+    def __init__(self, cfg, man, arch: dict) -> None:
+        p = cfg.pretrain
+        self.model = build_model(cfg.family, arch)
+        self.phase = phases(cfg)[0]
+        self.params = self.model.phase_parameters(self.phase)
+        self.x = _tensor(man, "forget", "retain")
+        self.bs = p.batch_size
+        self.opt, self.sched = make_optimizer(
+            self.params, p.lr, p.weight_decay, -(-len(self.x) // self.bs), p.warmup_frac
+        )
+        self.spec = MaskSpec(**mask_spec(cfg, arch))
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def step(self, xb: torch.Tensor) -> None:
+        loss = training_loss(self.model, xb, self.spec.sample(len(xb), self.gen), self.gen, self.phase)
+        optimizer_step(loss, self.opt, self.sched, self.params)
+
+    def epoch(self) -> tuple[float, int]:
+        perm = torch.randperm(len(self.x), generator=self.gen)
+        t0 = time.perf_counter()
+        for i in range(0, len(self.x), self.bs):
+            self.step(self.x[perm[i : i + self.bs]])
+        return time.perf_counter() - t0, len(self.x)
+
+    def flops_per_image(self) -> float:
+        xb = self.x[: self.bs]
+        return _flops(lambda: self.step(xb)) / len(xb)
+
+
+class Unlearn:
+    """The unlearning job of the Ray worker (same steps, batch size, masks, teacher), in memory."""
+
+    def __init__(self, cfg, man, original: Path, steps: int) -> None:
+        u = cfg.unlearn
+        self.teacher, _ = load_checkpoint(original)
+        self.student, _ = load_checkpoint(original)
+        self.teacher.eval()
+        self.method = get_method(cfg.method, noise=u.noise)
+        self.params = self.method.trainable_parameters(self.student)
+        self.steps, self.bs, self.alpha, self.clip = steps, u.batch_size, u.alpha, u.grad_clip
+        self.opt, self.sched = make_optimizer(self.params, u.lr, u.weight_decay, steps, u.warmup_frac)
+        self.x_f, self.x_r = _tensor(man, "forget"), _tensor(man, "retain")
+        a = self.teacher.arch
+        self.random_mask = u.mask == "random"
+        self.shape = (a.height, a.width, self.teacher.mask_cell)
+        self.box = masks.box_mask(a.height, a.width, cfg.eval.box_frac, self.teacher.mask_cell)
+        self.ratio = cfg.pretrain.mask_ratio
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def step(self) -> None:
+        fi = torch.randint(len(self.x_f), (self.bs,), generator=self.gen)
+        ri = torch.randint(len(self.x_r), (self.bs,), generator=self.gen)
+        h, w, cell = self.shape
+        mask = (
+            masks.random_mask(2 * self.bs, h, w, cell, self.ratio, self.gen) if self.random_mask else self.box
+        )
+        loss, _ = unlearn_step(
+            self.method, self.student, self.teacher, self.x_r[ri], self.x_f[fi], mask, self.alpha, self.gen
+        )
+        optimizer_step(loss, self.opt, self.sched, self.params, self.clip)
+
+    def run(self) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        for _ in range(self.steps):
+            self.step()
+        return time.perf_counter() - t0, self.steps * 2 * self.bs
+
+    def flops_per_image(self) -> float:
+        return _flops(self.step) / (2 * self.bs)
+
+
+def _ray_side(cfg) -> tuple:
+    ctx = make_context(cfg)
+    ctx.state = RunState()
+    with ctx.tracker.pipeline_run("benchmark", {"preset": cfg.preset}, {"lethe.pipeline": "benchmark"}):
+        man = step_split(ctx)
+        step_pretrain(ctx)
+        step_unlearn(ctx)
+    return ctx, man
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="demo", choices=["demo", "smoke"])
+    ap.add_argument("--rows", type=int, default=None, help="cap the training rows (default: the preset's)")
+    ap.add_argument("--out", default="benchmarks/results/ray_vs_plain.json")
+    args = ap.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="lethe-bench-")) / "work"
+    over: dict = {"workdir": str(workdir), "pretrain": {"epochs": 1}, "tracking": {"register_model": False}}
+    if args.rows:
+        over["data"] = {"max_train": args.rows}
+    cfg = build_config(args.preset, overrides=over)
+    threads = worker_threads(cfg.resources)
+
+    ctx, man = _ray_side(cfg)
+    original = ctx.state.pretrain["original"]
+    unlearned = ctx.state.unlearn
+
+    torch.set_num_threads(threads)
+    pre = Pretrain(cfg, man, for_config(cfg).arch(cfg, man))
+    plain_pre_s, plain_pre_n = pre.epoch()
+    unl = Unlearn(cfg, man, ctx.lay.model("original"), int(unlearned["step"]))
+    plain_unl_s, plain_unl_n = unl.run()
+    gflops = gemm_gflops(threads)
+    pre_flops, unl_flops = pre.flops_per_image(), unl.flops_per_image()
+
+    plain_pre_ips, plain_unl_ips = plain_pre_n / plain_pre_s, plain_unl_n / plain_unl_s
+    ray_pre_ips, ray_unl_ips = original["final_images_per_s"], unlearned["images_per_s"]
+    result = {
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "preset": cfg.preset,
+        "family": cfg.family,
+        "rows": {"pretrain_epoch": plain_pre_n, "unlearn_images": plain_unl_n},
+        "torch_threads": {"ray_worker": threads, "plain": threads, "gemm": threads},
+        "ray_workers": cfg.resources.num_workers,
+        "gemm_gflops": gflops,
+        "flops_per_image": {"pretrain": pre_flops, "unlearn": unl_flops},
+        "pretrain": {
+            "plain_images_per_s": plain_pre_ips,
+            "ray_images_per_s": ray_pre_ips,
+            "ray_wall_s": original.get("train_wall_s"),
+            "ray_loop_s": original.get("final_loop_s"),
+            "plain_loop_s": plain_pre_s,
+        },
+        "unlearn": {
+            "plain_images_per_s": plain_unl_ips,
+            "ray_images_per_s": ray_unl_ips,
+            "ray_wall_s": unlearned.get("train_wall_s"),
+            "ray_loop_s": unlearned.get("loop_s"),
+            "plain_loop_s": plain_unl_s,
+            "steps": int(unlearned["step"]),
+        },
+        "pretrain_ray_over_plain": ray_pre_ips / plain_pre_ips,
+        "unlearn_ray_over_plain": ray_unl_ips / plain_unl_ips,
+        "pretrain_hot_step_share_of_gemm": plain_pre_ips * pre_flops / (gflops * 1e9),
+        "unlearn_hot_step_share_of_gemm": plain_unl_ips * unl_flops / (gflops * 1e9),
+        "note": "img/s inside the training loop on both sides; the Ray wall time adds the worker group's "
+        "start-up, Ray Data's shard loading and checkpoint reports.",
+    }
+    rows = [
+        ("pretrain epoch, plain loop (img/s)", plain_pre_ips),
+        ("pretrain epoch, Ray Train worker (img/s)", ray_pre_ips),
+        ("pretrain: Ray / plain (img/s)", result["pretrain_ray_over_plain"]),
+        ("pretrain: Ray wall incl. start-up (s)", original.get("train_wall_s")),
+        ("pretrain: plain loop (s)", plain_pre_s),
+        ("unlearning, plain loop (img/s)", plain_unl_ips),
+        ("unlearning, Ray Train worker (img/s)", ray_unl_ips),
+        ("unlearning: Ray / plain (img/s)", result["unlearn_ray_over_plain"]),
+        ("unlearning: Ray wall incl. start-up (s)", unlearned.get("train_wall_s")),
+        ("unlearning: plain loop (s)", plain_unl_s),
+        (f"fp32 GEMM at {threads} threads (GFLOP/s)", gflops),
+        ("pretrain FLOPs per image (MFLOP)", pre_flops / 1e6),
+        ("unlearning FLOPs per image (MFLOP)", unl_flops / 1e6),
+        ("pretrain hot step, share of GEMM rate", result["pretrain_hot_step_share_of_gemm"]),
+        ("unlearning hot step, share of GEMM rate", result["unlearn_hot_step_share_of_gemm"]),
+    ]
+    print(
+        f"\nRay Train vs plain loop ({cfg.preset}, {cfg.family}) on {os.cpu_count()} CPUs, {threads} threads"
+    )
+    print(f"{'measure':<44} {'value':>12}")
+    print("-" * 57)
+    for name, value in rows:
+        print(f"{name:<44} {value:>12.3f}" if value is not None else f"{name:<44} {'n/a':>12}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
