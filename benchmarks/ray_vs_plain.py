@@ -10,6 +10,10 @@ Both sides' img/s are measured inside the training loop (start-up excluded); the
 time (worker group start-up, data loading, checkpoints included) is reported beside it. Also: the
 machine's fp32 GEMM rate at that thread count, the model's FLOPs per image (torch's flop counter,
 forward + backward), and so the share of the GEMM rate the hot step reaches.
+With --run it also runs `make run`'s command (`lethe pipeline run --local`, the preset's whole
+recipe, under a pseudo-terminal so its screen is what a person sees) and sets its wall time against
+the plain loop's time for the same training work (the original's and the oracle's epochs, the feature
+net's, the unlearning), from the plain loops' img/s measured here; the screen is saved beside the JSON.
 Prints a table and writes JSON (default benchmarks/results/ray_vs_plain.json).
 """
 
@@ -19,6 +23,10 @@ import argparse
 import json
 import os
 import platform
+import re
+import shlex
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -33,7 +41,15 @@ from lethe.data import read_shard_numpy, to_chw_float
 from lethe.execution.ray_env import worker_threads
 from lethe.methods import get_method
 from lethe.models.checkpoint import build_model, load_checkpoint
-from lethe.optim import MaskSpec, make_optimizer, optimizer_step, training_loss, unlearn_step
+from lethe.models.featnet import FeatNetArch
+from lethe.optim import (
+    MaskSpec,
+    classifier_loss,
+    make_optimizer,
+    optimizer_step,
+    training_loss,
+    unlearn_step,
+)
 from lethe.pipeline.context import make_context
 from lethe.pipeline.families import for_config
 from lethe.pipeline.jobs import mask_spec, phases
@@ -139,6 +155,54 @@ class Unlearn:
         return _flops(self.step) / (2 * self.bs)
 
 
+def plain_featnet_epoch(cfg, man) -> float:
+    """img/s of one epoch of the FD feature net (a small classifier) in a plain loop."""
+    f = cfg.featnet
+    arch = FeatNetArch(man.height, man.width, man.channels, len(man.class_names), f.width, f.feat_dim)
+    model = build_model("featnet", arch.to_dict())
+    x = _tensor(man, "forget", "retain")
+    y = torch.cat([torch.tensor(read_shard_numpy(man, n)[1]).long() for n in ("forget", "retain")])
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt, sched = make_optimizer(params, f.lr, 0.0, -(-len(x) // f.batch_size), 0.0)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
+    t0 = time.perf_counter()
+    for i in range(0, len(x), f.batch_size):
+        idx = perm[i : i + f.batch_size]
+        optimizer_step(classifier_loss(model, x[idx], y[idx]), opt, sched, params)
+    return len(x) / (time.perf_counter() - t0)
+
+
+def make_run(preset: str, screen: Path) -> dict:
+    """`make run`'s command in a fresh work dir under a pseudo-terminal (util-linux `script`): its
+    wall time, its step times (state.json) and its screen, as a person sees it."""
+    work = Path(tempfile.mkdtemp(prefix="lethe-bench-run-")) / "work"
+    cmd = [sys.executable, "-m", "lethe.cli", "pipeline", "run", "--local", "--preset", preset]
+    cmd += ["--workdir", str(work)]
+    raw = screen.with_suffix(".raw")
+    screen.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    done = subprocess.run(["script", "-q", "-e", "-c", shlex.join(cmd), str(raw)], stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"the run failed (exit {done.returncode}); its screen: {raw}")
+    # What stays on a terminal: a bar's frames (carriage returns, or one line each here) collapse to
+    # the last one; lines of terminal escapes alone go.
+    text = raw.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+    lines: list[str] = []
+    for ln in text.splitlines()[1:-1]:
+        ln = ln.split("\r")[-1]
+        if not re.sub(r"\x1b\[[0-9;]*m", "", ln).strip():
+            continue
+        if lines and "|" in ln and lines[-1].split("|")[0].split(":")[0] == ln.split("|")[0].split(":")[0]:
+            lines[-1] = ln  # the same bar, a later frame
+        else:
+            lines.append(ln)
+    screen.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    raw.unlink()
+    state = json.loads((work / "state.json").read_text())
+    return {"wall_s": wall, "screen_lines": len(lines), "steps_s": state.get("timing_s", {})}
+
+
 def _ray_side(cfg) -> tuple:
     ctx = make_context(cfg)
     ctx.state = RunState()
@@ -154,6 +218,7 @@ def main() -> None:
     ap.add_argument("--preset", default="demo", choices=["demo", "smoke"])
     ap.add_argument("--rows", type=int, default=None, help="cap the training rows (default: the preset's)")
     ap.add_argument("--out", default="benchmarks/results/ray_vs_plain.json")
+    ap.add_argument("--run", action="store_true", help="also time `make run` against the plain loops")
     args = ap.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="lethe-bench-")) / "work"
@@ -230,6 +295,8 @@ def main() -> None:
         ("pretrain hot step, share of GEMM rate", result["pretrain_hot_step_share_of_gemm"]),
         ("unlearning hot step, share of GEMM rate", result["unlearn_hot_step_share_of_gemm"]),
     ]
+    if args.run:
+        rows += _make_run_rows(args, result, man, plain_pre_ips, plain_unl_s)
     print(
         f"\nRay Train vs plain loop ({cfg.preset}, {cfg.family}) on {os.cpu_count()} CPUs, {threads} threads"
     )
@@ -241,6 +308,39 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}")
+
+
+def _make_run_rows(args, result: dict, man, plain_pre_ips: float, plain_unl_s: float) -> list:
+    """`make run` on the preset's own recipe against the plain loops' time for its training work."""
+    full = build_config(args.preset)  # the recipe `make run` uses (all its epochs)
+    n_train = man.shards["forget"].count + man.shards["retain"].count
+    n_retain = man.shards["retain"].count
+    featnet_ips = plain_featnet_epoch(full, man)
+    plain = {
+        "original": full.pretrain.epochs * n_train / plain_pre_ips,
+        "featnet": full.featnet.epochs * n_train / featnet_ips,
+        "oracle": full.pretrain.epochs * n_retain / plain_pre_ips,
+        "unlearn": plain_unl_s,
+    }
+    run = make_run(args.preset, Path(args.out).with_name("make_run_screen.txt"))
+    plain_s = sum(plain.values())
+    result["make_run"] = {
+        **run,
+        "plain_training_s": plain,
+        "plain_training_total_s": plain_s,
+        "wall_over_plain_training": run["wall_s"] / plain_s,
+        "plain_featnet_images_per_s": featnet_ips,
+        "note": "plain time = the recipe's images per training job / the plain loop's img/s measured in "
+        "this run (pretraining epochs for the original and the oracle, the feature net's own epoch rate, "
+        "the unlearning loop's time); the run's wall time includes split, evaluation, registry and "
+        "cleanup, process and Ray start-up",
+    }
+    return [
+        ("make run: wall (s)", run["wall_s"]),
+        ("make run: its training work, plain loop (s)", plain_s),
+        ("make run: wall / plain training", result["make_run"]["wall_over_plain_training"]),
+        ("make run: lines on the screen", float(run["screen_lines"])),
+    ]
 
 
 if __name__ == "__main__":
