@@ -10,8 +10,10 @@ show held-out images, and none of the forget set for id requests.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +22,8 @@ from torch import nn
 from lethe import masks, metrics
 from lethe.evaluation import evidence
 from lethe.report.grids import image_grid, mask_overlay
+
+T = TypeVar("T")
 
 MODEL_NAMES = ("original", "unlearned", "oracle")
 
@@ -206,13 +210,29 @@ class EvalSettings:
     bootstrap: int = 200  # resamples per interval (0: no intervals)
     attack_masks: int = 4  # random-cell masks besides the box in the membership attack
     attack_mask_ratio: float = 0.5
+    # progress(done, total) after each unit of work (a model's inpaintings or measures of one split
+    # under one mask, a model's membership attack): the caller's progress bar; None: silent.
+    progress: Callable[[int, int], None] | None = None
 
 
-def _inpaint_all(models, truth, mask_sets, bs: int, seed: int):
+class _Ticks:
+    """Counts units of work for EvalSettings.progress; `tick(x)` returns x, so it wraps a result."""
+
+    def __init__(self, report: Callable[[int, int], None] | None, total: int) -> None:
+        self.report, self.total, self.done = report, total, 0
+
+    def __call__(self, result: T) -> T:
+        self.done += 1
+        if self.report is not None:
+            self.report(min(self.done, self.total), self.total)
+        return result
+
+
+def _inpaint_all(models, truth, mask_sets, bs: int, seed: int, tick: _Ticks):
     """outputs[mask kind][model][split]: every model's inpaintings under every mask."""
     return {
         kind: {
-            name: {split: _inpaint(model, x, mask, bs, seed) for split, x in truth.items()}
+            name: {split: tick(_inpaint(model, x, mask, bs, seed)) for split, x in truth.items()}
             for name, model in models.items()
         }
         for kind, mask in mask_sets.items()
@@ -220,7 +240,7 @@ def _inpaint_all(models, truth, mask_sets, bs: int, seed: int):
 
 
 def _membership(
-    models, data: EvalData, box: torch.Tensor, st: EvalSettings
+    models, data: EvalData, box: torch.Tensor, st: EvalSettings, tick: _Ticks
 ) -> tuple[dict[str, evidence.AttackFigures], dict[str, np.ndarray]]:
     """The calibrated attack on every model, the oracle as the reference (its score is 0: AUC 0.5);
     and every model's per-member scores (N_members,), row by row as data.members. No oracle, no
@@ -231,9 +251,11 @@ def _membership(
     mask_mem = attack_masks(data.members, box, cell, st.attack_mask_ratio, st.attack_masks, st.seed + 101)
     mask_non = attack_masks(data.nonmembers, box, cell, st.attack_mask_ratio, st.attack_masks, st.seed + 202)
     errs = {
-        name: (
-            attack_errors(m, data.members, mask_mem, st.batch_size),
-            attack_errors(m, data.nonmembers, mask_non, st.batch_size),
+        name: tick(
+            (
+                attack_errors(m, data.members, mask_mem, st.batch_size),
+                attack_errors(m, data.nonmembers, mask_non, st.batch_size),
+            )
         )
         for name, m in models.items()
     }
@@ -282,21 +304,25 @@ def evaluate_models(
         split: evidence.Resamples.draw(len(x), st.bootstrap, st.seed + i) if st.bootstrap else None
         for i, (split, x) in enumerate(truth.items())
     }
-    outputs = _inpaint_all(models, truth, mask_sets, st.batch_size, st.seed)
+    per_pass = len(mask_sets) * len(models) * len(truth)  # inpainting, then measuring
+    tick = _Ticks(st.progress, 2 * per_pass + (len(models) if "oracle" in models else 0))
+    outputs = _inpaint_all(models, truth, mask_sets, st.batch_size, st.seed, tick)
     by_mask: dict[str, dict] = {}
     ratio_cis: dict[str, dict] = {}
     for kind, mask in mask_sets.items():
         measured = {
             name: {
-                split: measure(
-                    outputs[kind][name][split],
-                    x,
-                    outputs[kind]["oracle"][split] if "oracle" in models else None,
-                    mask,
-                    featnet,
-                    truth_feats[split],
-                    resamples[split],
-                    st.batch_size,
+                split: tick(
+                    measure(
+                        outputs[kind][name][split],
+                        x,
+                        outputs[kind]["oracle"][split] if "oracle" in models else None,
+                        mask,
+                        featnet,
+                        truth_feats[split],
+                        resamples[split],
+                        st.batch_size,
+                    )
                 )
                 for split, x in truth.items()
             }
@@ -310,7 +336,7 @@ def evaluate_models(
             for name, per in measured.items()
         }
         ratio_cis[kind] = fd_ratio_ci95(measured)
-    attack, member_scores = _membership(models, data, mask_sets["box"], st)
+    attack, member_scores = _membership(models, data, mask_sets["box"], st, tick)
     for name, fig in attack.items():
         by_mask["box"][name]["forget"].update(fig.as_metrics())
     grids = _grids(data, mask_sets, outputs, models, st)

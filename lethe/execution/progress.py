@@ -19,7 +19,9 @@ _EPOCH = re.compile(
     r"lethe: (?P<job>[\w ]+?) epoch (?P<epoch>\d+)/(?P<epochs>\d+): (?P<done>\d+)/(?P<total>\d+) images"
     r"(?:, (?P<post>.*))?$"
 )
-_STEP = re.compile(r"lethe: (?P<job>(?:feature )?unlearn) step (?P<done>\d+)/(?P<total>\d+): (?P<post>.*)$")
+_STEP = re.compile(
+    r"lethe: (?P<job>(?:feature )?unlearn|evaluate) step (?P<done>\d+)/(?P<total>\d+)(?:: (?P<post>.*))?$"
+)
 
 
 def parse(line: str) -> dict[str, Any] | None:
@@ -40,7 +42,7 @@ def parse(line: str) -> dict[str, Any] | None:
             "done": int(m["done"]),
             "total": int(m["total"]),
             "unit": "step",
-            "postfix": m["post"],
+            "postfix": m["post"] or "",
         }
     return None
 
@@ -95,3 +97,23 @@ class Bars:
         if self._bar is not None:
             self._bar.close()
         self._bar, self._key = None, None
+
+
+def in_process(job: str, stream: TextIO | None = None):
+    """progress(done, total) for work in this process (the evaluation): a bar on a terminal; elsewhere
+    a progress line at each quarter, which a local pipeline's screen turns into a bar in turn."""
+    out = stream or sys.stderr
+    bars = Bars(out)
+    shown = {"quarter": -1}
+
+    def report(done: int, total: int) -> None:
+        line = f"lethe: {job} step {done}/{total}"
+        if bars.feed(line):
+            return
+        quarter = 4 * done // max(total, 1)
+        if quarter > shown["quarter"]:
+            shown["quarter"] = quarter
+            out.write(line + "\n")
+            out.flush()
+
+    return report

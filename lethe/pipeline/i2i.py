@@ -15,6 +15,7 @@ import torch
 
 from lethe.config import RunConfig
 from lethe.errors import DataError
+from lethe.execution.progress import in_process
 from lethe.pipeline.decouple import calibrate_decouple, decouple_check, decouple_summary, method_options
 from lethe.pipeline.family_api import Evaluation, UnlearnPlan
 from lethe.pipeline.jobs import (
@@ -201,6 +202,7 @@ class ImageToImage:
             bootstrap=e.bootstrap,
             attack_masks=e.attack_masks,
             attack_mask_ratio=cfg.pretrain.mask_ratio,
+            progress=in_process("evaluate"),
         )
         metrics, grids, extra = evaluate_models(models, featnet, data, settings)
         attack, ratio_cis = extra.pop("attack"), extra.pop("fd_ratio_ci95")
