@@ -84,12 +84,12 @@ def _flops(fn) -> int:
 class Pretrain:
     """One pretraining epoch of the original model (first phase), as the Ray worker runs it."""
 
-    def __init__(self, cfg, man, arch: dict) -> None:
+    def __init__(self, cfg, man, arch: dict, shards: tuple[str, ...] = ("forget", "retain")) -> None:
         p = cfg.pretrain
         self.model = build_model(cfg.family, arch)
         self.phase = phases(cfg)[0]
         self.params = self.model.phase_parameters(self.phase)
-        self.x = _tensor(man, "forget", "retain")
+        self.x = _tensor(man, *shards)
         self.bs = p.batch_size
         self.opt, self.sched = make_optimizer(
             self.params, p.lr, p.weight_decay, -(-len(self.x) // self.bs), p.warmup_frac
@@ -203,13 +203,14 @@ def make_run(preset: str, screen: Path) -> dict:
     return {"wall_s": wall, "screen_lines": len(lines), "steps_s": state.get("timing_s", {})}
 
 
-def _ray_side(cfg) -> tuple:
+def ray_side(cfg, *steps) -> tuple:
+    """lethe's real split, then `steps` (e.g. step_pretrain, step_unlearn), in one benchmark run."""
     ctx = make_context(cfg)
     ctx.state = RunState()
     with ctx.tracker.pipeline_run("benchmark", {"preset": cfg.preset}, {"lethe.pipeline": "benchmark"}):
         man = step_split(ctx)
-        step_pretrain(ctx)
-        step_unlearn(ctx)
+        for step in steps:
+            step(ctx)
     return ctx, man
 
 
@@ -228,7 +229,7 @@ def main() -> None:
     cfg = build_config(args.preset, overrides=over)
     threads = worker_threads(cfg.resources)
 
-    ctx, man = _ray_side(cfg)
+    ctx, man = ray_side(cfg, step_pretrain, step_unlearn)
     original = ctx.state.pretrain["original"]
     unlearned = ctx.state.unlearn
 
