@@ -203,6 +203,16 @@ def make_run(preset: str, screen: Path) -> dict:
     return {"wall_s": wall, "screen_lines": len(lines), "steps_s": state.get("timing_s", {})}
 
 
+def print_and_write(title: str, rows: list, result: dict, out: Path) -> None:
+    """The benchmark's table on the terminal, its JSON to `out`."""
+    print(f"\n{title}\n{'measure':<44} {'value':>12}\n" + "-" * 57)
+    for name, value in rows:
+        print(f"{name:<44} {value:>12.3f}" if value is not None else f"{name:<44} {'n/a':>12}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
 def ray_side(cfg, *steps) -> tuple:
     """lethe's real split, then `steps` (e.g. step_pretrain, step_unlearn), in one benchmark run."""
     ctx = make_context(cfg)
@@ -298,17 +308,10 @@ def main() -> None:
     ]
     if args.run:
         rows += _make_run_rows(args, result, man, plain_pre_ips, plain_unl_s)
-    print(
-        f"\nRay Train vs plain loop ({cfg.preset}, {cfg.family}) on {os.cpu_count()} CPUs, {threads} threads"
+    title = (
+        f"Ray Train vs plain loop ({cfg.preset}, {cfg.family}) on {os.cpu_count()} CPUs, {threads} threads"
     )
-    print(f"{'measure':<44} {'value':>12}")
-    print("-" * 57)
-    for name, value in rows:
-        print(f"{name:<44} {value:>12.3f}" if value is not None else f"{name:<44} {'n/a':>12}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print_and_write(title, rows, result, Path(args.out))
 
 
 def _make_run_rows(args, result: dict, man, plain_pre_ips: float, plain_unl_s: float) -> list:

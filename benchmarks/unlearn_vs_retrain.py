@@ -14,14 +14,18 @@ Prints a table and writes JSON (default benchmarks/results/unlearn_vs_retrain.js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 from pathlib import Path
 
 import torch
-from ray_vs_plain import Pretrain, Unlearn, ray_side  # benchmarks/ is this script's sys.path[0]
+from ray_vs_plain import (  # benchmarks/ is this script's sys.path[0]
+    Pretrain,
+    Unlearn,
+    print_and_write,
+    ray_side,
+)
 
 from lethe.config import build_config
 from lethe.execution.ray_env import worker_threads
@@ -84,15 +88,8 @@ def main() -> None:
         "results": {name: value for name, value in rows},
         "note": "Ray Train times include starting the worker group and streaming shards from Ray Data.",
     }
-    print(f"\nlethe benchmark ({args.preset}) on {os.cpu_count()} CPUs, {threads} torch threads per worker")
-    print(f"{'measure':<44} {'value':>12}")
-    print("-" * 57)
-    for name, value in rows:
-        print(f"{name:<44} {value:>12.3f}" if value is not None else f"{name:<44} {'n/a':>12}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out}")
+    title = f"lethe benchmark ({args.preset}) on {os.cpu_count()} CPUs, {threads} torch threads per worker"
+    print_and_write(title, rows, result, Path(args.out))
 
 
 if __name__ == "__main__":
