@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from lethe.optim import (
     training_loss,
     unlearn_step,
 )
+from lethe.orchestration.local_screen import ANSI_ESCAPE
 from lethe.pipeline.context import make_context
 from lethe.pipeline.families import for_config
 from lethe.pipeline.jobs import mask_spec, phases
@@ -191,7 +191,7 @@ def make_run(preset: str, screen: Path) -> dict:
     lines: list[str] = []
     for ln in text.splitlines()[1:-1]:
         ln = ln.split("\r")[-1]
-        if not re.sub(r"\x1b\[[0-9;]*m", "", ln).strip():
+        if not ANSI_ESCAPE.sub("", ln).strip():
             continue
         if lines and "|" in ln and lines[-1].split("|")[0].split(":")[0] == ln.split("|")[0].split(":")[0]:
             lines[-1] = ln  # the same bar, a later frame

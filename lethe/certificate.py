@@ -19,6 +19,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from lethe.gates import oracle_audited
 from lethe.report.schema import FORBIDDEN_KEYS, atomic_write_bytes
 
 KIND = "lethe.unlearning-certificate"
@@ -228,7 +229,7 @@ def _oracle(state: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, An
     audit = dict(report.get("oracle") or {})
     out = {
         "policy": audit.get("policy") or o.get("policy", "reuse"),
-        "audited": audit.get("audited", True),
+        "audited": oracle_audited(audit),
         "retrained_in_this_run": not o.get("cached", False) if o else None,
         "cache_key": o.get("cache_key"),
         "training_wall_s": o.get("train_wall_s"),
@@ -420,7 +421,7 @@ def _timestamp_rows(timestamps: Mapping[str, Any]) -> str:
 
 
 def _oracle_note(o: Mapping[str, Any]) -> str:
-    if o.get("audited") is False:
+    if not oracle_audited(o):
         return f"none: {o.get('reason', 'not drawn for an audit')} (policy sample, share {o.get('share')})"
     if o.get("retrained_in_this_run") is None:
         return "none in this run"

@@ -156,7 +156,7 @@ def _create_key_file(
     path: Path,
     name: str = "digest key",
     env_var: str = ENV_VAR,
-    public_id: Callable[[bytes], str] | None = None,
+    public_id: Callable[[bytes], str] = key_id,
 ) -> bytes:
     """Write 32 random bytes to a 0600 file, atomically: a concurrent creator's key wins if it is first."""
     try:
@@ -196,7 +196,7 @@ def _create_key_file(
         "deployment (or set %s); without it old %s cannot be checked",
         name,
         path,
-        (public_id or key_id)(secret),
+        public_id(secret),
         env_var,
         "digests" if name == "digest key" else "signatures",
     )

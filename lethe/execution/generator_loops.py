@@ -55,6 +55,11 @@ class _Multi:
             v.load_state_dict(state[k])
 
 
+def _losses(totals: dict[str, float], seen: int) -> str:
+    """Each optimiser group's mean loss so far, for the progress line."""
+    return ", ".join(f"{k} {v / max(1, seen):.4f}" for k, v in totals.items())
+
+
 def generator_pretrain_loop(job: dict[str, Any], model) -> None:
     import ray.train
     import ray.train.torch
@@ -75,6 +80,7 @@ def generator_pretrain_loop(job: dict[str, Any], model) -> None:
         ray.train.get_dataset_shard("train"), job["batch_size"], job["seed"], device, preload
     )
     local_rows = -(-job["n_rows"] // world)  # this worker's share of an epoch (equal split)
+    label = f"pretrain {model.family}"
     for epoch in range(start_epoch, job["epochs"]):
         gen = torch.Generator().manual_seed(job["seed"] * 1000 + rank * 7 + epoch)
         t0, seen, totals = time.perf_counter(), 0, {k: 0.0 for k in groups}
@@ -89,13 +95,9 @@ def generator_pretrain_loop(job: dict[str, Any], model) -> None:
                 totals[name] += loss.item() * len(x)
             seen += len(x)
             if rank == 0 and n_batches % 50 == 0:
-                parts = ", ".join(f"{k} {v / seen:.4f}" for k, v in totals.items())
-                epoch_progress(
-                    f"pretrain {model.family}", epoch + 1, job["epochs"], seen, local_rows, parts, t0
-                )
+                epoch_progress(label, epoch + 1, job["epochs"], seen, local_rows, _losses(totals, seen), t0)
         if rank == 0:  # the epoch's last line: its bar ends complete
-            parts = ", ".join(f"{k} {v / max(1, seen):.4f}" for k, v in totals.items())
-            epoch_progress(f"pretrain {model.family}", epoch + 1, job["epochs"], seen, seen, parts, t0)
+            epoch_progress(label, epoch + 1, job["epochs"], seen, seen, _losses(totals, seen), t0)
         dt = time.perf_counter() - t0
         loop_s += dt
         metrics = {

@@ -111,6 +111,7 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
         if epoch > start_epoch and phase != phases[epoch - 1]:
             params, opt, sched = _phase_optimiser(job, base, phases, epoch, steps_per_epoch)
         t0, seen, total = time.perf_counter(), 0, 0.0
+        label = f"{job['kind']} {phase}"
         for n_batches, (x, y) in enumerate(source.epoch(epoch), start=1):
             if job["kind"] == "pretrain":
                 loss = training_loss(model, x, spec.sample(x.shape[0], gen), gen, phase)
@@ -120,13 +121,13 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
             seen += x.shape[0]
             total += loss.item() * x.shape[0]
             if rank == 0 and n_batches % 50 == 0:
-                label = f"{job['kind']} {phase}"
                 epoch_progress(
                     label, epoch + 1, job["epochs"], seen, local_rows, f"loss {total / seen:.4f}", t0
                 )
         if rank == 0:  # the epoch's last line: its bar ends complete
-            label, mean = f"{job['kind']} {phase}", total / max(1, seen)
-            epoch_progress(label, epoch + 1, job["epochs"], seen, seen, f"loss {mean:.4f}", t0)
+            epoch_progress(
+                label, epoch + 1, job["epochs"], seen, seen, f"loss {total / max(1, seen):.4f}", t0
+            )
         dt = time.perf_counter() - t0
         loop_s += dt
         metrics = {

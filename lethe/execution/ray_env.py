@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,6 @@ _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 def prefer_loopback(res: ResourcesConfig) -> None:
     """Before Ray is imported: a local Ray of this run (no cluster address configured) stays on
     127.0.0.1. A run that joins a cluster, or a process that already imported Ray, is left alone."""
-    import sys
-
     if res.ray_address or os.environ.get("RAY_ADDRESS") or "ray" in sys.modules:
         return
     os.environ.setdefault(_LOOPBACK_ENV, "0")

@@ -8,6 +8,7 @@ written, and reported as one LetheError line.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -180,9 +181,6 @@ def _start_shared_ray(cfg: RunConfig) -> bool:
 def _screen(cfg: RunConfig):
     """kfp's runner output to <workdir>/logs/pipeline.log and a line per task on the terminal; with
     -v (lethe at DEBUG) everything streams to the terminal as kfp prints it."""
-    import contextlib
-    import logging
-
     from lethe.orchestration.local_screen import task_lines
 
     if logging.getLogger("lethe").isEnabledFor(logging.DEBUG):

@@ -14,7 +14,7 @@ from typing import TextIO
 
 from lethe.execution.progress import Bars
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # colour codes, as kfp and Ray print them
 _START = re.compile(r"Executing task '(?P<task>[^']+)'")
 _END = re.compile(r"Task '(?P<task>[^']+)' finished with status (?P<status>\w+)")
 
@@ -33,7 +33,7 @@ class TaskLines:
         self._partial += text
         *lines, self._partial = self._partial.split("\n")
         for line in lines:
-            self._event(_ANSI.sub("", line))
+            self._event(ANSI_ESCAPE.sub("", line))
         return len(text)
 
     def _event(self, line: str) -> None:

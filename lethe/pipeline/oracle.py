@@ -95,7 +95,6 @@ def step_oracle(ctx: Context) -> Path:
 def _placeholder(ctx: Context, audit: dict[str, Any]) -> Path:
     log.warning("oracle: %s", audit["reason"])
     dest = ctx.lay.model("oracle")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     storage.write_bytes(str(dest), NOT_AUDITED_MAGIC + json.dumps(audit, sort_keys=True).encode() + b"\n")
     ctx.lay.publish(dest)
     return dest

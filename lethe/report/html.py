@@ -11,6 +11,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from lethe.gates import oracle_audited
 from lethe.report.schema import (
     DISTANCE_NAMES,
     FEATURE_METRICS,
@@ -200,7 +201,7 @@ def _fd_callout(metrics: dict) -> str:
 def _no_oracle_note(report: dict) -> list[str]:
     """A run without an oracle (cache.oracle = sample) says so where the oracle's column is empty."""
     oracle = report.get("oracle") or {}
-    if oracle.get("audited") is not False:
+    if oracle_audited(oracle):
         return []
     return [
         f"<p class='verdict-inconclusive'><strong>No oracle in this run</strong>: {_e(oracle.get('reason'))}</p>"

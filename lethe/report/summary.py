@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from lethe.gates import oracle_audited
 from lethe.report.schema import FEATURE_SPLIT, MODELS
 
 # (split, metric, column title) per request kind: the figures that say whether forgetting worked
@@ -100,7 +101,7 @@ def summary_lines(report: Mapping[str, Any], certificate: str | None = None) -> 
         *_table(report),
     ]
     oracle = report.get("oracle") or {}
-    if oracle.get("audited") is False:
+    if not oracle_audited(oracle):
         lines.append(f"oracle: none in this run ({oracle.get('reason')})")
     gates = _gates(report)
     if gates:
