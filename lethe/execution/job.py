@@ -50,6 +50,7 @@ class TrainJob:
     max_steps: int | None = None
     grad_clip: float | None = None
     checkpoint_every: int = 50
+    checkpoint_interval_s: float = 0.0  # epochs: checkpoint when this long since the last; 0: each
     cache_mb: float = 1024.0  # keep a worker's shard in memory after one pass when it fits
     fail_at_step: int | None = None  # fault injection for tests: rank 0 exits once at this step
     # classifiers: class index -> training label (the binary feature classifier: 1 = has the feature)

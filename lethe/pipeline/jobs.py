@@ -63,6 +63,7 @@ def job_common(cfg: RunConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "threads": worker_threads(cfg.resources),
         "cache_mb": cfg.resources.worker_cache_mb,
+        "checkpoint_interval_s": cfg.resources.checkpoint_interval_s,
     }
 
 
