@@ -26,6 +26,7 @@ from lethe.execution.worker import (
     maybe_fail,
     progress,
     report,
+    report_due,
     restore,
 )
 
@@ -81,6 +82,7 @@ def generator_pretrain_loop(job: dict[str, Any], model) -> None:
     )
     local_rows = -(-job["n_rows"] // world)  # this worker's share of an epoch (equal split)
     label = f"pretrain {model.family}"
+    phases, last_report = ["main"] * job["epochs"], time.monotonic()
     for epoch in range(start_epoch, job["epochs"]):
         gen = torch.Generator().manual_seed(job["seed"] * 1000 + rank * 7 + epoch)
         t0, seen, totals = time.perf_counter(), 0, {k: 0.0 for k in groups}
@@ -107,7 +109,9 @@ def generator_pretrain_loop(job: dict[str, Any], model) -> None:
             "images_per_s": seen * world / max(dt, 1e-9),
             "loop_s": loop_s,
         }
-        report(metrics, model, opts, scheds, {"epoch": epoch, "loop_s": loop_s}, job["meta"])
+        if report_due(job, phases, epoch, time.monotonic() - last_report, device):
+            report(metrics, model, opts, scheds, {"epoch": epoch, "loop_s": loop_s}, job["meta"])
+            last_report = time.monotonic()
 
 
 def feature_unlearn_loop(job: dict[str, Any], student) -> None:

@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from lethe.execution.generator_loops import feature_unlearn_loop, generator_pretrain_loop
 from lethe.execution.job import job_method, stage_budgets
@@ -25,6 +24,7 @@ from lethe.execution.worker import (
     maybe_fail,
     progress,
     report,
+    report_due,
     restore_model,
 )
 
@@ -138,26 +138,11 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
             "images_per_s": seen * world / max(dt, 1e-9),
             "loop_s": loop_s,
         }
-        # Every worker takes the same decision (a report is collective): rank 0's clock decides.
-        if _report_due(job, phases, epoch, time.monotonic() - last_report, device):
+        if report_due(job, phases, epoch, time.monotonic() - last_report, device):
             report(
                 metrics, model, opt, sched, {"epoch": epoch, "phase": phase, "loop_s": loop_s}, job["meta"]
             )
             last_report = time.monotonic()
-
-
-def _report_due(job: dict[str, Any], phases: list[str], epoch: int, since_s: float, device) -> bool:
-    """Checkpoint this epoch? The last epoch and a phase's last always; otherwise once
-    `checkpoint_interval_s` has passed since the last checkpoint (0: every epoch)."""
-    interval = float(job.get("checkpoint_interval_s") or 0.0)
-    if interval <= 0 or epoch == job["epochs"] - 1 or phases[epoch + 1] != phases[epoch]:
-        return True
-    due = since_s >= interval
-    if dist.is_available() and dist.is_initialized():  # clocks differ: rank 0 decides for all
-        flag = torch.tensor([1 if due else 0], device=device)
-        dist.broadcast(flag, src=0)
-        due = bool(flag.item())
-    return due
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
-"""When a pretraining epoch reports a checkpoint (lethe.execution.loops): every epoch by default in a
+"""When a pretraining epoch reports a checkpoint (lethe.execution.worker.report_due, both epoch loops): every epoch by default in a
 bare TrainJob, at most every `checkpoint_interval_s` from a run's config, always at the end."""
 
 from __future__ import annotations
 
 from lethe.config import build_config
 from lethe.execution.job import TrainJob
-from lethe.execution.loops import _report_due
+from lethe.execution.worker import report_due
 from lethe.pipeline.jobs import job_common
 
 
@@ -15,21 +15,21 @@ def _job(interval: float, epochs: int = 10) -> dict:
 
 def test_every_epoch_without_an_interval() -> None:
     phases = ["main"] * 10
-    assert all(_report_due(_job(0.0), phases, e, 0.0, "cpu") for e in range(10))
+    assert all(report_due(_job(0.0), phases, e, 0.0, "cpu") for e in range(10))
     assert TrainJob.__dataclass_fields__["checkpoint_interval_s"].default == 0.0
 
 
 def test_short_epochs_report_once_the_interval_passed_and_always_at_the_end() -> None:
     phases = ["main"] * 10
-    assert not _report_due(_job(20.0), phases, 3, 5.0, "cpu")
-    assert _report_due(_job(20.0), phases, 3, 20.0, "cpu")
-    assert _report_due(_job(20.0), phases, 9, 0.1, "cpu")  # the last epoch: the model the run returns
+    assert not report_due(_job(20.0), phases, 3, 5.0, "cpu")
+    assert report_due(_job(20.0), phases, 3, 20.0, "cpu")
+    assert report_due(_job(20.0), phases, 9, 0.1, "cpu")  # the last epoch: the model the run returns
 
 
 def test_a_phase_always_ends_with_a_checkpoint() -> None:
     phases = ["tokenizer"] * 4 + ["transformer"] * 6
-    assert _report_due(_job(1e9), phases, 3, 0.0, "cpu")
-    assert not _report_due(_job(1e9), phases, 4, 0.0, "cpu")
+    assert report_due(_job(1e9), phases, 3, 0.0, "cpu")
+    assert not report_due(_job(1e9), phases, 4, 0.0, "cpu")
 
 
 def test_the_interval_comes_from_the_run_config() -> None:
