@@ -108,8 +108,14 @@ def optimizer_step(
 
 
 def unlearn_total_steps(
-    n_forget: int, batch_size: int, world: int, passes: float, max_steps: int | None
+    n_forget: int,
+    batch_size: int,
+    world: int,
+    passes: float,
+    max_steps: int | None,
+    min_steps: int | None = None,
 ) -> int:
-    """Same count on every worker: passes over the global forget set at world * batch per step."""
-    steps = max(1, math.ceil(passes * n_forget / (batch_size * world)))
+    """Same count on every worker: passes over the global forget set at world * batch per step, at
+    least `min_steps` (a request of a few images is otherwise one step), at most `max_steps`."""
+    steps = max(1, math.ceil(passes * n_forget / (batch_size * world)), min_steps or 1)
     return min(steps, max_steps) if max_steps else steps

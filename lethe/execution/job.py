@@ -48,6 +48,7 @@ class TrainJob:
     unlearn_mask: str = "box"
     passes: float = 1.0
     max_steps: int | None = None
+    min_steps: int | None = None
     grad_clip: float | None = None
     checkpoint_every: int = 50
     checkpoint_interval_s: float = 0.0  # epochs: checkpoint when this long since the last; 0: each
@@ -74,5 +75,7 @@ def stage_budgets(job: dict[str, Any], world: int, method=None) -> dict[str, int
     steps it runs: a multi-stage method may finish earlier). Driver and workers use this one rule."""
     from lethe.optim import unlearn_total_steps
 
-    base = unlearn_total_steps(job["n_rows"], job["batch_size"], world, job["passes"], job["max_steps"])
+    base = unlearn_total_steps(
+        job["n_rows"], job["batch_size"], world, job["passes"], job["max_steps"], job.get("min_steps")
+    )
     return dict((method or job_method(job)).stages(base))

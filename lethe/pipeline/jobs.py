@@ -181,6 +181,7 @@ def unlearn_job(
         method=cfg.method,
         alpha=u.alpha,
         max_steps=u.max_steps,
+        min_steps=u.min_steps,
         grad_clip=u.grad_clip,
         checkpoint_every=u.checkpoint_every,
         **options,

@@ -127,6 +127,11 @@ def test_unlearn_steps_are_the_same_on_every_worker() -> None:
     assert unlearn_total_steps(6000, 64, 1, 1.5, None) == 141
     assert unlearn_total_steps(6000, 64, 2, 1.5, None) == 71
     assert unlearn_total_steps(6000, 64, 1, 1.5, 10) == 10
+    # a one-image request: one step by passes alone, min_steps lifts it, max_steps still caps
+    assert unlearn_total_steps(1, 64, 1, 0.5, None) == 1
+    assert unlearn_total_steps(1, 64, 1, 0.5, None, min_steps=30) == 30
+    assert unlearn_total_steps(1, 64, 1, 0.5, 6, min_steps=30) == 6
+    assert unlearn_total_steps(6000, 64, 1, 1.5, None, min_steps=30) == 141
 
 
 @pytest.mark.parametrize("family", ["mae", "vqgan", "diffusion"])
