@@ -11,7 +11,9 @@ each (four checks); every gate ends passed, failed or inconclusive:
   -- "close to the oracle", not "as bad as possible" (DESIGN.md 2.2). Forget sets too small for a
   Frechet distance (lethe.metrics.fd_min_samples) are judged per image instead: |PSNR_unlearned -
   PSNR_oracle| <= forget_psnr_tol_db. Power check: when the untouched source already lies in the
-  band, the gate cannot tell a model that forgot from one that did not: inconclusive.
+  band, the gate cannot tell a model that forgot from one that did not: inconclusive, unless the
+  unlearned model lies beyond the band on the over-forgetting side, which fails whatever the source
+  (the forgotten images then stand out: on the demo a 5-id request lost 3.8 dB against the oracle).
 * retain_fd / retain_psnr: is the retain data still served as well as by the source model?
   FD_unlearned / FD_source on held-out retain data <= 1 + y, and PSNR_source - PSNR_unlearned
   <= retain_psnr_drop_db.
@@ -206,7 +208,8 @@ def _forget_psnr(metrics: Mapping[str, Any], tol_db: float) -> GateResult:
     if un is None or orc is None or src is None:
         return _missing(name, limit, "forget PSNR of the unlearned model, the source or the oracle")
     gap = un - orc
-    if abs(src - orc) <= tol_db:
+    # No power to see under-forgetting, but over-forgetting is visible whatever the source did.
+    if abs(src - orc) <= tol_db and gap >= -tol_db:
         return GateResult(
             name,
             True,
@@ -240,7 +243,8 @@ def forget_vs_oracle(
     ci = _ratio_ci(evidence, "forget", "unlearned_vs_oracle")
     where = _where(ci, lo, hi)
     source = _ratio(_metric(metrics, "original", "forget", "fd"), orc_fd)
-    if source is not None and lo <= source <= hi:
+    # No power to see under-forgetting, but over-forgetting is visible whatever the source did.
+    if source is not None and lo <= source <= hi and ratio <= hi:
         return GateResult(
             name,
             True,

@@ -186,8 +186,9 @@ def membership_verdict(
     """evidence.membership: passed | failed | inconclusive, the reason, and the figures behind it.
 
     Power check first: the attack must tell members from non-members on the source model (its AUC
-    interval lies above 0.5) on enough members; otherwise no verdict on the unlearned model means
-    anything, and it is "inconclusive", never "passed". Then the unlearned AUC must lie inside the
+    interval lies above 0.5) on enough members; otherwise it is "inconclusive", never "passed" --
+    except an unlearned AUC below the band, which fails whatever the source: over-forgotten images
+    stand out even where the source never leaked. Then the unlearned AUC must lie inside the
     oracle's interval widened by `tol` on both sides: too low fails as surely as too high (an image
     the model now reconstructs worse than a model that never saw it marks whom a request was for).
     """
@@ -214,7 +215,7 @@ def membership_verdict(
             "reason": f"membership evidence inconclusive: {n_members} forget images are too few for a "
             f"membership test (at least {min_members})",
         }
-    if lo <= 0.5:
+    if lo <= 0.5 and unlearned.auc >= band[0]:
         return {
             **figures,
             "power": False,
@@ -235,8 +236,10 @@ def membership_verdict(
             "failed",
             f"below the oracle's band [{band[0]:.3f}, {band[1]:.3f}]: over-forgotten, the images stand out",
         )
-    reason = f"membership: unlearned AUC {auc:.3f} {why} (the source's {source.auc:.3f} shows the attack has power)"
-    return {**figures, "power": True, "verdict": verdict, "reason": reason}
+    power = lo > 0.5
+    note = "shows the attack has power" if power else "does not leak: only over-forgetting can be seen"
+    reason = f"membership: unlearned AUC {auc:.3f} {why} (the source's {source.auc:.3f} {note})"
+    return {**figures, "power": power, "verdict": verdict, "reason": reason}
 
 
 def request_evidence(

@@ -75,6 +75,11 @@ def test_membership_verdict_power_check_and_band() -> None:
     leaky = _fig(0.8, 0.75, 0.85)
     v = membership_verdict(_fig(0.52, 0.47, 0.57), _fig(0.5, 0.45, 0.55), oracle, 200, 200, 0.1, 20)
     assert v["verdict"] == "inconclusive" and "does not measurably leak" in v["reason"] and not v["power"]
+    # no power on the source, but an unlearned AUC below the band: the images stand out, failed
+    v = membership_verdict(_fig(0.52, 0.47, 0.57), _fig(0.25, 0.2, 0.3), oracle, 200, 200, 0.1, 20)
+    assert v["verdict"] == "failed" and "over-forgotten" in v["reason"] and not v["power"]
+    v = membership_verdict(_fig(0.52, 0.47, 0.57), _fig(0.7, 0.65, 0.75), oracle, 200, 200, 0.1, 20)
+    assert v["verdict"] == "inconclusive"  # above the band without power: nothing to compare
     v = membership_verdict(leaky, _fig(0.8, 0.75, 0.85), oracle, 200, 200, 0.1, 20)
     assert v["verdict"] == "failed" and "still leaks" in v["reason"]
     v = membership_verdict(leaky, _fig(0.3, 0.25, 0.35), oracle, 200, 200, 0.1, 20)

@@ -150,6 +150,23 @@ def test_small_forget_set_is_judged_per_image_against_the_oracle() -> None:
     assert forget_vs_oracle(m, tol=1.0, psnr_tol_db=1.0).verdict == "inconclusive"
 
 
+def test_over_forgetting_fails_even_where_the_source_gives_no_power() -> None:
+    """Without power the gate cannot see under-forgetting, but a model that now reconstructs the
+    forget images far worse than the oracle makes them stand out: that fails whatever the source.
+    (Measured on the demo: a 5-id request, source = oracle = 20.44 dB, unlearned 16.66 dB.)"""
+    m = metrics()
+    for model, psnr in (("original", 20.44), ("unlearned", 16.66), ("oracle", 20.44)):
+        m[model]["forget"].update(fd=None, psnr=psnr)
+    r = forget_vs_oracle(m, tol=1.0, psnr_tol_db=1.0)
+    assert r.verdict == "failed" and "over-forgetting" in r.reason
+    m["unlearned"]["forget"]["psnr"] = 21.7  # better than the oracle: the under side needs power
+    assert forget_vs_oracle(m, tol=1.0, psnr_tol_db=1.0).verdict == "inconclusive"
+    # the same with FD: the source inside [0.5, 2], the unlearned model 3x the oracle's forget FD
+    r = forget_vs_oracle(metrics(fd_forget=(6.0, 12.0, 4.0)), tol=1.0)
+    assert r.verdict == "failed" and "over-forgetting" in r.reason
+    assert forget_vs_oracle(metrics(fd_forget=(6.0, 1.0, 4.0)), tol=1.0).verdict == "inconclusive"
+
+
 def test_mia_gate_reads_the_membership_verdict() -> None:
     for verdict, passed in (("passed", True), ("failed", False), ("inconclusive", True)):
         ev = {"membership": {"verdict": verdict, "reason": f"membership {verdict}", "band": [0.4, 0.6]}}
