@@ -30,7 +30,7 @@ class ResourcesConfig(_Strict):
     worker_cache_mb: float = Field(
         1024.0, ge=0, description="keep a worker's shard in memory below this; 0: stream"
     )
-    # Each Ray Train report costs ~0.5 s (the controller's poll), so many short epochs (a small data
+    # Each Ray Train report cost ~0.5 s here (measured: 300 epochs), so many short epochs (a small data
     # set trained long) spent more time reporting than training: 300 epochs of 140 images, 174 s for
     # 29 s of training loop. A crash still loses at most this much work.
     checkpoint_interval_s: float = Field(

@@ -62,7 +62,7 @@ class UnlearnConfig(_Strict):
     # A request of a few images is one step by passes alone, and Adam's first step moves every weight
     # by about lr whatever the gradient (the retain term is still 0 then): on the demo one step for
     # 1 / 5 / 50 ids cost retain FD 1.77 / 2.0 / 2.18x the source's. At 30 steps the retain term pulls
-    # back: 1 id, retain FD 0.89x, PSNR +0.1 dB, promoted (docs/evidence.md, requests of any size).
+    # back: 1 id, retain FD 0.88x, PSNR +0.1 dB, promoted (docs/evidence.md, requests of any size).
     min_steps: int | None = Field(30, ge=1, description="at least this many steps (max_steps still caps)")
     weight_decay: float = Field(0.05, ge=0)
     grad_clip: float = Field(3.0, gt=0)

@@ -84,7 +84,7 @@ def report(metrics: dict[str, Any], model, opt, sched, progress_state, meta) -> 
 def report_due(job: dict[str, Any], phases: list[str], epoch: int, since_s: float, device) -> bool:
     """Checkpoint at the end of this epoch? The last epoch and a phase's last always; otherwise once
     `checkpoint_interval_s` has passed since the last checkpoint (0: every epoch). A Ray Train
-    report costs ~0.5 s (the controller's poll), which many short epochs paid more than training."""
+    report cost ~0.5 s here, which many short epochs paid more than their training."""
     interval = float(job.get("checkpoint_interval_s") or 0.0)
     if interval <= 0 or epoch == job["epochs"] - 1 or phases[epoch + 1] != phases[epoch]:
         return True
