@@ -146,7 +146,9 @@ class ShardEpochs:
             ys.append(batch["label"])
         if not xs:
             raise LetheError("a Ray Train worker received no rows", expected="at least one row per worker")
-        return torch.cat(xs), torch.cat(ys)
+        x, y = torch.cat(xs), torch.cat(ys)
+        order = content_order(x, y)
+        return x[order], y[order]
 
     def epoch(self, epoch: int):
         if self.preload:
@@ -162,6 +164,17 @@ class ShardEpochs:
             batch_size=self.bs, local_shuffle_buffer_size=4 * self.bs, local_shuffle_seed=self.seed + epoch
         ):
             yield batch["image"].to(self.device), batch["label"].to(self.device)
+
+
+def content_order(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A row order that depends only on the rows' content. Ray Data delivers a union of shards in
+    whatever order its read tasks finish, so the same seed trained different models from run to run
+    (a memorising source's attack AUC 0.703 in one run, 0.691 in the next); sorting by an exact
+    integer fingerprint of each image and label first makes training reproducible."""
+    pixels = torch.round(x.reshape(len(x), -1).float() * 255).to(torch.int64)  # (N, C*H*W) in [0, 255]
+    weights = torch.randint(1, 2**20, (pixels.shape[1],), generator=torch.Generator().manual_seed(0))
+    key = (pixels * weights).sum(dim=1) * 1024 + y.to(torch.int64)  # < 2**63 for 64x64x3 images
+    return torch.argsort(key, stable=True)
 
 
 def local_rows(job: dict[str, Any], name: str, rank: int, world: int, device) -> torch.Tensor:

@@ -3,6 +3,8 @@ bare TrainJob, at most every `checkpoint_interval_s` from a run's config, always
 
 from __future__ import annotations
 
+import torch
+
 from lethe.config import build_config
 from lethe.execution.job import TrainJob
 from lethe.execution.worker import report_due
@@ -35,3 +37,17 @@ def test_a_phase_always_ends_with_a_checkpoint() -> None:
 def test_the_interval_comes_from_the_run_config() -> None:
     cfg = build_config(preset="smoke")
     assert job_common(cfg)["checkpoint_interval_s"] == cfg.resources.checkpoint_interval_s == 20.0
+
+
+def test_preloaded_rows_are_ordered_by_content_not_by_arrival() -> None:
+    """Ray Data hands a union of shards over in the order its reads finish; training must not depend
+    on it (the same seed trained different models before)."""
+    from lethe.execution.worker import content_order
+
+    torch.manual_seed(0)
+    x = torch.rand(50, 1, 8, 8)
+    y = torch.randint(0, 10, (50,))
+    shuffled = torch.randperm(50)
+    a, b = content_order(x, y), content_order(x[shuffled], y[shuffled])
+    assert torch.equal(x[a], x[shuffled][b]) and torch.equal(y[a], y[shuffled][b])
+    assert sorted(a.tolist()) == list(range(50))
