@@ -243,6 +243,33 @@ def test_smoke_run_of_each_generative_family(tmp_path: Path, family: str, sample
     phases = json.loads((work / "state.json").read_text())["pretrain"]["original"]["phases"].split(",")
     assert phases == (["tokenizer", "transformer"] if family == "vqgan" else ["main"])
     assert runs_by_status(work / "mlflow.db") == {"FINISHED": 8}
+    assert_registered_source_unlearns(tmp_path, report, "--dataset", "digits", "--forget-classes", "3")
+
+
+def assert_registered_source_unlearns(tmp_path: Path, first: dict, *request: str) -> None:
+    """The version a first run registered is the source of the next request (`--source-model`):
+    it is loaded as the original, weights unchanged, and the result is the next version of the same
+    registered model, in the same family. Same request and cache, so the oracle is reused."""
+    import torch
+
+    from lethe.tracking.model_format import load_lethe_model
+
+    family, name, uri = first["family"], first["mlflow"]["model_name"], first["mlflow"]["tracking_uri"]
+    work = tmp_path / "from-registry"
+    r = lethe(
+        "run", "--preset", "smoke", "--family", family, *request, "--method", first["method"],
+        "--source-model", f"models:/{name}/1", "--tracking-uri", uri, "--workdir", str(work), cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    validate_report(report)
+    assert report["family"] == family and report["source_model"] == f"models:/{name}/1"
+    assert (report["mlflow"]["model_name"], report["mlflow"]["model_version"]) == (name, "2")
+    registered = load_lethe_model(f"models:/{name}/1", uri).state_dict()
+    original = torch.load(work / "models" / "original.pt", weights_only=True)
+    assert original["kind"] == family and original["meta"]["source_model"] == f"models:/{name}/1"
+    assert all(torch.equal(original["state_dict"][k], v) for k, v in registered.items())
+    assert load_lethe_model(f"models:/{name}/2", uri).family == family
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import assert_registered_source_unlearns  # the same check for every family
 
 from lethe.report import FEATURE_METRICS, MODELS, validate_report
 from lethe.tracking.model_format import load_lethe_model
@@ -71,3 +72,4 @@ def test_feature_unlearning_smoke_end_to_end(tmp_path: Path, family: str) -> Non
     with torch.no_grad():
         assert generator(torch.randn(2, generator.latent_dim)).shape == (2, 1, 28, 28)
     assert not (work / "shards" / "forget").exists()
+    assert_registered_source_unlearns(tmp_path, report, "--forget-feature", "Trouser")
