@@ -82,7 +82,7 @@ def generator_pretrain_loop(job: dict[str, Any], model) -> None:
     )
     local_rows = -(-job["n_rows"] // world)  # this worker's share of an epoch (equal split)
     label = f"pretrain {model.family}"
-    phases, last_report = ["main"] * job["epochs"], time.monotonic()
+    last_report = time.monotonic()
     for epoch in range(start_epoch, job["epochs"]):
         gen = torch.Generator().manual_seed(job["seed"] * 1000 + rank * 7 + epoch)
         t0, seen, totals = time.perf_counter(), 0, {k: 0.0 for k in groups}
@@ -109,7 +109,7 @@ def generator_pretrain_loop(job: dict[str, Any], model) -> None:
             "images_per_s": seen * world / max(dt, 1e-9),
             "loop_s": loop_s,
         }
-        if report_due(job, phases, epoch, time.monotonic() - last_report, device):
+        if report_due(job, None, epoch, time.monotonic() - last_report, device):
             report(metrics, model, opts, scheds, {"epoch": epoch, "loop_s": loop_s}, job["meta"])
             last_report = time.monotonic()
 

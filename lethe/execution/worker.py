@@ -81,12 +81,15 @@ def report(metrics: dict[str, Any], model, opt, sched, progress_state, meta) -> 
         ray.train.report(metrics, checkpoint=None)
 
 
-def report_due(job: dict[str, Any], phases: list[str], epoch: int, since_s: float, device) -> bool:
-    """Checkpoint at the end of this epoch? The last epoch and a phase's last always; otherwise once
-    `checkpoint_interval_s` has passed since the last checkpoint (0: every epoch). A Ray Train
-    report cost ~0.5 s here, which many short epochs paid more than their training."""
+def report_due(job: dict[str, Any], phases: list[str] | None, epoch: int, since_s: float, device) -> bool:
+    """Checkpoint at the end of this epoch? The last epoch and a phase's last (`phases`: the phase of
+    each epoch, None for one phase) always; otherwise once `checkpoint_interval_s` has passed since
+    the last checkpoint (0: every epoch). A Ray Train report cost ~0.5 s here, which many short epochs
+    paid more than their training."""
     interval = float(job.get("checkpoint_interval_s") or 0.0)
-    if interval <= 0 or epoch == job["epochs"] - 1 or phases[epoch + 1] != phases[epoch]:
+    if interval <= 0 or epoch == job["epochs"] - 1:
+        return True
+    if phases is not None and phases[epoch + 1] != phases[epoch]:
         return True
     due = since_s >= interval
     # A report is collective and the workers' clocks differ: rank 0 decides for all of them.

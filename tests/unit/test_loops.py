@@ -3,6 +3,7 @@ bare TrainJob, at most every `checkpoint_interval_s` from a run's config, always
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lethe.config import build_config
@@ -21,8 +22,8 @@ def test_every_epoch_without_an_interval() -> None:
     assert TrainJob.__dataclass_fields__["checkpoint_interval_s"].default == 0.0
 
 
-def test_short_epochs_report_once_the_interval_passed_and_always_at_the_end() -> None:
-    phases = ["main"] * 10
+@pytest.mark.parametrize("phases", [["main"] * 10, None], ids=["phases", "generator"])
+def test_short_epochs_report_once_the_interval_passed_and_always_at_the_end(phases) -> None:
     assert not report_due(_job(20.0), phases, 3, 5.0, "cpu")
     assert report_due(_job(20.0), phases, 3, 20.0, "cpu")
     assert report_due(_job(20.0), phases, 9, 0.1, "cpu")  # the last epoch: the model the run returns
