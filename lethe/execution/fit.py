@@ -22,7 +22,7 @@ import torch
 from lethe.errors import LetheError, find_lethe_error
 from lethe.execution.job import FINISHED_FILE, MODEL_FILE, TrainJob, stage_budgets
 from lethe.execution.loops import train_loop_per_worker
-from lethe.execution.worker import progress
+from lethe.execution.worker import TRAIN_IMAGES, TRAIN_LABELS, progress
 
 log = logging.getLogger("lethe.train")
 
@@ -49,6 +49,25 @@ def unlearn_inputs(manifest: Any, job: TrainJob, world: int) -> dict[str, Any]:
                 seen=str(len(rows)),
             )
     return {"forget": forget, "retain": retain}
+
+
+def train_arrays(manifest: Any, shard_names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """A pretraining run's whole data, read by the driver for `fit` to put in the object store:
+    uint8 images (N, H, W, C) and int64 labels of the shards, concatenated.
+
+    For data that fits a worker's cache (ShardEpochs.fits), where every worker would read its Ray
+    Data shard into memory once anyway: a Ray Data execution costs ~10 s to start on 2 cores, longer
+    than a smoke run's whole training. Larger data streams from Ray Data. Workers order the rows by
+    content and take rank::world (ShardEpochs.for_job): the same rows, in the same order, as from a
+    preloaded Ray Data shard.
+    """
+    from lethe.data import read_shard_numpy
+
+    parts = [read_shard_numpy(manifest, name) for name in shard_names]
+    return {
+        TRAIN_IMAGES: np.concatenate([p[0] for p in parts]),
+        TRAIN_LABELS: np.concatenate([p[1] for p in parts]),
+    }
 
 
 @dataclass

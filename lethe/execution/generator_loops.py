@@ -76,10 +76,7 @@ def generator_pretrain_loop(job: dict[str, Any], model) -> None:
     start_epoch = state["epoch"] + 1 if state else 0
     loop_s = state.get("loop_s", 0.0) if state else 0.0
     model = model.to(device).train()
-    preload = ShardEpochs.fits(job["n_rows"], world, job["arch"], job["cache_mb"])
-    source = ShardEpochs(
-        ray.train.get_dataset_shard("train"), job["batch_size"], job["seed"], device, preload
-    )
+    source = ShardEpochs.for_job(job, rank, world, device)
     local_rows = -(-job["n_rows"] // world)  # this worker's share of an epoch (equal split)
     label = f"pretrain {model.family}"
     last_report = time.monotonic()

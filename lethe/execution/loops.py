@@ -99,12 +99,10 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
     device = ray.train.torch.get_device()
     spec = MaskSpec(**job["mask"]) if job["kind"] == "pretrain" else None
     gen = torch.Generator().manual_seed(job["seed"] * 1000 + rank)
-    shard = ray.train.get_dataset_shard("train")
     # Time inside the training loop (data loading included, worker start-up excluded), carried
     # across restarts: with the wall time it separates algorithmic cost from Ray's fixed cost.
     loop_s = state.get("loop_s", 0.0) if state else 0.0
-    preload = ShardEpochs.fits(job["n_rows"], world, job["arch"], job["cache_mb"])
-    source = ShardEpochs(shard, job["batch_size"], job["seed"], device, preload)
+    source = ShardEpochs.for_job(job, rank, world, device)
     label_map = torch.tensor(job["label_map"], device=device) if job.get("label_map") else None
     local_rows = -(-job["n_rows"] // world)  # this worker's share of an epoch (equal split)
     last_report = time.monotonic()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -137,6 +138,24 @@ class ShardEpochs:
         self.shard, self.bs, self.seed, self.device, self.preload = shard, batch_size, seed, device, preload
         self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    @classmethod
+    def for_job(cls, job: dict[str, Any], rank: int, world: int, device) -> ShardEpochs:
+        """This worker's training epochs: from the rows the driver put in the object store when the
+        whole data set fits the worker cache (`train_arrays`), else from its Ray Data shard."""
+        import ray
+        import ray.train
+
+        arrays = job.get("arrays", {})
+        if TRAIN_IMAGES in arrays:
+            source = cls(None, job["batch_size"], job["seed"], device, preload=True)
+            source.cached = array_share(
+                ray.get(arrays[TRAIN_IMAGES]), ray.get(arrays[TRAIN_LABELS]), rank, world
+            )
+            return source
+
+        preload = cls.fits(job["n_rows"], world, job["arch"], job["cache_mb"])
+        return cls(ray.train.get_dataset_shard("train"), job["batch_size"], job["seed"], device, preload)
+
     @staticmethod
     def fits(n_rows: int, world: int, arch: dict[str, Any], cache_mb: float) -> bool:
         per_worker = -(-n_rows // world) * arch["channels"] * arch["height"] * arch["width"] * 4  # float32
@@ -167,6 +186,25 @@ class ShardEpochs:
             batch_size=self.bs, local_shuffle_buffer_size=4 * self.bs, local_shuffle_seed=self.seed + epoch
         ):
             yield batch["image"].to(self.device), batch["label"].to(self.device)
+
+
+TRAIN_IMAGES, TRAIN_LABELS = "train_images", "train_labels"  # the object-store arrays of train_arrays
+
+
+def array_share(
+    images: np.ndarray, labels: np.ndarray, rank: int, world: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One worker's rows of uint8 images (N, H, W, C) and labels (N,): rows rank::world in content
+    order, as many on every worker (DDP steps in lockstep), as float (N_local, C, H, W) in [0, 1]
+    and int64 (N_local,)."""
+    from lethe.data import to_chw_float
+
+    x = torch.from_numpy(to_chw_float(images))
+    y = torch.from_numpy(np.array(labels, dtype=np.int64))
+    mine = content_order(x, y)[rank::world][: len(x) // world]
+    if len(mine) == 0:
+        raise LetheError("a Ray Train worker received no rows", expected="at least one row per worker")
+    return x[mine], y[mine]
 
 
 def content_order(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,8 @@ def _train(
     import ray.data
 
     from lethe.data import shard_dataset
-    from lethe.execution.fit import fit
+    from lethe.execution.fit import fit, train_arrays
+    from lethe.execution.worker import ShardEpochs
 
     cfg, lay = ctx.cfg, ctx.lay
     cached = lay.cached(kind, cache_key)
@@ -126,10 +127,14 @@ def _train(
     # Ray and the reads start outside fit, so that the recorded training wall time (the cost ratios'
     # denominator) is the training alone.
     ctx.start_ray()
-    parts = [shard_dataset(man, s) for s in shard_names]
-    ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-    assert isinstance(ds, ray.data.Dataset)
-    datasets = {"train": ds}
+    datasets: dict[str, Any]
+    if ShardEpochs.fits(n_rows, 1, job.arch, job.cache_mb):  # every worker can hold it all
+        datasets = train_arrays(man, shard_names)
+    else:
+        parts = [shard_dataset(man, s) for s in shard_names]
+        ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+        assert isinstance(ds, ray.data.Dataset)
+        datasets = {"train": ds}
     name = f"{kind}-{cache_key}"
     res = fit(job, datasets, name=name, dest=cached, **fit_kwargs(cfg, lay))
     if res.reused and (why := _load_error(cached)) is not None:

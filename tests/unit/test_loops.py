@@ -52,3 +52,28 @@ def test_preloaded_rows_are_ordered_by_content_not_by_arrival() -> None:
     a, b = content_order(x, y), content_order(x[shuffled], y[shuffled])
     assert torch.equal(x[a], x[shuffled][b]) and torch.equal(y[a], y[shuffled][b])
     assert sorted(a.tolist()) == list(range(50))
+
+
+def test_workers_take_equal_disjoint_shares_of_the_training_arrays_in_content_order() -> None:
+    """Data that fits the worker cache reaches the workers as object-store arrays (no Ray Data start):
+    one worker trains on exactly the rows and order a preloaded Ray Data shard gave; several take
+    disjoint shares of one size (DDP steps in lockstep), whatever order the driver read them in."""
+    import numpy as np
+
+    from lethe.data import to_chw_float
+    from lethe.execution.worker import array_share, content_order
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (51, 8, 8, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, 51)
+    x, y = torch.from_numpy(to_chw_float(images)), torch.from_numpy(labels)
+    order = content_order(x, y)
+    one_x, one_y = array_share(images, labels, 0, 1)
+    assert torch.equal(one_x, x[order]) and torch.equal(one_y, y[order])
+
+    perm = rng.permutation(51)
+    shares = [array_share(images[perm], labels[perm], rank, 2) for rank in range(2)]
+    assert [len(s[0]) for s in shares] == [25, 25]
+    rows = {tuple(r.flatten().tolist()) for s in shares for r in s[0]}
+    assert len(rows) == 50  # disjoint (random 8x8 images do not repeat)
+    assert torch.equal(torch.cat([shares[0][0][:1], shares[1][0][:1]]), one_x[:2])
