@@ -151,24 +151,35 @@ def checkpoint_path_in(mlmodel: Model, where: str) -> str:
     return norm
 
 
-def _download(artifact_uri: str, dst: str, tracking_uri: str, what: str, where: str) -> str:
-    # download_artifacts resolves models:/ URIs against the process-wide registry URI whatever its
-    # registry_uri argument says (MLflow 3.17): point it at this store for the call, then put it back.
-    previous = mlflow.get_registry_uri()
+def _version_source(model_uri: str, tracking_uri: str) -> str:
+    """Where the artifacts of models:/NAME/VERSION (or models:/NAME@ALIAS) are stored.
+
+    Resolved with a client of this store rather than by mlflow.artifacts.download_artifacts on the
+    models:/ URI: that goes through the process-wide registry URI, and in a process that never set one
+    MLflow created ./mlflow.db in the working directory."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    name, sep, version = model_uri.removeprefix("models:/").rpartition("/")
+    if not sep:
+        name, _, alias = model_uri.removeprefix("models:/").partition("@")
+        version = str(client.get_model_version_by_alias(name, alias).version)
+    return client.get_model_version_download_uri(name, version)
+
+
+def _download(model_uri: str, rel: str, dst: str, tracking_uri: str, what: str) -> str:
     try:
-        mlflow.set_registry_uri(tracking_uri)
+        source = _version_source(model_uri, tracking_uri)
         return mlflow.artifacts.download_artifacts(
-            artifact_uri=artifact_uri, dst_path=dst, tracking_uri=tracking_uri, registry_uri=tracking_uri
+            artifact_uri=f"{source.rstrip('/')}/{rel}", dst_path=dst, tracking_uri=tracking_uri
         )
     except Exception as exc:  # noqa: BLE001 - any failure here is one line to the user
         raise CheckpointError(
             f"cannot download the registered model version's {what}",
-            where=where,
+            where=model_uri,
             expected=_EXPECTED,
             seen=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
         ) from exc
-    finally:
-        mlflow.set_registry_uri(previous)
 
 
 def load_lethe_model(model_uri: str, tracking_uri: str) -> torch.nn.Module:
@@ -179,7 +190,7 @@ def load_lethe_model(model_uri: str, tracking_uri: str) -> torch.nn.Module:
     URI too (lethe keeps both in one store).
     """
     with tempfile.TemporaryDirectory(prefix="lethe-load-") as tmp:
-        local = _download(f"{model_uri}/MLmodel", tmp, tracking_uri, "MLmodel file", model_uri)
+        local = _download(model_uri, "MLmodel", tmp, tracking_uri, "MLmodel file")
         try:
             mlmodel = Model.load(local)
         except Exception as exc:  # noqa: BLE001 - an unreadable MLmodel is not a lethe model
@@ -187,9 +198,7 @@ def load_lethe_model(model_uri: str, tracking_uri: str) -> torch.nn.Module:
                 "registered model version has an unreadable MLmodel file", where=model_uri, expected=_EXPECTED
             ) from exc
         rel = checkpoint_path_in(mlmodel, model_uri)
-        local = _download(
-            f"{model_uri}/{rel}", str(Path(tmp) / "ckpt"), tracking_uri, "checkpoint", model_uri
-        )
+        local = _download(model_uri, rel, str(Path(tmp) / "ckpt"), tracking_uri, "checkpoint")
         try:
             model, _meta = load_checkpoint(local, expected_kind=(mlmodel.metadata or {}).get(FAMILY_KEY))
         except CheckpointError as e:

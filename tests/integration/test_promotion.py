@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,6 +100,20 @@ def test_source_model_resolution(sqlite_uri: str, tmp_path: Path, monkeypatch) -
     assert str(tracker.resolve_model_version(f"models:/{name}/1").version) == "1"
     model = tracker.load_registered_model(name, "1")
     assert isinstance(model, MAE) and model.arch == source.arch
+    # A process that never set a tracking URI (a serving team's script) loads it by alias and leaves
+    # nothing in its working directory (MLflow's models:/ download created ./mlflow.db there).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = (
+        "from lethe.tracking.model_format import load_lethe_model as m; "
+        f"m('models:/{name}@champion', '{sqlite_uri}'); m('models:/{name}/1', '{sqlite_uri}')"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(elsewhere.iterdir()) == []
     for key, tensor in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], tensor), key
     for bad in (f"models:/{name}@nope", f"models:/{name}/9", "models:/never-registered/1"):
