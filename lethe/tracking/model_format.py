@@ -159,10 +159,11 @@ def _version_source(model_uri: str, tracking_uri: str) -> str:
     MLflow created ./mlflow.db in the working directory."""
     from mlflow.tracking import MlflowClient
 
+    from lethe.config.runtime import parse_source_model
+
+    name, version, alias = parse_source_model(model_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    name, sep, version = model_uri.removeprefix("models:/").rpartition("/")
-    if not sep:
-        name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    if version is None:
         version = str(client.get_model_version_by_alias(name, alias).version)
     return client.get_model_version_download_uri(name, version)
 
