@@ -13,6 +13,8 @@ def unlearn(
     parent_run_id: str,
     alpha: float,
     original: Input[Model],
+    featnet: Input[Model],
+    oracle: Input[Model],
     unlearned: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -24,9 +26,13 @@ def unlearn(
         parent_run_id: MLflow pipeline run (from begin).
         alpha: forget-loss weight (from tune).
         original: the source model.
+        featnet: the FD feature net (scores the run's checkpoints on validation images).
+        oracle: the retrained oracle (the objective's yardstick when the best checkpoint is kept).
         unlearned: the unlearned model as a lethe checkpoint.
         metrics: final training losses and wall time.
     """
     from lethe.orchestration import kfp_steps
 
-    kfp_steps.unlearn(config_json, workdir, parent_run_id, alpha, original, unlearned, metrics)
+    kfp_steps.unlearn(
+        config_json, workdir, parent_run_id, alpha, original, featnet, oracle, unlearned, metrics
+    )

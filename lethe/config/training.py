@@ -72,6 +72,15 @@ class UnlearnConfig(_Strict):
     # measure the unlearning on masks it never trained on (the centre box and the outpainting border).
     mask: Literal["box", "random"] = "random"
     checkpoint_every: int = Field(50, ge=1)
+    # Image-to-image families: the run scores its model on validation images every eval_every steps
+    # with the tune objective and hands on the best of them, not the last (issue 14: a run that
+    # over-forgets ends farther from the oracle than it was halfway).
+    keep_best: bool = Field(
+        True,
+        description="keep the checkpoint with the best validation objective, not the last (needs the "
+        "oracle and held-out forget images: class requests)",
+    )
+    eval_every: int = Field(10, ge=1, description="steps between validation scores when keep_best")
     decouple: DecoupleConfig = Field(default_factory=DecoupleConfig)
 
     def settings(self, method: str) -> dict[str, Any]:

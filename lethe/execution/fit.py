@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lethe.errors import LetheError, find_lethe_error
-from lethe.execution.job import FINISHED_FILE, MODEL_FILE, TrainJob, stage_budgets
+from lethe.execution.job import FINISHED_FILE, MODEL_FILE, STATE_FILE, TrainJob, stage_budgets
 from lethe.execution.loops import train_loop_per_worker
 from lethe.execution.worker import TRAIN_IMAGES, TRAIN_LABELS, progress
 
@@ -73,9 +73,11 @@ def train_arrays(manifest: Any, shard_names: tuple[str, ...]) -> dict[str, np.nd
 @dataclass
 class FitResult:
     checkpoint: Path | None
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # of the checkpoint handed on (the best one when a run selects)
     wall_s: float
     reused: bool = False  # the run had finished before: its result was returned, nothing trained
+    # Best-checkpoint keeping: every scored step, the kept one and the last (None: no selection)
+    selection: dict[str, Any] | None = None
 
 
 def _finished(storage_path: str, name: str) -> dict[str, Any] | None:
@@ -99,25 +101,72 @@ def _reuse_finished(done: dict[str, Any], name: str, dest: Path | None) -> FitRe
     if dest is not None:
         storage.download_file(storage.join(done["checkpoint"], MODEL_FILE), dest)
     return FitResult(
-        checkpoint=dest, metrics=dict(done["metrics"]), wall_s=float(done["wall_s"]), reused=True
+        checkpoint=dest,
+        metrics=dict(done["metrics"]),
+        wall_s=float(done["wall_s"]),
+        reused=True,
+        selection=done.get("selection"),
     )
 
 
-def _mark_finished(storage_path: str, name: str, result: Any, wall: float, remote: bool) -> dict[str, Any]:
-    """Write FINISHED_FILE for a run that reported `result`; return its plain metrics."""
+def _plain(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in dict(metrics or {}).items() if isinstance(v, (int, float, str, bool))}
+
+
+def _mark_finished(
+    storage_path: str,
+    name: str,
+    checkpoint: Any,
+    metrics: dict[str, Any],
+    wall: float,
+    remote: bool,
+    selection: dict[str, Any] | None,
+) -> None:
+    """Write FINISHED_FILE for a run whose handed-on checkpoint is `checkpoint`."""
     from lethe import storage
 
-    metrics = {k: v for k, v in dict(result.metrics or {}).items() if isinstance(v, (int, float, str, bool))}
     storage.write_json(
         storage.join(storage_path, name, FINISHED_FILE),
         {
             "name": name,
-            "checkpoint": storage.to_uri(result.checkpoint.path, remote),
+            "checkpoint": storage.to_uri(checkpoint.path, remote),
             "metrics": metrics,
             "wall_s": wall,
+            "selection": selection,
         },
     )
-    return metrics
+
+
+def _selected(result: Any, metric: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The scored checkpoint with the lowest `metric`, its metrics, and the selection record: every
+    scored step (from the last checkpoint's training state: Ray keeps only the best few checkpoints)."""
+    best = min(
+        ((c, m) for c, m in (result.best_checkpoints or []) if _finite(m.get(metric))),
+        key=lambda cm: float(cm[1][metric]),
+        default=None,
+    )
+    if best is None:
+        raise LetheError(
+            "no checkpoint of the run was scored", where=metric, expected="a validation objective"
+        )
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    history = list(state.get("history") or [])
+    last = dict(result.metrics or {})
+    selection = {
+        "rule": f"lowest validation {metric} among the scored steps",
+        "metric": metric,
+        "step": int(best[1]["step"]),
+        "last_step": int(last.get("step", 0)),
+        metric: float(best[1][metric]),
+        f"last_{metric}": float(last[metric]) if _finite(last.get(metric)) else None,
+        "history": history,
+    }
+    return best[0], _plain(best[1]), selection
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
 
 
 def _train_config(
@@ -162,13 +211,13 @@ def _run(trainer: Any) -> Any:
         raise
 
 
-def _copy_model(result: Any, dest: Path) -> None:
-    """Copy the last checkpoint's model file to `dest`, atomically (a temp file of its own, then a
+def _copy_model(checkpoint: Any, dest: Path) -> None:
+    """Copy a checkpoint's model file to `dest`, atomically (a temp file of its own, then a
     rename): a killed copy or a full disk leaves no half model under `dest`, which the model cache
     would otherwise take for a whole one."""
     from lethe import storage
 
-    with result.checkpoint.as_directory() as d:
+    with checkpoint.as_directory() as d:
         storage.download_file(str(Path(d) / MODEL_FILE), dest)
 
 
@@ -187,8 +236,10 @@ def fit(
     callbacks: list[Any] | None = None,
     eval_payload: dict[str, Any] | None = None,
     reuse_finished: bool = True,
+    select_metric: str | None = None,
 ) -> FitResult:
-    """Run one TorchTrainer; copy its last checkpoint's model file to `dest` (atomically).
+    """Run one TorchTrainer; copy its last checkpoint's model file to `dest` (atomically), or with
+    `select_metric` (best-checkpoint keeping) the checkpoint that reported the lowest value of it.
 
     storage_path is a local folder or an s3:// URI (checkpoints go there through pyarrow.fs).
     datasets maps a name to a Ray Dataset (streamed to the workers: get_dataset_shard) or to a numpy
@@ -227,7 +278,12 @@ def fit(
         run_config=RunConfig(
             name=name,
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ray keeps the best scored checkpoints and always the latest (the one a restart resumes).
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=select_metric,
+                checkpoint_score_order="min",
+            ),
             callbacks=callbacks,
             **_storage_kwargs(storage_path),
         ),
@@ -237,7 +293,10 @@ def fit(
     wall = time.perf_counter() - t0
     if result.checkpoint is None:
         raise LetheError(f"training {name!r} reported no checkpoint", where=storage_path)
+    checkpoint, metrics, selection = result.checkpoint, _plain(result.metrics), None
+    if select_metric is not None:
+        checkpoint, metrics, selection = _selected(result, select_metric)
     if dest is not None:
-        _copy_model(result, dest)
-    metrics = _mark_finished(storage_path, name, result, wall, remote)
-    return FitResult(checkpoint=dest, metrics=metrics, wall_s=wall)
+        _copy_model(checkpoint, dest)
+    _mark_finished(storage_path, name, checkpoint, metrics, wall, remote, selection)
+    return FitResult(checkpoint=dest, metrics=metrics, wall_s=wall, selection=selection)

@@ -51,6 +51,9 @@ class TrainJob:
     min_steps: int | None = None
     grad_clip: float | None = None
     checkpoint_every: int = 50
+    # Best-checkpoint keeping: with an evaluator (fit's eval_payload), score every eval_every steps
+    # too; fit then hands on the checkpoint with the lowest objective. None: checkpoint_every only.
+    eval_every: int | None = None
     checkpoint_interval_s: float = 0.0  # epochs: checkpoint when this long since the last; 0: each
     cache_mb: float = 1024.0  # keep a worker's shard in memory after one pass when it fits
     fail_at_step: int | None = None  # fault injection for tests: rank 0 exits once at this step

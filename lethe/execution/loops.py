@@ -166,6 +166,19 @@ def _batch_at(job: dict[str, Any], x: torch.Tensor, step: int, rank: int, salt: 
     return x[perm[i : i + bs]]
 
 
+def _step_inputs(job: dict[str, Any], x_retain, x_forget, step: int, rank: int, spec, box):
+    """One step's retain and forget batches, its mask and its generator (noise, random masks)."""
+    from lethe import masks
+
+    x_r, x_f = _batch_at(job, x_retain, step, rank, 1), _batch_at(job, x_forget, step, rank, 0)
+    # Noise and random masks from a per-step generator: same reason as _batch_at (bit-identical resume).
+    gen = torch.Generator().manual_seed(job["seed"] * 7919 + rank * 1_000_003 + step)
+    if job["unlearn_mask"] == "box":
+        return x_r, x_f, box, gen
+    mask = masks.random_mask(len(x_r) + len(x_f), spec.height, spec.width, spec.cell, spec.ratio, gen)
+    return x_r, x_f, mask, gen
+
+
 def _switch_stage(
     job: dict[str, Any], loss, params, budgets: dict[str, int], method, old: str, step: int, rank: int
 ):
@@ -209,19 +222,16 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
     x_forget = local_rows(job, "forget", rank, world, device)  # (N_f_local, C, H, W): small, kept whole
     x_retain = local_rows(job, "retain", rank, world, device)  # just the rows the run's steps draw
     evaluate = _evaluator(job, device) if rank == 0 else None
+    # Scored checkpoints for best-checkpoint keeping: the same on every rank (reports are collective).
+    select_every = job.get("eval_every") if "eval_ref" in job else None
+    history = list(state.get("history") or []) if state else []
     student.train()
     t0, seen, parts = time.perf_counter(), 0, {}
     for step in range(start, total):
         if method.finished():
             break
         maybe_fail(job, step, state is not None)
-        x_r, x_f = _batch_at(job, x_retain, step, rank, 1), _batch_at(job, x_forget, step, rank, 0)
-        # Noise and random masks from a per-step generator: same reason as _batch_at (bit-identical resume).
-        gen = torch.Generator().manual_seed(job["seed"] * 7919 + rank * 1_000_003 + step)
-        if job["unlearn_mask"] == "box":
-            mask = box
-        else:
-            mask = masks.random_mask(len(x_r) + len(x_f), spec.height, spec.width, spec.cell, spec.ratio, gen)
+        x_r, x_f, mask, gen = _step_inputs(job, x_retain, x_forget, step, rank, spec, box)
         stage = method.stage
         loss, parts = unlearn_step(method, student, teacher, x_r, x_f, mask, job["alpha"], gen)
         if method.stage != stage:
@@ -231,23 +241,35 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
         seen += len(x_r) + len(x_f)
         done = step + 1
         last = done == total or method.finished()
-        if done % job["checkpoint_every"] == 0 or last:
+        scored = bool(select_every) and done % select_every == 0
+        if done % job["checkpoint_every"] == 0 or last or scored:
             dt = time.perf_counter() - t0
             metrics = _unlearn_metrics(
                 done, loss, parts, method, seen * world / max(dt, 1e-9), time.perf_counter() - loop_start
             )
+            meta = job["meta"]
             if evaluate is not None:
                 metrics.update(evaluate(student))
+                if select_every:
+                    history.append({"step": done, **{k: metrics[k] for k in SCORE_KEYS}})
+                    # The model file says which step it is and how it scored: the kept one is not the last.
+                    meta = {**meta, "step": done, "validation_objective": metrics["objective"]}
             if rank == 0:
                 progress(
-                    "unlearn step %d/%d: loss %.5f, %.0f img/s",
+                    "unlearn step %d/%d: loss %.5f, %.0f img/s%s",
                     done,
                     total,
                     metrics["loss"],
                     metrics["images_per_s"],
+                    f", validation objective {metrics['objective']:.4f}" if "objective" in metrics else "",
                 )
-            progress_state = {"step": done, "loop_s": metrics["loop_s"], "method": method.state()}
-            report(metrics, student, opt, sched, progress_state, job["meta"])
+            progress_state = {
+                "step": done,
+                "loop_s": metrics["loop_s"],
+                "method": method.state(),
+                "history": history,
+            }
+            report(metrics, student, opt, sched, progress_state, meta)
 
 
 def _unlearn_metrics(
@@ -261,6 +283,10 @@ def _unlearn_metrics(
         "images_per_s": images_per_s,
         "loop_s": loop_s,
     }
+
+
+# What each scored checkpoint records in the run's selection history (STATE_FILE "history").
+SCORE_KEYS = ("objective", "fd_forget_vs_oracle", "fd_retain_vs_original")
 
 
 def _evaluator(job: dict[str, Any], device):

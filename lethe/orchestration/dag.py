@@ -114,7 +114,8 @@ def _body(step: Any, config: Any, tune: Any, light: dict | None) -> None:
         config_json=config,
         parent_run_id=run_id,
         alpha=t.outputs["Output"],
-        original=p.outputs["original"],
+        oracle=o.outputs["oracle"],
+        **models,
     )
     e = step(
         evaluate,

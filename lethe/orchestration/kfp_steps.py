@@ -327,15 +327,20 @@ def unlearn(
     parent_run_id: str,
     alpha: float,
     original: Any,
+    featnet: Any,
+    oracle: Any,
     unlearned: Any,
     metrics: Any,
 ) -> None:
-    """Unlearn the forget set from the source model with `alpha` (from the tune task)."""
+    """Unlearn the forget set from the source model with `alpha` (from the tune task); the feature
+    net and the oracle score its checkpoints when it keeps the best one."""
     cfg = component_config(config_json, workdir)
     with _component("unlearn", cfg, parent_run_id):
         cfg.unlearn.alpha = float(alpha)
         lay = layout(cfg)
         stage_file(original, lay.model("original"))
+        stage_file(featnet, lay.model("featnet"))
+        stage_file(oracle, lay.model("oracle"))
         _adopt_lineage(cfg, original)
         state = _run_step(cfg, "unlearn", parent_run_id)
         u = state.unlearn

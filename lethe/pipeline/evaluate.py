@@ -9,7 +9,7 @@ from lethe.evaluation.reconstruction import MODEL_NAMES
 from lethe.pipeline.cleanup import forget_trained_model
 from lethe.pipeline.context import Context
 from lethe.pipeline.families import for_config
-from lethe.pipeline.oracle import oracle_audit
+from lethe.pipeline.oracle_audit import oracle_audit
 from lethe.pipeline.params import numeric_or_str
 from lethe.pipeline.report import build_report, publish_report
 

@@ -26,6 +26,10 @@ class UnlearnPlan:
     settings: Any  # what names the Ray Train run (with the request, recipe and original model)
     extra_state: dict[str, Any] = field(default_factory=dict)  # recorded in the run state's unlearn
     on_done: Callable[[Any], None] | None = None  # called with fit's result
+    # Best-checkpoint keeping: the evaluator's inputs (lethe.pipeline.validation) when the run scores
+    # its checkpoints, and otherwise why not (for the report)
+    eval_payload: dict[str, Any] | None = None
+    no_selection: str | None = None
 
 
 @dataclass

@@ -169,6 +169,9 @@ class ImageToImage:
         if calibration is not None:
             meta["decouple_lambda"] = calibration["lambda"]
         job = i2i_unlearn_job(cfg, man, arch, u, meta, calibration)
+        payload, why_not = self._selection(ctx, man, arch)
+        if payload is not None:
+            job.eval_every = u.eval_every
 
         def on_done(res) -> None:
             if calibration is not None:
@@ -179,7 +182,22 @@ class ImageToImage:
             datasets=lambda: unlearn_inputs(man, job, cfg.resources.num_workers),
             settings=u.settings(cfg.method),
             on_done=on_done,
+            eval_payload=payload,
+            no_selection=why_not,
         )
+
+    @staticmethod
+    def _selection(ctx, man, arch) -> tuple[dict[str, Any] | None, str | None]:
+        """Best-checkpoint keeping: the validation payload the run scores its checkpoints with, or
+        why it keeps the last one."""
+        from lethe.pipeline.validation import load_models, selection_unavailable, validation_payload
+
+        why_not = selection_unavailable(ctx, man)
+        if why_not is not None:
+            log.warning("unlearn: keeping the last checkpoint: %s", why_not)
+            return None, why_not
+        payload, _ = validation_payload(ctx, man, load_models(ctx, arch))
+        return payload, None
 
     def eval_params(self, cfg: RunConfig) -> dict[str, Any]:
         return section_params("eval", cfg)

@@ -4,65 +4,23 @@ runs (sample: the others are judged without an oracle, the gates that need one n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from lethe import storage
-from lethe.config import RunConfig
-from lethe.errors import ConfigError
 from lethe.pipeline.context import Context
 from lethe.pipeline.families import for_config
 from lethe.pipeline.keys import oracle_key
 from lethe.pipeline.model_cache import train_or_reuse
+from lethe.pipeline.oracle_audit import oracle_audit
 from lethe.pipeline.params import numeric, prefixed
 
 # What stands in the work dir for the oracle of a run that was not drawn for an audit: KFP's oracle
 # task must hand an artifact on, and a file that is not a checkpoint can never be loaded as a model.
 NOT_AUDITED_MAGIC = b"lethe: no oracle in this run\n"
 log = logging.getLogger("lethe")
-
-
-def oracle_audit(cfg: RunConfig, man) -> dict[str, Any]:
-    """Does this run get an oracle? The same answer in every step and process of the run: a pure
-    function of the config and the retain shard's keyed digest (so of the cumulative forget set).
-
-    Under `sample` the draw is uniform in [0, 1) and audited when below the share; it is keyed (the
-    digest is an HMAC under the deployment's digest key), so whoever submits a request cannot tell
-    in advance whether that night will be audited, and re-running the same night draws the same.
-    """
-    c = cfg.cache
-    out: dict[str, Any] = {"policy": c.oracle, "audited": True}
-    if c.oracle != "sample":
-        return out
-    h = hashlib.sha256(b"lethe-oracle-audit|" + man.shards["retain"].digest.encode()).hexdigest()
-    draw = int(h[:13], 16) / 16**13
-    out.update(share=c.oracle_audit_share, draw=round(draw, 6))
-    if cfg.tune.enabled:
-        out["reason"] = "audited: tuning needs the oracle (its objective is the distance to it)"
-    elif draw < c.oracle_audit_share:
-        out["reason"] = f"audited: drawn ({draw:.3f} < share {c.oracle_audit_share:g})"
-    else:
-        out["audited"] = False
-        out["reason"] = (
-            f"not audited: not drawn ({draw:.3f} >= share {c.oracle_audit_share:g}); no oracle was "
-            "trained, so the gates that compare with it were not evaluated"
-        )
-    return out
-
-
-def require_oracle(cfg: RunConfig, man, what: str) -> None:
-    """One clear line when a step that cannot work without the oracle meets a run that has none."""
-    audit = oracle_audit(cfg, man)
-    if not audit["audited"]:
-        raise ConfigError(
-            f"{what} needs the oracle, and this run has none",
-            where="cache.oracle",
-            expected="reuse or retrain (or tune.enabled, which makes cache.oracle = sample audit the run)",
-            seen=f"sample, {audit['reason']}",
-        )
 
 
 def step_oracle(ctx: Context) -> Path:

@@ -109,6 +109,7 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
             "alpha": alpha,
             "lr": float(meta.get("lr", cfg.unlearn.lr)),
             "tuned": bool(meta.get("tuned", False)),
+            **({"checkpoint": st.unlearn["checkpoint"]} if "checkpoint" in st.unlearn else {}),
         },
         "storage_uri": ctx.lay.remote or str(ctx.lay.root),
         "preset": cfg.preset,

@@ -12,77 +12,16 @@ from typing import Any
 import torch
 
 from lethe import storage
-from lethe.errors import DataError
 from lethe.pipeline.context import Context
 from lethe.pipeline.decouple import calibrate_decouple
 from lethe.pipeline.families import for_config
 from lethe.pipeline.i2i import i2i_unlearn_job
 from lethe.pipeline.keys import file_digest, tune_key
-from lethe.pipeline.oracle import require_oracle
+from lethe.pipeline.oracle_audit import require_oracle
 from lethe.pipeline.params import numeric
+from lethe.pipeline.validation import load_models, validation_payload
 
 log = logging.getLogger("lethe")
-
-
-def validation_images(man, name: str, n: int, eval_n: int) -> tuple[torch.Tensor, int]:
-    """The last n images of a held-out shard in id-hash order (evaluation takes the first ones);
-    returns them and how many of them evaluation also uses."""
-    from lethe.data import read_shard_numpy, to_chw_float
-
-    imgs, _, _ = read_shard_numpy(man, name)
-    take = min(n, len(imgs))
-    overlap = max(0, min(eval_n, len(imgs)) + take - len(imgs))
-    x = torch.from_numpy(to_chw_float(imgs[len(imgs) - take :]).copy())
-    return x, overlap
-
-
-def _eval_payload(ctx: Context, man, models: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What each trial's evaluator needs (validation images, their features, the baselines), and
-    what the report says about the validation set."""
-    from lethe.evaluation.reconstruction import features, model_fd
-
-    t, e = ctx.cfg.tune, ctx.cfg.eval
-    x_f, overlap_f = validation_images(man, "heldout_forget", t.val_forget, e.n_forget)
-    x_r, overlap_r = validation_images(man, "heldout_retain", t.val_retain, e.n_retain)
-    if len(x_f) < 2 or len(x_r) < 2:
-        raise DataError(
-            "too few held-out images to tune on",
-            where=ctx.lay.shards_uri,
-            expected="at least 2 held-out forget and retain images (class requests)",
-            seen=f"{len(x_f)} / {len(x_r)}",
-        )
-    if overlap_f or overlap_r:
-        log.warning(
-            "tune: validation images overlap the evaluation images (%d forget, %d retain): "
-            "the held-out shards are smaller than eval.n_* + tune.val_*",
-            overlap_f,
-            overlap_r,
-        )
-    bs, featnet = e.batch_size, models["featnet"]
-    feats_f, feats_r = features(featnet, x_f, bs), features(featnet, x_r, bs)
-    baselines = {
-        "fd_forget_oracle": model_fd(models["oracle"], featnet, x_f, e.box_frac, feats_f, bs),
-        "fd_retain_original": model_fd(models["original"], featnet, x_r, e.box_frac, feats_r, bs),
-        "fd_forget_original": model_fd(models["original"], featnet, x_f, e.box_frac, feats_f, bs),
-    }
-    payload = {
-        "featnet_arch": featnet.arch.to_dict(),
-        "featnet_state": featnet.state_dict(),
-        "x_forget": x_f,
-        "x_retain": x_r,
-        "forget_feats": feats_f,
-        "retain_feats": feats_r,
-        "box_frac": e.box_frac,
-        "batch_size": bs,
-        "retain_weight": t.retain_weight,
-        **baselines,
-    }
-    validation = {
-        "forget_count": len(x_f),
-        "retain_count": len(x_r),
-        "overlaps_evaluation": {"forget": overlap_f, "retain": overlap_r},
-    }
-    return payload, validation
 
 
 def _search(ctx: Context, man, arch, teacher, payload: dict[str, Any], key: str):
@@ -179,8 +118,6 @@ def _reuse(ctx: Context, key: str, best_path: Path, result_path: Path) -> bool:
 
 
 def step_tune(ctx: Context) -> Path:
-    from lethe.models.checkpoint import load_checkpoint
-
     cfg, lay = ctx.cfg, ctx.lay
     fam = for_config(cfg)
     fam.check_tunable(cfg)
@@ -195,13 +132,9 @@ def step_tune(ctx: Context) -> Path:
         best_path, result_path = lay.tune_dir / "best.json", lay.tune_dir / "result.json"
         if _reuse(ctx, key, best_path, result_path):
             return best_path
-        models = {
-            n: load_checkpoint(paths[n], expected_kind=cfg.family, expected_arch=arch)[0]
-            for n in ("original", "oracle")
-        }
-        models["featnet"] = load_checkpoint(paths["featnet"], expected_kind="featnet")[0]
+        models = load_models(ctx, arch)
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-        payload, validation = _eval_payload(ctx, man, models)
+        payload, validation = validation_payload(ctx, man, models)
         ctx.start_ray()
         outcome = _search(ctx, man, arch, models["original"], payload, key)
         _log_trials(ctx, outcome)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lethe.errors import ConfigError
+from lethe.execution.tune import METRIC as OBJECTIVE
 from lethe.pipeline.context import Context
 from lethe.pipeline.families import for_config
 from lethe.pipeline.family_api import UnlearnPlan
@@ -46,6 +47,13 @@ def effective_unlearn(ctx: Context, man=None) -> tuple[Any, dict[str, Any] | Non
     return cfg.unlearn.model_copy(update={"alpha": float(best["alpha"]), "lr": float(best["lr"])}), best
 
 
+def checkpoint_record(selection: dict[str, Any] | None, no_selection: str | None) -> dict[str, Any]:
+    """The report's unlearn.checkpoint: which checkpoint of the run became the unlearned model."""
+    if selection is not None:
+        return {"kept": "best", **selection}
+    return {"kept": "last", "reason": no_selection or "this family's runs are not scored"}
+
+
 def fit_unlearned(ctx: Context, man, plan: UnlearnPlan, original: Path, teacher) -> Any:
     """Run an unlearning plan on Ray Train, publish the model, record it in the run state and
     MLflow; returns fit's result."""
@@ -53,12 +61,15 @@ def fit_unlearned(ctx: Context, man, plan: UnlearnPlan, original: Path, teacher)
 
     cfg, lay = ctx.cfg, ctx.lay
     name = unlearn_run_name(cfg, man, plan.settings, original)
+    selecting = plan.eval_payload is not None
     res = fit(
         plan.job,
         plan.datasets,
         name=name,
         dest=lay.model("unlearned"),
         teacher_state=teacher.state_dict(),
+        eval_payload=plan.eval_payload,
+        select_metric=OBJECTIVE if selecting else None,
         **fit_kwargs(cfg, lay),
     )
     lay.publish(lay.model("unlearned"))
@@ -70,8 +81,18 @@ def fit_unlearned(ctx: Context, man, plan: UnlearnPlan, original: Path, teacher)
         **numeric(res.metrics),
         "alpha": plan.job.alpha,
         **plan.extra_state,
+        "checkpoint": checkpoint_record(res.selection, plan.no_selection),
     }
     log.warning("unlearned in %.1f s (%s)", res.wall_s, res.metrics)
+    if res.selection is not None:
+        s = res.selection
+        log.warning(
+            "unlearn: kept step %d of %d (validation objective %.4f; last step %s)",
+            s["step"],
+            s["last_step"],
+            s[OBJECTIVE],
+            "-" if s[f"last_{OBJECTIVE}"] is None else f"{s[f'last_{OBJECTIVE}']:.4f}",
+        )
     if plan.on_done is not None:
         plan.on_done(res)
     return res

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lethe.gates import oracle_audited
+from lethe.report.charts import steps_chart_svg
 from lethe.report.schema import (
     DISTANCE_NAMES,
     FEATURE_METRICS,
@@ -289,6 +290,23 @@ def _decouple_section(dec: dict) -> str:
     return f"<table><tbody>{body}</tbody></table>"
 
 
+def _checkpoint_section(ck: dict) -> str:
+    """Which checkpoint of the unlearning run became the unlearned model, and the objective of every
+    scored step as a picture (the kept one ringed)."""
+    if ck.get("kept") != "best":
+        return f"<p>The last step's model was kept: {_e(ck.get('reason', '-'))}.</p>"
+    history = [h for h in ck.get("history") or [] if isinstance(h, dict)]
+    points = [(float(h["step"]), float(h["objective"])) for h in history]
+    chart = steps_chart_svg(points, float(ck["step"]), "validation objective")
+    return (
+        f"<p>The run scored its model every few steps on held-out validation images (not the ones "
+        f"evaluated above) with the tuning objective, lower is better, and kept step "
+        f"<strong>{_e(ck.get('step'))}</strong> of {_e(ck.get('last_step'))} "
+        f"(objective {_e(format_number(ck.get('objective')))}; the last step's "
+        f"{_e(format_number(ck.get('last_objective')))}).</p><figure>{chart}</figure>"
+    )
+
+
 def _timing_table(timing: dict) -> str:
     rows = [
         f"<tr><td class='name'>{_e(step)}</td><td>{float(sec):.2f}</td></tr>" for step, sec in timing.items()
@@ -441,6 +459,11 @@ def write_html_report(
         *(
             ["<h2>Other masks</h2>", _other_masks_section(report["metrics_by_mask"])]
             if report.get("metrics_by_mask")
+            else []
+        ),
+        *(
+            ["<h2>Unlearning checkpoint</h2>", _checkpoint_section(report["unlearn"]["checkpoint"])]
+            if isinstance((report.get("unlearn") or {}).get("checkpoint"), dict)
             else []
         ),
         "<h2>Pictures</h2>",

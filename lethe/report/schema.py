@@ -179,17 +179,7 @@ def validate_report(report: dict) -> None:
                 if name.endswith("_ci95") and value is not None:
                     _interval(value, f"{split_path}.{name}")
     if kind == "feature":
-        feat_path = f"{root}.feature"
-        feat = _mapping(_get(rep, "feature", root), feat_path)
-        for key in _FEATURE_KEYS:
-            _get(feat, key, feat_path)
-        _str(feat, "feature", feat_path)
-        direction = _mapping(feat["direction"], f"{feat_path}.direction")
-        for key in ("threshold", "norm", "n_pos", "n_neg"):
-            _finite(_get(direction, key, f"{feat_path}.direction"), f"{feat_path}.direction.{key}")
-        attack = _mapping(feat["attack"], f"{feat_path}.attack")
-        for key in ("eps", "step", "steps", "n"):
-            _finite(_get(attack, key, f"{feat_path}.attack"), f"{feat_path}.attack.{key}")
+        _validate_feature(rep, root)
 
     timing_path = f"{root}.timing_s"
     timing = _mapping(_get(rep, "timing_s", root), timing_path)
@@ -200,6 +190,11 @@ def validate_report(report: dict) -> None:
 
     if "tune" in rep:
         _validate_tune(_mapping(rep["tune"], f"{root}.tune"), f"{root}.tune")
+    unlearn = rep.get("unlearn")
+    if isinstance(unlearn, Mapping) and "checkpoint" in unlearn:
+        _validate_checkpoint(
+            _mapping(unlearn["checkpoint"], f"{root}.unlearn.checkpoint"), f"{root}.unlearn.checkpoint"
+        )
 
     ml_path = f"{root}.mlflow"
     ml = _mapping(_get(rep, "mlflow", root), ml_path)
@@ -209,6 +204,21 @@ def validate_report(report: dict) -> None:
     version = _get(ml, "model_version", ml_path)
     if version is not None and not (isinstance(version, str) or _is_int(version)):
         raise ValueError(f"{ml_path}.model_version: expected a string, integer or null, got {version!r}")
+
+
+def _validate_feature(rep: Mapping[str, Any], root: str) -> None:
+    """A feature request's `feature` key: the direction found and the attack run."""
+    feat_path = f"{root}.feature"
+    feat = _mapping(_get(rep, "feature", root), feat_path)
+    for key in _FEATURE_KEYS:
+        _get(feat, key, feat_path)
+    _str(feat, "feature", feat_path)
+    direction = _mapping(feat["direction"], f"{feat_path}.direction")
+    for key in ("threshold", "norm", "n_pos", "n_neg"):
+        _finite(_get(direction, key, f"{feat_path}.direction"), f"{feat_path}.direction.{key}")
+    attack = _mapping(feat["attack"], f"{feat_path}.attack")
+    for key in ("eps", "step", "steps", "n"):
+        _finite(_get(attack, key, f"{feat_path}.attack"), f"{feat_path}.attack.{key}")
 
 
 def _oracle_audited(rep: Mapping[str, Any], root: str) -> bool:
@@ -237,6 +247,29 @@ def _validate_digest_key(req: Mapping[str, Any], path: str) -> None:
         raise ValueError(f"{path}.digest_key_id: expected 16 lower-case hex characters, got {key_id!r}")
     if algo == "sha256" and key_id is not None:
         raise ValueError(f"{path}.digest_key_id: expected null for unkeyed sha256 digests, got {key_id!r}")
+
+
+def _validate_checkpoint(ck: Mapping[str, Any], path: str) -> None:
+    """Optional unlearn.checkpoint: the best scored checkpoint (its step, objective and every scored
+    step) or the last one with the reason no checkpoint was scored."""
+    kept = _get(ck, "kept", path)
+    if kept == "last":
+        _str(ck, "reason", path)
+        return
+    if kept != "best":
+        raise ValueError(f"{path}.kept: expected 'best' or 'last', got {kept!r}")
+    for key in ("step", "last_step"):
+        if not _is_int(_get(ck, key, path)):
+            raise ValueError(f"{path}.{key}: expected an integer step, got {ck[key]!r}")
+    _finite(_get(ck, "objective", path), f"{path}.objective")
+    history = _get(ck, "history", path)
+    if not isinstance(history, list) or not history:
+        raise ValueError(f"{path}.history: expected a non-empty list of scored steps, got {history!r}")
+    for i, row in enumerate(history):
+        rp = f"{path}.history[{i}]"
+        row = _mapping(row, rp)
+        _finite(_get(row, "step", rp), f"{rp}.step")
+        _finite(_get(row, "objective", rp), f"{rp}.objective")
 
 
 def _validate_tune(tune: Mapping[str, Any], path: str) -> None:

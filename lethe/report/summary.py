@@ -92,6 +92,19 @@ def _registry(report: Mapping[str, Any]) -> str:
     return f"registered: {where}, not promoted: @{alias} left where it was"
 
 
+def _checkpoint(report: Mapping[str, Any]) -> str | None:
+    """Which checkpoint of the unlearning run became the unlearned model."""
+    ck = (report.get("unlearn") or {}).get("checkpoint") or {}
+    if ck.get("kept") == "best":
+        return (
+            f"checkpoint: kept step {ck.get('step')} of {ck.get('last_step')}, the best validation "
+            f"objective ({_num(ck.get('objective'))}; last step {_num(ck.get('last_objective'))})"
+        )
+    if ck.get("kept") == "last":
+        return f"checkpoint: the last step ({ck.get('reason')})"
+    return None
+
+
 def summary_lines(report: Mapping[str, Any], certificate: str | None = None) -> list[str]:
     """The summary, one line per entry (no trailing newline); `certificate`: its path, if written."""
     req = report.get("request") or {}
@@ -100,6 +113,9 @@ def summary_lines(report: Mapping[str, Any], certificate: str | None = None) -> 
         f"{req.get('forget_count')} training images ({_what(req)}), kept {req.get('retain_count')}",
         *_table(report),
     ]
+    kept = _checkpoint(report)
+    if kept:
+        lines.append(kept)
     oracle = report.get("oracle") or {}
     if not oracle_audited(oracle):
         lines.append(f"oracle: none in this run ({oracle.get('reason')})")

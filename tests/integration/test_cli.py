@@ -17,6 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from lethe.models import load_checkpoint
 from lethe.report import validate_report
 from lethe.testing.processes import wait_for_output
 
@@ -117,6 +118,14 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     assert (work / "report" / "report.html").read_text().count("data:image/png;base64") == 4
     assert set(report["metrics_by_mask"]["outpaint"]["unlearned"]["retain"]) >= {"psnr", "ssim", "fd"}
     assert report["sampler"]["name"] == "single_pass"
+    # best-checkpoint keeping: the run scored steps 3 and 6 (smoke) on validation images and handed
+    # on the lower objective, which the model file itself names
+    kept = report["unlearn"]["checkpoint"]
+    assert kept["kept"] == "best" and [h["step"] for h in kept["history"]] == [3, 6], kept
+    assert kept["step"] == min(kept["history"], key=lambda h: h["objective"])["step"]
+    assert load_checkpoint(work / "models" / "unlearned.pt")[1]["step"] == kept["step"]
+    assert f"checkpoint: kept step {kept['step']} of 6, the best validation objective" in summary
+    assert "<h2>Unlearning checkpoint</h2>" in (work / "report" / "report.html").read_text()
     # cleanup: the forget shard is gone, and the report says so
     assert not (work / "shards" / "forget").exists()
     assert all(d["absent_after"] for d in report["cleanup"]["deleted"])
@@ -325,6 +334,9 @@ def test_one_id_request_finishes_and_keeps_the_id_out_of_mlflow_logs_and_reports
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
     assert report["request"]["kind"] == "ids" and report["request"]["forget_count"] == len(forget_ids)
+    # nothing held out to choose a checkpoint on apart from the graded images: the last is kept
+    assert report["unlearn"]["checkpoint"]["kept"] == "last", report["unlearn"]
+    assert "checkpoint: the last step (an id request has no held-out forget images" in r.stderr
     assert set(report["metrics"]["unlearned"]["forget"]) >= {"psnr", "ssim", "fd", "embed_cos", "mia_auc"}
     # Too few images for a Frechet distance (smoke feature net: 32-d, at least 64 images): per-image
     # measures with intervals instead, and no membership verdict from fewer images than the test needs.

@@ -184,10 +184,7 @@ def test_fit_copies_the_model_atomically(tmp_path: Path, tiny_model) -> None:
 
             return nullcontext(str(src.parent))
 
-    class Result:
-        checkpoint = Checkpoint()
-
     dest = tmp_path / "cache" / "models" / "mae-k.pt"
-    _copy_model(Result(), dest)
+    _copy_model(Checkpoint(), dest)
     assert dest.read_bytes() == src.read_bytes()
     assert sorted(p.name for p in dest.parent.iterdir()) == ["mae-k.pt"]

@@ -1,4 +1,4 @@
-"""lethe.pipeline.oracle: which runs get an oracle under cache.oracle = sample."""
+"""lethe.pipeline.oracle_audit: which runs get an oracle under cache.oracle = sample."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from lethe.config import build_config
 from lethe.errors import ConfigError
-from lethe.pipeline.oracle import NOT_AUDITED_MAGIC, oracle_audit, require_oracle
+from lethe.pipeline.oracle import NOT_AUDITED_MAGIC
+from lethe.pipeline.oracle_audit import oracle_audit, require_oracle
 
 
 def _man(retain_digest: str) -> SimpleNamespace:
@@ -76,3 +77,26 @@ def test_the_placeholder_is_never_a_checkpoint(tmp_path: Path) -> None:
     path.write_bytes(NOT_AUDITED_MAGIC + b'{"audited": false}\n')
     with pytest.raises(CheckpointError):
         load_checkpoint(path, expected_kind="mae")
+
+
+def test_best_checkpoint_keeping_needs_the_oracle_and_held_out_forget_images() -> None:
+    from lethe.pipeline.validation import selection_unavailable
+
+    def man(heldout_forget: int = 50) -> SimpleNamespace:
+        shards = {"retain": SimpleNamespace(digest="ab" * 32, count=900)}
+        shards["heldout_forget"] = SimpleNamespace(count=heldout_forget)
+        shards["heldout_retain"] = SimpleNamespace(count=400)
+        return SimpleNamespace(shards=shards)
+
+    def why(cfg, m=None) -> str | None:
+        return selection_unavailable(SimpleNamespace(cfg=cfg), m or man())
+
+    assert why(_cfg("reuse")) is None
+    assert why(_cfg(share=1.0)) is None
+    assert "no oracle to compare with (not audited" in why(_cfg(share=0.0))
+    assert why(_cfg("reuse"), man(heldout_forget=1)) == "fewer than 2 held-out forget or retain images"
+    off = _cfg("reuse")
+    off.unlearn.keep_best = False
+    assert why(off) == "unlearn.keep_best is off"
+    ids = build_config("smoke", overrides={"request": {"kind": "ids", "ids_file": "ids.txt"}})
+    assert "an id request" in why(ids)

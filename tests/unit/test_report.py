@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -361,3 +362,54 @@ def test_a_run_without_an_oracle_says_so_and_carries_no_oracle_figures(tmp_path:
         validate_report(rep)
     page = write_html_report(_no_oracle_report(), {}, tmp_path / "report.html").read_text(encoding="utf-8")
     assert "No oracle in this run</strong>: not audited: not drawn (0.8 &gt;= 0.25)" in page
+
+
+def _kept_best() -> dict[str, Any]:
+    history = [{"step": s, "objective": o} for s, o in ((10, 0.5), (20, 0.125), (30, 0.75))]
+    return {"kept": "best", "step": 20, "last_step": 30, "objective": 0.125, "last_objective": 0.75,
+            "history": history}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda c: c.update(kept="first"), "report.unlearn.checkpoint.kept: expected 'best' or 'last'"),
+        (lambda c: c.update(step=2.5), "report.unlearn.checkpoint.step: expected an integer step"),
+        (lambda c: c.update(history=[]), "report.unlearn.checkpoint.history: expected a non-empty list"),
+        (
+            lambda c: c["history"][1].pop("objective"),
+            "report.unlearn.checkpoint.history[1].objective: missing",
+        ),
+        (lambda c: c.update(objective=float("nan")), "report.unlearn.checkpoint.objective"),
+    ],
+)
+def test_validate_report_checks_the_kept_checkpoint(mutate: Any, needle: str) -> None:
+    rep = _report()
+    rep["unlearn"] = {"checkpoint": _kept_best()}
+    validate_report(rep)
+    mutate(rep["unlearn"]["checkpoint"])
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        validate_report(rep)
+    rep["unlearn"] = {"checkpoint": {"kept": "last"}}
+    with pytest.raises(ValueError, match=re.escape("report.unlearn.checkpoint.reason: missing")):
+        validate_report(rep)
+
+
+def test_html_report_pictures_the_objective_of_every_scored_step(tmp_path: Path) -> None:
+    rep = _report()
+    rep["unlearn"] = {"checkpoint": _kept_best()}
+    page = write_html_report(rep, {}, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<h2>Unlearning checkpoint</h2>" in page and "kept step <strong>20</strong> of 30" in page
+    svg = page[page.index("<svg") : page.index("</svg>")]
+    assert svg.count("<circle") == 3
+    # the kept step is the ringed one, drawn at the lowest point of the line
+    ringed = [c for c in svg.split("<circle")[1:] if "fill='none'" in c]
+    assert len(ringed) == 1 and "step 20: 0.125" in ringed[0]
+    ys = {
+        c.split("<title>")[1].split(":")[0]: float(c.split("cy='")[1].split("'")[0])
+        for c in svg.split("<circle")[1:]
+    }
+    assert ys["step 20"] > ys["step 10"] > ys["step 30"]  # SVG y grows downwards: lower is better
+    rep["unlearn"] = {"checkpoint": {"kept": "last", "reason": "an id request has no held-out forget images"}}
+    page = write_html_report(rep, {}, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "The last step's model was kept: an id request" in page and "<svg" not in page

@@ -81,3 +81,16 @@ def test_feature_requests_show_the_generator_figures() -> None:
     assert "(a visual feature)" in lines[0]
     assert lines[1].split() == ["model", "flagged", "share", "PGD", "success", "FD", "w/o", "feature"]
     assert lines[2].split() == ["original", "0.062", "0.34", "100.3"]
+
+
+def test_summary_says_which_checkpoint_became_the_unlearned_model() -> None:
+    best = {"kept": "best", "step": 20, "last_step": 47, "objective": 0.1234, "last_objective": 0.4567}
+    lines = summary_lines(_report(unlearn={"checkpoint": best}))
+    assert lines[5] == (
+        "checkpoint: kept step 20 of 47, the best validation objective (0.1234; last step 0.4567)"
+    )
+    last = {"kept": "last", "reason": "unlearn.keep_best is off"}
+    assert summary_lines(_report(unlearn={"checkpoint": last}))[5] == (
+        "checkpoint: the last step (unlearn.keep_best is off)"
+    )
+    assert not any(line.startswith("checkpoint:") for line in summary_lines(_report()))

@@ -14,6 +14,8 @@ def test_interface(tmp_path):
             "parent_run_id": "String",
             "alpha": "Float",
             "original": "system.Model@0.0.1",
+            "featnet": "system.Model@0.0.1",
+            "oracle": "system.Model@0.0.1",
         },
         outputs={"unlearned": "system.Model@0.0.1", "metrics": "system.Metrics@0.0.1"},
     )

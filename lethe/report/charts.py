@@ -1,0 +1,56 @@
+"""Small inline SVG charts for the HTML report (no plotting library: the report is one file)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+
+
+def steps_chart_svg(
+    points: Sequence[tuple[float, float]],
+    marked_x: float | None,
+    y_label: str,
+    width: int = 420,
+    height: int = 180,
+) -> str:
+    """A line of (step, value) points with the `marked_x` point ringed; axes show the ranges."""
+    if not points:
+        return ""
+    pad_l, pad_r, pad_t, pad_b = 56, 12, 12, 34
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(0.0, min(ys)), max(ys)
+    span_x, span_y = (x1 - x0) or 1.0, (y1 - y0) or 1.0
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        px = pad_l + (x - x0) / span_x * (width - pad_l - pad_r)
+        py = height - pad_b - (y - y0) / span_y * (height - pad_t - pad_b)
+        return round(px, 1), round(py, 1)
+
+    line = " ".join(f"{px},{py}" for px, py in (at(x, y) for x, y in points))
+    dots = []
+    for x, y in points:
+        px, py = at(x, y)
+        kept = marked_x is not None and x == marked_x
+        dots.append(
+            f"<circle cx='{px}' cy='{py}' r='{6 if kept else 3}' fill='{'none' if kept else '#1f6feb'}' "
+            f"stroke='{'#d1242f' if kept else '#1f6feb'}' stroke-width='2'><title>step {x:g}: "
+            f"{y:.4g}</title></circle>"
+        )
+    bottom, left = height - pad_b, pad_l
+    axes = (
+        f"<line x1='{left}' y1='{pad_t}' x2='{left}' y2='{bottom}' stroke='#555'/>"
+        f"<line x1='{left}' y1='{bottom}' x2='{width - pad_r}' y2='{bottom}' stroke='#555'/>"
+        f"<text x='{left - 4}' y='{pad_t + 4}' text-anchor='end' font-size='11'>{y1:.3g}</text>"
+        f"<text x='{left - 4}' y='{bottom}' text-anchor='end' font-size='11'>{y0:.3g}</text>"
+        f"<text x='{left}' y='{bottom + 14}' font-size='11'>{x0:g}</text>"
+        f"<text x='{width - pad_r}' y='{bottom + 14}' text-anchor='end' font-size='11'>{x1:g}</text>"
+        f"<text x='{(left + width - pad_r) / 2}' y='{height - 4}' text-anchor='middle' font-size='11'>step</text>"
+        f"<text x='12' y='{(pad_t + bottom) / 2}' font-size='11' text-anchor='middle' "
+        f"transform='rotate(-90 12 {(pad_t + bottom) / 2})'>{escape(y_label)}</text>"
+    )
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
+        f"aria-label='{escape(y_label)} per step'>{axes}"
+        f"<polyline points='{line}' fill='none' stroke='#1f6feb' stroke-width='1.5'/>{''.join(dots)}</svg>"
+    )
