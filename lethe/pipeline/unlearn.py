@@ -47,11 +47,20 @@ def effective_unlearn(ctx: Context, man=None) -> tuple[Any, dict[str, Any] | Non
     return cfg.unlearn.model_copy(update={"alpha": float(best["alpha"]), "lr": float(best["lr"])}), best
 
 
-def checkpoint_record(selection: dict[str, Any] | None, no_selection: str | None) -> dict[str, Any]:
-    """The report's unlearn.checkpoint: which checkpoint of the run became the unlearned model."""
-    if selection is not None:
-        return {"kept": "best", **selection}
-    return {"kept": "last", "reason": no_selection or "this family's runs are not scored"}
+def checkpoint_record(
+    selection: dict[str, Any] | None, no_selection: str | None, payload: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The report's unlearn.checkpoint: which checkpoint of the run became the unlearned model, and
+    what the untouched source scores on the same validation images (doing nothing, for scale)."""
+    from lethe.metrics import unlearning_objective
+
+    if selection is None or payload is None:
+        return {"kept": "last", "reason": no_selection or "this family's runs are not scored"}
+    p = payload
+    source = unlearning_objective(
+        p["fd_forget_original"], p["fd_forget_oracle"], p["fd_retain_original"], p["fd_retain_original"]
+    )
+    return {"kept": "best", **selection, "source_objective": source}
 
 
 def fit_unlearned(ctx: Context, man, plan: UnlearnPlan, original: Path, teacher) -> Any:
@@ -81,7 +90,7 @@ def fit_unlearned(ctx: Context, man, plan: UnlearnPlan, original: Path, teacher)
         **numeric(res.metrics),
         "alpha": plan.job.alpha,
         **plan.extra_state,
-        "checkpoint": checkpoint_record(res.selection, plan.no_selection),
+        "checkpoint": checkpoint_record(res.selection, plan.no_selection, plan.eval_payload),
     }
     log.warning("unlearned in %.1f s (%s)", res.wall_s, res.metrics)
     if res.selection is not None:

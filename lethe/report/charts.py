@@ -10,16 +10,19 @@ def steps_chart_svg(
     points: Sequence[tuple[float, float]],
     marked_x: float | None,
     y_label: str,
+    reference: tuple[str, float] | None = None,
     width: int = 420,
     height: int = 180,
 ) -> str:
-    """A line of (step, value) points with the `marked_x` point ringed; axes show the ranges."""
+    """A line of (step, value) points with the `marked_x` point ringed; axes show the ranges; a
+    `reference` (label, value) is a dashed level across the chart."""
     if not points:
         return ""
     pad_l, pad_r, pad_t, pad_b = 56, 12, 12, 34
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = min(xs), max(xs)
-    y0, y1 = min(0.0, min(ys)), max(ys)
+    levels = ys + ([reference[1]] if reference else [])
+    y0, y1 = min(0.0, min(levels)), max(levels)
     span_x, span_y = (x1 - x0) or 1.0, (y1 - y0) or 1.0
 
     def at(x: float, y: float) -> tuple[float, float]:
@@ -49,6 +52,13 @@ def steps_chart_svg(
         f"<text x='12' y='{(pad_t + bottom) / 2}' font-size='11' text-anchor='middle' "
         f"transform='rotate(-90 12 {(pad_t + bottom) / 2})'>{escape(y_label)}</text>"
     )
+    if reference:
+        _, ry = at(x0, reference[1])
+        axes += (
+            f"<line x1='{left}' y1='{ry}' x2='{width - pad_r}' y2='{ry}' stroke='#888' "
+            f"stroke-dasharray='4 3'/><text x='{width - pad_r}' y='{ry - 3}' text-anchor='end' "
+            f"font-size='11' fill='#555'>{escape(reference[0])} {reference[1]:.3g}</text>"
+        )
     return (
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
         f"aria-label='{escape(y_label)} per step'>{axes}"

@@ -297,13 +297,16 @@ def _checkpoint_section(ck: dict) -> str:
         return f"<p>The last step's model was kept: {_e(ck.get('reason', '-'))}.</p>"
     history = [h for h in ck.get("history") or [] if isinstance(h, dict)]
     points = [(float(h["step"]), float(h["objective"])) for h in history]
-    chart = steps_chart_svg(points, float(ck["step"]), "validation objective")
+    source = ck.get("source_objective")
+    reference = ("untouched source", float(source)) if isinstance(source, (int, float)) else None
+    chart = steps_chart_svg(points, float(ck["step"]), "validation objective", reference)
     return (
         f"<p>The run scored its model every few steps on held-out validation images (not the ones "
         f"evaluated above) with the tuning objective, lower is better, and kept step "
         f"<strong>{_e(ck.get('step'))}</strong> of {_e(ck.get('last_step'))} "
         f"(objective {_e(format_number(ck.get('objective')))}; the last step's "
-        f"{_e(format_number(ck.get('last_objective')))}).</p><figure>{chart}</figure>"
+        f"{_e(format_number(ck.get('last_objective')))}; the untouched source's "
+        f"{_e(format_number(source))}).</p><figure>{chart}</figure>"
     )
 
 

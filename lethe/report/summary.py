@@ -98,7 +98,8 @@ def _checkpoint(report: Mapping[str, Any]) -> str | None:
     if ck.get("kept") == "best":
         return (
             f"checkpoint: kept step {ck.get('step')} of {ck.get('last_step')}, the best validation "
-            f"objective ({_num(ck.get('objective'))}; last step {_num(ck.get('last_objective'))})"
+            f"objective ({_num(ck.get('objective'))}; last step {_num(ck.get('last_objective'))}; "
+            f"untouched source {_num(ck.get('source_objective'))})"
         )
     if ck.get("kept") == "last":
         return f"checkpoint: the last step ({ck.get('reason')})"

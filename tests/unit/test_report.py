@@ -367,7 +367,7 @@ def test_a_run_without_an_oracle_says_so_and_carries_no_oracle_figures(tmp_path:
 def _kept_best() -> dict[str, Any]:
     history = [{"step": s, "objective": o} for s, o in ((10, 0.5), (20, 0.125), (30, 0.75))]
     return {"kept": "best", "step": 20, "last_step": 30, "objective": 0.125, "last_objective": 0.75,
-            "history": history}  # fmt: skip
+            "history": history, "source_objective": 1.5}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -410,6 +410,10 @@ def test_html_report_pictures_the_objective_of_every_scored_step(tmp_path: Path)
         for c in svg.split("<circle")[1:]
     }
     assert ys["step 20"] > ys["step 10"] > ys["step 30"]  # SVG y grows downwards: lower is better
+    # doing nothing, for scale: a dashed level above every scored step
+    level = svg[svg.index("stroke-dasharray") :]
+    assert "untouched source 1.5" in level and "the untouched source's 1.5" in page
+    assert float(svg.split("stroke-dasharray")[0].rsplit("y1='", 1)[1].split("'")[0]) < ys["step 30"]
     rep["unlearn"] = {"checkpoint": {"kept": "last", "reason": "an id request has no held-out forget images"}}
     page = write_html_report(rep, {}, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "The last step's model was kept: an id request" in page and "<svg" not in page

@@ -85,9 +85,10 @@ def test_feature_requests_show_the_generator_figures() -> None:
 
 def test_summary_says_which_checkpoint_became_the_unlearned_model() -> None:
     best = {"kept": "best", "step": 20, "last_step": 47, "objective": 0.1234, "last_objective": 0.4567}
-    lines = summary_lines(_report(unlearn={"checkpoint": best}))
+    lines = summary_lines(_report(unlearn={"checkpoint": {**best, "source_objective": 0.669}}))
     assert lines[5] == (
-        "checkpoint: kept step 20 of 47, the best validation objective (0.1234; last step 0.4567)"
+        "checkpoint: kept step 20 of 47, the best validation objective (0.1234; last step 0.4567; "
+        "untouched source 0.669)"
     )
     last = {"kept": "last", "reason": "unlearn.keep_best is off"}
     assert summary_lines(_report(unlearn={"checkpoint": last}))[5] == (
