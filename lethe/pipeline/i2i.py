@@ -63,21 +63,27 @@ def eval_data(cfg: RunConfig, man, where: str):
     """Held-out forget and retain images (and the MIA's members / non-members) for evaluation."""
     from lethe.data import read_shard_numpy, to_chw_float
     from lethe.evaluation.reconstruction import EvalData
+    from lethe.pipeline.validation import evaluated, uses_validation
 
-    e = cfg.eval
+    e, t = cfg.eval, cfg.tune
+    # Images that chose the model (tuning, best checkpoint) never grade it: evaluation leaves them out.
+    validated = uses_validation(cfg, man)
 
     def load(name: str, limit: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         imgs, labels, ids = read_shard_numpy(man, name, limit=limit)
         return torch.from_numpy(to_chw_float(imgs).copy()), torch.from_numpy(labels.copy()), list(ids)
 
-    retain, retain_labels, _ = load("heldout_retain", e.n_retain)
+    def heldout(name: str, eval_n: int, val_n: int) -> int:
+        return evaluated(man.shards[name].count, eval_n, val_n if validated else None)
+
+    retain, retain_labels, _ = load("heldout_retain", heldout("heldout_retain", e.n_retain, t.val_retain))
     members, _, member_ids = load("forget", e.n_mia)
     if cfg.request.kind == "ids":
         # The requested images themselves are the forget split; MIA negatives are unseen retain-like images.
         forget = members
         nonmembers = retain[: e.n_mia]
     else:
-        forget, _, _ = load("heldout_forget", e.n_forget)
+        forget, _, _ = load("heldout_forget", heldout("heldout_forget", e.n_forget, t.val_forget))
         nonmembers = forget[: e.n_mia]
     if len(forget) == 0 or len(retain) == 0:
         raise DataError(
@@ -124,6 +130,23 @@ def requests_evidence(
             else "this night's source, which had already forgotten them,",
         )
     return out
+
+
+def _membership(cfg: RunConfig, attack: dict[str, Any], n_members: int, n_nonmembers: int) -> dict[str, Any]:
+    """The membership verdict from the calibrated attack (not evaluated in a run without an oracle)."""
+    from lethe.evaluation.evidence import membership_not_evaluated, membership_verdict
+
+    if "oracle" not in attack:
+        return membership_not_evaluated(n_members, n_nonmembers)
+    return membership_verdict(
+        attack["original"],
+        attack["unlearned"],
+        attack["oracle"],
+        n_members,
+        n_nonmembers,
+        cfg.gates.mia_auc_tol,
+        cfg.eval.mia_min_members,
+    )
 
 
 class ImageToImage:
@@ -192,7 +215,7 @@ class ImageToImage:
         why it keeps the last one."""
         from lethe.pipeline.validation import load_models, selection_unavailable, validation_payload
 
-        why_not = selection_unavailable(ctx, man)
+        why_not = selection_unavailable(ctx.cfg, man)
         if why_not is not None:
             log.warning("unlearn: keeping the last checkpoint: %s", why_not)
             return None, why_not
@@ -203,8 +226,8 @@ class ImageToImage:
         return section_params("eval", cfg)
 
     def evaluate(self, ctx, man, arch, models, featnet) -> Evaluation:
-        from lethe.evaluation.evidence import membership_not_evaluated, membership_verdict
         from lethe.evaluation.reconstruction import EvalSettings, evaluate_models
+        from lethe.pipeline.validation import held_back_counts
         from lethe.report import distance_to_oracle, oracle_gaps
 
         cfg, e = ctx.cfg, ctx.cfg.eval
@@ -223,22 +246,12 @@ class ImageToImage:
             progress=in_process("evaluate"),
         )
         metrics, grids, extra = evaluate_models(models, featnet, data, settings)
+        # The validation images that chose the model (tuning, best checkpoint), left out of all the above.
+        extra["validation_held_back"] = held_back_counts(cfg, man)
         attack, ratio_cis = extra.pop("attack"), extra.pop("fd_ratio_ci95")
         member_scores = extra.pop("member_scores")
         n_members, n_nonmembers = extra.pop("n_members"), extra.pop("n_nonmembers")
-        membership = (
-            membership_verdict(
-                attack["original"],
-                attack["unlearned"],
-                attack["oracle"],
-                n_members,
-                n_nonmembers,
-                cfg.gates.mia_auc_tol,
-                e.mia_min_members,
-            )
-            if "oracle" in attack
-            else membership_not_evaluated(n_members, n_nonmembers)
-        )
+        membership = _membership(cfg, attack, n_members, n_nonmembers)
         log.warning("evaluate: %s", membership["reason"])
         per_request = requests_evidence(cfg, data.member_ids, member_scores)
         by_mask = extra.pop("metrics_by_mask", {})

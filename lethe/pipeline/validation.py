@@ -17,31 +17,65 @@ from lethe.pipeline.context import Context
 log = logging.getLogger("lethe")
 
 
-def validation_images(man, name: str, n: int, eval_n: int) -> tuple[torch.Tensor, int]:
-    """The last n images of a held-out shard in id-hash order (evaluation takes the first ones);
-    returns them and how many of them evaluation also uses."""
+def held_back(count: int, eval_n: int, val_n: int) -> int:
+    """How many of a held-out shard's `count` images are validation images: up to val_n from its end,
+    never more than a fifth of the shard while evaluation could use them (so a small shard still
+    has four fifths to grade with), and none of them is ever evaluated (`evaluated`)."""
+    spare = max(0, count - eval_n)  # images evaluation does not reach anyway
+    return min(val_n, max(spare, count // 5))
+
+
+def evaluated(count: int, eval_n: int, val_n: int | None) -> int:
+    """How many images evaluation takes from the start of a held-out shard (val_n: None when the
+    run uses no validation images, so evaluation may take all of them)."""
+    reserve = 0 if val_n is None else held_back(count, eval_n, val_n)
+    return min(eval_n, count - reserve)
+
+
+def validation_images(man, name: str, n: int, eval_n: int) -> torch.Tensor:
+    """The validation images of a held-out shard: its last images in id-hash order, disjoint from
+    the ones evaluation takes from its start (`held_back`)."""
     from lethe.data import read_shard_numpy, to_chw_float
 
     imgs, _, _ = read_shard_numpy(man, name)
-    take = min(n, len(imgs))
-    overlap = max(0, min(eval_n, len(imgs)) + take - len(imgs))
-    x = torch.from_numpy(to_chw_float(imgs[len(imgs) - take :]).copy())
-    return x, overlap
+    take = held_back(len(imgs), eval_n, n)
+    return torch.from_numpy(to_chw_float(imgs[len(imgs) - take :]).copy())
 
 
-def selection_unavailable(ctx: Context, man) -> str | None:
+def uses_validation(cfg, man) -> bool:
+    """Does this run choose among models on validation images (tuning, best-checkpoint keeping)?
+    Then evaluation leaves them out."""
+    return cfg.tune.enabled or selection_unavailable(cfg, man) is None
+
+
+def held_back_counts(cfg, man) -> dict[str, int] | None:
+    """Validation images per held-out shard, which evaluation leaves out (None: the run uses none)."""
+    if not uses_validation(cfg, man):
+        return None
+    e, t = cfg.eval, cfg.tune
+    return {
+        "forget": held_back(man.shards["heldout_forget"].count, e.n_forget, t.val_forget),
+        "retain": held_back(man.shards["heldout_retain"].count, e.n_retain, t.val_retain),
+    }
+
+
+def selection_unavailable(cfg, man) -> str | None:
     """Why the unlearning run cannot score its checkpoints (None: it can)."""
     from lethe.pipeline.oracle_audit import oracle_audit
 
-    cfg = ctx.cfg
     if not cfg.unlearn.keep_best:
         return "unlearn.keep_best is off"
     if cfg.request.kind == "ids":
         # The forget side of the objective would be scored on the requested images themselves,
         # which are also what the forget gate and the membership test grade.
         return "an id request has no held-out forget images to choose on apart from the graded ones"
-    if man.shards["heldout_forget"].count < 2 or man.shards["heldout_retain"].count < 2:
-        return "fewer than 2 held-out forget or retain images"
+    e, t = cfg.eval, cfg.tune
+    sizes = (
+        held_back(man.shards["heldout_forget"].count, e.n_forget, t.val_forget),
+        held_back(man.shards["heldout_retain"].count, e.n_retain, t.val_retain),
+    )
+    if min(sizes) < 2:
+        return "fewer than 2 held-out forget or retain images to validate on beside the evaluated ones"
     audit = oracle_audit(cfg, man)
     if not audit["audited"]:
         return f"no oracle to compare with ({audit['reason']})"
@@ -69,21 +103,15 @@ def validation_payload(ctx: Context, man, models: dict[str, Any]) -> tuple[dict[
     from lethe.evaluation.reconstruction import features, model_fd
 
     t, e = ctx.cfg.tune, ctx.cfg.eval
-    x_f, overlap_f = validation_images(man, "heldout_forget", t.val_forget, e.n_forget)
-    x_r, overlap_r = validation_images(man, "heldout_retain", t.val_retain, e.n_retain)
+    x_f = validation_images(man, "heldout_forget", t.val_forget, e.n_forget)
+    x_r = validation_images(man, "heldout_retain", t.val_retain, e.n_retain)
     if len(x_f) < 2 or len(x_r) < 2:
         raise DataError(
             "too few held-out images to validate on",
             where=ctx.lay.shards_uri,
-            expected="at least 2 held-out forget and retain images (class requests)",
+            expected="at least 2 held-out forget and retain images beside the evaluated ones (class "
+            "requests; a fifth of a small held-out shard)",
             seen=f"{len(x_f)} / {len(x_r)}",
-        )
-    if overlap_f or overlap_r:
-        log.warning(
-            "validation images overlap the evaluation images (%d forget, %d retain): "
-            "the held-out shards are smaller than eval.n_* + tune.val_*",
-            overlap_f,
-            overlap_r,
         )
     bs, featnet = e.batch_size, models["featnet"]
     feats_f, feats_r = features(featnet, x_f, bs), features(featnet, x_r, bs)
@@ -104,9 +132,6 @@ def validation_payload(ctx: Context, man, models: dict[str, Any]) -> tuple[dict[
         "retain_weight": t.retain_weight,
         **baselines,
     }
-    validation = {
-        "forget_count": len(x_f),
-        "retain_count": len(x_r),
-        "overlaps_evaluation": {"forget": overlap_f, "retain": overlap_r},
-    }
+    # Disjoint from the evaluated images by construction (held_back / evaluated).
+    validation = {"forget_count": len(x_f), "retain_count": len(x_r), "disjoint_from_evaluation": True}
     return payload, validation
