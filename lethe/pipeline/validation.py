@@ -15,6 +15,8 @@ from lethe.errors import DataError
 from lethe.pipeline.context import Context
 
 log = logging.getLogger("lethe")
+# The fewest validation images per side a checkpoint is chosen on (tune.val_* accept no fewer).
+MIN_VALIDATION = 8
 
 
 def held_back(count: int, eval_n: int, val_n: int) -> int:
@@ -74,8 +76,11 @@ def selection_unavailable(cfg, man) -> str | None:
         held_back(man.shards["heldout_forget"].count, e.n_forget, t.val_forget),
         held_back(man.shards["heldout_retain"].count, e.n_retain, t.val_retain),
     )
-    if min(sizes) < 2:
-        return "fewer than 2 held-out forget or retain images to validate on beside the evaluated ones"
+    if min(sizes) < MIN_VALIDATION:
+        return (
+            f"fewer than {MIN_VALIDATION} held-out forget or retain images to validate on beside the "
+            f"evaluated ones ({sizes[0]} / {sizes[1]})"
+        )
     audit = oracle_audit(cfg, man)
     if not audit["audited"]:
         return f"no oracle to compare with ({audit['reason']})"

@@ -94,9 +94,10 @@ def test_best_checkpoint_keeping_needs_the_oracle_and_held_out_forget_images() -
     assert why(_cfg("reuse")) is None
     assert why(_cfg(share=1.0)) is None
     assert "no oracle to compare with (not audited" in why(_cfg(share=0.0))
-    # a tiny held-out shard: a fifth of it would be fewer than 2 images
-    assert "fewer than 2 held-out forget" in why(_cfg("reuse"), man(heldout_forget=9))
-    assert why(_cfg("reuse"), man(heldout_forget=10)) is None
+    # a small held-out shard: a fifth of it would be fewer than 8 images
+    assert "fewer than 8 held-out forget or retain images" in why(_cfg("reuse"), man(heldout_forget=39))
+    assert "(7 / 64)" in why(_cfg("reuse"), man(heldout_forget=39))
+    assert why(_cfg("reuse"), man(heldout_forget=40)) is None
     off = _cfg("reuse")
     off.unlearn.keep_best = False
     assert why(off) == "unlearn.keep_best is off"
