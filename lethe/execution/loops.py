@@ -1,5 +1,6 @@
 """Ray Train worker loops: the dispatch `train_loop_per_worker` hands to every TorchTrainer, the epoch
-loop (pretraining, oracle, feature net, classifiers), the unlearning loop and its tuning evaluator.
+loop (pretraining, oracle, feature net, classifiers), the unlearning loop and its validation
+evaluator (tuning trials, best-checkpoint keeping).
 
 Every training in lethe is a Ray Train TorchTrainer run (lethe.execution.fit starts it). Workers get
 the `TrainJob` as a dict, report a checkpoint (model + optimiser state) every epoch / every
@@ -290,8 +291,9 @@ SCORE_KEYS = ("objective", "fd_forget_vs_oracle", "fd_retain_vs_original")
 
 
 def _evaluator(job: dict[str, Any], device):
-    """Tuning only: the objective on validation images, computed by rank 0 at every report (ASHA
-    needs it at every rung). Plain lethe.evaluate / lethe.metrics code, run inside the trial."""
+    """The objective on validation images, computed by rank 0 at every report: ASHA needs it at every
+    rung of a tuning trial, best-checkpoint keeping at every scored step. Plain lethe.evaluate /
+    lethe.metrics code, run inside the worker. None when the job has no payload (eval_ref)."""
     if "eval_ref" not in job:
         return None
     import ray

@@ -102,11 +102,40 @@ def load_models(ctx: Context, arch: dict[str, Any]) -> dict[str, Any]:
     return models
 
 
+def evaluator_payload(
+    models: dict[str, Any],
+    x_f: torch.Tensor,
+    x_r: torch.Tensor,
+    box_frac: float,
+    bs: int,
+    retain_weight: float,
+) -> dict[str, Any]:
+    """What the run's evaluator (lethe.execution.loops) needs: the validation images (N, C, H, W),
+    their features, the feature net, and the baselines the objective compares with (the oracle's
+    forget FD, the original's retain and forget FD). models: original, oracle, featnet."""
+    from lethe.evaluation.reconstruction import features, model_fd
+
+    featnet = models["featnet"]
+    feats_f, feats_r = features(featnet, x_f, bs), features(featnet, x_r, bs)
+    return {
+        "featnet_arch": featnet.arch.to_dict(),
+        "featnet_state": featnet.state_dict(),
+        "x_forget": x_f,
+        "x_retain": x_r,
+        "forget_feats": feats_f,
+        "retain_feats": feats_r,
+        "box_frac": box_frac,
+        "batch_size": bs,
+        "retain_weight": retain_weight,
+        "fd_forget_oracle": model_fd(models["oracle"], featnet, x_f, box_frac, feats_f, bs),
+        "fd_retain_original": model_fd(models["original"], featnet, x_r, box_frac, feats_r, bs),
+        "fd_forget_original": model_fd(models["original"], featnet, x_f, box_frac, feats_f, bs),
+    }
+
+
 def validation_payload(ctx: Context, man, models: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """What a run's evaluator needs (lethe.execution.loops: validation images, their features, the
     baselines), and what the report says about the validation set."""
-    from lethe.evaluation.reconstruction import features, model_fd
-
     t, e = ctx.cfg.tune, ctx.cfg.eval
     x_f = validation_images(man, "heldout_forget", t.val_forget, e.n_forget)
     x_r = validation_images(man, "heldout_retain", t.val_retain, e.n_retain)
@@ -118,25 +147,7 @@ def validation_payload(ctx: Context, man, models: dict[str, Any]) -> tuple[dict[
             "requests; a fifth of a small held-out shard)",
             seen=f"{len(x_f)} / {len(x_r)}",
         )
-    bs, featnet = e.batch_size, models["featnet"]
-    feats_f, feats_r = features(featnet, x_f, bs), features(featnet, x_r, bs)
-    baselines = {
-        "fd_forget_oracle": model_fd(models["oracle"], featnet, x_f, e.box_frac, feats_f, bs),
-        "fd_retain_original": model_fd(models["original"], featnet, x_r, e.box_frac, feats_r, bs),
-        "fd_forget_original": model_fd(models["original"], featnet, x_f, e.box_frac, feats_f, bs),
-    }
-    payload = {
-        "featnet_arch": featnet.arch.to_dict(),
-        "featnet_state": featnet.state_dict(),
-        "x_forget": x_f,
-        "x_retain": x_r,
-        "forget_feats": feats_f,
-        "retain_feats": feats_r,
-        "box_frac": e.box_frac,
-        "batch_size": bs,
-        "retain_weight": t.retain_weight,
-        **baselines,
-    }
+    payload = evaluator_payload(models, x_f, x_r, e.box_frac, e.batch_size, t.retain_weight)
     # Disjoint from the evaluated images by construction (held_back / evaluated).
     validation = {"forget_count": len(x_f), "retain_count": len(x_r), "disjoint_from_evaluation": True}
     return payload, validation

@@ -214,51 +214,41 @@ def test_unlearning_that_diverges_hands_on_its_best_scored_checkpoint(digits_sha
     """Best-checkpoint keeping: gradient ascent at a learning rate that wrecks the model scores every
     step on validation images; the model handed on is the lowest-objective step, not the last, and
     the selection history survives a worker killed mid-run (it rides in the checkpointed state)."""
-    from lethe.evaluation.reconstruction import features, model_fd
     from lethe.execution.tune import METRIC
     from lethe.models import build_model
     from lethe.models.featnet import FeatNetArch
-    from lethe.pipeline.validation import validation_images
+    from lethe.pipeline.validation import evaluator_payload, validation_images
 
     man = digits_shards
     arch = _arch(man)
     torch.manual_seed(0)
     teacher = build_model("mae", arch)
     featnet = build_model("featnet", FeatNetArch(man.height, man.width, man.channels, 10, 8, 16).to_dict())
-    x_f, _ = validation_images(man, "heldout_forget", 16, 0)
-    x_r, _ = validation_images(man, "heldout_retain", 16, 0)
-    feats_f, feats_r = features(featnet, x_f, 16), features(featnet, x_r, 16)
-    payload = {
-        "featnet_arch": featnet.arch.to_dict(),
-        "featnet_state": featnet.state_dict(),
-        "x_forget": x_f,
-        "x_retain": x_r,
-        "forget_feats": feats_f,
-        "retain_feats": feats_r,
-        "box_frac": 0.5,
-        "batch_size": 16,
-        "retain_weight": 1.0,
-        # the teacher stands in for the oracle: the untouched model scores 0, every move costs
-        "fd_forget_oracle": model_fd(teacher, featnet, x_f, 0.5, feats_f, 16),
-        "fd_retain_original": model_fd(teacher, featnet, x_r, 0.5, feats_r, 16),
-    }
+    x_f = validation_images(man, "heldout_forget", 16, 0)
+    x_r = validation_images(man, "heldout_retain", 16, 0)
+    # the teacher stands in for the oracle: the untouched model scores 0, every move costs
+    models = {"original": teacher, "oracle": teacher, "featnet": featnet}
+    payload = evaluator_payload(models, x_f, x_r, box_frac=0.5, bs=16, retain_weight=1.0)
     job = _unlearn_job(
         man, arch, _mask(arch), method="max_loss", lr=0.05, warmup_frac=0.0, passes=2.0, max_steps=6,
         checkpoint_every=6, eval_every=1, fail_at_step=4,
     )  # fmt: skip
+    where = {
+        "num_workers": 1,
+        "use_gpu": False,
+        "cpus_per_worker": 1.0,
+        "storage_path": str(tmp_path / "ray"),
+        "select_metric": METRIC,
+    }
     res = fit(
         job,
         unlearn_inputs(man, job, 1),
         name="diverge",
         dest=tmp_path / "un.pt",
-        num_workers=1,
-        use_gpu=False,
-        cpus_per_worker=1.0,
-        storage_path=str(tmp_path / "ray"),
         teacher_state=teacher.state_dict(),
         eval_payload=payload,
-        select_metric=METRIC,
         max_failures=1,
+        **where,
     )
     sel = res.selection
     history = sel["history"]
@@ -270,16 +260,6 @@ def test_unlearning_that_diverges_hands_on_its_best_scored_checkpoint(digits_sha
     _, meta = load_checkpoint(tmp_path / "un.pt", expected_kind="mae", expected_arch=arch)
     assert meta["step"] == sel["step"] and meta["validation_objective"] == pytest.approx(sel["objective"])
     # a re-run returns the finished run's choice without training
-    again = fit(
-        job,
-        {},
-        name="diverge",
-        dest=tmp_path / "again.pt",
-        num_workers=1,
-        use_gpu=False,
-        cpus_per_worker=1.0,
-        storage_path=str(tmp_path / "ray"),
-        select_metric=METRIC,
-    )
+    again = fit(job, {}, name="diverge", dest=tmp_path / "again.pt", **where)
     assert again.reused and again.selection == sel
     assert (tmp_path / "again.pt").read_bytes() == (tmp_path / "un.pt").read_bytes()
