@@ -196,6 +196,35 @@ def _parse_ids(text: str) -> list[str]:
     return sorted(ids)
 
 
+def _check_parts(kind: str, parts: np.ndarray) -> None:
+    """Refuse a request that leaves nothing to forget, nothing to retain, or (classes) nothing held
+    out to compare the models on: one line here, before any training."""
+    n_forget = int((parts == "forget").sum())
+    n_retain = int((parts == "retain").sum())
+    if n_forget == 0:
+        raise DataError(
+            "empty forget set",
+            where="request",
+            expected="at least one training row to forget",
+            seen="0 matching training rows",
+        )
+    if n_retain == 0:
+        raise DataError(
+            "forget request covers all training data",
+            where="request",
+            expected="some training rows left to retain",
+            seen=f"{n_forget} of {n_forget} training rows requested",
+        )
+    if kind == "classes" and not (parts == "heldout_forget").any():
+        # Refused here, not in evaluate after all the training: the models are compared on these.
+        raise DataError(
+            "no held-out images of the forgotten classes",
+            where="request.classes",
+            expected="held-out (test) images of those classes to compare the models on",
+            seen=f"0 held-out images, {n_forget} training images",
+        )
+
+
 def plan_split(
     cfg: RunConfig, info: DatasetInfo, meta: pa.Table
 ) -> tuple[SplitPlan, dict[str, Any], np.ndarray]:
@@ -258,22 +287,7 @@ def plan_split(
             seen=req.kind,
         )
     parts = assign_parts(ids, labels, subsets, plan, hashes=hashes)
-    n_forget = int((parts == "forget").sum())
-    n_retain = int((parts == "retain").sum())
-    if n_forget == 0:
-        raise DataError(
-            "empty forget set",
-            where="request",
-            expected="at least one training row to forget",
-            seen="0 matching training rows",
-        )
-    if n_retain == 0:
-        raise DataError(
-            "forget request covers all training data",
-            where="request",
-            expected="some training rows left to retain",
-            seen=f"{n_forget} of {n_forget} training rows requested",
-        )
+    _check_parts(req.kind, parts)
     return plan, request, parts
 
 

@@ -93,15 +93,18 @@ def model_fd(
     box_frac: float,
     truth_feats: np.ndarray,
     bs: int = 500,
+    kind: str = "box",
 ) -> float:
-    """FD between a model's centre-box inpaintings of x and the features of x itself.
+    """FD between a model's centre-box inpaintings of x (kind "border": outpaintings of a border
+    `box_frac` of each side wide) and the features of x itself.
 
     Runs on the model's device (a Ray Train worker may hold it on a GPU); leaves the model in the
     train/eval mode it was in. Used for tuning, where it is computed many times on a small subset.
     """
     device = next(model.parameters()).device
     _, _, h, w = x.shape
-    mask = masks.box_mask(h, w, box_frac, model.mask_cell).to(device)
+    shape = masks.border_mask if kind == "border" else masks.box_mask
+    mask = shape(h, w, box_frac, model.mask_cell).to(device)
     was_training = model.training
     model.eval()
     featnet.eval()

@@ -252,7 +252,7 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
             if evaluate is not None:
                 metrics.update(evaluate(student))
                 if select_every:
-                    history.append({"step": done, **{k: metrics[k] for k in SCORE_KEYS}})
+                    history.append({"step": done, **{k: metrics[k] for k in SCORE_KEYS if k in metrics}})
                     # The model file says which step it is and how it scored: the kept one is not the last.
                     meta = {**meta, "step": done, "validation_objective": metrics["objective"]}
             if rank == 0:
@@ -287,7 +287,13 @@ def _unlearn_metrics(
 
 
 # What each scored checkpoint records in the run's selection history (STATE_FILE "history").
-SCORE_KEYS = ("objective", "fd_forget_vs_oracle", "fd_retain_vs_original")
+SCORE_KEYS = (
+    "objective",
+    "objective_box",
+    "objective_border",
+    "fd_forget_vs_oracle",
+    "fd_retain_vs_original",
+)
 
 
 def _evaluator(job: dict[str, Any], device):
@@ -298,8 +304,7 @@ def _evaluator(job: dict[str, Any], device):
         return None
     import ray
 
-    from lethe.evaluation.reconstruction import model_fd
-    from lethe.metrics import unlearning_objective
+    from lethe.evaluation.selection import validation_scores
     from lethe.models.checkpoint import build_model
 
     p = ray.get(job["eval_ref"])
@@ -308,18 +313,6 @@ def _evaluator(job: dict[str, Any], device):
     featnet = featnet.to(device).eval()
 
     def run(student) -> dict[str, float]:
-        model = getattr(student, "module", student)
-        bs = p["batch_size"]
-        fd_f = model_fd(model, featnet, p["x_forget"], p["box_frac"], p["forget_feats"], bs)
-        fd_r = model_fd(model, featnet, p["x_retain"], p["box_frac"], p["retain_feats"], bs)
-        return {
-            "objective": unlearning_objective(
-                fd_f, p["fd_forget_oracle"], fd_r, p["fd_retain_original"], p["retain_weight"]
-            ),
-            "fd_forget": fd_f,
-            "fd_retain": fd_r,
-            "fd_forget_vs_oracle": fd_f / max(p["fd_forget_oracle"], 1e-12),
-            "fd_retain_vs_original": fd_r / max(p["fd_retain_original"], 1e-12),
-        }
+        return validation_scores(getattr(student, "module", student), featnet, p)
 
     return run

@@ -20,7 +20,10 @@ from lethe.errors import LetheError
 log = logging.getLogger("lethe.tune")
 
 METRIC = "objective"
-OBJECTIVE_TEXT = "|log(FD_forget(unlearned) / FD_forget(oracle))| + w * max(0, FD_retain(unlearned) / FD_retain(original) - 1)"
+OBJECTIVE_TEXT = (
+    "mean over the masks the gates judge (centre box; outpainting border when eval.outpaint) of "
+    "|log(FD_forget(unlearned) / FD_forget(oracle))| + w * max(0, FD_retain(unlearned) / FD_retain(original) - 1)"
+)
 
 
 @dataclass

@@ -204,14 +204,14 @@ def _fail_run(ctx: Context, step: str, exc: BaseException) -> None:
     log.warning("lethe run failed at step %s (%s): deleting the forget data", step, ctx.state.failed["error"])
     try:
         ctx.save()
-        out = _close_pipeline(
+        # certify logs the certificate's path and status itself
+        _close_pipeline(
             ctx,
             "lethe run",
             False,
             None,
             lambda run_id, _status, tags: ctx.tracker.set_run_tags(run_id, tags),
         )
-        log.warning("certificate: %s (incomplete)", out["certificate"])
     except Exception as e:  # noqa: BLE001 - the step's error is the one the user must see
         log.warning("could not end the failed run cleanly: %s", failure_line(e))
         if not ctx.state.cleanup:

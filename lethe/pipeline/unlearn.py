@@ -52,14 +52,11 @@ def checkpoint_record(
 ) -> dict[str, Any]:
     """The report's unlearn.checkpoint: which checkpoint of the run became the unlearned model, and
     what the untouched source scores on the same validation images (doing nothing, for scale)."""
-    from lethe.metrics import unlearning_objective
+    from lethe.evaluation.selection import source_objective
 
     if selection is None or payload is None:
         return {"kept": "last", "reason": no_selection or "this family's runs are not scored"}
-    p = payload
-    source = unlearning_objective(
-        p["fd_forget_original"], p["fd_forget_oracle"], p["fd_retain_original"], p["fd_retain_original"]
-    )
+    source = source_objective(payload)
     return {"kept": "best", **selection, "source_objective": source}
 
 

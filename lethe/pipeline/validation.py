@@ -109,15 +109,18 @@ def evaluator_payload(
     box_frac: float,
     bs: int,
     retain_weight: float,
+    border_frac: float | None = None,
 ) -> dict[str, Any]:
-    """What the run's evaluator (lethe.execution.loops) needs: the validation images (N, C, H, W),
-    their features, the feature net, and the baselines the objective compares with (the oracle's
-    forget FD, the original's retain and forget FD). models: original, oracle, featnet."""
+    """What the run's evaluator (lethe.evaluation.selection) needs: the validation images
+    (N, C, H, W), their features, the feature net, and per mask (the centre box; the outpainting
+    border when border_frac is given, as the gates judge both) the baselines the objective compares
+    with: the oracle's forget FD, the original's retain and forget FD. models: original, oracle,
+    featnet."""
     from lethe.evaluation.reconstruction import features, model_fd
 
     featnet = models["featnet"]
     feats_f, feats_r = features(featnet, x_f, bs), features(featnet, x_r, bs)
-    return {
+    payload: dict[str, Any] = {
         "featnet_arch": featnet.arch.to_dict(),
         "featnet_state": featnet.state_dict(),
         "x_forget": x_f,
@@ -125,12 +128,21 @@ def evaluator_payload(
         "forget_feats": feats_f,
         "retain_feats": feats_r,
         "box_frac": box_frac,
+        "border_frac": border_frac,
         "batch_size": bs,
         "retain_weight": retain_weight,
-        "fd_forget_oracle": model_fd(models["oracle"], featnet, x_f, box_frac, feats_f, bs),
-        "fd_retain_original": model_fd(models["original"], featnet, x_r, box_frac, feats_r, bs),
-        "fd_forget_original": model_fd(models["original"], featnet, x_f, box_frac, feats_f, bs),
     }
+    for kind, frac, prefix in (("box", box_frac, ""), ("border", border_frac, "border_")):
+        if frac is None:
+            continue
+        fd = {
+            "fd_forget_oracle": (models["oracle"], x_f, feats_f),
+            "fd_retain_original": (models["original"], x_r, feats_r),
+            "fd_forget_original": (models["original"], x_f, feats_f),
+        }
+        for key, (model, x, feats) in fd.items():
+            payload[prefix + key] = model_fd(model, featnet, x, frac, feats, bs, kind=kind)
+    return payload
 
 
 def validation_payload(ctx: Context, man, models: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -147,7 +159,8 @@ def validation_payload(ctx: Context, man, models: dict[str, Any]) -> tuple[dict[
             "requests; a fifth of a small held-out shard)",
             seen=f"{len(x_f)} / {len(x_r)}",
         )
-    payload = evaluator_payload(models, x_f, x_r, e.box_frac, e.batch_size, t.retain_weight)
+    border = e.outpaint_frac if e.outpaint else None
+    payload = evaluator_payload(models, x_f, x_r, e.box_frac, e.batch_size, t.retain_weight, border)
     # Disjoint from the evaluated images by construction (held_back / evaluated).
     validation = {"forget_count": len(x_f), "retain_count": len(x_r), "disjoint_from_evaluation": True}
     return payload, validation

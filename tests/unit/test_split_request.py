@@ -179,6 +179,22 @@ def test_empty_forget_set(tmp_path: Path) -> None:
     assert _leftovers(out) == []
 
 
+def test_class_without_held_out_images_is_refused_before_any_training(tmp_path: Path) -> None:
+    # Class "b" only in the training subset: no held-out images to compare the models on.
+    img = _png(np.zeros((4, 4), np.uint8))
+    rows = {
+        "id": ["1", "2", "3", "4"],
+        "label": ["a", "a", "b", "b"],
+        "subset": ["train", "test", "train", "train"],
+    }
+    pq.write_table(pa.table({**rows, "image": [img] * 4}), tmp_path / "d.parquet")
+    out = tmp_path / "shards"
+    with pytest.raises(DataError, match="no held-out images of the forgotten classes") as e:
+        split_dataset(_cfg(data={"dataset": str(tmp_path / "d.parquet")}, request={"classes": ["b"]}), out)
+    assert "at request.classes" in str(e.value) and "0 held-out images, 2 training images" in str(e.value)
+    assert _leftovers(out) == []
+
+
 def test_ids_not_in_data_set_never_prints_ids(tmp_path: Path) -> None:
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("digits-0001\nsecret-person-A\nsecret-person-B\n")
