@@ -240,6 +240,14 @@ def _oracle(state: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+def _checkpoint(report: dict[str, Any]) -> dict[str, Any] | None:
+    ck = (report.get("unlearn") or {}).get("checkpoint")
+    if not isinstance(ck, dict):
+        return None
+    keep = ("kept", "step", "last_step", "objective", "last_objective", "source_objective", "rule", "reason")
+    return {k: ck[k] for k in keep if k in ck}
+
+
 def build_certificate(
     report: Mapping[str, Any],
     state: Mapping[str, Any],
@@ -281,6 +289,8 @@ def build_certificate(
             "family": report.get("family"),
             "name": report.get("method"),
             "hyperparameters": dict(hyperparameters),
+            # which checkpoint of the run became the result, chosen on images the metrics never used
+            "checkpoint": _checkpoint(report),
         },
         "metrics": metrics,
         "oracle": _oracle(state, report),
@@ -407,9 +417,23 @@ def _model_rows(src: Mapping[str, Any], res: Mapping[str, Any]) -> str:
 
 
 def _method_rows(method: Mapping[str, Any]) -> str:
+    ck = method.get("checkpoint") or {}
+    kept = []
+    if ck.get("kept") == "best":
+        kept = [
+            (
+                "checkpoint",
+                f"step {ck.get('step')} of {ck.get('last_step')}: the lowest validation objective "
+                f"({_num(ck.get('objective'))}; last step {_num(ck.get('last_objective'))}), on "
+                "held-out images no metric above uses",
+            )
+        ]
+    elif ck.get("kept") == "last":
+        kept = [("checkpoint", f"the last step ({ck.get('reason')})")]
     return _rows(
         [("family", method["family"]), ("method", method["name"])]
         + [(f"hp.{k}", v) for k, v in method["hyperparameters"].items()]
+        + kept
     )
 
 

@@ -80,7 +80,7 @@ class UnlearnConfig(_Strict):
         description="keep the checkpoint with the best validation objective, not the last (needs the "
         "oracle and held-out forget images: class requests)",
     )
-    eval_every: int = Field(10, ge=1, description="steps between validation scores when keep_best")
+    eval_every: int = Field(5, ge=1, description="steps between validation scores when keep_best")
     decouple: DecoupleConfig = Field(default_factory=DecoupleConfig)
 
     def settings(self, method: str) -> dict[str, Any]:

@@ -177,3 +177,30 @@ def test_certificate_refuses_ids_and_escapes_html() -> None:
     cert["request"]["ids"] = ["person-1"]
     with pytest.raises(ValueError, match="forbidden key"):
         validate_certificate(cert)
+
+
+def test_certificate_says_which_checkpoint_became_the_result() -> None:
+    rep = _report()
+    rep["unlearn"] = {
+        "checkpoint": {
+            "kept": "best",
+            "step": 10,
+            "last_step": 47,
+            "objective": 0.33,
+            "last_objective": 0.41,
+            "source_objective": 1.07,
+            "history": [{"step": 10, "objective": 0.33}],
+        }  # fmt: skip
+    }
+    cert = build_certificate(rep, {}, hyperparameters={}, tracking={}, orchestrator="lethe run")
+    assert cert["method"]["checkpoint"]["step"] == 10 and "history" not in cert["method"]["checkpoint"]
+    assert "step 10 of 47: the lowest validation objective (0.33; last step 0.41)" in render_html(cert)
+    rep["unlearn"] = {"checkpoint": {"kept": "last", "reason": "unlearn.keep_best is off"}}
+    cert = build_certificate(rep, {}, hyperparameters={}, tracking={}, orchestrator="lethe run")
+    assert "the last step (unlearn.keep_best is off)" in render_html(cert)
+    assert (
+        build_certificate(_report(), {}, hyperparameters={}, tracking={}, orchestrator="lethe run")["method"][
+            "checkpoint"
+        ]
+        is None
+    )
