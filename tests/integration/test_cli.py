@@ -118,9 +118,8 @@ def test_smoke_run_on_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     assert (work / "report" / "report.html").read_text().count("data:image/png;base64") == 4
     assert set(report["metrics_by_mask"]["outpaint"]["unlearned"]["retain"]) >= {"psnr", "ssim", "fd"}
     assert report["sampler"]["name"] == "single_pass"
-    # best-checkpoint keeping: the run scored steps 3, 5 and 6 (smoke: checkpoints every 3, scores every
-    # 5, the last step) on validation images and handed
-    # on the lower objective, which the model file itself names
+    # best-checkpoint keeping: the run scored steps 3, 5 and 6 (smoke: checkpoints every 3, scores
+    # every 5, the last step) on validation images and handed on the lowest, which the model file names
     kept = report["unlearn"]["checkpoint"]
     assert kept["kept"] == "best" and [h["step"] for h in kept["history"]] == [3, 5, 6], kept
     assert kept["step"] == min(kept["history"], key=lambda h: h["objective"])["step"]

@@ -32,7 +32,9 @@ def test_the_objective_averages_the_box_and_the_border(parts) -> None:
     assert masks_of(p) == ["box", "border"]
     scores = validation_scores(models["original"], models["featnet"], p)
     # the border is scored under its own mask, against the oracle's FD under that mask
-    fd_border = model_fd(models["original"], models["featnet"], x_f, 0.25, p["forget_feats"], 8, kind="border")
+    fd_border = model_fd(
+        models["original"], models["featnet"], x_f, 0.25, p["forget_feats"], 8, kind="border"
+    )
     assert fd_border != pytest.approx(p["fd_forget_original"])
     expected_border = abs(math.log(fd_border / p["border_fd_forget_oracle"]))
     assert scores["objective_border"] == pytest.approx(expected_border, rel=1e-6)
