@@ -1,5 +1,6 @@
 """tune: Ray Tune searches alpha and lr (ASHA), each trial a Ray Train unlearning run; objective =
-FD ratio to the oracle on held-out forget images plus a retain penalty (lethe.metrics)."""
+FD ratio to the oracle on held-out forget images plus a retain penalty, averaged over the centre box
+and the outpainting border (lethe.evaluation.selection)."""
 
 from __future__ import annotations
 
