@@ -52,8 +52,10 @@ def uses_validation(cfg, man) -> bool:
 
 def held_back_counts(cfg, man) -> dict[str, int] | None:
     """Validation images per held-out shard, which evaluation leaves out (None: the run uses none)."""
-    if not uses_validation(cfg, man):
-        return None
+    return _held_back_sizes(cfg, man) if uses_validation(cfg, man) else None
+
+
+def _held_back_sizes(cfg, man) -> dict[str, int]:
     e, t = cfg.eval, cfg.tune
     return {
         "forget": held_back(man.shards["heldout_forget"].count, e.n_forget, t.val_forget),
@@ -71,15 +73,11 @@ def selection_unavailable(cfg, man) -> str | None:
         # The forget side of the objective would be scored on the requested images themselves,
         # which are also what the forget gate and the membership test grade.
         return "an id request has no held-out forget images to choose on apart from the graded ones"
-    e, t = cfg.eval, cfg.tune
-    sizes = (
-        held_back(man.shards["heldout_forget"].count, e.n_forget, t.val_forget),
-        held_back(man.shards["heldout_retain"].count, e.n_retain, t.val_retain),
-    )
-    if min(sizes) < MIN_VALIDATION:
+    sizes = _held_back_sizes(cfg, man)
+    if min(sizes.values()) < MIN_VALIDATION:
         return (
             f"fewer than {MIN_VALIDATION} held-out forget or retain images to validate on beside the "
-            f"evaluated ones ({sizes[0]} / {sizes[1]})"
+            f"evaluated ones ({sizes['forget']} / {sizes['retain']})"
         )
     audit = oracle_audit(cfg, man)
     if not audit["audited"]:
