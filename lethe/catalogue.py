@@ -23,12 +23,16 @@ FAMILY_KINDS: Mapping[str, FamilyKind] = {
     "mae": "i2i",
     "vqgan": "i2i",
     "diffusion": "i2i",
+    "hf-vitmae": "i2i",
     "gan": "generator",
     "vae": "generator",
 }
 FAMILIES: tuple[str, ...] = tuple(FAMILY_KINDS)
 I2I_FAMILIES: tuple[str, ...] = tuple(n for n, k in FAMILY_KINDS.items() if k == "i2i")
 GENERATOR_FAMILIES: tuple[str, ...] = tuple(n for n, k in FAMILY_KINDS.items() if k == "generator")
+# Adapters over other libraries' models: a run may start from the user's `save_pretrained` folder
+# (--source-model PATH) and the unlearned model is handed back in that format too.
+FOLDER_FAMILIES: tuple[str, ...] = ("hf-vitmae",)
 
 # Methods of the image-to-image families (lethe.methods.get_method).
 I2I_METHODS: tuple[str, ...] = (
@@ -59,6 +63,11 @@ def check_method(name: str) -> str:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
     return name
+
+
+def section_key(family: str) -> str:
+    """The family's section under `model` in the configuration (hf-vitmae -> hf_vitmae)."""
+    return check_family(family).replace("-", "_")
 
 
 def family_kind(name: str) -> FamilyKind:

@@ -88,7 +88,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--source-model",
         metavar="URI",
-        help="unlearn this registered model (models:/NAME/VERSION or models:/NAME@ALIAS) instead of pretraining",
+        help="unlearn this registered model (models:/NAME/VERSION or models:/NAME@ALIAS) instead of "
+        "pretraining; hf-vitmae also takes a save_pretrained folder (a path or s3://bucket/prefix)",
     )
     g.add_argument(
         "--alias", help="registry alias moved to the new version when the gates pass (default champion)"

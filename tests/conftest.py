@@ -45,6 +45,16 @@ TINY_SECTIONS: dict[str, dict] = {
         "decode_steps": 3,
     },
     "diffusion": {"ch": 4, "mults": [1, 2], "sample_steps": 3},
+    "hf-vitmae": {
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "decoder_hidden_size": 8,
+        "decoder_num_hidden_layers": 1,
+        "decoder_num_attention_heads": 2,
+        "decoder_intermediate_size": 16,
+    },
 }
 
 

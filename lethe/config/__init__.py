@@ -34,6 +34,7 @@ from lethe.config.runtime import (
     ResourcesConfig,
     StorageConfig,
     TrackingConfig,
+    is_registry_source,
     parse_source_model,
 )
 from lethe.config.training import (
@@ -75,5 +76,6 @@ __all__ = [
     "VQGANConfig",
     "build_config",
     "config_from_json",
+    "is_registry_source",
     "parse_source_model",
 ]

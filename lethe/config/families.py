@@ -1,4 +1,4 @@
-"""The model section: one typed section per model family (MAE, VQGAN, diffusion, GAN, VAE)."""
+"""The model section: one typed section per model family (MAE, VQGAN, diffusion, hf-vitmae, GAN, VAE)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from lethe.catalogue import section_key
 from lethe.config.base import _Strict
 
 
@@ -94,6 +95,34 @@ class DiffusionConfig(_Strict):
         return self
 
 
+class HFViTMAEConfig(_Strict):
+    """`transformers` ViTMAEForPreTraining, built from these fields when lethe trains it (no
+    --source-model), else read from the source folder's config.json; images must be square."""
+
+    hidden_size: int = Field(128, ge=8)
+    num_hidden_layers: int = Field(4, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+    decoder_hidden_size: int = Field(64, ge=8)
+    decoder_num_hidden_layers: int = Field(2, ge=1)
+    decoder_num_attention_heads: int = Field(4, ge=1)
+    decoder_intermediate_size: int = Field(128, ge=8)
+    patch: int | None = Field(
+        None, ge=1, description="None: the smallest divisor of the side giving <= 8x8 patches"
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> HFViTMAEConfig:
+        _check_heads(self.hidden_size, self.num_attention_heads, "hidden_size", "num_attention_heads")
+        _check_heads(
+            self.decoder_hidden_size,
+            self.decoder_num_attention_heads,
+            "decoder_hidden_size",
+            "decoder_num_attention_heads",
+        )
+        return self
+
+
 class GANConfig(_Strict):
     """DCGAN-style generator + spectral-norm discriminator; the image shape comes from the data."""
 
@@ -126,6 +155,7 @@ class ModelConfig(_Strict):
     mae: MAEConfig = Field(default_factory=MAEConfig)
     vqgan: VQGANConfig = Field(default_factory=VQGANConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    hf_vitmae: HFViTMAEConfig = Field(default_factory=HFViTMAEConfig)
     gan: GANConfig = Field(default_factory=GANConfig)
     vae: VAEConfig = Field(default_factory=VAEConfig)
 
@@ -140,4 +170,4 @@ class ModelConfig(_Strict):
         return data
 
     def section(self, family: str) -> dict[str, Any]:
-        return getattr(self, family).model_dump(mode="json")
+        return getattr(self, section_key(family)).model_dump(mode="json")

@@ -62,6 +62,20 @@ _FAMILY_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         },
         "pretrain": {"epochs": 2},
     },
+    ("smoke", "hf-vitmae"): {
+        "model": {
+            "hf_vitmae": {
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+                "decoder_hidden_size": 16,
+                "decoder_num_hidden_layers": 1,
+                "decoder_num_attention_heads": 2,
+                "decoder_intermediate_size": 32,
+            }
+        }
+    },
     ("smoke", "diffusion"): {
         "model": {"diffusion": {"patch": 1, "ch": 8, "mults": [1, 2], "sample_steps": 4}},
         "unlearn": {"alpha": 0.1},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,7 @@ from lethe.config.runtime import (
     ResourcesConfig,
     StorageConfig,
     TrackingConfig,
+    is_registry_source,
     parse_source_model,
 )
 from lethe.config.training import (
@@ -45,7 +47,8 @@ class RunConfig(_Strict):
     source_model: str | None = Field(
         None,
         description="models:/NAME/VERSION or models:/NAME@ALIAS: unlearn this registered model "
-        "instead of pretraining one; the result becomes a new version of NAME",
+        "instead of pretraining one; the result becomes a new version of NAME. Families with a folder "
+        "format (hf-vitmae) also take a save_pretrained folder, local or s3://",
     )
     data: DataConfig = Field(default_factory=DataConfig)
     request: RequestConfig = Field(default_factory=RequestConfig)
@@ -78,11 +81,28 @@ class RunConfig(_Strict):
     def _source_model(cls, v: str | None) -> str | None:
         if v is None or not v.strip():
             return None
-        parse_source_model(v)
-        return v.strip()
+        v = v.strip()
+        if is_registry_source(v):
+            parse_source_model(v)
+        elif re.match(r"^[A-Za-z][\w+.-]*:/", v) and not v.startswith("s3://"):
+            raise ValueError(
+                "source_model must be models:/NAME/VERSION, models:/NAME@ALIAS, a local "
+                f"save_pretrained folder or s3://bucket/prefix, got {v!r}"
+            )
+        elif "://" not in v and not (Path(v) / "config.json").is_file():
+            raise ValueError(f"source_model {v!r} is not a save_pretrained folder (no config.json in it)")
+        return v
 
     @model_validator(mode="after")
     def _one_registered_model(self) -> RunConfig:
+        if self.source_model and not is_registry_source(self.source_model):
+            if self.family not in catalogue.FOLDER_FAMILIES:
+                raise ValueError(
+                    f"a save_pretrained folder as source_model needs family "
+                    f"{' or '.join(catalogue.FOLDER_FAMILIES)}, got {self.family!r}; "
+                    "lethe's own families start from models:/NAME/VERSION"
+                )
+            return self
         if self.source_model and self.tracking.model_name:
             name = parse_source_model(self.source_model)[0]
             if name != self.tracking.model_name:
@@ -181,7 +201,7 @@ class RunConfig(_Strict):
         """The registered model the unlearned model joins: the source model's, else lethe-<family>."""
         if self.tracking.model_name:
             return self.tracking.model_name
-        if self.source_model:
+        if self.source_model and is_registry_source(self.source_model):
             return parse_source_model(self.source_model)[0]
         return f"lethe-{self.family}"
 
@@ -189,6 +209,7 @@ class RunConfig(_Strict):
         """Stable digest of some config sections, for cache keys. "model" stands for the active
         family's section only, so tuning another family never invalidates this one's models."""
         dump = self.model_dump(mode="json")
-        dump["model"] = {self.family: dump["model"][self.family]}
+        key = catalogue.section_key(self.family)
+        dump["model"] = {key: dump["model"][key]}
         payload = {s: dump[s] for s in sections} if sections else dump
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

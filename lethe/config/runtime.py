@@ -102,6 +102,11 @@ _RESERVED_ALIAS_RE = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
 SOURCE_MODEL_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))$")
 
 
+def is_registry_source(uri: str) -> bool:
+    """models:/... (a registered version); anything else is a folder (local path or s3://)."""
+    return uri.strip().startswith("models:/")
+
+
 def parse_source_model(uri: str) -> tuple[str, str | None, str | None]:
     """`models:/NAME/VERSION` -> (NAME, VERSION, None); `models:/NAME@ALIAS` -> (NAME, None, ALIAS)."""
     m = SOURCE_MODEL_RE.match(uri.strip())

@@ -6,7 +6,7 @@ model config as a plain mapping (no dependency on lethe.config) plus the data sh
 the arch as a dict of plain values (what checkpoints and Ray Train jobs carry).
 
 Two kinds of family, named in lethe.catalogue: image-to-image families (`I2IFamily`: MAE, VQ-GAN,
-diffusion) take masked images and have an encoder split; generator families (`GeneratorFamily`:
+diffusion, and `transformers`' ViT-MAE) take masked images and have an encoder split; generator families (`GeneratorFamily`:
 GAN, VAE) take latents. The pipeline asks `family.kind` (or `lethe.catalogue.family_kind(name)`)
 once, at the step that picks a training loop / method / evaluation, and everything past that point
 uses one interface per kind (`I2IModel` or `GenerativeModel`), never the family name.
@@ -16,12 +16,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from lethe import catalogue
 from lethe.models.diffusion import Diffusion, DiffusionArch
 from lethe.models.gan import GAN, GANArch
 from lethe.models.generative import GenerativeModel
+from lethe.models.hf_vitmae import (
+    HFViTMAE,
+    HFViTMAEArch,
+    auto_patch_square,
+    folder_arch,
+    load_pretrained,
+    save_pretrained,
+)
 from lethe.models.layers import MAIN_PHASE, I2IModel
 from lethe.models.mae import MAE, MAEArch, auto_patch
 from lethe.models.vae import VAE, VAEArch
@@ -44,6 +53,12 @@ class I2IFamily:
     phases: Callable[[Section, int], list[str]]
     # how pretraining draws the share of hidden cells: "fixed" (train.mask_ratio) or "cosine"
     mask_schedule: str = "fixed"
+    # Adapters over another library's format (lethe.catalogue.FOLDER_FAMILIES): folder -> model,
+    # and (model, folder) -> folder written the way that library's users load it.
+    load_folder: Callable[[Path], I2IModel] | None = None
+    save_folder: Callable[[I2IModel, Path], Path] | None = None
+    # (read a file of the folder by name -> its text or None) -> arch, without reading the weights
+    folder_arch: Callable[[Callable[[str], str | None]], Any] | None = None
 
     def build_arch(self, section: Section, height: int, width: int, channels: int) -> dict[str, Any]:
         """Validated arch dict of plain values (building the dataclass runs its checks)."""
@@ -139,6 +154,24 @@ def _diff_fields(s: Section, h: int, w: int, c: int) -> dict[str, Any]:
     return {**fields, **_pick(s, _DIFF_FIELDS)}
 
 
+_HF_VITMAE_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_num_attention_heads",
+    "decoder_intermediate_size",
+)
+
+
+def _hf_vitmae_fields(s: Section, h: int, w: int, c: int) -> dict[str, Any]:
+    # ViT-MAE's position table needs whole patches on a square grid (the arch refuses anything else)
+    patch = s.get("patch") or auto_patch_square(h)
+    return {"height": h, "width": w, "channels": c, "patch": patch, **_pick(s, _HF_VITMAE_FIELDS)}
+
+
 def _one_phase(section: Section, epochs: int) -> list[str]:
     return [MAIN_PHASE] * epochs
 
@@ -157,6 +190,16 @@ FAMILY_REGISTRY: Mapping[str, Family] = {
     "mae": I2IFamily("mae", MAE, MAEArch, _mae_fields, _one_phase),
     "vqgan": I2IFamily("vqgan", VQGAN, VQGANArch, _vq_fields, vq_phases, mask_schedule="cosine"),
     "diffusion": I2IFamily("diffusion", Diffusion, DiffusionArch, _diff_fields, _one_phase),
+    "hf-vitmae": I2IFamily(
+        "hf-vitmae",
+        HFViTMAE,
+        HFViTMAEArch,
+        _hf_vitmae_fields,
+        _one_phase,
+        load_folder=load_pretrained,
+        save_folder=save_pretrained,
+        folder_arch=folder_arch,
+    ),
     "gan": GeneratorFamily("gan", GAN, GANArch, ("latent_dim", "ch", "disc_ch", "loss")),
     "vae": GeneratorFamily("vae", VAE, VAEArch, ("latent_dim", "ch", "beta")),
 }
@@ -171,6 +214,10 @@ def _check_registry() -> None:
 
 
 _check_registry()
+if {n for n, f in FAMILY_REGISTRY.items() if getattr(f, "load_folder", None)} != set(
+    catalogue.FOLDER_FAMILIES
+):
+    raise RuntimeError("the families with a folder format differ from lethe.catalogue.FOLDER_FAMILIES")
 
 
 def get_family(name: str) -> Family:

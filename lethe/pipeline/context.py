@@ -80,11 +80,15 @@ def make_context(cfg: RunConfig, parent_run_id: str | None = None) -> Context:
 def preflight(ctx: Context) -> str | None:
     """Checks that need no data, before anything is written: the source model must exist.
 
-    Returns the source model pinned to a version (`models:/NAME/VERSION`), or None when lethe
-    pretrains the source model itself. An alias is resolved once here so that every later step of
+    Returns the source model pinned to a version (`models:/NAME/VERSION`; a save_pretrained folder
+    as given), or None when lethe pretrains the source model itself. An alias is resolved once here so that every later step of
     the same run uses the same version even if the alias moves meanwhile.
     """
     if not ctx.cfg.source_model:
         return None
+    from lethe.pipeline.source import check_folder, is_folder_source
+
+    if is_folder_source(ctx.cfg):  # a save_pretrained folder: readable, and a model of the family
+        return check_folder(ctx.cfg)
     mv = ctx.tracker.resolve_model_version(ctx.cfg.source_model)
     return f"models:/{mv.name}/{mv.version}"

@@ -32,7 +32,16 @@ def mask_spec(cfg: RunConfig, arch: dict[str, Any]) -> dict[str, Any]:
 
 
 def family_arch(cfg: RunConfig, man) -> dict[str, Any]:
-    """The family's architecture for this data (shape from the manifest), via the registry."""
+    """The family's architecture for this data (shape from the manifest), via the registry; a run
+    from a source model has the source's (lethe.pipeline.source)."""
+    from lethe.pipeline.source import source_arch
+
+    arch = source_arch(cfg, man)
+    return config_arch(cfg, man) if arch is None else arch
+
+
+def config_arch(cfg: RunConfig, man) -> dict[str, Any]:
+    """The architecture the configuration's model section gives for this data."""
     return get_family(cfg.family).build_arch(
         cfg.model.section(cfg.family), man.height, man.width, man.channels
     )

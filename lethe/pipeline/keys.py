@@ -40,12 +40,24 @@ def state_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _recipe(cfg: RunConfig, man) -> str:
+    from lethe.pipeline.jobs import config_arch
+    from lethe.pipeline.source import arch_tag, source_arch
+
+    # A run from a source model takes the source's architecture; where that is not the model
+    # section's, the key says so (and where it is, a model trained by an earlier run is reused).
+    arch = source_arch(cfg, man)
+    if arch is None or arch == config_arch(cfg, man):
+        return cfg.digest(*RECIPE)
+    return key(cfg.digest(*RECIPE), arch_tag(arch))
+
+
 def original_key(cfg: RunConfig, man) -> str:
-    return key(man.data_digest, cfg.digest(*RECIPE))
+    return key(man.data_digest, _recipe(cfg, man))
 
 
 def oracle_key(cfg: RunConfig, man) -> str:
-    return key(man.shards["retain"].digest, cfg.digest(*RECIPE))
+    return key(man.shards["retain"].digest, _recipe(cfg, man))
 
 
 def featnet_key(cfg: RunConfig, man) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lethe import storage
-from lethe.config import RunConfig
+from lethe.config import RunConfig, is_registry_source
 from lethe.errors import LetheError
 from lethe.pipeline.keys import file_digest
 from lethe.pipeline.periodic import every
@@ -102,7 +102,7 @@ def night_config(
     if champion:
         dump["source_model"] = f"models:/{model}@{cfg.tracking.alias}"
         dump["tracking"]["model_name"] = None
-    elif not cfg.source_model:
+    elif not cfg.source_model or not is_registry_source(cfg.source_model):
         dump["tracking"]["model_name"] = model
     return RunConfig.model_validate(dump)
 

@@ -15,15 +15,21 @@ from lethe.pipeline.jobs import featnet_job
 from lethe.pipeline.keys import featnet_key, original_key
 from lethe.pipeline.model_cache import train_or_reuse
 from lethe.pipeline.params import numeric, prefixed, section_params
+from lethe.pipeline.source import is_folder_source, load_folder
 
 log = logging.getLogger("lethe")
 
 
 def resolve_source(ctx: Context, man) -> tuple[Path, dict[str, Any]]:
-    """Load the registered source model through MLflow and save it as the lethe checkpoint."""
+    """Load the source model (a registered version through MLflow, or a save_pretrained folder) and
+    save it as the lethe checkpoint."""
     from lethe.models.checkpoint import save_checkpoint
 
     cfg, lay = ctx.cfg, ctx.lay
+    if is_folder_source(cfg):
+        model, info = load_folder(cfg, man)
+        meta = {"role": "original", "source_model": info["uri"]}
+        return save_checkpoint(lay.model("original"), model, meta), info
     mv = ctx.tracker.resolve_model_version(cfg.source_model)
     name, version = mv.name, str(mv.version)
     uri = f"models:/{name}/{version}"

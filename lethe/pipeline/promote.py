@@ -20,6 +20,7 @@ from lethe.pipeline.keys import state_digest
 from lethe.pipeline.params import section_params
 from lethe.pipeline.provenance import code_version
 from lethe.pipeline.report import read_report, record_promotion
+from lethe.pipeline.source import ARCH_TAG, arch_tag
 
 log = logging.getLogger("lethe")
 
@@ -246,7 +247,7 @@ def step_promote(ctx: Context) -> str | None:
         if same:
             return _reuse_version(ctx, report, decision, same, digest, run_id, anchor, cert_uri)
         description = _description(cfg, decision)
-        tags = version_tags(ctx, man, digest, decision, report, cert_uri)
+        tags = {**version_tags(ctx, man, digest, decision, report, cert_uri), ARCH_TAG: arch_tag(arch)}
         record = _bookkeeping(ctx, report, decision, description, run_id, anchor, cert_uri)
         version, _moved, _previous = register_and_promote(
             ctx.tracker, model, name, example, tags, description, alias, decision.passed, record

@@ -32,6 +32,9 @@ def previous_link(tracker: Tracker, source_uri: str | None) -> dict[str, Any] | 
     """What a new certificate records of its source model's certificate: model, URI, sha256."""
     if not source_uri:
         return None  # pretrained by lethe in this run: the chain starts here
+    if not source_uri.startswith("models:/"):
+        # a save_pretrained folder: a model from outside the registry, the root of its chain
+        return {"model": source_uri, "certificate_uri": None, "sha256": None}
     try:
         found = version_certificate(tracker, source_uri)
     except LetheError as e:

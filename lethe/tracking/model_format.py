@@ -31,11 +31,13 @@ from mlflow.models import Model, infer_signature
 from mlflow.pyfunc import PythonModel
 
 from lethe.errors import CheckpointError
+from lethe.models import get_family
 from lethe.models.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from lethe.models.layers import I2IModel
 
 CHECKPOINT_ARTIFACT = "checkpoint"  # the key in the pyfunc flavour's `artifacts`
 CHECKPOINT_FILE = "checkpoint.pt"
+PRETRAINED_ARTIFACT = "pretrained"  # families with a folder format: the save_pretrained folder
 I2I_INPUTS = ("images", "mask")
 FORMAT_KEY = "lethe_format"  # in the MLmodel's metadata
 FAMILY_KEY = "lethe_family"
@@ -102,16 +104,22 @@ def log_lethe_model(
     version that lethe cannot load is never registered.
     """
     _require_lethe_model(model, name)
+    family = getattr(model, "module", model).family
     with tempfile.TemporaryDirectory(prefix="lethe-register-") as tmp:
         path = save_checkpoint(Path(tmp) / CHECKPOINT_FILE, model, {"registered_model": name})
-        load_checkpoint(path, expected_kind=getattr(model, "module", model).family)
+        load_checkpoint(path, expected_kind=family)
+        artifacts = {CHECKPOINT_ARTIFACT: str(path)}
+        save_folder = getattr(get_family(family), "save_folder", None)
+        if save_folder is not None:
+            # the format the model came in: its users load artifacts/pretrained with from_pretrained
+            artifacts[PRETRAINED_ARTIFACT] = str(save_folder(model, Path(tmp) / PRETRAINED_ARTIFACT))
         with warnings.catch_warnings():
             for text in _CHOSEN_WARNINGS:
                 warnings.filterwarnings("ignore", message=text, category=UserWarning)
             return mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(MODEL_CODE),
-                artifacts={CHECKPOINT_ARTIFACT: str(path)},
+                artifacts=artifacts,
                 signature=signature(model, example_input),
                 pip_requirements=pip_requirements,
                 metadata={FORMAT_KEY: FORMAT, FAMILY_KEY: getattr(model, "module", model).family},
@@ -205,6 +213,14 @@ def load_lethe_model(model_uri: str, tracking_uri: str) -> torch.nn.Module:
         except CheckpointError as e:
             raise CheckpointError(e.what, where=model_uri, expected=e.expected, seen=e.seen) from e
     return model.eval()
+
+
+def download_pretrained(model_uri: str, tracking_uri: str, dst: str | Path) -> Path:
+    """The save_pretrained folder of a registered version of a family with a folder format
+    (hf-vitmae), downloaded under `dst`: load it with the model's own `from_pretrained`."""
+    return Path(
+        _download(model_uri, f"artifacts/{PRETRAINED_ARTIFACT}", str(dst), tracking_uri, "pretrained folder")
+    )
 
 
 def _array(value: Any) -> np.ndarray:

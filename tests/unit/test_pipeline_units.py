@@ -65,12 +65,30 @@ def test_source_model_and_alias_fields() -> None:
     assert build_config("smoke").model_name == "lethe-mae"
     assert config_from_json(cfg.model_dump_json()) == cfg
     for bad, needle in [
-        ({"source_model": "runs:/abc/model"}, "source_model"),
+        (
+            {"source_model": "runs:/abc/model"},
+            "source_model must be models:/NAME/VERSION, models:/NAME@ALIAS",
+        ),
         ({"source_model": "models:/x/latest"}, "source_model"),
         ({"tracking": {"alias": "latest"}}, "tracking.alias"),
         ({"tracking": {"alias": "v3"}}, "tracking.alias"),
         ({"tracking": {"alias": "has space"}}, "tracking.alias"),
         ({"source_model": "models:/a/1", "tracking": {"model_name": "b"}}, "differs from the source model"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            build_config("smoke", overrides=bad)
+        assert needle in e.value.line(), e.value.line()
+
+
+def test_a_save_pretrained_folder_is_a_source_of_the_families_with_a_folder_format(tmp_path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    cfg = build_config("smoke", overrides={"family": "hf-vitmae", "source_model": str(tmp_path)})
+    assert cfg.source_model == str(tmp_path) and cfg.model_name == "lethe-hf-vitmae"
+    assert build_config("smoke", overrides={"family": "hf-vitmae", "source_model": "s3://b/m"}).source_model
+    for bad, needle in [
+        ({"family": "mae", "source_model": str(tmp_path)}, "needs family hf-vitmae, got 'mae'"),
+        ({"family": "hf-vitmae", "source_model": str(tmp_path / "x")}, "is not a save_pretrained folder"),
+        ({"family": "hf-vitmae", "source_model": "gs://b/m"}, "s3://bucket/prefix, got 'gs://b/m'"),
     ]:
         with pytest.raises(ConfigError) as e:
             build_config("smoke", overrides=bad)
