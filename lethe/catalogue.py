@@ -12,6 +12,7 @@ they generate, with a feature method and a request of kind "feature".
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Mapping
 from typing import Literal, get_args
 
@@ -24,6 +25,7 @@ FAMILY_KINDS: Mapping[str, FamilyKind] = {
     "vqgan": "i2i",
     "diffusion": "i2i",
     "hf-vitmae": "i2i",
+    "diffusers-inpaint": "i2i",
     "gan": "generator",
     "vae": "generator",
 }
@@ -32,7 +34,7 @@ I2I_FAMILIES: tuple[str, ...] = tuple(n for n, k in FAMILY_KINDS.items() if k ==
 GENERATOR_FAMILIES: tuple[str, ...] = tuple(n for n, k in FAMILY_KINDS.items() if k == "generator")
 # Adapters over other libraries' models: a run may start from the user's `save_pretrained` folder
 # (--source-model PATH) and the unlearned model is handed back in that format too.
-FOLDER_FAMILIES: tuple[str, ...] = ("hf-vitmae",)
+FOLDER_FAMILIES: tuple[str, ...] = ("hf-vitmae", "diffusers-inpaint")
 
 # Methods of the image-to-image families (lethe.methods.get_method).
 I2I_METHODS: tuple[str, ...] = (
@@ -51,10 +53,26 @@ METHODS: tuple[str, ...] = I2I_METHODS + FEATURE_METHODS
 REQUEST_KINDS: tuple[str, ...] = get_args(RequestKind)
 
 
+# Plug-in families (lethe.models.plugins): image-to-image models of the user's own, named by dotted
+# path (package.module:Class) or by an entry point of this group.
+PLUGIN_GROUP = "lethe.families"
+PLUGIN_SECTION = "plugin"  # their settings: config model.plugin
+
+
+def is_plugin(name: str) -> bool:
+    """Whether `name` names a plug-in family (a built-in name never does); imports nothing."""
+    if name in FAMILY_KINDS:
+        return False
+    return ":" in name or bool(importlib.metadata.entry_points(group=PLUGIN_GROUP, name=name))
+
+
 def check_family(name: str) -> str:
-    """`name` if it is a family; else ValueError naming the families."""
-    if name not in FAMILY_KINDS:
-        raise ValueError(f"unknown family {name!r}; expected one of {', '.join(FAMILIES)}")
+    """`name` if it is a family (built in, or a plug-in's name); else ValueError naming the families."""
+    if name not in FAMILY_KINDS and not is_plugin(name):
+        raise ValueError(
+            f"unknown family {name!r}; expected one of {', '.join(FAMILIES)}, or a plug-in "
+            f"(package.module:Class, or an entry point of group {PLUGIN_GROUP})"
+        )
     return name
 
 
@@ -67,12 +85,12 @@ def check_method(name: str) -> str:
 
 def section_key(family: str) -> str:
     """The family's section under `model` in the configuration (hf-vitmae -> hf_vitmae)."""
-    return check_family(family).replace("-", "_")
+    return PLUGIN_SECTION if is_plugin(family) else check_family(family).replace("-", "_")
 
 
 def family_kind(name: str) -> FamilyKind:
-    """ "i2i" or "generator"; ValueError for a name that is not a family."""
-    return FAMILY_KINDS[check_family(name)]
+    """ "i2i" or "generator" (every plug-in is image-to-image); ValueError for a name that is not a family."""
+    return FAMILY_KINDS.get(check_family(name), "i2i")
 
 
 def is_generator(name: str) -> bool:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lethe.catalogue import FAMILIES, METHODS
+from lethe.catalogue import FAMILIES, METHODS, PLUGIN_GROUP
 from lethe.config import PRESETS, RunConfig, build_config
 from lethe.errors import LetheError, find_lethe_error
 
@@ -50,7 +50,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a visual feature the generator must stop producing (gan/vae): 'glasses' on avataaars, or a class name",
     )
-    g.add_argument("--family", choices=FAMILIES)
+    g.add_argument(
+        "--family",
+        metavar="FAMILY",
+        help=f"{', '.join(FAMILIES)}, or a plug-in family: package.module:Class or an entry point of "
+        f"group {PLUGIN_GROUP}",
+    )
     g.add_argument("--method", choices=METHODS)
     g.add_argument("--alpha", type=float, help="forget-loss weight")
     g.add_argument("--workdir", help="where shards, models, reports and the MLflow store go")

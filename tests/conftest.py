@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +30,15 @@ def ray_session() -> Iterator[None]:
 
 # Tiny model sections per family: seconds-fast on CPU, still exercising every code path
 # (the VQ-GAN's discriminator is on from step 0, diffusion has a down/up level and attention).
+# A third-party family defined only in the tests (tests/plugins), found by its dotted path; the local
+# Ray workers of the end-to-end tests inherit PYTHONPATH.
+PLUGINS = Path(__file__).with_name("plugins")
+sys.path.insert(0, str(PLUGINS))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGINS), os.environ.get("PYTHONPATH")) if p)
+from lethe_tiny_family import PLUGIN_FAMILY  # noqa: E402 - found through the path set just above
+
 TINY_SECTIONS: dict[str, dict] = {
+    PLUGIN_FAMILY: {"ch": 4},
     "mae": {"dim": 16, "depth": 1, "heads": 2, "dec_dim": 8, "dec_depth": 1, "dec_heads": 2},
     "vqgan": {
         "ch": 4,
@@ -45,6 +55,12 @@ TINY_SECTIONS: dict[str, dict] = {
         "decode_steps": 3,
     },
     "diffusion": {"ch": 4, "mults": [1, 2], "sample_steps": 3},
+    "diffusers-inpaint": {
+        "block_out_channels": [8, 16],
+        "norm_num_groups": 4,
+        "attention_head_dim": 4,
+        "sample_steps": 3,
+    },
     "hf-vitmae": {
         "hidden_size": 16,
         "num_hidden_layers": 1,

@@ -123,6 +123,33 @@ class HFViTMAEConfig(_Strict):
         return self
 
 
+class DiffusersInpaintConfig(_Strict):
+    """`diffusers` UNet2DModel on (x_t, masked image, mask) with a DDPM schedule, sampled with
+    diffusers' DDIM; used when lethe trains it (a source model brings its own unet / scheduler)."""
+
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1, max_length=4)
+    layers_per_block: int = Field(1, ge=1)
+    attention: bool = Field(True, description="attention in the down / up blocks below the top level")
+    norm_num_groups: int = Field(8, ge=1)
+    attention_head_dim: int = Field(8, ge=1)
+    timesteps: int = Field(1000, ge=2)
+    beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = "squaredcos_cap_v2"
+    sample_steps: int = Field(10, ge=1, description="DDIM steps at evaluation")
+    eta: float = Field(0.0, ge=0, le=1, description="0 = deterministic DDIM")
+    cell: int | None = Field(None, ge=1, description="training-mask cell; None: as the other families")
+
+    @model_validator(mode="after")
+    def _groups(self) -> DiffusersInpaintConfig:
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"norm_num_groups ({self.norm_num_groups}) must divide block_out_channels {bad}")
+        if self.sample_steps > self.timesteps:
+            raise ValueError(
+                f"sample_steps ({self.sample_steps}) must not exceed timesteps ({self.timesteps})"
+            )
+        return self
+
+
 class GANConfig(_Strict):
     """DCGAN-style generator + spectral-norm discriminator; the image shape comes from the data."""
 
@@ -156,8 +183,12 @@ class ModelConfig(_Strict):
     vqgan: VQGANConfig = Field(default_factory=VQGANConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     hf_vitmae: HFViTMAEConfig = Field(default_factory=HFViTMAEConfig)
+    diffusers_inpaint: DiffusersInpaintConfig = Field(default_factory=DiffusersInpaintConfig)
     gan: GANConfig = Field(default_factory=GANConfig)
     vae: VAEConfig = Field(default_factory=VAEConfig)
+    plugin: dict[str, Any] = Field(
+        default_factory=dict, description="a plug-in family's settings, passed to its build_arch"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -170,4 +201,5 @@ class ModelConfig(_Strict):
         return data
 
     def section(self, family: str) -> dict[str, Any]:
-        return getattr(self, section_key(family)).model_dump(mode="json")
+        section = getattr(self, section_key(family))
+        return dict(section) if isinstance(section, dict) else section.model_dump(mode="json")

@@ -76,6 +76,17 @@ _FAMILY_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
             }
         }
     },
+    ("smoke", "diffusers-inpaint"): {
+        "model": {
+            "diffusers_inpaint": {
+                "block_out_channels": [8, 16],
+                "norm_num_groups": 4,
+                "attention_head_dim": 4,
+                "sample_steps": 4,
+            }
+        },
+        "unlearn": {"alpha": 0.1},
+    },
     ("smoke", "diffusion"): {
         "model": {"diffusion": {"patch": 1, "ch": 8, "mults": [1, 2], "sample_steps": 4}},
         "unlearn": {"alpha": 0.1},
@@ -145,6 +156,12 @@ _FAMILY_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "eval": {"n_forget": 500, "n_retain": 1000, "n_mia": 500},
     },
     ("demo", "diffusion"): {
+        "pretrain": {"epochs": 3},
+        "unlearn": {"alpha": 0.1},
+        "eval": {"n_forget": 500, "n_retain": 1000, "n_mia": 500},
+    },
+    # the same recipe as lethe's own diffusion (Palette objective, DDIM at evaluation)
+    ("demo", "diffusers-inpaint"): {
         "pretrain": {"epochs": 3},
         "unlearn": {"alpha": 0.1},
         "eval": {"n_forget": 500, "n_retain": 1000, "n_mia": 500},

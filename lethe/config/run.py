@@ -89,8 +89,9 @@ class RunConfig(_Strict):
                 "source_model must be models:/NAME/VERSION, models:/NAME@ALIAS, a local "
                 f"save_pretrained folder or s3://bucket/prefix, got {v!r}"
             )
-        elif "://" not in v and not (Path(v) / "config.json").is_file():
-            raise ValueError(f"source_model {v!r} is not a save_pretrained folder (no config.json in it)")
+        elif "://" not in v and not Path(v).is_dir():
+            # what the folder must hold is the family's to say (checked before the run starts)
+            raise ValueError(f"source_model {v!r} is not a save_pretrained folder (no such directory)")
         return v
 
     @model_validator(mode="after")
@@ -116,7 +117,12 @@ class RunConfig(_Strict):
     @field_validator("family")
     @classmethod
     def _family(cls, v: str) -> str:
-        return catalogue.check_family(v)
+        v = catalogue.check_family(v)
+        if catalogue.is_plugin(v):  # found and complete now, not halfway through a run
+            from lethe.models.plugins import plugin_class
+
+            plugin_class(v)
+        return v
 
     @model_validator(mode="after")
     def _family_needs(self) -> RunConfig:
@@ -203,7 +209,8 @@ class RunConfig(_Strict):
             return self.tracking.model_name
         if self.source_model and is_registry_source(self.source_model):
             return parse_source_model(self.source_model)[0]
-        return f"lethe-{self.family}"
+        # MLflow model names cannot hold '/' or ':' (a plug-in's dotted path has one)
+        return "lethe-" + re.sub(r"[/:]", "-", self.family)
 
     def digest(self, *sections: str) -> str:
         """Stable digest of some config sections, for cache keys. "model" stands for the active

@@ -36,7 +36,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
 
     torch.set_num_threads(int(job["threads"]))
     torch.manual_seed(job["seed"])
-    model = build_model(job["model_kind"], job["arch"])
+    model = build_model(job["model_kind"], job["arch"], plugin=True)  # the job's family is the configured one
     if job["kind"] in ("gen_pretrain", "feature_unlearn"):
         # Generator families (GAN / VAE) have their own loops: no masks, several optimisers, latents.
         loop = generator_pretrain_loop if job["kind"] == "gen_pretrain" else feature_unlearn_loop

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lethe import catalogue
 from lethe.errors import CheckpointError
-from lethe.models.families import FAMILY_REGISTRY
+from lethe.models import plugins
+from lethe.models.families import FAMILY_REGISTRY, get_family
 from lethe.models.featnet import FeatNet, FeatNetArch
 
 FORMAT = "lethe.v1"
@@ -26,10 +28,17 @@ _KINDS: dict[str, tuple[type, type]] = {
 }
 
 
-def build_model(kind: str, arch: dict[str, Any]) -> nn.Module:
-    if kind not in _KINDS:
+def build_model(kind: str, arch: dict[str, Any], plugin: bool = False) -> nn.Module:
+    """A fresh model of `kind`. A plug-in family's module is imported only when the caller vouches
+    for the kind (`plugin`: it is the configured family) or this process loaded it already: a
+    checkpoint alone never makes lethe import a module it names."""
+    if kind in _KINDS:
+        model_cls, arch_cls = _KINDS[kind]
+    elif catalogue.is_plugin(kind) and (plugin or plugins.loaded(kind)):
+        fam = get_family(kind)
+        model_cls, arch_cls = fam.model_cls, fam.arch_cls
+    else:
         raise CheckpointError("unknown model kind", expected=" or ".join(_KINDS), seen=repr(kind))
-    model_cls, arch_cls = _KINDS[kind]
     return model_cls(arch_cls(**arch))
 
 
@@ -77,7 +86,10 @@ def load_checkpoint(
     path: str | os.PathLike[str],
     expected_kind: str | None = None,
     expected_arch: dict[str, Any] | None = None,
+    plugin: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a lethe checkpoint, read weights-only. A plug-in family's module is imported
+    when it is the expected kind, or when the caller vouches for the file (`plugin`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError("checkpoint not found", where=str(path))
@@ -103,7 +115,7 @@ def load_checkpoint(
                 seen=repr(got),
             )
     try:
-        model = build_model(kind, arch)
+        model = build_model(kind, arch, plugin=plugin or kind == expected_kind)
         model.load_state_dict(payload["state_dict"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError("checkpoint does not fit its declared architecture", where=str(path)) from e

@@ -6,7 +6,8 @@ model config as a plain mapping (no dependency on lethe.config) plus the data sh
 the arch as a dict of plain values (what checkpoints and Ray Train jobs carry).
 
 Two kinds of family, named in lethe.catalogue: image-to-image families (`I2IFamily`: MAE, VQ-GAN,
-diffusion, and `transformers`' ViT-MAE) take masked images and have an encoder split; generator families (`GeneratorFamily`:
+diffusion, the `transformers` ViT-MAE and `diffusers` inpainting adapters, and plug-ins found by
+lethe.models.plugins) take masked images and have an encoder split; generator families (`GeneratorFamily`:
 GAN, VAE) take latents. The pipeline asks `family.kind` (or `lethe.catalogue.family_kind(name)`)
 once, at the step that picks a training loop / method / evaluation, and everything past that point
 uses one interface per kind (`I2IModel` or `GenerativeModel`), never the family name.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from lethe import catalogue
+from lethe.models import diffusers_inpaint as dfi
 from lethe.models.diffusion import Diffusion, DiffusionArch
 from lethe.models.gan import GAN, GANArch
 from lethe.models.generative import GenerativeModel
@@ -33,6 +35,7 @@ from lethe.models.hf_vitmae import (
 )
 from lethe.models.layers import MAIN_PHASE, I2IModel
 from lethe.models.mae import MAE, MAEArch, auto_patch
+from lethe.models.plugins import plugin_class
 from lethe.models.vae import VAE, VAEArch
 from lethe.models.vqgan import TOKENIZER, TRANSFORMER, VQGAN, VQGANArch, auto_downsample
 
@@ -59,6 +62,9 @@ class I2IFamily:
     save_folder: Callable[[I2IModel, Path], Path] | None = None
     # (read a file of the folder by name -> its text or None) -> arch, without reading the weights
     folder_arch: Callable[[Callable[[str], str | None]], Any] | None = None
+    # arch fields the configuration decides even for a source model (evaluation settings, such as
+    # the sampler's steps): the folder or registry gives the rest
+    config_fields: tuple[str, ...] = ()
 
     def build_arch(self, section: Section, height: int, width: int, channels: int) -> dict[str, Any]:
         """Validated arch dict of plain values (building the dataclass runs its checks)."""
@@ -172,6 +178,19 @@ def _hf_vitmae_fields(s: Section, h: int, w: int, c: int) -> dict[str, Any]:
     return {"height": h, "width": w, "channels": c, "patch": patch, **_pick(s, _HF_VITMAE_FIELDS)}
 
 
+def _dfi_fields(s: Section, h: int, w: int, c: int) -> dict[str, Any]:
+    return {
+        "height": h,
+        "width": w,
+        "channels": c,
+        "cell": s.get("cell") or auto_patch(h, w),
+        "unet": dfi.unet_config(s, h, c),
+        "scheduler": dfi.scheduler_config(s),
+        "sample_steps": s.get("sample_steps", 10),
+        "eta": s.get("eta", 0.0),
+    }
+
+
 def _one_phase(section: Section, epochs: int) -> list[str]:
     return [MAIN_PHASE] * epochs
 
@@ -200,6 +219,17 @@ FAMILY_REGISTRY: Mapping[str, Family] = {
         save_folder=save_pretrained,
         folder_arch=folder_arch,
     ),
+    "diffusers-inpaint": I2IFamily(
+        "diffusers-inpaint",
+        dfi.DiffusersInpaint,
+        dfi.DiffusersInpaintArch,
+        _dfi_fields,
+        _one_phase,
+        load_folder=dfi.load_pretrained,
+        save_folder=dfi.save_pretrained,
+        folder_arch=dfi.folder_arch,
+        config_fields=("sample_steps", "eta"),
+    ),
     "gan": GeneratorFamily("gan", GAN, GANArch, ("latent_dim", "ch", "disc_ch", "loss")),
     "vae": GeneratorFamily("vae", VAE, VAEArch, ("latent_dim", "ch", "beta")),
 }
@@ -221,5 +251,14 @@ if {n for n, f in FAMILY_REGISTRY.items() if getattr(f, "load_folder", None)} !=
 
 
 def get_family(name: str) -> Family:
-    """The family of any catalogue name; ValueError for a name that is not a family."""
-    return FAMILY_REGISTRY[catalogue.check_family(name)]
+    """The family of any catalogue name or plug-in; ValueError for a name that is not a family
+    (lethe.models.plugins.PluginError, one line, for a plug-in that cannot be used)."""
+    if catalogue.check_family(name) in FAMILY_REGISTRY:
+        return FAMILY_REGISTRY[name]
+    return _plugin_family(name)
+
+
+def _plugin_family(name: str) -> I2IFamily:
+    cls = plugin_class(name)
+    phases = getattr(cls, "phases", None) or _one_phase
+    return I2IFamily(name, cls, cls.Arch, cls.build_arch, phases)

@@ -81,6 +81,9 @@ def source_arch(cfg: RunConfig, man) -> dict[str, Any] | None:
         if text is None:
             return None
     arch = json.loads(text)
+    fam = get_family(cfg.family)
+    section = cfg.model.section(cfg.family)
+    arch.update({k: section[k] for k in getattr(fam, "config_fields", ()) if k in section})
     want = {"height": man.height, "width": man.width, "channels": man.channels}
     for k, v in want.items():
         if arch.get(k) != v:
@@ -109,8 +112,11 @@ def load_folder(cfg: RunConfig, man) -> tuple[Any, dict[str, Any]]:
             raise CheckpointError(
                 "cannot load the source model folder", where=uri, seen=str(e).splitlines()[0]
             ) from e
-    if model.arch.to_dict() != arch:  # the weights' config changed under us
+    ours = set(getattr(fam, "config_fields", ()))
+    loaded = {k: v for k, v in model.arch.to_dict().items() if k not in ours}
+    if loaded != {k: v for k, v in arch.items() if k not in ours}:  # the folder changed under us
         raise CheckpointError("source model folder changed during the run", where=uri)
+    model.arch = fam.arch_cls(**arch)  # with the configuration's evaluation settings
     log.warning("pretrain: source model %s (a %s save_pretrained folder)", uri, cfg.family)
     info = {"uri": uri, "requested": uri, "name": None, "version": None, "run_id": None, "format": "folder"}
     return model, info

@@ -239,7 +239,9 @@ class LetheCheckpointModel(PythonModel):
     def load_context(self, context) -> None:
         config = context.model_config or {}
         self.device = torch.device(config.get("device", "cpu"))
-        model, _meta = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
+        # the serving side loads its own registered version: a plug-in family's module (installed
+        # where it serves) is imported
+        model, _meta = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT], plugin=True)
         self.model = model.to(self.device).eval()
 
     def _tensors(self, model_input) -> tuple[torch.Tensor, ...]:

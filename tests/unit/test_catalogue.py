@@ -67,7 +67,15 @@ def _choices(p: argparse.ArgumentParser, dest: str) -> Iterator[tuple[str, tuple
                 for path, choices in _choices(sub, dest):
                     yield f"{name} {path}".strip(), choices
         elif action.dest == dest:
-            yield "", tuple(action.choices or ())
+            yield (
+                "",
+                tuple(action.choices or ()) or tuple(n for n in names_of(dest) if n in (action.help or "")),
+            )
+
+
+def names_of(dest: str) -> tuple[str, ...]:
+    # --family takes plug-ins too, so it lists the built-in families in its help instead of choices
+    return {"family": FAMILIES, "method": METHODS}[dest]
 
 
 @pytest.mark.parametrize(("dest", "names"), [("family", FAMILIES), ("method", METHODS)])
@@ -94,7 +102,10 @@ def test_config_accepts_each_family_with_its_methods_only(family: str) -> None:
 @pytest.mark.parametrize(
     ("over", "message"),
     [
-        ({"family": "gpt"}, "unknown family 'gpt'; expected one of " + ", ".join(FAMILIES)),
+        (
+            {"family": "gpt"},
+            "unknown family 'gpt'; expected one of " + ", ".join(FAMILIES) + ", or a plug-in",
+        ),
         ({"method": "nope"}, "unknown method 'nope'; expected one of " + ", ".join(METHODS)),
     ],
 )

@@ -6,8 +6,10 @@ import copy
 
 import pytest
 import torch
+from lethe_tiny_family import PLUGIN_FAMILY  # a third-party family defined only in tests/plugins
 
 from lethe import masks
+from lethe.catalogue import I2I_FAMILIES
 from lethe.methods import Batch, get_method, matched_noise, method_names
 from lethe.models import MAE, MAEArch
 from lethe.optim import make_optimizer, optimizer_step, unlearn_step, unlearn_total_steps, warmup_cosine
@@ -134,7 +136,7 @@ def test_unlearn_steps_are_the_same_on_every_worker() -> None:
     assert unlearn_total_steps(6000, 64, 1, 1.5, None, min_steps=30) == 141
 
 
-@pytest.mark.parametrize("family", ["mae", "vqgan", "diffusion"])
+@pytest.mark.parametrize("family", [*I2I_FAMILIES, PLUGIN_FAMILY])
 @pytest.mark.parametrize("name", method_names())
 def test_every_method_runs_on_every_family(tiny_model, family: str, name: str) -> None:
     """Same method code for every family: finite losses, and only the allowed part moves."""

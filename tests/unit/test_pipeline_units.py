@@ -86,7 +86,10 @@ def test_a_save_pretrained_folder_is_a_source_of_the_families_with_a_folder_form
     assert cfg.source_model == str(tmp_path) and cfg.model_name == "lethe-hf-vitmae"
     assert build_config("smoke", overrides={"family": "hf-vitmae", "source_model": "s3://b/m"}).source_model
     for bad, needle in [
-        ({"family": "mae", "source_model": str(tmp_path)}, "needs family hf-vitmae, got 'mae'"),
+        (
+            {"family": "mae", "source_model": str(tmp_path)},
+            "needs family hf-vitmae or diffusers-inpaint, got 'mae'",
+        ),
         ({"family": "hf-vitmae", "source_model": str(tmp_path / "x")}, "is not a save_pretrained folder"),
         ({"family": "hf-vitmae", "source_model": "gs://b/m"}, "s3://bucket/prefix, got 'gs://b/m'"),
     ]:
