@@ -291,6 +291,8 @@ def build_certificate(
             "hyperparameters": dict(hyperparameters),
             # which checkpoint of the run became the result, chosen on images the metrics never used
             "checkpoint": _checkpoint(report),
+            # a proxy retain set stood in for the retain data in the unlearning loss (name, count)
+            "proxy_retain": (report.get("unlearn") or {}).get("proxy_retain"),
         },
         "metrics": metrics,
         "oracle": _oracle(state, report),
@@ -430,6 +432,11 @@ def _method_rows(method: Mapping[str, Any]) -> str:
         ]
     elif ck.get("kept") == "last":
         kept = [("checkpoint", f"the last step ({ck.get('reason')})")]
+    proxy = method.get("proxy_retain")
+    if proxy:
+        kept.append(
+            ("proxy retain", f"{proxy['images']} images of {proxy['dataset']} stood in for the retain data")
+        )
     return _rows(
         [("family", method["family"]), ("method", method["name"])]
         + [(f"hp.{k}", v) for k, v in method["hyperparameters"].items()]

@@ -58,6 +58,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--method", choices=METHODS)
     g.add_argument("--alpha", type=float, help="forget-loss weight")
+    g.add_argument(
+        "--proxy-retain",
+        metavar="DATASET",
+        help="images of this data set stand in for the retain side of the unlearning loss "
+        "(when the training data is no longer kept); the oracle and metrics use the real data",
+    )
     g.add_argument("--workdir", help="where shards, models, reports and the MLflow store go")
     g.add_argument("--cache-dir", help="model cache shared between runs (default: <workdir>/../cache)")
     g.add_argument(
@@ -222,6 +228,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("family", a.family)
     put("method", a.method)
     put("unlearn.alpha", a.alpha)
+    put("unlearn.proxy_retain", getattr(a, "proxy_retain", None))
     put("workdir", a.workdir)
     put("cache_dir", a.cache_dir)
     put("cache.on_corrupt", a.cache_on_corrupt)

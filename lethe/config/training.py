@@ -59,6 +59,12 @@ class UnlearnConfig(_Strict):
     # The loop's compute is proportional to passes, so 0.5 at the higher rate is the default.
     forget_passes: float = Field(0.5, gt=0)
     max_steps: int | None = Field(None, ge=1)
+    proxy_retain: str | None = Field(
+        None,
+        description="a data set (as --dataset takes) whose images stand in for the retain side of the "
+        "unlearning loss (Li et al.'s proxy retain set), when the training data is no longer kept; "
+        "evaluation, validation and the oracle still use the request's own shards",
+    )
     # A request of a few images is one step by passes alone, and Adam's first step moves every weight
     # by about lr whatever the gradient (the retain term is still 0 then): on the demo one step for
     # 1 / 5 / 50 ids cost retain FD 1.77 / 2.0 / 2.18x the source's. At 30 steps the retain term pulls

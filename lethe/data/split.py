@@ -497,6 +497,10 @@ def _split_to_s3(cfg: RunConfig, out_dir: str) -> Manifest:
 def _split_into(cfg: RunConfig, out_dir: str | Path, tmp: str | Path) -> Manifest:
     src: Source = open_source(cfg.data.dataset)
     info = src.info
+    if cfg.unlearn.proxy_retain:  # a proxy that cannot stand in is refused before any work
+        from lethe.data.proxy import open_proxy
+
+        open_proxy(cfg.unlearn.proxy_retain, info.shape)
     plan, request, expected_parts = plan_split(cfg, info, src.meta)
     # After the request is known to be good, before any Ray work: a bad key file fails fast.
     key = load_key(cfg.digest_key_path)

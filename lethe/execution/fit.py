@@ -27,19 +27,27 @@ from lethe.execution.worker import TRAIN_IMAGES, TRAIN_LABELS, progress
 log = logging.getLogger("lethe.train")
 
 
-def unlearn_inputs(manifest: Any, job: TrainJob, world: int) -> dict[str, Any]:
+def retain_rows(job: TrainJob, world: int) -> int:
+    """How many retain rows an unlearning run's steps can draw, all workers together."""
+    return sum(stage_budgets(job.to_config(), world).values()) * job.batch_size * world
+
+
+def unlearn_inputs(
+    manifest: Any, job: TrainJob, world: int, retain: np.ndarray | None = None
+) -> dict[str, Any]:
     """What an unlearning run reads: the whole forget shard and as many retain rows as its steps can
     draw, as uint8 (N, H, W, C) arrays in the shards' hash order, for `fit` to put in the object store.
 
     Read once by the driver instead of streamed by Ray Data: unlearning needs a few thousand rows,
     and starting two Ray Data executions (split coordinator, read tasks) cost ~13 s on 2 cores,
-    as long as the unlearning's compute itself. Each worker takes rows rank::world.
+    as long as the unlearning's compute itself. Each worker takes rows rank::world. `retain`, when
+    given, stands in for the retain shard (a proxy retain set, lethe.data.proxy).
     """
     from lethe.data import read_shard_numpy
 
-    steps = sum(stage_budgets(job.to_config(), world).values())
     forget = read_shard_numpy(manifest, "forget")[0]
-    retain = read_shard_numpy(manifest, "retain", limit=steps * job.batch_size * world)[0]
+    if retain is None:
+        retain = read_shard_numpy(manifest, "retain", limit=retain_rows(job, world))[0]
     for name, rows in (("forget", forget), ("retain", retain)):
         if len(rows) < world:
             raise LetheError(

@@ -24,6 +24,7 @@ from lethe.pipeline.jobs import (
     mask_spec,
     phases,
     pretrain_job,
+    proxy_retain,
     unlearn_job,
     unlearned_meta,
 )
@@ -195,6 +196,8 @@ class ImageToImage:
         payload, why_not = self._selection(ctx, man, arch)
         if payload is not None:
             job.eval_every = u.eval_every
+        world = cfg.resources.num_workers
+        proxy, proxy_record = proxy_retain(cfg, man, job, world)
 
         def on_done(res) -> None:
             if calibration is not None:
@@ -202,8 +205,9 @@ class ImageToImage:
 
         return UnlearnPlan(
             job=job,
-            datasets=lambda: unlearn_inputs(man, job, cfg.resources.num_workers),
+            datasets=lambda: unlearn_inputs(man, job, world, retain=proxy),
             settings=u.settings(cfg.method),
+            extra_state={"proxy_retain": proxy_record} if proxy_record else {},
             on_done=on_done,
             eval_payload=payload,
             no_selection=why_not,

@@ -7,6 +7,7 @@ and each kind's optimiser recipe are filled in here, once.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -15,6 +16,8 @@ from lethe.errors import ConfigError
 from lethe.execution.job import FAULT_ENV, TrainJob
 from lethe.models.families import get_family
 from lethe.pipeline.layout import Layout
+
+log = logging.getLogger("lethe")
 
 
 def mask_spec(cfg: RunConfig, arch: dict[str, Any]) -> dict[str, Any]:
@@ -45,6 +48,22 @@ def config_arch(cfg: RunConfig, man) -> dict[str, Any]:
     return get_family(cfg.family).build_arch(
         cfg.model.section(cfg.family), man.height, man.width, man.channels
     )
+
+
+def proxy_retain(cfg: RunConfig, man, job: TrainJob, world: int) -> tuple[Any, dict[str, Any] | None]:
+    """The proxy retain images (uint8 (N, H, W, C)) that replace the retain shard in the unlearning
+    loss, and what the report records of them; (None, None) without `unlearn.proxy_retain`."""
+    spec = cfg.unlearn.proxy_retain
+    if not spec:
+        return None, None
+    from lethe.data.proxy import proxy_images
+    from lethe.execution.fit import retain_rows
+
+    images, name = proxy_images(spec, man.shape, retain_rows(job, world))
+    log.warning(
+        "unlearn: the retain side of the loss is the proxy data set %s (%d images)", name, len(images)
+    )
+    return images, {"dataset": name, "images": len(images)}
 
 
 def unlearned_meta(cfg: RunConfig, man, u: Any, tuned: bool, **extra: Any) -> dict[str, Any]:

@@ -110,6 +110,8 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
             "lr": float(meta.get("lr", cfg.unlearn.lr)),
             "tuned": bool(meta.get("tuned", False)),
             **({"checkpoint": st.unlearn["checkpoint"]} if "checkpoint" in st.unlearn else {}),
+            # what the retain side of the unlearning loss was when it was not the retain shard
+            **({"proxy_retain": st.unlearn["proxy_retain"]} if "proxy_retain" in st.unlearn else {}),
         },
         "storage_uri": ctx.lay.remote or str(ctx.lay.root),
         "preset": cfg.preset,

@@ -39,10 +39,13 @@ def arch_tag(arch: dict[str, Any]) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _registry_arch(tracking_uri: str, experiment: str, uri: str) -> str | None:
+def _registry_arch(tracking_uri: str, experiment: str, uri: str, family: str) -> str | None:
+    """The version's arch tag when it is a model of `family` (another family's source is refused by
+    the pretrain step, which names both)."""
     from lethe.tracking.mlflow_tracker import Tracker
 
-    return (Tracker(tracking_uri, experiment).resolve_model_version(uri).tags or {}).get(ARCH_TAG)
+    tags = Tracker(tracking_uri, experiment).resolve_model_version(uri).tags or {}
+    return tags.get(ARCH_TAG) if tags.get("lethe.family") == family else None
 
 
 @functools.lru_cache(maxsize=8)
@@ -77,7 +80,7 @@ def source_arch(cfg: RunConfig, man) -> dict[str, Any] | None:
     if is_folder_source(cfg):
         text = _arch(cfg.family, uri)
     else:
-        text = _registry_arch(cfg.tracking_uri, cfg.tracking.experiment, uri)
+        text = _registry_arch(cfg.tracking_uri, cfg.tracking.experiment, uri, cfg.family)
         if text is None:
             return None
     arch = json.loads(text)

@@ -17,6 +17,7 @@ from lethe.pipeline.context import Context
 from lethe.pipeline.decouple import calibrate_decouple
 from lethe.pipeline.families import for_config
 from lethe.pipeline.i2i import i2i_unlearn_job
+from lethe.pipeline.jobs import proxy_retain
 from lethe.pipeline.keys import file_digest, tune_key
 from lethe.pipeline.oracle_audit import require_oracle
 from lethe.pipeline.params import numeric
@@ -44,7 +45,9 @@ def _search(ctx: Context, man, arch, teacher, payload: dict[str, Any], key: str)
     total = sum(stage_budgets(job.to_config(), t.workers_per_trial).values())
     return run_tune(
         job=job,
-        inputs=unlearn_inputs(man, job, t.workers_per_trial),
+        inputs=unlearn_inputs(
+            man, job, t.workers_per_trial, retain=proxy_retain(cfg, man, job, t.workers_per_trial)[0]
+        ),
         teacher_state=teacher.state_dict(),
         eval_payload=payload,
         tune_cfg=t,

@@ -25,6 +25,7 @@ from lethe.report.schema import (
     oracle_gaps,
     validate_report,
 )
+from lethe.report.summary import proxy_line
 
 __all__ = ["write_html_report", "format_number", "GRID_CAPTIONS", "IDS_NOTICE"]
 
@@ -438,6 +439,7 @@ def write_html_report(
         f"<tr><td class='name'>retain count</td><td>{_e(req['retain_count'])}</td></tr>"
         f"<tr><td class='name'>forget digest</td><td class='name'><code>{_e(short)}</code></td></tr>"
         "</tbody></table>",
+        *([f"<p class='verdict-inconclusive'>{_e(proxy_line(report))}</p>"] if proxy_line(report) else []),
         "<h2>Metrics</h2>",
         *(
             [*_no_oracle_note(report), *_feature_section(report)]

@@ -190,11 +190,8 @@ def validate_report(report: dict) -> None:
 
     if "tune" in rep:
         _validate_tune(_mapping(rep["tune"], f"{root}.tune"), f"{root}.tune")
-    unlearn = rep.get("unlearn")
-    if isinstance(unlearn, Mapping) and "checkpoint" in unlearn:
-        _validate_checkpoint(
-            _mapping(unlearn["checkpoint"], f"{root}.unlearn.checkpoint"), f"{root}.unlearn.checkpoint"
-        )
+    if isinstance(rep.get("unlearn"), Mapping):
+        _validate_unlearn(rep["unlearn"], f"{root}.unlearn")
 
     ml_path = f"{root}.mlflow"
     ml = _mapping(_get(rep, "mlflow", root), ml_path)
@@ -247,6 +244,18 @@ def _validate_digest_key(req: Mapping[str, Any], path: str) -> None:
         raise ValueError(f"{path}.digest_key_id: expected 16 lower-case hex characters, got {key_id!r}")
     if algo == "sha256" and key_id is not None:
         raise ValueError(f"{path}.digest_key_id: expected null for unkeyed sha256 digests, got {key_id!r}")
+
+
+def _validate_unlearn(unlearn: Mapping[str, Any], path: str) -> None:
+    if "proxy_retain" in unlearn:
+        proxy = _mapping(unlearn["proxy_retain"], f"{path}.proxy_retain")
+        count = proxy.get("images")
+        if not isinstance(proxy.get("dataset"), str) or not isinstance(count, int) or count < 1:
+            raise ValueError(
+                f"{path}.proxy_retain: expected {{dataset: name, images: count >= 1}}, got {dict(proxy)!r}"
+            )
+    if "checkpoint" in unlearn:
+        _validate_checkpoint(_mapping(unlearn["checkpoint"], f"{path}.checkpoint"), f"{path}.checkpoint")
 
 
 def _validate_checkpoint(ck: Mapping[str, Any], path: str) -> None:

@@ -106,6 +106,17 @@ def _checkpoint(report: Mapping[str, Any]) -> str | None:
     return None
 
 
+def proxy_line(report: Mapping[str, Any]) -> str | None:
+    """Says so when the unlearning loss saw a proxy retain set instead of the retain data."""
+    proxy = (report.get("unlearn") or {}).get("proxy_retain")
+    if not proxy:
+        return None
+    return (
+        f"proxy retain: the unlearning loss's retain side was {proxy['images']} images of "
+        f"{proxy['dataset']}, not the training data; the oracle and every metric use the real data"
+    )
+
+
 def summary_lines(report: Mapping[str, Any], certificate: str | None = None) -> list[str]:
     """The summary, one line per entry (no trailing newline); `certificate`: its path, if written."""
     req = report.get("request") or {}
@@ -117,6 +128,9 @@ def summary_lines(report: Mapping[str, Any], certificate: str | None = None) -> 
     kept = _checkpoint(report)
     if kept:
         lines.append(kept)
+    proxy = proxy_line(report)
+    if proxy:
+        lines.append(proxy)
     oracle = report.get("oracle") or {}
     if not oracle_audited(oracle):
         lines.append(f"oracle: none in this run ({oracle.get('reason')})")

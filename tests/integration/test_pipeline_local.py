@@ -203,23 +203,25 @@ def test_local_pipeline_promotes_refuses_and_always_cleans_up(mlflow_server: str
     # 9 of the 10 ids are training images (one is held out): the forget shard holds those 9
     assert report2["request"]["kind"] == "ids" and report2["request"]["forget_count"] in (9, 10)
 
-    # -- 3. a step fails (source architecture differs from the config): cleanup still runs ---------
+    # -- 3. a step fails (the source is a model of another family): cleanup still runs -------------
     w3 = tmp_path / "w3"
-    bad_arch = _yaml(tmp_path / "arch.yaml", {"model": {"dim": 64}, "tracking": {"experiment": experiment}})
+    bad_arch = _yaml(tmp_path / "arch.yaml", {"family": "vqgan", "tracking": {"experiment": experiment}})
     r = lethe(
         "pipeline", "run", "--local", "--config", bad_arch, "--source-model", f"models:/{name}/1",
         "--workdir", str(w3), *common, cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 2, r.stderr[-3000:]
     lines = _error_lines(r)
-    assert lines and "pipeline failed at step pretrain" in lines[-1] and "dim" in lines[-1], r.stderr[-3000:]
+    assert lines and "pipeline failed at step pretrain" in lines[-1], r.stderr[-3000:]
+    assert "not a lethe model of the configured family" in lines[-1] and "got MAE" in lines[-1]
     assert r.stdout.strip().splitlines()[-1:] != [str(w3 / "report" / "report.json")]
     assert (w3 / "shards" / "retain").exists() and not (w3 / "shards" / "forget").exists()
     cert3 = json.loads((w3 / "certificate" / "certificate.json").read_text())
-    assert cert3["status"] == "incomplete" and "dim" in cert3["error"] and cert3["cleanup"]["all_absent"]
+    assert cert3["status"] == "incomplete" and "configured family" in cert3["error"]
+    assert cert3["cleanup"]["all_absent"]
     state = json.loads((w3 / "state.json").read_text())
     failed_run = client.get_run(state["run_id"])
-    assert failed_run.info.status == "FAILED" and "dim" in failed_run.data.tags["lethe.error"]
+    assert failed_run.info.status == "FAILED" and "configured family" in failed_run.data.tags["lethe.error"]
     assert len(client.search_model_versions(f"name='{name}'")) == 2  # nothing registered
 
     # -- 4. the nightly pipeline of a model with nothing queued: claim, cleanup, nothing else -------
