@@ -48,7 +48,7 @@ class RunConfig(_Strict):
         None,
         description="models:/NAME/VERSION or models:/NAME@ALIAS: unlearn this registered model "
         "instead of pretraining one; the result becomes a new version of NAME. Families with a folder "
-        "format (hf-vitmae) also take a save_pretrained folder, local or s3://",
+        "format (hf-vitmae, diffusers-inpaint) also take a save_pretrained folder, local or s3://",
     )
     data: DataConfig = Field(default_factory=DataConfig)
     request: RequestConfig = Field(default_factory=RequestConfig)

@@ -81,8 +81,9 @@ def preflight(ctx: Context) -> str | None:
     """Checks that need no data, before anything is written: the source model must exist.
 
     Returns the source model pinned to a version (`models:/NAME/VERSION`; a save_pretrained folder
-    as given), or None when lethe pretrains the source model itself. An alias is resolved once here so that every later step of
-    the same run uses the same version even if the alias moves meanwhile.
+    as given), or None when lethe pretrains the source model itself. An alias is resolved once
+    here so that every later step of the same run uses the same version even if the alias moves
+    meanwhile.
     """
     if not ctx.cfg.source_model:
         return None
