@@ -195,11 +195,11 @@ def folder_arch(read: Callable[[str], str | None]) -> DiffusersInpaintArch:
     text = read(f"{UNET_DIR}/{CONFIG_FILE}")
     if text is None:
         raise ValueError(f"not a diffusers inpainting folder (no {UNET_DIR}/{CONFIG_FILE})")
-    unet = {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+    unet = _plain(json.loads(text))
     sched_text = read(f"{SCHEDULER_DIR}/{SCHEDULER_FILE}")
     if sched_text is None:
         raise ValueError(f"not a diffusers inpainting folder (no {SCHEDULER_DIR}/{SCHEDULER_FILE})")
-    scheduler = {k: v for k, v in json.loads(sched_text).items() if not k.startswith("_")}
+    scheduler = _plain(json.loads(sched_text))
     size = unet.get("sample_size")
     h, w = (size, size) if isinstance(size, int) else tuple(size or (0, 0))
     c = int(unet.get("out_channels", 0))
