@@ -48,6 +48,9 @@ I2I_METHODS: tuple[str, ...] = (
 )
 # Methods of the generator families (lethe.methods.latent_feature).
 FEATURE_METHODS: tuple[str, ...] = ("latent_feature",)
+# Not a method: the tune step searches the image-to-image methods per request and the unlearn step
+# runs the one it chose (lethe.pipeline.auto).
+AUTO = "auto"
 METHODS: tuple[str, ...] = I2I_METHODS + FEATURE_METHODS
 
 REQUEST_KINDS: tuple[str, ...] = get_args(RequestKind)
@@ -78,8 +81,8 @@ def check_family(name: str) -> str:
 
 def check_method(name: str) -> str:
     """`name` if it is a method; else ValueError naming the methods."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
+    if name not in METHODS and name != AUTO:
+        raise ValueError(f"unknown method {name!r}; expected {AUTO} or one of {', '.join(METHODS)}")
     return name
 
 

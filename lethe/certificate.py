@@ -293,6 +293,8 @@ def build_certificate(
             "checkpoint": _checkpoint(report),
             # a proxy retain set stood in for the retain data in the unlearning loss (name, count)
             "proxy_retain": (report.get("unlearn") or {}).get("proxy_retain"),
+            # method auto: the methods searched on validation images, and why this one was chosen
+            "selection": _selection(report),
         },
         "metrics": metrics,
         "oracle": _oracle(state, report),
@@ -432,6 +434,9 @@ def _method_rows(method: Mapping[str, Any]) -> str:
         ]
     elif ck.get("kept") == "last":
         kept = [("checkpoint", f"the last step ({ck.get('reason')})")]
+    sel = method.get("selection")
+    if sel:
+        kept.append(("chosen by", f"method auto among {', '.join(sel['methods'])}: {sel['why']}"))
     proxy = method.get("proxy_retain")
     if proxy:
         kept.append(
@@ -442,6 +447,14 @@ def _method_rows(method: Mapping[str, Any]) -> str:
         + [(f"hp.{k}", v) for k, v in method["hyperparameters"].items()]
         + kept
     )
+
+
+def _selection(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """method auto's choice as the report's tune section records it; None for a fixed method."""
+    sel = (report.get("tune") or {}).get("selection") or {}
+    if not sel.get("auto"):
+        return None
+    return {"methods": list(sel["by_method"]), "chosen": sel["chosen"], "why": sel["why"]}
 
 
 def _timestamp_rows(timestamps: Mapping[str, Any]) -> str:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lethe.catalogue import FAMILIES, METHODS, PLUGIN_GROUP
+from lethe.catalogue import AUTO, FAMILIES, METHODS, PLUGIN_GROUP
 from lethe.config import PRESETS, RunConfig, build_config
 from lethe.errors import LetheError, find_lethe_error
 
@@ -56,7 +56,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help=f"{', '.join(FAMILIES)}, or a plug-in family: package.module:Class or an entry point of "
         f"group {PLUGIN_GROUP}",
     )
-    g.add_argument("--method", choices=METHODS)
+    g.add_argument("--method", choices=(*METHODS, AUTO), help="auto: Ray Tune chooses it per request")
     g.add_argument("--alpha", type=float, help="forget-loss weight")
     g.add_argument(
         "--proxy-retain",

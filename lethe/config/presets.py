@@ -38,7 +38,16 @@ def _preset(name: str) -> dict[str, Any]:
                 "bootstrap": 50,
                 "attack_masks": 2,
             },
-            "tune": {"num_samples": 3, "max_concurrent_trials": 2, "val_forget": 32, "val_retain": 64},
+            "tune": {
+                "num_samples": 3,
+                "max_concurrent_trials": 2,
+                "val_forget": 32,
+                "val_retain": 64,
+                # method auto: one trial per method, and no time limit: a smoke oracle trains in
+                # seconds, less than a trial's Ray Train start-up, so a share of it would run nothing.
+                "samples_per_method": 1,
+                "budget_frac": None,
+            },
         }
     raise ConfigError("unknown preset", where="--preset", expected=" or ".join(PRESETS), seen=repr(name))
 

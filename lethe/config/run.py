@@ -129,7 +129,15 @@ class RunConfig(_Strict):
         if self.family == "vqgan" and self.pretrain.epochs < 2:
             raise ValueError("family vqgan needs pretrain.epochs >= 2 (tokenizer, then transformer)")
         generator = catalogue.is_generator(self.family)
-        if self.method not in catalogue.methods_for(self.family):
+        if self.method == catalogue.AUTO and generator:
+            raise ValueError(
+                f"method auto searches the image-to-image methods; family {self.family!r} unlearns "
+                f"features of what it generates: use method {' or '.join(catalogue.FEATURE_METHODS)}"
+            )
+        if self.method == catalogue.AUTO:
+            # auto is a search: the tune step chooses the method (and its alpha / lr) per request.
+            self.tune.enabled = True
+        elif self.method not in catalogue.methods_for(self.family):
             if generator:
                 raise ValueError(
                     f"family {self.family!r} unlearns features of what it generates: use method "

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from lethe.catalogue import I2I_METHODS
 from lethe.config.base import _Strict
 
 
@@ -93,7 +94,7 @@ class UnlearnConfig(_Strict):
         """What changes an unlearning run of `method`: method-specific sections only for their method
         (so adding one never renames, and re-trains, the runs of the others)."""
         d = self.model_dump()
-        if method != "decouple_retain":
+        if method not in ("decouple_retain", "auto"):  # auto may choose decouple_retain
             d.pop("decouple")
         return d
 
@@ -167,7 +168,21 @@ class TuneConfig(_Strict):
     FD_retain(original) - 1).
     """
 
-    enabled: bool = Field(False, description="`lethe run` tunes first and unlearns with the best config")
+    enabled: bool = Field(
+        False,
+        description="`lethe run` tunes first and unlearns with the best config (always on for method auto)",
+    )
+    # method auto: the methods searched, each with its own random alphas and learning rates.
+    methods: tuple[str, ...] = Field(
+        I2I_METHODS, min_length=1, description="method auto: the image-to-image methods it chooses among"
+    )
+    samples_per_method: int = Field(2, ge=1, description="method auto: trials of each method")
+    budget_frac: float | None = Field(
+        0.25,
+        gt=0,
+        description="method auto: the search stops after this share of the oracle's training wall time "
+        "(None: no time limit; every trial runs)",
+    )
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: int = Field(2, ge=1)
     cpus_per_trial: float = Field(
@@ -182,6 +197,16 @@ class TuneConfig(_Strict):
     retain_weight: float = Field(1.0, ge=0, description="w in the objective")
     val_forget: int = Field(200, ge=8, description="validation images from the end of heldout_forget")
     val_retain: int = Field(400, ge=8, description="validation images from the end of heldout_retain")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [m for m in v if m not in I2I_METHODS]
+        if unknown or len(set(v)) != len(v):
+            raise ValueError(
+                f"expected distinct image-to-image methods ({', '.join(I2I_METHODS)}), got {list(v)}"
+            )
+        return v
 
     @field_validator("alpha_range", "lr_range")
     @classmethod

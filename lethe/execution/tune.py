@@ -29,10 +29,11 @@ OBJECTIVE_TEXT = (
 @dataclass
 class TrialOutcome:
     trial_id: str
+    method: str
     alpha: float
     lr: float
     objective: float | None  # None: the trial failed before its first report
-    status: str  # "finished" | "stopped_early" | "error"
+    status: str  # "finished" | "stopped_early" | "not_started" (the time budget ran out) | "error"
     iterations: int
     steps: int
     wall_s: float
@@ -41,6 +42,10 @@ class TrialOutcome:
     fd_forget_vs_oracle: float | None = None
     fd_retain_vs_original: float | None = None
     error: str | None = None
+    # score_best: `objective` is the trial's best report (the unlearn step keeps its best checkpoint
+    # too); its last report is here, and the step it was best at.
+    final_objective: float | None = None
+    best_step: int | None = None
 
 
 @dataclass
@@ -64,20 +69,21 @@ class TuneOutcome:
 def _trial(
     config: dict[str, Any],
     *,
-    job: dict[str, Any],
+    jobs: dict[str, dict[str, Any]],
     inputs: dict[str, Any],
     teacher_state: dict[str, Any],
     eval_payload: dict[str, Any],
     fit_kwargs: dict[str, Any],
     name: str,
 ) -> None:
-    """One Tune trial: unlearn with this trial's alpha and lr as a Ray Train run."""
+    """One Tune trial: unlearn with this trial's method, alpha and lr as a Ray Train run."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from lethe.execution.fit import fit
     from lethe.execution.job import TrainJob
 
+    job = jobs[config["method"]]
     train_job = TrainJob(**{**job, "alpha": float(config["alpha"]), "lr": float(config["lr"])})
     trial_id = ray.tune.get_context().get_trial_id()
     fit(
@@ -103,7 +109,7 @@ def _num(v: Any) -> float | None:
 
 def _trainable(
     *,
-    job: Any,
+    jobs: dict[str, Any],
     inputs: dict[str, Any],
     teacher_state: dict[str, Any],
     eval_payload: dict[str, Any],
@@ -126,7 +132,7 @@ def _trainable(
     return tune.with_resources(
         tune.with_parameters(
             _trial,
-            job=job.to_config(),
+            jobs={m: job.to_config() for m, job in jobs.items()},
             inputs=inputs,
             teacher_state=teacher_state,
             eval_payload=eval_payload,
@@ -148,14 +154,28 @@ def _storage_kwargs(storage_path: str) -> dict[str, Any]:
     return where
 
 
-def _trial_outcome(res: Any, max_iter: int) -> TrialOutcome:
+def _best_report(res: Any) -> tuple[float | None, int | None]:
+    """The lowest objective among a trial's reports, and its step."""
+    df = res.metrics_dataframe
+    if df is None or METRIC not in df or df[METRIC].dropna().empty:
+        return None, None
+    row = df.loc[df[METRIC].astype(float).idxmin()]
+    return _num(row[METRIC]), (int(row["step"]) if "step" in row and _num(row["step"]) is not None else None)
+
+
+def _trial_outcome(res: Any, max_iters: dict[str, int], score_best: bool) -> TrialOutcome:
     """One trial of the finished search (a ray.tune.Result) as a TrialOutcome."""
     m = dict(res.metrics or {})
     iters = int(m.get("training_iteration", 0) or 0)
-    objective = _num(m.get(METRIC))
+    final = _num(m.get(METRIC))
+    best, best_step = _best_report(res) if score_best else (final, None)
+    objective = final if best is None else best
+    method = str(res.config["method"])
     if res.error is not None:
         status = "error"
-    elif iters < max_iter:
+    elif iters == 0:
+        status = "not_started"
+    elif iters < max_iters[method]:
         status = "stopped_early"
     else:
         status = "finished"
@@ -165,6 +185,7 @@ def _trial_outcome(res: Any, max_iter: int) -> TrialOutcome:
         err = f"{type(res.error).__name__}: {(str(res.error).strip().splitlines() or [''])[0][:200]}"
     return TrialOutcome(
         trial_id=str(m.get("trial_id") or res.path.rstrip("/").rpartition("/")[2]),
+        method=method,
         alpha=float(res.config["alpha"]),
         lr=float(res.config["lr"]),
         objective=objective,
@@ -177,6 +198,8 @@ def _trial_outcome(res: Any, max_iter: int) -> TrialOutcome:
         fd_forget_vs_oracle=_num(m.get("fd_forget_vs_oracle")),
         fd_retain_vs_original=_num(m.get("fd_retain_vs_original")),
         error=err,
+        final_objective=final,
+        best_step=best_step,
     )
 
 
@@ -186,19 +209,31 @@ def _best_trial(trials: list[TrialOutcome], name: str) -> TrialOutcome:
     scored = [x for x in trials if x.objective is not None]
     complete = [x for x in scored if x.status == "finished"] or scored
     if not complete:
-        first = next((x.error for x in trials if x.error), "no trial reported an objective")
-        raise LetheError("every tuning trial failed", where=name, seen=first or "")
+        first = next((x.error for x in trials if x.error), None)
+        if first is None and any(x.status == "not_started" for x in trials):
+            raise LetheError(
+                "no tuning trial reported within the search's time budget",
+                where=f"{name} (tune.budget_frac)",
+                expected="a larger tune.budget_frac, or null for no limit",
+                seen=f"{len(trials)} trials, none scored",
+            )
+        raise LetheError(
+            "every tuning trial failed", where=name, seen=first or "no trial reported an objective"
+        )
     return min(complete, key=lambda x: x.objective)  # type: ignore[arg-type, return-value]
 
 
 def run_tune(
     *,
-    job: Any,  # lethe.execution.job.TrainJob: the unlearning job; alpha and lr are searched
+    jobs: dict[str, Any],  # method -> its unlearning TrainJob; alpha and lr are searched
     inputs: dict[str, Any],  # lethe.execution.fit.unlearn_inputs: read once, shared by the trials
     teacher_state: dict[str, Any],
     eval_payload: dict[str, Any],
     tune_cfg: Any,  # lethe.config.TuneConfig
-    total_steps: int,
+    total_steps: dict[str, int],  # method -> the most steps its job runs
+    samples: int,  # trials per method
+    time_budget_s: float | None,  # the whole search stops here (None: every trial runs)
+    score_best: bool,  # a trial scores its best report (the unlearn step keeps its best checkpoint)
     storage_path: str,
     name: str,
     seed: int,
@@ -209,9 +244,10 @@ def run_tune(
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     t = tune_cfg
-    max_iter = max(1, math.ceil(total_steps / job.checkpoint_every))
+    max_iters = {m: max(1, math.ceil(total_steps[m] / job.checkpoint_every)) for m, job in jobs.items()}
+    max_iter = max(max_iters.values())
     trainable = _trainable(
-        job=job,
+        jobs=jobs,
         inputs=inputs,
         teacher_state=teacher_state,
         eval_payload=eval_payload,
@@ -223,11 +259,16 @@ def run_tune(
     where = _storage_kwargs(storage_path)
     tuner = tune.Tuner(
         trainable,
-        param_space={"alpha": tune.loguniform(*t.alpha_range), "lr": tune.loguniform(*t.lr_range)},
+        # Every method gets `samples` trials, each with its own random alpha and lr.
+        param_space={
+            "method": tune.grid_search(list(jobs)),
+            "alpha": tune.loguniform(*t.alpha_range),
+            "lr": tune.loguniform(*t.lr_range),
+        },
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode="min",
-            num_samples=t.num_samples,
+            num_samples=samples,
             # Seeded: the same config draws the same alphas and learning rates. The concurrency
             # limit goes to the generator itself: Tune ignores TuneConfig(max_concurrent_trials)
             # when a BasicVariantGenerator is passed in.
@@ -238,6 +279,7 @@ def run_tune(
                 grace_period=min(t.grace_period, max_iter),
                 reduction_factor=t.reduction_factor,
             ),
+            time_budget_s=time_budget_s,
         ),
         run_config=tune.RunConfig(name=name, verbose=0, **where),
     )
@@ -245,7 +287,7 @@ def run_tune(
     grid = tuner.fit()
     wall = time.perf_counter() - t0
 
-    trials = [_trial_outcome(res, max_iter) for res in grid]
+    trials = [_trial_outcome(res, max_iters, score_best) for res in grid]
     trials.sort(key=lambda x: x.trial_id)
     best = _best_trial(trials, name)
     return TuneOutcome(trials=trials, best=best, wall_s=wall, max_iterations=max_iter)

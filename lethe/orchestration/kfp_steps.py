@@ -347,7 +347,7 @@ def unlearn(
         export_file(
             lay.model("unlearned"),
             unlearned,
-            {"family": cfg.family, "method": cfg.method, "alpha": float(alpha)},
+            {"family": cfg.family, "method": u.get("method", cfg.method), "alpha": float(alpha)},
         )
         _log_metrics(metrics, numeric(u))
 

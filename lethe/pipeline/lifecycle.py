@@ -19,6 +19,7 @@ from typing import Any
 from lethe import storage
 from lethe.config import RunConfig
 from lethe.errors import LetheError, StorageError, find_lethe_error
+from lethe.pipeline.auto import AFTER_UNLEARN, resolve_method
 from lethe.pipeline.certify import finalize
 from lethe.pipeline.cleanup import delete_forget_data, step_cleanup
 from lethe.pipeline.context import Context, make_context, preflight
@@ -181,7 +182,7 @@ def _run_steps(ctx: Context, guard: SigtermGuard) -> Path:
         for step in STEPS:
             if step == "tune" and not ctx.cfg.tune.enabled:
                 continue
-            out = RUNNERS[step](ctx)
+            out = RUNNERS[step](ctx)  # method auto: unlearn sets ctx.cfg.method to the chosen one
             if step == "evaluate":
                 report_path = out
             guard.reinstall()  # the split's ray.init replaced the SIGTERM handler with Ray's
@@ -255,6 +256,8 @@ def _run_step(cfg: RunConfig, name: str, parent_run_id: str | None, standalone: 
     if standalone and name == "tune":
         for_config(cfg).check_tunable(cfg)  # before the prerequisites: fail before training anything
         _tune_prerequisites(ctx)
+    if name in AFTER_UNLEARN:
+        resolve_method(ctx)  # method auto: the method the unlearn step ran (it resolves its own)
     out = RUNNERS[name](ctx)
     if standalone and name == "tune":
         add_tune_to_report(ctx)
@@ -398,6 +401,7 @@ def _finish_pipeline(cfg: RunConfig, succeeded: bool, error: str | None) -> dict
         _cleanup_without_tracking(cfg)
         raise
     ctx.parent_run_id = ctx.state.run_id
+    resolve_method(ctx)  # method auto: certify the method the search chose
     out = _close_pipeline(ctx, ctx.state.orchestrator or "kfp", succeeded, error, ctx.tracker.close_run)
     cleanup_error = out.pop("cleanup_error")
     if cleanup_error is not None:

@@ -66,7 +66,18 @@ def request_section(ctx: Context, man) -> dict[str, Any]:
 
 def tune_summary(result: dict[str, Any]) -> dict[str, Any]:
     """The report's `tune` key from tune/result.json: every trial, the best, how it was searched."""
-    keep = ("trials", "best", "objective", "retain_weight", "scheduler", "search", "validation", "baselines")
+    keep = (
+        "trials",
+        "best",
+        "objective",
+        "retain_weight",
+        "scheduler",
+        "search",
+        "budget",
+        "selection",
+        "validation",
+        "baselines",
+    )
     return {k: result[k] for k in keep if k in result} | {"wall_s": result.get("wall_s")}
 
 

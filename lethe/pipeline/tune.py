@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ from typing import Any
 import torch
 
 from lethe import storage
+from lethe.catalogue import AUTO
+from lethe.evaluation.selection import source_objective
+from lethe.pipeline.auto import method_choice, search_budget, searched_methods
 from lethe.pipeline.context import Context
 from lethe.pipeline.decouple import calibrate_decouple
 from lethe.pipeline.families import for_config
@@ -21,37 +25,49 @@ from lethe.pipeline.jobs import proxy_retain
 from lethe.pipeline.keys import file_digest, tune_key
 from lethe.pipeline.oracle_audit import require_oracle
 from lethe.pipeline.params import numeric
-from lethe.pipeline.validation import load_models, validation_payload
+from lethe.pipeline.validation import load_models, selection_unavailable, validation_payload
 
 log = logging.getLogger("lethe")
+REPORTS = 4  # each trial reports its validation objective at least this many times
 
 
-def _search(ctx: Context, man, arch, teacher, payload: dict[str, Any], key: str):
+def _search(ctx: Context, man, arch, teacher, payload: dict[str, Any], key: str, budget_s: float | None):
     """Run the Ray Tune search; returns lethe.execution.tune.TuneOutcome."""
-    from lethe.execution.fit import unlearn_inputs
+    from lethe.execution.fit import retain_rows, unlearn_inputs
     from lethe.execution.job import stage_budgets
     from lethe.execution.tune import run_tune
 
     cfg, t = ctx.cfg, ctx.cfg.tune
     u = cfg.unlearn
-    calibration = calibrate_decouple(cfg, man, arch, teacher, u) if cfg.method == "decouple_retain" else None
-    job = i2i_unlearn_job(cfg, man, arch, u, {"role": "tune-trial", "method": cfg.method}, calibration)
-    job.fail_at_step = None  # fault drills target the unlearn step, not every trial
     # Trials share the machine: split the cores between the workers that run at once.
     running = t.max_concurrent_trials * t.workers_per_trial
-    job.threads = cfg.resources.torch_threads or max(1, (os.cpu_count() or 2) // running)
-    # A multi-stage method (decouple_retain) runs up to the sum of its stage budgets: ASHA's
-    # max_t must not stop a trial before its last stage. The tuned lr does not change them.
-    total = sum(stage_budgets(job.to_config(), t.workers_per_trial).values())
+    threads = cfg.resources.torch_threads or max(1, (os.cpu_count() or 2) // running)
+    jobs, totals = {}, {}
+    for method in searched_methods(cfg):
+        mcfg = cfg.model_copy(update={"method": method})
+        calibration = calibrate_decouple(mcfg, man, arch, teacher, u) if method == "decouple_retain" else None
+        job = i2i_unlearn_job(mcfg, man, arch, u, {"role": "tune-trial", "method": method}, calibration)
+        job.fail_at_step = None  # fault drills target the unlearn step, not every trial
+        job.threads = threads
+        # A multi-stage method (decouple_retain) runs up to the sum of its stage budgets: ASHA's
+        # max_t must not stop a trial before its last stage. The tuned lr does not change them.
+        totals[method] = sum(stage_budgets(job.to_config(), t.workers_per_trial).values())
+        # At least REPORTS reports a trial: ASHA's rungs, and the points a trial's best is taken from.
+        job.checkpoint_every = max(1, min(job.checkpoint_every, math.ceil(totals[method] / REPORTS)))
+        jobs[method] = job
+    # One read of the data for every trial: as many retain rows as the longest method draws.
+    widest = max(jobs.values(), key=lambda j: retain_rows(j, t.workers_per_trial))
+    retain = proxy_retain(cfg, man, widest, t.workers_per_trial)[0]
     return run_tune(
-        job=job,
-        inputs=unlearn_inputs(
-            man, job, t.workers_per_trial, retain=proxy_retain(cfg, man, job, t.workers_per_trial)[0]
-        ),
+        jobs=jobs,
+        inputs=unlearn_inputs(man, widest, t.workers_per_trial, retain=retain),
         teacher_state=teacher.state_dict(),
         eval_payload=payload,
         tune_cfg=t,
-        total_steps=total,
+        total_steps=totals,
+        samples=t.samples_per_method if cfg.method == AUTO else t.num_samples,
+        time_budget_s=budget_s,
+        score_best=selection_unavailable(cfg, man) is None,
         storage_path=ctx.lay.ray_storage_uri,
         name=f"tune-{key}",
         seed=cfg.seed,
@@ -62,7 +78,8 @@ def _search(ctx: Context, man, arch, teacher, payload: dict[str, Any], key: str)
 def _log_trials(ctx: Context, outcome) -> None:
     """One child run per trial, logged from the driver: params, objective, FD ratios, how it ended."""
     for trial in outcome.trials:
-        with ctx.tracker.step(f"tune-trial-{trial.trial_id}", {"alpha": trial.alpha, "lr": trial.lr}):
+        params = {"method": trial.method, "alpha": trial.alpha, "lr": trial.lr}
+        with ctx.tracker.step(f"tune-trial-{trial.trial_id}", params):
             ctx.tracker.set_tags({"lethe.trial_id": trial.trial_id, "lethe.trial_status": trial.status})
             ctx.tracker.log_metrics(
                 numeric(
@@ -78,11 +95,15 @@ def _log_trials(ctx: Context, outcome) -> None:
             )
 
 
-def _result_doc(ctx: Context, outcome, key: str, validation: dict, baselines: dict) -> dict[str, Any]:
-    """tune/result.json: every trial, the best, and how the search ran."""
+def _result_doc(
+    ctx: Context, outcome, key: str, validation: dict, baselines: dict, budget: dict[str, Any]
+) -> dict[str, Any]:
+    """tune/result.json: every trial, the best, how the search ran and, for method auto, which
+    method it chose and why."""
     from lethe.execution.tune import OBJECTIVE_TEXT
 
     t = ctx.cfg.tune
+    methods = list(searched_methods(ctx.cfg))
     return {
         **outcome.to_json(),
         "key": key,
@@ -96,11 +117,15 @@ def _result_doc(ctx: Context, outcome, key: str, validation: dict, baselines: di
             "max_t": outcome.max_iterations,
         },
         "search": {
+            "methods": methods,
             "alpha": {"low": t.alpha_range[0], "high": t.alpha_range[1], "scale": "log"},
             "lr": {"low": t.lr_range[0], "high": t.lr_range[1], "scale": "log"},
-            "num_samples": t.num_samples,
+            "num_samples": t.samples_per_method if ctx.cfg.method == AUTO else t.num_samples,
+            "per": "method",
             "max_concurrent_trials": t.max_concurrent_trials,
         },
+        "budget": budget,
+        "selection": method_choice(ctx.cfg, outcome, baselines.get("source_objective")),
         "validation": validation,
         "baselines": baselines,
     }
@@ -140,11 +165,14 @@ def step_tune(ctx: Context) -> Path:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         payload, validation = validation_payload(ctx, man, models)
         ctx.start_ray()
-        outcome = _search(ctx, man, arch, models["original"], payload, key)
+        budget = search_budget(cfg, ctx.state.oracle)
+        outcome = _search(ctx, man, arch, models["original"], payload, key, budget["time_budget_s"])
+        budget["spent_s"] = round(outcome.wall_s, 3)
         _log_trials(ctx, outcome)
         best = outcome.best
         baselines = {k: payload[k] for k in ("fd_forget_oracle", "fd_retain_original", "fd_forget_original")}
-        result = _result_doc(ctx, outcome, key, validation, baselines)
+        baselines["source_objective"] = source_objective(payload)
+        result = _result_doc(ctx, outcome, key, validation, baselines, budget)
         best_doc = {
             "key": key,
             "alpha": best.alpha,
@@ -153,23 +181,40 @@ def step_tune(ctx: Context) -> Path:
             "trial_id": best.trial_id,
             "request_digest": man.request_digest,
             "original_digest": digests["original"],
-            "method": cfg.method,
+            "method": best.method,
+            "selection": cfg.method == AUTO,
         }
         storage.write_json(str(result_path), result)
         storage.write_json(str(best_path), best_doc)
         lay.publish(lay.tune_dir)
-        ctx.tracker.log_params({"best.alpha": best.alpha, "best.lr": best.lr, "best.trial_id": best.trial_id})
+        ctx.tracker.log_params(
+            {
+                "best.method": best.method,
+                "best.alpha": best.alpha,
+                "best.lr": best.lr,
+                "best.trial_id": best.trial_id,
+            }
+        )
         ctx.tracker.log_metrics(numeric({"best.objective": best.objective, "tune_wall_s": outcome.wall_s}))
         ctx.tracker.log_dict(result, "tune/result.json")
         ctx.state.tune = {"best": result["best"], "reused": False, "wall_s": outcome.wall_s}
         for trial in outcome.trials:
             log.warning(
-                "tune trial %s: alpha %.4g lr %.3g objective %s (%s)",
+                "tune trial %s: %s alpha %.4g lr %.3g objective %s (%s)",
                 trial.trial_id,
+                trial.method,
                 trial.alpha,
                 trial.lr,
                 "-" if trial.objective is None else f"{trial.objective:.4f}",
                 trial.status,
             )
-        log.warning("tune: best alpha %.4g, lr %.3g, objective %.4f", best.alpha, best.lr, best.objective)
+        log.warning(
+            "tune: best %s, alpha %.4g, lr %.3g, objective %.4f",
+            best.method,
+            best.alpha,
+            best.lr,
+            best.objective,
+        )
+        if cfg.method == AUTO:
+            log.warning("tune: method auto chose %s: %s", best.method, result["selection"]["why"])
     return best_path

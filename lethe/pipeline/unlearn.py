@@ -1,5 +1,5 @@
-"""unlearn: the configured method from the original model (Ray Train), with the tuned alpha and lr
-when tuning is on. Same request, recipe, settings and original => same Ray run: a re-run resumes
+"""unlearn: the configured method (method auto: the one the tune step chose) from the original model
+(Ray Train), with the tuned alpha and lr when tuning is on. Same request, recipe, settings and original => same Ray run: a re-run resumes
 the crashed run or returns the finished one."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from lethe.errors import ConfigError
 from lethe.execution.tune import METRIC as OBJECTIVE
+from lethe.pipeline.auto import resolve_method
 from lethe.pipeline.context import Context
 from lethe.pipeline.families import for_config
 from lethe.pipeline.family_api import UnlearnPlan
@@ -86,6 +87,7 @@ def fit_unlearned(ctx: Context, man, plan: UnlearnPlan, original: Path, teacher)
         "reused": res.reused,
         **numeric(res.metrics),
         "alpha": plan.job.alpha,
+        "method": cfg.method,
         **plan.extra_state,
         "checkpoint": checkpoint_record(res.selection, plan.no_selection, plan.eval_payload),
     }
@@ -107,10 +109,11 @@ def fit_unlearned(ctx: Context, man, plan: UnlearnPlan, original: Path, teacher)
 def step_unlearn(ctx: Context) -> Path:
     from lethe.models.checkpoint import load_checkpoint
 
-    cfg, lay = ctx.cfg, ctx.lay
-    fam = for_config(cfg)
     man = ctx.manifest()
     u, tuned = effective_unlearn(ctx, man)
+    resolve_method(ctx, (tuned or {}).get("method"))  # method auto: the method the search chose
+    cfg, lay = ctx.cfg, ctx.lay
+    fam = for_config(cfg)
     with ctx.step("unlearn", {**fam.unlearn_params(cfg, u), "tuned": tuned is not None}):
         arch = fam.arch(cfg, man)
         original = lay.fetch(lay.model("original"))

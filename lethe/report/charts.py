@@ -64,3 +64,58 @@ def steps_chart_svg(
         f"aria-label='{escape(y_label)} per step'>{axes}"
         f"<polyline points='{line}' fill='none' stroke='#1f6feb' stroke-width='1.5'/>{''.join(dots)}</svg>"
     )
+
+
+def candidates_chart_svg(
+    rows: Sequence[tuple[str, Sequence[float]]],
+    best: tuple[str, float] | None,
+    x_label: str,
+    reference: tuple[str, float] | None = None,
+    width: int = 480,
+) -> str:
+    """One row per candidate (label, its trials' values) as dots on a shared axis, the `best`
+    (label, value) ringed; a `reference` (label, value) is a dashed line down the chart."""
+    values = [v for _, vs in rows for v in vs] + ([reference[1]] if reference else [])
+    if not values:
+        return ""
+    pad_l, pad_r, pad_t, row_h = 120, 16, 10, 22
+    height = pad_t + row_h * len(rows) + 30
+    x0, x1 = min(0.0, min(values)), max(values)
+    span = (x1 - x0) or 1.0
+
+    def px(v: float) -> float:
+        return round(pad_l + (v - x0) / span * (width - pad_l - pad_r), 1)
+
+    parts = []
+    for i, (label, vs) in enumerate(rows):
+        y = pad_t + row_h * i + row_h / 2
+        parts.append(
+            f"<text x='{pad_l - 6}' y='{y + 4}' text-anchor='end' font-size='11'>{escape(label)}</text>"
+        )
+        parts.append(f"<line x1='{pad_l}' y1='{y}' x2='{width - pad_r}' y2='{y}' stroke='#eee'/>")
+        for v in vs:
+            ring = best is not None and label == best[0] and v == best[1]
+            parts.append(
+                f"<circle cx='{px(v)}' cy='{y}' r='{6 if ring else 3}' fill='{'none' if ring else '#1f6feb'}' "
+                f"stroke='{'#d1242f' if ring else '#1f6feb'}' stroke-width='2'><title>{escape(label)}: "
+                f"{v:.4g}</title></circle>"
+            )
+    bottom = pad_t + row_h * len(rows)
+    parts.append(
+        f"<line x1='{pad_l}' y1='{bottom}' x2='{width - pad_r}' y2='{bottom}' stroke='#555'/>"
+        f"<text x='{pad_l}' y='{bottom + 14}' font-size='11'>{x0:.3g}</text>"
+        f"<text x='{width - pad_r}' y='{bottom + 14}' text-anchor='end' font-size='11'>{x1:.3g}</text>"
+        f"<text x='{(pad_l + width - pad_r) / 2}' y='{bottom + 26}' text-anchor='middle' "
+        f"font-size='11'>{escape(x_label)}</text>"
+    )
+    if reference:
+        rx = px(reference[1])
+        parts.append(
+            f"<line x1='{rx}' y1='{pad_t}' x2='{rx}' y2='{bottom}' stroke='#888' stroke-dasharray='4 3'/>"
+            f"<text x='{rx + 3}' y='{pad_t + 8}' font-size='11' fill='#555'>{escape(reference[0])} "
+            f"{reference[1]:.3g}</text>"
+        )
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
+        f"aria-label='{escape(x_label)} per candidate'>{''.join(parts)}</svg>"
+    )

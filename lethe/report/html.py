@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lethe.gates import oracle_audited
-from lethe.report.charts import steps_chart_svg
+from lethe.report.charts import candidates_chart_svg, steps_chart_svg
 from lethe.report.schema import (
     DISTANCE_NAMES,
     FEATURE_METRICS,
@@ -326,7 +326,7 @@ def _tune_table(tune: dict) -> str:
     """Every trial's alpha, lr and objective; the best one in bold."""
     best = tune.get("best", {}) or {}
     head = (
-        "<tr><th>trial</th><th>alpha</th><th>lr</th><th>objective</th><th>FD forget / oracle</th>"
+        "<tr><th>trial</th><th>method</th><th>alpha</th><th>lr</th><th>objective</th><th>FD forget / oracle</th>"
         "<th>FD retain / original</th><th>reports</th><th>status</th></tr>"
     )
     rows = []
@@ -335,6 +335,7 @@ def _tune_table(tune: dict) -> str:
     ):
         cells = [
             f"<td class='name'>{_e(t.get('trial_id'))}</td>",
+            f"<td class='name'>{_e(t.get('method', '-'))}</td>",
             f"<td>{_e(format_number(t.get('alpha')))}</td>",
             f"<td>{_e(format_number(t.get('lr')))}</td>",
             f"<td>{_e(format_number(t.get('objective')))}</td>",
@@ -358,10 +359,43 @@ def _tune_table(tune: dict) -> str:
         )
     )
     return (
-        f"<p>Objective (lower is better): <code>{_e(tune.get('objective', ''))}</code>, "
+        _method_choice(tune)
+        + f"<p>Objective (lower is better): <code>{_e(tune.get('objective', ''))}</code>, "
         f"w = {_e(tune.get('retain_weight', '-'))}, on held-out validation images. "
         f"Best: alpha {_e(format_number(best.get('alpha')))}, lr {_e(format_number(best.get('lr')))}.{_e(note)}</p>"
         f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _method_choice(tune: dict) -> str:
+    """method auto: the method chosen and why, and every trial's objective per method as a picture."""
+    sel = tune.get("selection") or {}
+    if not sel.get("auto"):
+        return ""
+    trials = tune.get("trials", [])
+    rows = [
+        (m, [t["objective"] for t in trials if t.get("method") == m and t.get("objective") is not None])
+        for m in sel.get("by_method", {})
+    ]
+    best = tune.get("best") or {}
+    source = (tune.get("baselines") or {}).get("source_objective")
+    chart = candidates_chart_svg(
+        rows,
+        (best.get("method"), best.get("objective")) if best.get("objective") is not None else None,
+        "validation objective (lower is better)",
+        ("doing nothing", source) if isinstance(source, int | float) else None,
+    )
+    budget = tune.get("budget") or {}
+    spent = (
+        f" The search took {format_number(budget.get('spent_s'))} s of its "
+        f"{format_number(budget.get('time_budget_s'))} s budget ({format_number(budget.get('frac'))} of the "
+        f"oracle's {format_number(budget.get('oracle_train_s'))} s training)."
+        if budget.get("time_budget_s")
+        else ""
+    )
+    return (
+        f"<p><b>method auto chose {_e(sel.get('chosen'))}</b>: {_e(sel.get('why'))}.{_e(spent)}</p>"
+        f"<div>{chart}</div>"
     )
 
 

@@ -297,6 +297,12 @@ def _validate_tune(tune: Mapping[str, Any], path: str) -> None:
         # None: the trial failed before reporting (its status says so); otherwise a finite number.
         if objective is not None:
             _finite(objective, f"{tp}.objective")
+    if "selection" in tune:  # method auto: which method the search chose, and why
+        sel = _mapping(tune["selection"], f"{path}.selection")
+        _str(sel, "chosen", f"{path}.selection")
+        _str(sel, "why", f"{path}.selection")
+        if sel.get("auto") and sel["chosen"] not in _mapping(_get(sel, "by_method", f"{path}.selection"), ""):
+            raise ValueError(f"{path}.selection.chosen: {sel['chosen']!r} is not among the searched methods")
     best_path = f"{path}.best"
     best = _mapping(_get(tune, "best", path), best_path)
     for key in ("alpha", "lr", "objective"):

@@ -106,6 +106,14 @@ def _checkpoint(report: Mapping[str, Any]) -> str | None:
     return None
 
 
+def method_line(report: Mapping[str, Any]) -> str | None:
+    """method auto: which method the search chose, among how many, and why."""
+    sel = (report.get("tune") or {}).get("selection") or {}
+    if not sel.get("auto"):
+        return None
+    return f"method auto: chose {sel.get('chosen')} among {len(sel.get('by_method') or {})} methods: {sel.get('why')}"
+
+
 def proxy_line(report: Mapping[str, Any]) -> str | None:
     """Says so when the unlearning loss saw a proxy retain set instead of the retain data."""
     proxy = (report.get("unlearn") or {}).get("proxy_retain")
@@ -125,12 +133,7 @@ def summary_lines(report: Mapping[str, Any], certificate: str | None = None) -> 
         f"{req.get('forget_count')} training images ({_what(req)}), kept {req.get('retain_count')}",
         *_table(report),
     ]
-    kept = _checkpoint(report)
-    if kept:
-        lines.append(kept)
-    proxy = proxy_line(report)
-    if proxy:
-        lines.append(proxy)
+    lines += [line for line in (method_line(report), _checkpoint(report), proxy_line(report)) if line]
     oracle = report.get("oracle") or {}
     if not oracle_audited(oracle):
         lines.append(f"oracle: none in this run ({oracle.get('reason')})")

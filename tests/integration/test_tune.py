@@ -1,5 +1,6 @@
-"""`lethe tune --preset smoke` finds an alpha with Ray Tune (ASHA, each trial a Ray Train run), and
-`lethe run --tune` unlearns with it and shows every trial's objective in report.json and report.html.
+"""`lethe tune --preset smoke` finds an alpha with Ray Tune (ASHA, each trial a Ray Train run),
+`lethe run --tune` unlearns with it and shows every trial's objective in report.json and report.html,
+and `lethe run --method auto` chooses the method too, runs it, and says which and why.
 """
 
 from __future__ import annotations
@@ -25,11 +26,20 @@ def _lethe(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LETHE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
 
 
-def test_tune_then_run_with_the_tuned_alpha(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tuned(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, list[str], subprocess.CompletedProcess[str]]:
+    """`lethe tune` alone on the smoke preset: it runs the steps it needs first (split, pretrain, oracle)."""
+    tmp_path = tmp_path_factory.mktemp("tune")
     work = tmp_path / "work"
     common = ["--preset", "smoke", "--dataset", "digits", "--forget-classes", "3", "--workdir", str(work)]
-    # Alone, `lethe tune` runs the steps it needs first (split, pretrain, oracle).
-    r = _lethe("tune", *common, cwd=tmp_path)
+    return work, common, _lethe("tune", *common, cwd=tmp_path)
+
+
+def test_tune_then_run_with_the_tuned_alpha(tuned) -> None:
+    work, common, r = tuned
+    tmp_path = work.parent
     assert r.returncode == 0, r.stderr[-4000:]
     best_path = Path(r.stdout.strip().splitlines()[-1])
     assert best_path == work / "tune" / "best.json"
@@ -65,3 +75,38 @@ def test_tune_then_run_with_the_tuned_alpha(tmp_path: Path) -> None:
     assert report["tune"]["best"]["trial_id"] == best["trial_id"] and "tune" in report["timing_s"]
     html = (work / "report" / "report.html").read_text()
     assert "Tuning (Ray Tune)" in html and all(t["trial_id"] in html for t in trials)
+
+
+def test_method_auto_chooses_the_method_runs_it_and_says_why(tuned) -> None:
+    work, common, _ = tuned
+    tmp_path = work.parent
+    methods = ["encoder_noise", "retain_label", "max_loss"]
+    conf = tmp_path / "auto.yaml"
+    conf.write_text("tune:\n  methods: [" + ", ".join(methods) + "]\n")
+    r = _lethe("run", *common, "--method", "auto", "--config", str(conf), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    result = json.loads((work / "tune" / "result.json").read_text())
+    trials, chosen = result["trials"], result["selection"]["chosen"]
+    assert sorted(t["method"] for t in trials) == sorted(methods)  # smoke: one trial per method
+    assert result["search"]["methods"] == methods and result["selection"]["auto"] is True
+    finished = [t for t in trials if t["status"] == "finished"]
+    assert chosen == result["best"]["method"] == min(finished, key=lambda t: t["objective"])["method"]
+    assert f"tune: method auto chose {chosen}" in r.stderr
+
+    report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    validate_report(report)
+    assert report["method"] == chosen and report["unlearn"]["tuned"] is True
+    assert math.isclose(report["unlearn"]["lr"], result["best"]["lr"])
+    assert f"method auto: chose {chosen} among 3 methods" in r.stdout + r.stderr
+    html = (work / "report" / "report.html").read_text()
+    assert f"method auto chose {chosen}" in html and "per candidate" in html
+    cert = json.loads((work / "certificate" / "certificate.json").read_text())
+    assert cert["method"]["name"] == chosen and cert["method"]["selection"]["methods"] == methods
+    with sqlite3.connect(work / "mlflow.db") as con:  # the newest version is this run's
+        tags = dict(
+            con.execute(
+                "select key, value from model_version_tags "
+                "where version = (select max(version) from model_version_tags)"
+            )
+        )
+    assert tags["lethe.method"] == chosen

@@ -1,0 +1,88 @@
+"""method auto: the tune step searches the image-to-image methods per request (each with its own
+alphas and learning rates, ASHA, within a share of the oracle's training time) and the later steps
+run, report and certify the method it chose.
+
+Why per request: a recipe tuned on one data set over-forgets or changes nothing on another (issue 14);
+the tune objective (distance to the oracle on validation images, plus a retain penalty) is what the
+gates judge, so the method that scores best on it is the one to run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lethe.catalogue import AUTO
+
+log = logging.getLogger("lethe")
+# The steps that act on the unlearned model: they take the method the unlearn step ran.
+AFTER_UNLEARN = ("evaluate", "promote", "cleanup")
+
+
+def searched_methods(cfg) -> tuple[str, ...]:
+    """The methods the tune step tries: tune.methods for method auto, else the configured one."""
+    return tuple(cfg.tune.methods) if cfg.method == AUTO else (cfg.method,)
+
+
+def search_budget(cfg, oracle: dict[str, Any]) -> dict[str, Any]:
+    """How long method auto's search may run: tune.budget_frac of the oracle's training wall time
+    (this run's, or the cached oracle's recorded one). No limit for a fixed method's tuning, with
+    budget_frac None, or when the oracle's training time is not known."""
+    frac = cfg.tune.budget_frac if cfg.method == AUTO else None
+    oracle_s = oracle.get("train_wall_s")
+    budget = {"frac": frac, "oracle_train_s": oracle_s, "time_budget_s": None}
+    if frac is None:
+        return budget
+    if not isinstance(oracle_s, int | float) or oracle_s <= 0:
+        log.warning("tune: the oracle's training time is not known; the search runs every trial")
+        return budget
+    budget["time_budget_s"] = round(frac * float(oracle_s), 3)
+    log.warning(
+        "tune: method auto searches %d methods for at most %.0f s (%.0f%% of the oracle's %.0f s)",
+        len(cfg.tune.methods),
+        budget["time_budget_s"],
+        100 * frac,
+        oracle_s,
+    )
+    return budget
+
+
+def method_choice(cfg, outcome, source: float | None) -> dict[str, Any]:
+    """What the search says of each method (its trials, its best objective) and why the chosen one
+    was chosen; `source`: what doing nothing scores on the same validation images."""
+    by_method: dict[str, dict[str, Any]] = {}
+    for m in searched_methods(cfg):
+        trials = [t for t in outcome.trials if t.method == m]
+        scored = [t for t in trials if t.objective is not None]
+        best = min(scored, key=lambda t: t.objective) if scored else None
+        by_method[m] = {
+            "trials": len(trials),
+            "scored": len(scored),
+            "best_objective": None if best is None else best.objective,
+            "best_trial": None if best is None else best.trial_id,
+        }
+    chosen = outcome.best
+    others = sorted(
+        (v["best_objective"], m) for m, v in by_method.items() if m != chosen.method and v["scored"]
+    )
+    why = f"lowest validation objective, {chosen.objective:.4g} (trial {chosen.trial_id}, {chosen.status})"
+    if others:
+        why += f"; next best {others[0][1]} at {others[0][0]:.4g}"
+    unscored = [m for m, v in by_method.items() if not v["scored"]]
+    if unscored:
+        why += f"; not scored within the budget: {', '.join(unscored)}"
+    if source is not None:
+        why += f"; doing nothing scores {source:.4g}"
+    return {"auto": cfg.method == AUTO, "chosen": chosen.method, "why": why, "by_method": by_method}
+
+
+def resolve_method(ctx, method: str | None = None) -> None:
+    """After the search, the run is a run of the method it chose: `ctx.cfg.method` becomes it: the
+    one given (the unlearn step: tune/best.json's), else the one the last unlearn step ran, else the
+    one the search chose. A no-op for a fixed method, and before the search has chosen (a run that
+    failed earlier is certified as method auto)."""
+    if ctx.cfg.method != AUTO:
+        return
+    method = method or ctx.state.unlearn.get("method") or (ctx.state.tune.get("best") or {}).get("method")
+    if method:
+        ctx.cfg = ctx.cfg.model_copy(update={"method": method})

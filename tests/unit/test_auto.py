@@ -1,0 +1,205 @@
+"""method auto (lethe.pipeline.auto): the configuration it needs, the search's time budget, the choice
+and why, and the later steps running the chosen method; the trial scores it chooses on
+(lethe.execution.tune) and how the choice is shown (summary, HTML picture, certificate)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from lethe.catalogue import I2I_METHODS
+from lethe.certificate import _selection
+from lethe.config import build_config
+from lethe.errors import ConfigError, LetheError
+from lethe.execution.tune import TrialOutcome, _best_trial, _trial_outcome
+from lethe.pipeline.auto import method_choice, resolve_method, search_budget, searched_methods
+from lethe.report.charts import candidates_chart_svg
+from lethe.report.html import _method_choice
+from lethe.report.summary import method_line
+
+
+def test_auto_is_a_search_over_the_image_to_image_methods() -> None:
+    cfg = build_config("smoke", overrides={"method": "auto"})
+    assert cfg.tune.enabled  # auto always tunes: the search is where the method comes from
+    assert searched_methods(cfg) == I2I_METHODS
+    assert cfg.tune.samples_per_method == 1 and cfg.tune.budget_frac is None  # the smoke preset's
+    fixed = build_config("smoke", overrides={"method": "max_loss"})
+    assert not fixed.tune.enabled and searched_methods(fixed) == ("max_loss",)
+    demo = build_config(
+        "demo", overrides={"method": "auto", "tune": {"methods": ["max_loss", "encoder_noise"]}}
+    )
+    assert searched_methods(demo) == ("max_loss", "encoder_noise") and demo.tune.budget_frac == 0.25
+
+
+@pytest.mark.parametrize(
+    ("over", "line"),
+    [
+        ({"tune": {"methods": ["encoder_noise", "forget_all"]}}, "tune.methods"),
+        ({"tune": {"methods": ["max_loss", "max_loss"]}}, "tune.methods"),
+        ({"tune": {"methods": []}}, "tune.methods"),
+        ({"family": "gan", "request": {"kind": "feature", "feature": "Trouser"}}, "method auto searches"),
+    ],
+)
+def test_bad_auto_settings_are_one_line(over: dict[str, Any], line: str) -> None:
+    with pytest.raises(ConfigError, match=line):
+        build_config("smoke", overrides={"method": "auto", **over})
+
+
+def test_the_budget_is_a_share_of_the_oracles_training_time() -> None:
+    auto = build_config("demo", overrides={"method": "auto"})
+    assert search_budget(auto, {"train_wall_s": 200.0}) == {
+        "frac": 0.25,
+        "oracle_train_s": 200.0,
+        "time_budget_s": 50.0,
+    }
+    # Unknown oracle time (no oracle trained in this run or recorded): no limit, and it says so.
+    assert search_budget(auto, {})["time_budget_s"] is None
+    # A fixed method's tuning keeps its trial count as its only bound.
+    fixed = build_config("demo", overrides={"tune": {"enabled": True}})
+    assert search_budget(fixed, {"train_wall_s": 200.0})["time_budget_s"] is None
+
+
+def _trial(tid: str, method: str, objective: float | None, status: str = "finished") -> TrialOutcome:
+    return TrialOutcome(tid, method, 0.2, 1e-3, objective, status, 4 if objective is not None else 0, 6, 3.0)
+
+
+@dataclass
+class _Outcome:
+    trials: list[TrialOutcome]
+    best: TrialOutcome = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.best = _best_trial(self.trials, "tune-x")
+
+
+def test_the_choice_is_the_lowest_objective_and_says_why() -> None:
+    cfg = build_config("smoke", overrides={"method": "auto", "tune": {"methods": list(I2I_METHODS[:3])}})
+    m1, m2, m3 = I2I_METHODS[:3]
+    outcome = _Outcome(
+        [
+            _trial("t1", m1, 0.40),
+            _trial("t2", m2, 0.10),
+            _trial("t3", m2, 0.05, "stopped_early"),  # stopped by ASHA: not comparable with finished ones
+            _trial("t4", m3, None, "not_started"),
+        ]
+    )
+    choice = method_choice(cfg, outcome, source=0.9)
+    assert choice["auto"] and choice["chosen"] == m2 and outcome.best.trial_id == "t2"
+    assert choice["by_method"][m2] == {"trials": 2, "scored": 2, "best_objective": 0.05, "best_trial": "t3"}
+    assert choice["by_method"][m3]["scored"] == 0
+    assert f"next best {m1} at 0.4" in choice["why"]
+    assert (
+        f"not scored within the budget: {m3}" in choice["why"] and "doing nothing scores 0.9" in choice["why"]
+    )
+
+
+def test_a_budget_that_scored_nothing_is_one_clear_error() -> None:
+    with pytest.raises(LetheError, match="no tuning trial reported within the search's time budget"):
+        _best_trial([_trial("t1", "max_loss", None, "not_started")], "tune-x")
+    with pytest.raises(LetheError, match="every tuning trial failed"):
+        _best_trial([TrialOutcome("t1", "max_loss", 0.2, 1e-3, None, "error", 0, 0, 1.0, error="E: x")], "t")
+
+
+def _result(objectives: list[float], method: str = "max_loss") -> Any:
+    df = pd.DataFrame({"objective": objectives, "step": [2 * (i + 1) for i in range(len(objectives))]})
+    return SimpleNamespace(
+        metrics={
+            "objective": objectives[-1],
+            "training_iteration": len(objectives),
+            "step": 2 * len(objectives),
+        },
+        metrics_dataframe=df,
+        config={"method": method, "alpha": 0.3, "lr": 1e-3},
+        error=None,
+        path="/x/trial_1",
+    )
+
+
+def test_a_trial_scores_its_best_report_when_the_unlearn_step_keeps_its_best_checkpoint() -> None:
+    res = _result([0.5, 0.2, 0.35])  # over-forgets after step 4: the kept checkpoint would be step 4
+    best = _trial_outcome(res, {"max_loss": 3}, score_best=True)
+    assert (best.objective, best.final_objective, best.best_step, best.status) == (0.2, 0.35, 4, "finished")
+    last = _trial_outcome(res, {"max_loss": 3}, score_best=False)
+    assert last.objective == 0.35 and last.best_step is None
+    assert _trial_outcome(_result([0.5]), {"max_loss": 3}, True).status == "stopped_early"
+
+
+def test_later_steps_run_report_and_certify_the_chosen_method() -> None:
+    auto = build_config("smoke", overrides={"method": "auto"})
+    ctx = SimpleNamespace(cfg=auto, state=SimpleNamespace(unlearn={}, tune={}))
+    resolve_method(ctx)
+    assert ctx.cfg.method == "auto"  # nothing chosen yet: a run that failed before is certified as auto
+    ctx.state.tune = {"best": {"method": "retain_label"}}
+    resolve_method(ctx)
+    assert ctx.cfg.method == "retain_label" and ctx.cfg.tune.enabled
+    ctx.cfg, ctx.state.unlearn = auto, {"method": "max_loss"}  # what the unlearn step ran wins
+    resolve_method(ctx)
+    assert ctx.cfg.method == "max_loss"
+    fixed = SimpleNamespace(cfg=build_config("smoke"), state=ctx.state)
+    resolve_method(fixed, "max_loss")
+    assert fixed.cfg.method == "encoder_noise"
+
+
+def _tune_report(auto: bool = True) -> dict[str, Any]:
+    trials = [
+        {
+            "trial_id": "t1",
+            "method": "max_loss",
+            "objective": 0.4,
+            "alpha": 0.1,
+            "lr": 1e-3,
+            "status": "finished",
+        },
+        {
+            "trial_id": "t2",
+            "method": "retain_label",
+            "objective": 0.1,
+            "alpha": 0.2,
+            "lr": 1e-3,
+            "status": "finished",
+        },
+    ]
+    return {
+        "method": "retain_label",
+        "tune": {
+            "trials": trials,
+            "best": trials[1],
+            "baselines": {"source_objective": 0.9},
+            "budget": {"frac": 0.25, "oracle_train_s": 200.0, "time_budget_s": 50.0, "spent_s": 48.0},
+            "selection": {
+                "auto": auto,
+                "chosen": "retain_label",
+                "why": "lowest validation objective, 0.1",
+                "by_method": {"max_loss": {}, "retain_label": {}},
+            },
+        },
+    }
+
+
+def test_the_choice_is_shown_in_words_and_as_a_picture() -> None:
+    report = _tune_report()
+    assert method_line(report) == (
+        "method auto: chose retain_label among 2 methods: lowest validation objective, 0.1"
+    )
+    html = _method_choice(report["tune"])
+    assert "method auto chose retain_label" in html and "50.0000 s budget" in html
+    assert html.count("<circle") == 2 and "r='6'" in html and "doing nothing" in html
+    assert _selection(report) == {
+        "methods": ["max_loss", "retain_label"],
+        "chosen": "retain_label",
+        "why": "lowest validation objective, 0.1",
+    }
+    fixed = _tune_report(auto=False)
+    assert method_line(fixed) is None and _method_choice(fixed["tune"]) == "" and _selection(fixed) is None
+
+
+def test_the_candidates_chart_rings_only_the_chosen_trial() -> None:
+    svg = candidates_chart_svg([("a", [0.3, 0.1]), ("b", [0.1])], ("b", 0.1), "objective")
+    assert svg.count("r='6'") == 1 and svg.count("<circle") == 3
+    ringed = svg[svg.index("r='6'") :]
+    assert "<title>b: 0.1</title>" in ringed.split("</circle>")[0]
+    assert candidates_chart_svg([], None, "objective") == ""
