@@ -1,6 +1,6 @@
 """The default `lethe run` on every real data set that can be had offline here (issue 14's suite).
 
-    python benchmarks/datasets.py [--only fashion-mnist,digits] [--preset demo]
+    python benchmarks/datasets.py [--only fashion-mnist,digits] [--preset demo] [--method auto]
                                   [--workdir runs/datasets] [--cache-dir DIR] [--out FILE]
 
 Per data set: one `lethe run` with the embedded defaults (demo preset, MAE, encoder_noise, forget one
@@ -84,7 +84,7 @@ def run_one(name: str, spec: str, forget: str, args: argparse.Namespace) -> dict
         sys.executable, "-m", "lethe.cli", "run", "--preset", args.preset, "--dataset", spec,
         "--forget-classes", forget, "--workdir", str(work), "--cache-dir", str(args.cache_dir),
         "--tracking-uri", f"sqlite:///{db}",
-    ]  # fmt: skip
+    ] + (["--method", args.method] if args.method else [])  # fmt: skip
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     log = work.parent / f"{name}.log"
     t0 = time.perf_counter()
@@ -132,6 +132,12 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         "kept_step": ck.get("step") if ck.get("kept") == "best" else "last",
         "last_step": ck.get("last_step"),
         "unlearn_over_oracle_wall": cost.get("wall"),
+        # method auto: the search's wall time over the oracle's training (its budget bounds it)
+        "tune_over_oracle_wall": (
+            report["timing_s"]["tune"] / cost["oracle_wall_s"]
+            if "tune" in report.get("timing_s", {}) and cost.get("oracle_wall_s")
+            else None
+        ),
         "oracle_wall_s": cost.get("oracle_wall_s"),
     }
 
@@ -142,18 +148,19 @@ def _f(v: Any, digits: int = 3) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = [
-        "data set", "forget", "verdict", "failed gates", "to oracle: orig -> unl (box)",
+        "data set", "forget", "method", "verdict", "failed gates", "to oracle: orig -> unl (box)",
         "fd_rel orig -> unl (outpaint)", "retain FD x (box / outpaint)", "kept step", "unlearn/oracle",
     ]  # fmt: skip
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append([r["dataset"], r["forget"], "error", r["error"], "", "", "", "", ""])
+            lines.append([r["dataset"], r["forget"], "", "error", r["error"], "", "", "", "", ""])
             continue
         lines.append(
             [
                 r["dataset"],
                 f"{r['forget']} ({r['forget_count']})",
+                r["method"],
                 r["verdict"],
                 ", ".join(r["failed_gates"]) or "-",
                 f"{_f(r['fd_rel_original'])} -> {_f(r['fd_rel_unlearned'])}"
@@ -173,6 +180,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(SUITE), help="comma-separated names of the suite")
     ap.add_argument("--preset", default="demo")
+    ap.add_argument("--method", default=None, help="every run's --method (default: lethe run's own)")
     ap.add_argument("--workdir", default=str(REPO / "runs" / "datasets"))
     ap.add_argument(
         "--cache-dir", default=None, help="model cache shared by the runs (default: WORKDIR/cache)"
