@@ -451,10 +451,12 @@ def _method_rows(method: Mapping[str, Any]) -> str:
 
 def _selection(report: Mapping[str, Any]) -> dict[str, Any] | None:
     """method auto's choice as the report's tune section records it; None for a fixed method."""
-    sel = (report.get("tune") or {}).get("selection") or {}
+    tune = report.get("tune") or {}
+    sel = tune.get("selection") or {}
     if not sel.get("auto"):
         return None
-    return {"methods": list(sel["by_method"]), "chosen": sel["chosen"], "why": sel["why"]}
+    methods = (tune.get("search") or {}).get("methods") or list(sel["by_method"])  # in the order searched
+    return {"methods": list(methods), "chosen": sel["chosen"], "why": sel["why"]}
 
 
 def _timestamp_rows(timestamps: Mapping[str, Any]) -> str:

@@ -375,7 +375,7 @@ def _method_choice(tune: dict) -> str:
     trials = tune.get("trials", [])
     rows = [
         (m, [t["objective"] for t in trials if t.get("method") == m and t.get("objective") is not None])
-        for m in sel.get("by_method", {})
+        for m in (tune.get("search") or {}).get("methods") or sel.get("by_method", {})
     ]
     best = tune.get("best") or {}
     source = (tune.get("baselines") or {}).get("source_objective")

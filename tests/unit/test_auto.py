@@ -169,6 +169,7 @@ def _tune_report(auto: bool = True) -> dict[str, Any]:
             "trials": trials,
             "best": trials[1],
             "baselines": {"source_objective": 0.9},
+            "search": {"methods": ["retain_label", "max_loss"]},  # the order searched, not sorted
             "budget": {"frac": 0.25, "oracle_train_s": 200.0, "time_budget_s": 50.0, "spent_s": 48.0},
             "selection": {
                 "auto": auto,
@@ -189,7 +190,7 @@ def test_the_choice_is_shown_in_words_and_as_a_picture() -> None:
     assert "method auto chose retain_label" in html and "50.0000 s budget" in html
     assert html.count("<circle") == 2 and "r='6'" in html and "doing nothing" in html
     assert _selection(report) == {
-        "methods": ["max_loss", "retain_label"],
+        "methods": ["retain_label", "max_loss"],
         "chosen": "retain_label",
         "why": "lowest validation objective, 0.1",
     }
