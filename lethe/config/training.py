@@ -178,7 +178,7 @@ class TuneConfig(_Strict):
     )
     samples_per_method: int = Field(2, ge=1, description="method auto: trials of each method")
     budget_frac: float | None = Field(
-        0.25,
+        0.5,
         gt=0,
         description="method auto: the search stops after this share of the oracle's training wall time "
         "(None: no time limit; every trial runs)",

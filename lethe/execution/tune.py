@@ -234,6 +234,7 @@ def run_tune(
     samples: int,  # trials per method
     time_budget_s: float | None,  # the whole search stops here (None: every trial runs)
     score_best: bool,  # a trial scores its best report (the unlearn step keeps its best checkpoint)
+    start: dict[str, float],  # {"alpha", "lr"}: every method's first trial (the configured settings)
     storage_path: str,
     name: str,
     seed: int,
@@ -259,7 +260,9 @@ def run_tune(
     where = _storage_kwargs(storage_path)
     tuner = tune.Tuner(
         trainable,
-        # Every method gets `samples` trials, each with its own random alpha and lr.
+        # Every method gets `samples` trials: the first at `start`, the others at their own random
+        # alpha and lr. Starting from the configured settings, the search can only end at a
+        # validation objective as good as doing what the configuration says, or better.
         param_space={
             "method": tune.grid_search(list(jobs)),
             "alpha": tune.loguniform(*t.alpha_range),
@@ -272,7 +275,9 @@ def run_tune(
             # Seeded: the same config draws the same alphas and learning rates. The concurrency
             # limit goes to the generator itself: Tune ignores TuneConfig(max_concurrent_trials)
             # when a BasicVariantGenerator is passed in.
-            search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=t.max_concurrent_trials),
+            search_alg=BasicVariantGenerator(
+                points_to_evaluate=[dict(start)], random_state=seed, max_concurrent=t.max_concurrent_trials
+            ),
             scheduler=ASHAScheduler(
                 time_attr="training_iteration",
                 max_t=max_iter,

@@ -32,7 +32,7 @@ def test_auto_is_a_search_over_the_image_to_image_methods() -> None:
     demo = build_config(
         "demo", overrides={"method": "auto", "tune": {"methods": ["max_loss", "encoder_noise"]}}
     )
-    assert searched_methods(demo) == ("max_loss", "encoder_noise") and demo.tune.budget_frac == 0.25
+    assert searched_methods(demo) == ("max_loss", "encoder_noise") and demo.tune.budget_frac == 0.5
 
 
 @pytest.mark.parametrize(
@@ -52,9 +52,9 @@ def test_bad_auto_settings_are_one_line(over: dict[str, Any], line: str) -> None
 def test_the_budget_is_a_share_of_the_oracles_training_time() -> None:
     auto = build_config("demo", overrides={"method": "auto"})
     assert search_budget(auto, {"train_wall_s": 200.0}) == {
-        "frac": 0.25,
+        "frac": 0.5,
         "oracle_train_s": 200.0,
-        "time_budget_s": 50.0,
+        "time_budget_s": 100.0,
     }
     # Unknown oracle time (no oracle trained in this run or recorded): no limit, and it says so.
     assert search_budget(auto, {})["time_budget_s"] is None
