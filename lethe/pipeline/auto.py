@@ -48,26 +48,42 @@ def search_budget(cfg, oracle: dict[str, Any]) -> dict[str, Any]:
 
 
 def method_choice(cfg, outcome, source: float | None) -> dict[str, Any]:
-    """What the search says of each method (its trials, its best objective) and why the chosen one
-    was chosen; `source`: what doing nothing scores on the same validation images."""
+    """What the search says of each method (its trials, its best objective, its best among trials
+    that ran their whole length) and why the chosen one was chosen; `source`: what doing nothing
+    scores on the same validation images."""
     by_method: dict[str, dict[str, Any]] = {}
     for m in searched_methods(cfg):
         trials = [t for t in outcome.trials if t.method == m]
         scored = [t for t in trials if t.objective is not None]
         best = min(scored, key=lambda t: t.objective) if scored else None
+        whole = [t.objective for t in scored if t.status == "finished"]
         by_method[m] = {
             "trials": len(trials),
             "scored": len(scored),
             "best_objective": None if best is None else best.objective,
             "best_trial": None if best is None else best.trial_id,
+            "best_finished_objective": min(whole) if whole else None,
         }
     chosen = outcome.best
-    others = sorted(
-        (v["best_objective"], m) for m, v in by_method.items() if m != chosen.method and v["scored"]
-    )
     why = f"lowest validation objective, {chosen.objective:.4g} (trial {chosen.trial_id}, {chosen.status})"
-    if others:
-        why += f"; next best {others[0][1]} at {others[0][0]:.4g}"
+    others = {m: v for m, v in by_method.items() if m != chosen.method}
+    finished = sorted(
+        (v["best_finished_objective"], m)
+        for m, v in others.items()
+        if v["best_finished_objective"] is not None
+    )
+    if finished:
+        why += f"; next best that ran its whole length: {finished[0][1]} at {finished[0][0]:.4g}"
+    # ASHA compares trials at equal lengths: a lower score of a trial stopped early does not count.
+    cut = [
+        f"{m} at {v['best_objective']:.4g}"
+        for m, v in others.items()
+        if v["best_finished_objective"] is None
+        and v["best_objective"] is not None
+        and v["best_objective"] < chosen.objective  # type: ignore[operator]
+    ]
+    if cut:
+        why += f"; lower but stopped before its end (ASHA or the budget): {', '.join(cut)}"
     unscored = [m for m, v in by_method.items() if not v["scored"]]
     if unscored:
         why += f"; not scored within the budget: {', '.join(unscored)}"

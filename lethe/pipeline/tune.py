@@ -28,7 +28,7 @@ from lethe.pipeline.params import numeric
 from lethe.pipeline.validation import load_models, selection_unavailable, validation_payload
 
 log = logging.getLogger("lethe")
-REPORTS = 4  # each trial reports its validation objective at least this many times
+REPORTS = 4  # a trial that is not scored like a kept checkpoint reports at least this many times
 
 
 def _search(ctx: Context, man, arch, teacher, payload: dict[str, Any], key: str, budget_s: float | None):
@@ -42,6 +42,7 @@ def _search(ctx: Context, man, arch, teacher, payload: dict[str, Any], key: str,
     # Trials share the machine: split the cores between the workers that run at once.
     running = t.max_concurrent_trials * t.workers_per_trial
     threads = cfg.resources.torch_threads or max(1, (os.cpu_count() or 2) // running)
+    score_best = selection_unavailable(cfg, man) is None
     jobs, totals = {}, {}
     for method in searched_methods(cfg):
         mcfg = cfg.model_copy(update={"method": method})
@@ -52,8 +53,11 @@ def _search(ctx: Context, man, arch, teacher, payload: dict[str, Any], key: str,
         # A multi-stage method (decouple_retain) runs up to the sum of its stage budgets: ASHA's
         # max_t must not stop a trial before its last stage. The tuned lr does not change them.
         totals[method] = sum(stage_budgets(job.to_config(), t.workers_per_trial).values())
-        # At least REPORTS reports a trial: ASHA's rungs, and the points a trial's best is taken from.
-        job.checkpoint_every = max(1, min(job.checkpoint_every, math.ceil(totals[method] / REPORTS)))
+        # Where a trial reports: ASHA's rungs, and the points its best is taken from. When the unlearn
+        # step keeps its best checkpoint, at the same steps it scores (every unlearn.eval_every), so a
+        # trial's score is what that run would keep; else at least REPORTS times.
+        every = u.eval_every if score_best else math.ceil(totals[method] / REPORTS)
+        job.checkpoint_every = max(1, min(job.checkpoint_every, every))
         jobs[method] = job
     # One read of the data for every trial: as many retain rows as the longest method draws.
     widest = max(jobs.values(), key=lambda j: retain_rows(j, t.workers_per_trial))
@@ -67,7 +71,7 @@ def _search(ctx: Context, man, arch, teacher, payload: dict[str, Any], key: str,
         total_steps=totals,
         samples=t.samples_per_method if cfg.method == AUTO else t.num_samples,
         time_budget_s=budget_s,
-        score_best=selection_unavailable(cfg, man) is None,
+        score_best=score_best,
         start={"alpha": u.alpha, "lr": u.lr},
         storage_path=ctx.lay.ray_storage_uri,
         name=f"tune-{key}",

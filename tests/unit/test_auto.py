@@ -89,12 +89,30 @@ def test_the_choice_is_the_lowest_objective_and_says_why() -> None:
     )
     choice = method_choice(cfg, outcome, source=0.9)
     assert choice["auto"] and choice["chosen"] == m2 and outcome.best.trial_id == "t2"
-    assert choice["by_method"][m2] == {"trials": 2, "scored": 2, "best_objective": 0.05, "best_trial": "t3"}
+    assert choice["by_method"][m2] == {
+        "trials": 2,
+        "scored": 2,
+        "best_objective": 0.05,
+        "best_trial": "t3",
+        "best_finished_objective": 0.10,
+    }
     assert choice["by_method"][m3]["scored"] == 0
-    assert f"next best {m1} at 0.4" in choice["why"]
-    assert (
-        f"not scored within the budget: {m3}" in choice["why"] and "doing nothing scores 0.9" in choice["why"]
+    assert f"next best that ran its whole length: {m1} at 0.4" in choice["why"]
+    assert f"not scored within the budget: {m3}" in choice["why"]
+    assert "doing nothing scores 0.9" in choice["why"]
+    assert "stopped before its end" not in choice["why"]  # m2's own stopped trial is no other method
+
+
+def test_a_lower_score_of_a_method_stopped_early_is_named_but_not_chosen() -> None:
+    methods = ["retain_label", "decouple_retain"]
+    cfg = build_config("smoke", overrides={"method": "auto", "tune": {"methods": methods}})
+    outcome = _Outcome(
+        [_trial("t1", "retain_label", 0.30), _trial("t2", "decouple_retain", 0.24, "stopped_early")]
     )
+    choice = method_choice(cfg, outcome, source=None)
+    assert choice["chosen"] == "retain_label"
+    assert "lower but stopped before its end (ASHA or the budget): decouple_retain at 0.24" in choice["why"]
+    assert "next best" not in choice["why"] and "doing nothing" not in choice["why"]
 
 
 def test_a_budget_that_scored_nothing_is_one_clear_error() -> None:
