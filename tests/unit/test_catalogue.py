@@ -44,8 +44,11 @@ def test_names_partition_into_kinds() -> None:
         assert catalogue.methods_for(f) == (FEATURE_METHODS if f in GENERATOR_FAMILIES else I2I_METHODS)
     with pytest.raises(ValueError, match="unknown family 'gpt'; expected one of mae, "):
         catalogue.family_kind("gpt")
-    with pytest.raises(ValueError, match="unknown method 'nope'; expected one of encoder_noise, "):
+    with pytest.raises(ValueError, match="unknown method 'nope'; expected auto or one of encoder_noise, "):
         catalogue.check_method("nope")
+    assert (
+        catalogue.check_method(catalogue.AUTO) == "auto" and "auto" not in METHODS
+    )  # a search, not a method
 
 
 def test_request_kinds_are_the_configs() -> None:
@@ -78,7 +81,8 @@ def names_of(dest: str) -> tuple[str, ...]:
     return {"family": FAMILIES, "method": METHODS}[dest]
 
 
-@pytest.mark.parametrize(("dest", "names"), [("family", FAMILIES), ("method", METHODS)])
+# --method also takes auto: the tune step chooses the method (lethe.pipeline.auto)
+@pytest.mark.parametrize(("dest", "names"), [("family", FAMILIES), ("method", (*METHODS, catalogue.AUTO))])
 def test_cli_offers_exactly_the_catalogue(dest: str, names: tuple[str, ...]) -> None:
     from lethe.cli import parser
 
@@ -106,7 +110,7 @@ def test_config_accepts_each_family_with_its_methods_only(family: str) -> None:
             {"family": "gpt"},
             "unknown family 'gpt'; expected one of " + ", ".join(FAMILIES) + ", or a plug-in",
         ),
-        ({"method": "nope"}, "unknown method 'nope'; expected one of " + ", ".join(METHODS)),
+        ({"method": "nope"}, "unknown method 'nope'; expected auto or one of " + ", ".join(METHODS)),
     ],
 )
 def test_config_refuses_other_names(over: dict, message: str) -> None:
