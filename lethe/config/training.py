@@ -172,7 +172,7 @@ class TuneConfig(_Strict):
         False,
         description="`lethe run` tunes first and unlearns with the best config (always on for method auto)",
     )
-    # method auto: the methods searched, each with its own random alphas and learning rates.
+    # method auto: the methods searched; each starts at the configured alpha / lr, then random ones.
     methods: tuple[str, ...] = Field(
         I2I_METHODS, min_length=1, description="method auto: the image-to-image methods it chooses among"
     )

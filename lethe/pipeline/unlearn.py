@@ -1,6 +1,6 @@
 """unlearn: the configured method (method auto: the one the tune step chose) from the original model
-(Ray Train), with the tuned alpha and lr when tuning is on. Same request, recipe, settings and original => same Ray run: a re-run resumes
-the crashed run or returns the finished one."""
+(Ray Train), with the tuned alpha and lr when tuning is on. Same request, recipe, settings and
+original => same Ray run: a re-run resumes the crashed run or returns the finished one."""
 
 from __future__ import annotations
 
