@@ -42,8 +42,8 @@ class TrialOutcome:
     fd_forget_vs_oracle: float | None = None
     fd_retain_vs_original: float | None = None
     error: str | None = None
-    # score_best: `objective` is the trial's best report (the unlearn step keeps its best checkpoint
-    # too); its last report is here, and the step it was best at.
+    # score_best: `objective` and the FD figures are those of the trial's best report (the unlearn
+    # step keeps its best checkpoint too); its last report's objective is here, and the best's step.
     final_objective: float | None = None
     best_step: int | None = None
 
@@ -154,13 +154,12 @@ def _storage_kwargs(storage_path: str) -> dict[str, Any]:
     return where
 
 
-def _best_report(res: Any) -> tuple[float | None, int | None]:
-    """The lowest objective among a trial's reports, and its step."""
+def _best_report(res: Any) -> dict[str, Any] | None:
+    """The report (a row of the trial's metrics) with the lowest objective; None: none scored."""
     df = res.metrics_dataframe
     if df is None or METRIC not in df or df[METRIC].dropna().empty:
-        return None, None
-    row = df.loc[df[METRIC].astype(float).idxmin()]
-    return _num(row[METRIC]), (int(row["step"]) if "step" in row and _num(row["step"]) is not None else None)
+        return None
+    return dict(df.loc[df[METRIC].astype(float).idxmin()])
 
 
 def _trial_outcome(res: Any, max_iters: dict[str, int], score_best: bool) -> TrialOutcome:
@@ -168,8 +167,10 @@ def _trial_outcome(res: Any, max_iters: dict[str, int], score_best: bool) -> Tri
     m = dict(res.metrics or {})
     iters = int(m.get("training_iteration", 0) or 0)
     final = _num(m.get(METRIC))
-    best, best_step = _best_report(res) if score_best else (final, None)
-    objective = final if best is None else best
+    best = _best_report(res) if score_best else None
+    # The figures of the report the trial is scored by: its best one (score_best), else its last.
+    at = m if best is None else best
+    objective = _num(at.get(METRIC))
     method = str(res.config["method"])
     if res.error is not None:
         status = "error"
@@ -193,13 +194,13 @@ def _trial_outcome(res: Any, max_iters: dict[str, int], score_best: bool) -> Tri
         iterations=iters,
         steps=int(m.get("step", 0) or 0),
         wall_s=float(m.get("time_total_s", 0.0) or 0.0),
-        fd_forget=_num(m.get("fd_forget")),
-        fd_retain=_num(m.get("fd_retain")),
-        fd_forget_vs_oracle=_num(m.get("fd_forget_vs_oracle")),
-        fd_retain_vs_original=_num(m.get("fd_retain_vs_original")),
+        fd_forget=_num(at.get("fd_forget")),
+        fd_retain=_num(at.get("fd_retain")),
+        fd_forget_vs_oracle=_num(at.get("fd_forget_vs_oracle")),
+        fd_retain_vs_original=_num(at.get("fd_retain_vs_original")),
         error=err,
         final_objective=final,
-        best_step=best_step,
+        best_step=None if best is None or _num(best.get("step")) is None else int(best["step"]),
     )
 
 

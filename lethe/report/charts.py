@@ -67,19 +67,20 @@ def steps_chart_svg(
 
 
 def candidates_chart_svg(
-    rows: Sequence[tuple[str, Sequence[float]]],
+    rows: Sequence[tuple[str, Sequence[tuple[float, bool]]]],
     best: tuple[str, float] | None,
     x_label: str,
     reference: tuple[str, float] | None = None,
-    width: int = 480,
+    width: int = 520,
 ) -> str:
-    """One row per candidate (label, its trials' values) as dots on a shared axis, the `best`
-    (label, value) ringed; a `reference` (label, value) is a dashed line down the chart."""
-    values = [v for _, vs in rows for v in vs] + ([reference[1]] if reference else [])
+    """One row per candidate: (label, its trials as (value, ran its whole length)) as dots on a shared
+    axis, trials stopped before their end in grey, the `best` (label, value) ringed; a `reference`
+    (label, value) is a dashed line down the chart."""
+    values = [v for _, vs in rows for v, _ in vs] + ([reference[1]] if reference else [])
     if not values:
         return ""
-    pad_l, pad_r, pad_t, row_h = 120, 16, 10, 22
-    height = pad_t + row_h * len(rows) + 30
+    pad_l, pad_r, pad_t, row_h = 120, 16, 22, 22
+    height = pad_t + row_h * len(rows) + 44
     x0, x1 = min(0.0, min(values)), max(values)
     span = (x1 - x0) or 1.0
 
@@ -93,12 +94,13 @@ def candidates_chart_svg(
             f"<text x='{pad_l - 6}' y='{y + 4}' text-anchor='end' font-size='11'>{escape(label)}</text>"
         )
         parts.append(f"<line x1='{pad_l}' y1='{y}' x2='{width - pad_r}' y2='{y}' stroke='#eee'/>")
-        for v in vs:
+        for v, whole in vs:
             ring = best is not None and label == best[0] and v == best[1]
+            colour = "#1f6feb" if whole else "#999"
             parts.append(
-                f"<circle cx='{px(v)}' cy='{y}' r='{6 if ring else 3}' fill='{'none' if ring else '#1f6feb'}' "
-                f"stroke='{'#d1242f' if ring else '#1f6feb'}' stroke-width='2'><title>{escape(label)}: "
-                f"{v:.4g}</title></circle>"
+                f"<circle cx='{px(v)}' cy='{y}' r='{6 if ring else 3}' fill='{'none' if ring else colour}' "
+                f"stroke='{'#d1242f' if ring else colour}' stroke-width='2'><title>{escape(label)}: "
+                f"{v:.4g}{'' if whole else ' (stopped before its end)'}</title></circle>"
             )
     bottom = pad_t + row_h * len(rows)
     parts.append(
@@ -107,13 +109,17 @@ def candidates_chart_svg(
         f"<text x='{width - pad_r}' y='{bottom + 14}' text-anchor='end' font-size='11'>{x1:.3g}</text>"
         f"<text x='{(pad_l + width - pad_r) / 2}' y='{bottom + 26}' text-anchor='middle' "
         f"font-size='11'>{escape(x_label)}</text>"
+        f"<text x='8' y='{bottom + 40}' font-size='11' fill='#555'>blue: ran its whole length; "
+        "grey: stopped early (ASHA or the budget); ringed: chosen</text>"
     )
     if reference:
         rx = px(reference[1])
+        # The label sits on the side of the line with room for it.
+        anchor, tx = ("end", rx - 3) if rx > (pad_l + width) / 2 else ("start", rx + 3)
         parts.append(
-            f"<line x1='{rx}' y1='{pad_t}' x2='{rx}' y2='{bottom}' stroke='#888' stroke-dasharray='4 3'/>"
-            f"<text x='{rx + 3}' y='{pad_t + 8}' font-size='11' fill='#555'>{escape(reference[0])} "
-            f"{reference[1]:.3g}</text>"
+            f"<line x1='{rx}' y1='{pad_t - 4}' x2='{rx}' y2='{bottom}' stroke='#888' stroke-dasharray='4 3'/>"
+            f"<text x='{tx}' y='{pad_t - 8}' text-anchor='{anchor}' font-size='11' fill='#555'>"
+            f"{escape(reference[0])} {reference[1]:.3g}</text>"
         )
     return (
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "

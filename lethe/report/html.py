@@ -374,7 +374,14 @@ def _method_choice(tune: dict) -> str:
         return ""
     trials = tune.get("trials", [])
     rows = [
-        (m, [t["objective"] for t in trials if t.get("method") == m and t.get("objective") is not None])
+        (
+            m,
+            [
+                (t["objective"], t.get("status") == "finished")
+                for t in trials
+                if t.get("method") == m and t.get("objective") is not None
+            ],
+        )
         for m in (tune.get("search") or {}).get("methods") or sel.get("by_method", {})
     ]
     best = tune.get("best") or {}
@@ -387,10 +394,9 @@ def _method_choice(tune: dict) -> str:
     )
     budget = tune.get("budget") or {}
     spent = (
-        f" The search took {format_number(budget.get('spent_s'))} s of its "
-        f"{format_number(budget.get('time_budget_s'))} s budget ({format_number(budget.get('frac'))} of the "
-        f"oracle's {format_number(budget.get('oracle_train_s'))} s training)."
-        if budget.get("time_budget_s")
+        f" The search took {budget['spent_s']:.0f} s; its budget was {budget['time_budget_s']:.0f} s "
+        f"({budget['frac']:.0%} of the oracle's {budget['oracle_train_s']:.0f} s training)."
+        if budget.get("time_budget_s") and budget.get("spent_s") is not None
         else ""
     )
     return (

@@ -5,6 +5,7 @@ and why, and the later steps running the chosen method; the trial scores it choo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from html import escape
 from types import SimpleNamespace
 from typing import Any
 
@@ -123,7 +124,13 @@ def test_a_budget_that_scored_nothing_is_one_clear_error() -> None:
 
 
 def _result(objectives: list[float], method: str = "max_loss") -> Any:
-    df = pd.DataFrame({"objective": objectives, "step": [2 * (i + 1) for i in range(len(objectives))]})
+    df = pd.DataFrame(
+        {
+            "objective": objectives,
+            "step": [2 * (i + 1) for i in range(len(objectives))],
+            "fd_forget_vs_oracle": [1.0 + v for v in objectives],
+        }
+    )
     return SimpleNamespace(
         metrics={
             "objective": objectives[-1],
@@ -141,6 +148,7 @@ def test_a_trial_scores_its_best_report_when_the_unlearn_step_keeps_its_best_che
     res = _result([0.5, 0.2, 0.35])  # over-forgets after step 4: the kept checkpoint would be step 4
     best = _trial_outcome(res, {"max_loss": 3}, score_best=True)
     assert (best.objective, best.final_objective, best.best_step, best.status) == (0.2, 0.35, 4, "finished")
+    assert best.fd_forget_vs_oracle == 1.2  # the FD figures are the best report's too, not the last one's
     last = _trial_outcome(res, {"max_loss": 3}, score_best=False)
     assert last.objective == 0.35 and last.best_step is None
     assert _trial_outcome(_result([0.5]), {"max_loss": 3}, True).status == "stopped_early"
@@ -205,7 +213,8 @@ def test_the_choice_is_shown_in_words_and_as_a_picture() -> None:
         "method auto: chose retain_label among 2 methods: lowest validation objective, 0.1"
     )
     html = _method_choice(report["tune"])
-    assert "method auto chose retain_label" in html and "50.0000 s budget" in html
+    assert "method auto chose retain_label" in html
+    assert escape("The search took 48 s; its budget was 50 s (25% of the oracle's 200 s training).") in html
     assert html.count("<circle") == 2 and "r='6'" in html and "doing nothing" in html
     assert _selection(report) == {
         "methods": ["retain_label", "max_loss"],
@@ -217,8 +226,11 @@ def test_the_choice_is_shown_in_words_and_as_a_picture() -> None:
 
 
 def test_the_candidates_chart_rings_only_the_chosen_trial() -> None:
-    svg = candidates_chart_svg([("a", [0.3, 0.1]), ("b", [0.1])], ("b", 0.1), "objective")
+    svg = candidates_chart_svg(
+        [("a", [(0.3, True), (0.1, False)]), ("b", [(0.1, True)])], ("b", 0.1), "objective"
+    )
     assert svg.count("r='6'") == 1 and svg.count("<circle") == 3
     ringed = svg[svg.index("r='6'") :]
     assert "<title>b: 0.1</title>" in ringed.split("</circle>")[0]
+    assert "<title>a: 0.1 (stopped before its end)</title>" in svg and svg.count("fill='#999'") == 1
     assert candidates_chart_svg([], None, "objective") == ""
