@@ -183,6 +183,12 @@ class TuneConfig(_Strict):
         description="method auto: the search stops after this share of the oracle's training wall time "
         "(None: no time limit; every trial runs)",
     )
+    min_budget_s: float = Field(
+        60.0,
+        ge=0,
+        description="method auto: the search's budget is at least this (a trial's start-up alone takes "
+        "seconds, so a share of an oracle trained in seconds would run nothing)",
+    )
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: int = Field(2, ge=1)
     cpus_per_trial: float = Field(

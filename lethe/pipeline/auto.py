@@ -26,8 +26,8 @@ def searched_methods(cfg) -> tuple[str, ...]:
 
 def search_budget(cfg, oracle: dict[str, Any]) -> dict[str, Any]:
     """How long method auto's search may run: tune.budget_frac of the oracle's training wall time
-    (this run's, or the cached oracle's recorded one). No limit for a fixed method's tuning, with
-    budget_frac None, or when the oracle's training time is not known."""
+    (this run's, or the cached oracle's recorded one), and at least tune.min_budget_s. No limit for a
+    fixed method's tuning, with budget_frac None, or when the oracle's training time is not known."""
     frac = cfg.tune.budget_frac if cfg.method == AUTO else None
     oracle_s = oracle.get("train_wall_s")
     budget = {"frac": frac, "oracle_train_s": oracle_s, "time_budget_s": None}
@@ -36,13 +36,14 @@ def search_budget(cfg, oracle: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(oracle_s, int | float) or oracle_s <= 0:
         log.warning("tune: the oracle's training time is not known; the search runs every trial")
         return budget
-    budget["time_budget_s"] = round(frac * float(oracle_s), 3)
+    budget["time_budget_s"] = round(max(frac * float(oracle_s), cfg.tune.min_budget_s), 3)
     log.warning(
-        "tune: method auto searches %d methods for at most %.0f s (%.0f%% of the oracle's %.0f s)",
+        "tune: method auto searches %d methods for at most %.0f s (%.0f%% of the oracle's %.0f s, at least %.0f s)",
         len(cfg.tune.methods),
         budget["time_budget_s"],
         100 * frac,
         oracle_s,
+        cfg.tune.min_budget_s,
     )
     return budget
 

@@ -57,6 +57,8 @@ def test_the_budget_is_a_share_of_the_oracles_training_time() -> None:
         "oracle_train_s": 200.0,
         "time_budget_s": 100.0,
     }
+    # An oracle trained in seconds (a small data set): the floor, or no trial would even start.
+    assert search_budget(auto, {"train_wall_s": 13.0})["time_budget_s"] == 60.0
     # Unknown oracle time (no oracle trained in this run or recorded): no limit, and it says so.
     assert search_budget(auto, {})["time_budget_s"] is None
     # A fixed method's tuning keeps its trial count as its only bound.
