@@ -262,8 +262,8 @@ def run_tune(
     tuner = tune.Tuner(
         trainable,
         # Every method gets `samples` trials: the first at `start`, the others at their own random
-        # alpha and lr. Starting from the configured settings, the search can only end at a
-        # validation objective as good as doing what the configuration says, or better.
+        # alpha and lr. The configured settings are thus always among the first trials: a search cut
+        # short by its budget has still tried what the configuration says.
         param_space={
             "method": tune.grid_search(list(jobs)),
             "alpha": tune.loguniform(*t.alpha_range),
