@@ -21,6 +21,7 @@ from typing import Any
 
 from lethe.gates import oracle_audited
 from lethe.report.schema import FORBIDDEN_KEYS, atomic_write_bytes
+from lethe.report.summary import method_selection
 
 KIND = "lethe.unlearning-certificate"
 VERSION = 1
@@ -294,7 +295,7 @@ def build_certificate(
             # a proxy retain set stood in for the retain data in the unlearning loss (name, count)
             "proxy_retain": (report.get("unlearn") or {}).get("proxy_retain"),
             # method auto: the methods searched on validation images, and why this one was chosen
-            "selection": _selection(report),
+            "selection": method_selection(report),
         },
         "metrics": metrics,
         "oracle": _oracle(state, report),
@@ -447,16 +448,6 @@ def _method_rows(method: Mapping[str, Any]) -> str:
         + [(f"hp.{k}", v) for k, v in method["hyperparameters"].items()]
         + kept
     )
-
-
-def _selection(report: Mapping[str, Any]) -> dict[str, Any] | None:
-    """method auto's choice as the report's tune section records it; None for a fixed method."""
-    tune = report.get("tune") or {}
-    sel = tune.get("selection") or {}
-    if not sel.get("auto"):
-        return None
-    methods = (tune.get("search") or {}).get("methods") or list(sel["by_method"])  # in the order searched
-    return {"methods": list(methods), "chosen": sel["chosen"], "why": sel["why"]}
 
 
 def _timestamp_rows(timestamps: Mapping[str, Any]) -> str:

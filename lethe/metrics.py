@@ -261,19 +261,28 @@ def unlearning_objective(
     fd_retain: float,
     fd_retain_original: float,
     retain_weight: float = 1.0,
+    psnr_drop_db: float | None = None,
+    psnr_weight: float = 1.0,
 ) -> float:
     """Tuning objective, lower is better (0: forgets like the oracle, retain as good as the original).
 
     |log(FD_forget / FD_forget_oracle)| + retain_weight * max(0, FD_retain / FD_retain_original - 1)
+    + psnr_weight * max(0, 10^(psnr_drop_db / 10) - 1)
 
     The first term is symmetric in log space: forgetting less than the oracle (the model still
     reconstructs the forget class) and more than the oracle (over-forgetting, Varshney & Torra 2025)
-    are both penalised. The second term only penalises retain damage, never improvement.
+    are both penalised. The retain terms only penalise damage, never improvement. The PSNR drop
+    (the original's retain PSNR minus the model's) enters as the pixel-error ratio it stands for,
+    10^(drop / 10), so both retain terms read "how much worse than the original, as a ratio - 1": the
+    feature distance alone misses a blurrier reconstruction that the retain PSNR gate refuses.
     """
     eps = 1e-12
     values = (fd_forget, fd_forget_oracle, fd_retain, fd_retain_original)
-    if not all(np.isfinite(v) for v in values):
+    if not all(np.isfinite(v) for v in values) or (
+        psnr_drop_db is not None and not np.isfinite(psnr_drop_db)
+    ):
         return float("inf")
     forget_term = abs(float(np.log(max(fd_forget, eps) / max(fd_forget_oracle, eps))))
     retain_term = max(0.0, max(fd_retain, 0.0) / max(fd_retain_original, eps) - 1.0)
-    return forget_term + retain_weight * retain_term
+    psnr_term = 0.0 if psnr_drop_db is None else max(0.0, 10.0 ** (psnr_drop_db / 10.0) - 1.0)
+    return forget_term + retain_weight * retain_term + psnr_weight * psnr_term

@@ -165,7 +165,8 @@ class TuneConfig(_Strict):
 
     Objective (lower is better), on held-out validation images disjoint from the evaluation ones:
     |log(FD_forget(unlearned) / FD_forget(oracle))| + retain_weight * max(0, FD_retain(unlearned) /
-    FD_retain(original) - 1).
+    FD_retain(original) - 1) + psnr_weight * max(0, 10^((PSNR_retain(original) - PSNR_retain(unlearned))
+    / 10) - 1).
     """
 
     enabled: bool = Field(
@@ -201,6 +202,11 @@ class TuneConfig(_Strict):
     grace_period: int = Field(1, ge=1, description="ASHA: evaluations a trial gets before it may be stopped")
     reduction_factor: int = Field(2, ge=2)
     retain_weight: float = Field(1.0, ge=0, description="w in the objective")
+    psnr_weight: float = Field(
+        1.0,
+        ge=0,
+        description="v in the objective: the retain PSNR drop, as the pixel-error ratio it stands for",
+    )
     val_forget: int = Field(200, ge=8, description="validation images from the end of heldout_forget")
     val_retain: int = Field(400, ge=8, description="validation images from the end of heldout_retain")
 

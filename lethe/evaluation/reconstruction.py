@@ -86,7 +86,7 @@ def features(featnet: nn.Module, x: torch.Tensor, bs: int = 500) -> np.ndarray:
 
 
 @torch.no_grad()
-def model_fd(
+def model_scores(
     model: nn.Module,
     featnet: nn.Module,
     x: torch.Tensor,
@@ -94,9 +94,10 @@ def model_fd(
     truth_feats: np.ndarray,
     bs: int = 500,
     kind: str = "box",
-) -> float:
+) -> tuple[float, float]:
     """FD between a model's centre-box inpaintings of x (kind "border": outpaintings of a border
-    `box_frac` of each side wide) and the features of x itself.
+    `box_frac` of each side wide) and the features of x itself, and the mean per-image PSNR of those
+    outputs against x (dB, as the retain PSNR gate measures it).
 
     Runs on the model's device (a Ray Train worker may hold it on a GPU); leaves the model in the
     train/eval mode it was in. Used for tuning, where it is computed many times on a small subset.
@@ -108,15 +109,16 @@ def model_fd(
     was_training = model.training
     model.eval()
     featnet.eval()
-    feats = []
+    feats, psnr = [], []
     try:
         for i in range(0, len(x), bs):
             xb = x[i : i + bs].to(device)
             out = model.inpaint(xb, masks.expand(mask, len(xb)))
             feats.append(featnet.features(out).cpu())
+            psnr.append(metrics.psnr_per_image(out, xb))
     finally:
         model.train(was_training)
-    return metrics.frechet_distance(torch.cat(feats).numpy(), truth_feats)
+    return metrics.frechet_distance(torch.cat(feats).numpy(), truth_feats), float(np.concatenate(psnr).mean())
 
 
 @dataclass

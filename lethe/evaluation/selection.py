@@ -1,5 +1,7 @@
 """Scoring a model on validation images, to choose among models (tuning trials, the checkpoints of
-one unlearning run): the tune objective under each mask the gates judge, averaged.
+one unlearning run): the tune objective under each mask the gates judge, the worst of them. Every
+mask's gates must pass for a promotion, so a model close to the oracle under one mask and far off under
+the other is worse than one moderately close under both (a mean would rank them the other way).
 
 Plain PyTorch / NumPy: it runs inside Ray Train workers. The payload (lethe.pipeline.validation)
 holds the validation images, their features, the feature net's output and the baselines per mask.
@@ -21,33 +23,49 @@ def masks_of(p: dict[str, Any]) -> list[str]:
     return [m for m, (frac, _) in MASKS.items() if p.get(frac) is not None]
 
 
-def _objective(p: dict[str, Any], prefix: str, fd_f: float, fd_r: float) -> float:
+def _objective(p: dict[str, Any], prefix: str, fd_f: float, fd_r: float, psnr_r: float | None) -> float:
+    # payloads without a PSNR baseline (psnr_r None) score FD only
+    base = p.get(f"{prefix}psnr_retain_original")
+    drop = None if psnr_r is None or base is None else base - psnr_r
     return unlearning_objective(
-        fd_f, p[f"{prefix}fd_forget_oracle"], fd_r, p[f"{prefix}fd_retain_original"], p["retain_weight"]
+        fd_f,
+        p[f"{prefix}fd_forget_oracle"],
+        fd_r,
+        p[f"{prefix}fd_retain_original"],
+        p["retain_weight"],
+        drop,
+        p.get("psnr_weight", 1.0),
     )
 
 
 def source_objective(p: dict[str, Any]) -> float:
     """What the untouched source scores (doing nothing), from the payload's baselines."""
-    parts = [
-        _objective(
-            p, MASKS[m][1], p[f"{MASKS[m][1]}fd_forget_original"], p[f"{MASKS[m][1]}fd_retain_original"]
+    parts = []
+    for m in masks_of(p):
+        pre = MASKS[m][1]
+        parts.append(
+            _objective(
+                p,
+                pre,
+                p[f"{pre}fd_forget_original"],
+                p[f"{pre}fd_retain_original"],
+                p.get(f"{pre}psnr_retain_original"),
+            )
         )
-        for m in masks_of(p)
-    ]
-    return sum(parts) / len(parts)
+    return max(parts)
 
 
 def validation_scores(model, featnet, p: dict[str, Any]) -> dict[str, float]:
-    """The objective of `model` (mean over the masks), the box's FD figures, and each mask's objective."""
-    from lethe.evaluation.reconstruction import model_fd
+    """The objective of `model` (the worst mask's), the box's FD figures and retain PSNR drop, and
+    each mask's objective."""
+    from lethe.evaluation.reconstruction import model_scores
 
     bs, out, parts = p["batch_size"], {}, []
     for m in masks_of(p):
         frac_key, prefix = MASKS[m]
-        fd_f = model_fd(model, featnet, p["x_forget"], p[frac_key], p["forget_feats"], bs, kind=m)
-        fd_r = model_fd(model, featnet, p["x_retain"], p[frac_key], p["retain_feats"], bs, kind=m)
-        parts.append(_objective(p, prefix, fd_f, fd_r))
+        fd_f, _ = model_scores(model, featnet, p["x_forget"], p[frac_key], p["forget_feats"], bs, kind=m)
+        fd_r, psnr_r = model_scores(model, featnet, p["x_retain"], p[frac_key], p["retain_feats"], bs, kind=m)
+        parts.append(_objective(p, prefix, fd_f, fd_r, psnr_r))
         out[f"objective_{m}"] = parts[-1]
         if m == "box":
             out.update(
@@ -56,4 +74,6 @@ def validation_scores(model, featnet, p: dict[str, Any]) -> dict[str, float]:
                 fd_forget_vs_oracle=fd_f / max(p["fd_forget_oracle"], 1e-12),
                 fd_retain_vs_original=fd_r / max(p["fd_retain_original"], 1e-12),
             )
-    return {"objective": sum(parts) / len(parts), **out}
+            if "psnr_retain_original" in p:
+                out["psnr_retain_drop"] = p["psnr_retain_original"] - psnr_r
+    return {"objective": max(parts), **out}

@@ -293,6 +293,7 @@ SCORE_KEYS = (
     "objective_border",
     "fd_forget_vs_oracle",
     "fd_retain_vs_original",
+    "psnr_retain_drop",
 )
 
 

@@ -21,8 +21,9 @@ log = logging.getLogger("lethe.tune")
 
 METRIC = "objective"
 OBJECTIVE_TEXT = (
-    "mean over the masks the gates judge (centre box; outpainting border when eval.outpaint) of "
+    "the worst over the masks the gates judge (centre box; outpainting border when eval.outpaint) of "
     "|log(FD_forget(unlearned) / FD_forget(oracle))| + w * max(0, FD_retain(unlearned) / FD_retain(original) - 1)"
+    " + v * max(0, 10^((PSNR_retain(original) - PSNR_retain(unlearned)) / 10) - 1)"
 )
 
 
@@ -41,6 +42,7 @@ class TrialOutcome:
     fd_retain: float | None = None
     fd_forget_vs_oracle: float | None = None
     fd_retain_vs_original: float | None = None
+    psnr_retain_drop: float | None = None  # dB below the original's retain PSNR (centre box)
     error: str | None = None
     # score_best: `objective` and the FD figures are those of the trial's best report (the unlearn
     # step keeps its best checkpoint too); its last report's objective is here, and the best's step.
@@ -54,6 +56,9 @@ class TuneOutcome:
     best: TrialOutcome
     wall_s: float
     max_iterations: int
+    # True: each trial's score is its best report, a checkpoint the unlearn step (keeping its best)
+    # reaches too, so a trial stopped early competes with the rest; False: its last report.
+    score_best: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -62,6 +67,7 @@ class TuneOutcome:
             "best": asdict(self.best),
             "wall_s": self.wall_s,
             "max_iterations": self.max_iterations,
+            "score_best": self.score_best,
             **self.extra,
         }
 
@@ -80,15 +86,20 @@ def _trial(
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lethe.execution.fit import fit
+    from lethe.execution.fit import fit, retain_rows
     from lethe.execution.job import TrainJob
 
     job = jobs[config["method"]]
     train_job = TrainJob(**{**job, "alpha": float(config["alpha"]), "lr": float(config["lr"])})
     trial_id = ray.tune.get_context().get_trial_id()
+    # The retain rows this method's own unlearning run reads (a prefix, in hash order, as
+    # unlearn_inputs reads them; `inputs` holds the widest method's): a batch depends on how many
+    # rows there are, so the trial then draws the unlearn step's batches, and its scores are the
+    # scores of the unlearn step's own checkpoints.
+    rows = retain_rows(train_job, fit_kwargs["num_workers"])
     fit(
         train_job,
-        inputs,
+        {**inputs, "retain": inputs["retain"][:rows]},
         name=f"{name}-{trial_id}",
         dest=None,
         teacher_state=teacher_state,
@@ -198,17 +209,21 @@ def _trial_outcome(res: Any, max_iters: dict[str, int], score_best: bool) -> Tri
         fd_retain=_num(at.get("fd_retain")),
         fd_forget_vs_oracle=_num(at.get("fd_forget_vs_oracle")),
         fd_retain_vs_original=_num(at.get("fd_retain_vs_original")),
+        psnr_retain_drop=_num(at.get("psnr_retain_drop")),
         error=err,
         final_objective=final,
         best_step=None if best is None or _num(best.get("step")) is None else int(best["step"]),
     )
 
 
-def _best_trial(trials: list[TrialOutcome], name: str) -> TrialOutcome:
-    # ASHA compares trials at equal budgets; a trial stopped early has a worse objective at its rung
-    # than the survivors had, so the best is picked among trials that ran the whole budget when any did.
+def _best_trial(trials: list[TrialOutcome], name: str, score_best: bool) -> TrialOutcome:
+    # Scored by its best report, a trial stopped early (by ASHA or the budget) ran the same first steps
+    # as the whole run would (same length, same schedule), and the unlearn step keeps its best
+    # checkpoint: its score is one the real run reaches, so every scored trial competes. Scored by its
+    # last report, a stopped trial's score is of a shorter run than the unlearn step makes: the best is
+    # picked among trials that ran their whole length when any did.
     scored = [x for x in trials if x.objective is not None]
-    complete = [x for x in scored if x.status == "finished"] or scored
+    complete = scored if score_best else [x for x in scored if x.status == "finished"] or scored
     if not complete:
         first = next((x.error for x in trials if x.error), None)
         if first is None and any(x.status == "not_started" for x in trials):
@@ -295,5 +310,5 @@ def run_tune(
 
     trials = [_trial_outcome(res, max_iters, score_best) for res in grid]
     trials.sort(key=lambda x: x.trial_id)
-    best = _best_trial(trials, name)
-    return TuneOutcome(trials=trials, best=best, wall_s=wall, max_iterations=max_iter)
+    best = _best_trial(trials, name, score_best)
+    return TuneOutcome(trials=trials, best=best, wall_s=wall, max_iterations=max_iter, score_best=score_best)

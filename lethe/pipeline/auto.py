@@ -24,6 +24,11 @@ def searched_methods(cfg) -> tuple[str, ...]:
     return tuple(cfg.tune.methods) if cfg.method == AUTO else (cfg.method,)
 
 
+def samples_per_method(cfg) -> int:
+    """Trials of each searched method: tune.samples_per_method for method auto, else tune.num_samples."""
+    return cfg.tune.samples_per_method if cfg.method == AUTO else cfg.tune.num_samples
+
+
 def search_budget(cfg, oracle: dict[str, Any]) -> dict[str, Any]:
     """How long method auto's search may run: tune.budget_frac of the oracle's training wall time
     (this run's, or the cached oracle's recorded one), and at least tune.min_budget_s. No limit for a
@@ -66,25 +71,41 @@ def method_choice(cfg, outcome, source: float | None) -> dict[str, Any]:
             "best_finished_objective": min(whole) if whole else None,
         }
     chosen = outcome.best
-    why = f"lowest validation objective, {chosen.objective:.4g} (trial {chosen.trial_id}, {chosen.status})"
     others = {m: v for m, v in by_method.items() if m != chosen.method}
-    finished = sorted(
-        (v["best_finished_objective"], m)
-        for m, v in others.items()
-        if v["best_finished_objective"] is not None
-    )
-    if finished:
-        why += f"; next best that ran its whole length: {finished[0][1]} at {finished[0][0]:.4g}"
-    # ASHA compares trials at equal lengths: a lower score of a trial stopped early does not count.
-    cut = [
-        f"{m} at {v['best_objective']:.4g}"
-        for m, v in others.items()
-        if v["best_finished_objective"] is None
-        and v["best_objective"] is not None
-        and v["best_objective"] < chosen.objective  # type: ignore[operator]
-    ]
-    if cut:
-        why += f"; lower but stopped before its end (ASHA or the budget): {', '.join(cut)}"
+    if getattr(outcome, "score_best", False):
+        # every scored trial competes: its score is a checkpoint the unlearn step reaches too
+        at = "" if chosen.best_step is None else f" at step {chosen.best_step}"
+        why = (
+            f"lowest validation objective of any trial's best checkpoint, {chosen.objective:.4g} "
+            f"(trial {chosen.trial_id}{at}, {chosen.status})"
+        )
+        ranked = sorted(
+            (v["best_objective"], m) for m, v in others.items() if v["best_objective"] is not None
+        )
+        if ranked:
+            why += f"; next best: {ranked[0][1]} at {ranked[0][0]:.4g}"
+    else:
+        why = (
+            f"lowest validation objective, {chosen.objective:.4g} (trial {chosen.trial_id}, {chosen.status})"
+        )
+        finished = sorted(
+            (v["best_finished_objective"], m)
+            for m, v in others.items()
+            if v["best_finished_objective"] is not None
+        )
+        if finished:
+            why += f"; next best that ran its whole length: {finished[0][1]} at {finished[0][0]:.4g}"
+        # scored by the last report, a trial stopped early ran a shorter unlearning than the
+        # unlearn step will: its lower score does not count
+        cut = [
+            f"{m} at {v['best_objective']:.4g}"
+            for m, v in others.items()
+            if v["best_finished_objective"] is None
+            and v["best_objective"] is not None
+            and v["best_objective"] < chosen.objective  # type: ignore[operator]
+        ]
+        if cut:
+            why += f"; lower but stopped before its end (ASHA or the budget): {', '.join(cut)}"
     unscored = [m for m, v in by_method.items() if not v["scored"]]
     if unscored:
         why += f"; not scored within the budget: {', '.join(unscored)}"

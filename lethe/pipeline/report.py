@@ -71,6 +71,7 @@ def tune_summary(result: dict[str, Any]) -> dict[str, Any]:
         "best",
         "objective",
         "retain_weight",
+        "psnr_weight",
         "scheduler",
         "search",
         "budget",

@@ -16,7 +16,7 @@ import torch
 from lethe import storage
 from lethe.catalogue import AUTO
 from lethe.evaluation.selection import source_objective
-from lethe.pipeline.auto import method_choice, search_budget, searched_methods
+from lethe.pipeline.auto import method_choice, samples_per_method, search_budget, searched_methods
 from lethe.pipeline.context import Context
 from lethe.pipeline.decouple import calibrate_decouple
 from lethe.pipeline.families import for_config
@@ -69,7 +69,7 @@ def _search(ctx: Context, man, arch, teacher, payload: dict[str, Any], key: str,
         eval_payload=payload,
         tune_cfg=t,
         total_steps=totals,
-        samples=t.samples_per_method if cfg.method == AUTO else t.num_samples,
+        samples=samples_per_method(cfg),
         time_budget_s=budget_s,
         score_best=score_best,
         start={"alpha": u.alpha, "lr": u.lr},
@@ -92,6 +92,7 @@ def _log_trials(ctx: Context, outcome) -> None:
                         "objective": trial.objective,
                         "fd_forget_vs_oracle": trial.fd_forget_vs_oracle,
                         "fd_retain_vs_original": trial.fd_retain_vs_original,
+                        "psnr_retain_drop": trial.psnr_retain_drop,
                         "iterations": trial.iterations,
                         "steps": trial.steps,
                         "trial_wall_s": trial.wall_s,
@@ -114,6 +115,7 @@ def _result_doc(
         "key": key,
         "objective": OBJECTIVE_TEXT,
         "retain_weight": t.retain_weight,
+        "psnr_weight": t.psnr_weight,
         "scheduler": {
             "kind": "ASHA",
             "time_attr": "training_iteration",
@@ -125,7 +127,7 @@ def _result_doc(
             "methods": methods,
             "alpha": {"low": t.alpha_range[0], "high": t.alpha_range[1], "scale": "log"},
             "lr": {"low": t.lr_range[0], "high": t.lr_range[1], "scale": "log"},
-            "num_samples": t.samples_per_method if ctx.cfg.method == AUTO else t.num_samples,
+            "num_samples": samples_per_method(ctx.cfg),
             "per": "method",
             # each method's first trial: the configured settings
             "start": {"alpha": ctx.cfg.unlearn.alpha, "lr": ctx.cfg.unlearn.lr},
@@ -177,7 +179,8 @@ def step_tune(ctx: Context) -> Path:
         budget["spent_s"] = round(outcome.wall_s, 3)
         _log_trials(ctx, outcome)
         best = outcome.best
-        baselines = {k: payload[k] for k in ("fd_forget_oracle", "fd_retain_original", "fd_forget_original")}
+        keys = ("fd_forget_oracle", "fd_retain_original", "fd_forget_original", "psnr_retain_original")
+        baselines = {k: payload[k] for k in keys}
         baselines["source_objective"] = source_objective(payload)
         result = _result_doc(ctx, outcome, key, validation, baselines, budget)
         best_doc = {

@@ -108,13 +108,14 @@ def evaluator_payload(
     bs: int,
     retain_weight: float,
     border_frac: float | None = None,
+    psnr_weight: float = 1.0,
 ) -> dict[str, Any]:
     """What the run's evaluator (lethe.evaluation.selection) needs: the validation images
     (N, C, H, W), their features, the feature net, and per mask (the centre box; the outpainting
     border when border_frac is given, as the gates judge both) the baselines the objective compares
-    with: the oracle's forget FD, the original's retain and forget FD. models: original, oracle,
-    featnet."""
-    from lethe.evaluation.reconstruction import features, model_fd
+    with: the oracle's forget FD, the original's retain and forget FD and its retain PSNR. models:
+    original, oracle, featnet."""
+    from lethe.evaluation.reconstruction import features, model_scores
 
     featnet = models["featnet"]
     feats_f, feats_r = features(featnet, x_f, bs), features(featnet, x_r, bs)
@@ -129,17 +130,18 @@ def evaluator_payload(
         "border_frac": border_frac,
         "batch_size": bs,
         "retain_weight": retain_weight,
+        "psnr_weight": psnr_weight,
     }
     for kind, frac, prefix in (("box", box_frac, ""), ("border", border_frac, "border_")):
         if frac is None:
             continue
-        fd = {
-            "fd_forget_oracle": (models["oracle"], x_f, feats_f),
-            "fd_retain_original": (models["original"], x_r, feats_r),
-            "fd_forget_original": (models["original"], x_f, feats_f),
-        }
-        for key, (model, x, feats) in fd.items():
-            payload[prefix + key] = model_fd(model, featnet, x, frac, feats, bs, kind=kind)
+        fd_r, psnr_r = model_scores(models["original"], featnet, x_r, frac, feats_r, bs, kind=kind)
+        payload[prefix + "fd_retain_original"], payload[prefix + "psnr_retain_original"] = fd_r, psnr_r
+        for key, model in (
+            ("fd_forget_oracle", models["oracle"]),
+            ("fd_forget_original", models["original"]),
+        ):
+            payload[prefix + key] = model_scores(model, featnet, x_f, frac, feats_f, bs, kind=kind)[0]
     return payload
 
 
@@ -158,7 +160,9 @@ def validation_payload(ctx: Context, man, models: dict[str, Any]) -> tuple[dict[
             seen=f"{len(x_f)} / {len(x_r)}",
         )
     border = e.outpaint_frac if e.outpaint else None
-    payload = evaluator_payload(models, x_f, x_r, e.box_frac, e.batch_size, t.retain_weight, border)
+    payload = evaluator_payload(
+        models, x_f, x_r, e.box_frac, e.batch_size, t.retain_weight, border, t.psnr_weight
+    )
     # Disjoint from the evaluated images by construction (held_back / evaluated).
     validation = {"forget_count": len(x_f), "retain_count": len(x_r), "disjoint_from_evaluation": True}
     return payload, validation

@@ -25,7 +25,7 @@ from lethe.report.schema import (
     oracle_gaps,
     validate_report,
 )
-from lethe.report.summary import proxy_line
+from lethe.report.summary import method_selection, proxy_line
 
 __all__ = ["write_html_report", "format_number", "GRID_CAPTIONS", "IDS_NOTICE"]
 
@@ -327,7 +327,7 @@ def _tune_table(tune: dict) -> str:
     best = tune.get("best", {}) or {}
     head = (
         "<tr><th>trial</th><th>method</th><th>alpha</th><th>lr</th><th>objective</th><th>FD forget / oracle</th>"
-        "<th>FD retain / original</th><th>reports</th><th>status</th></tr>"
+        "<th>FD retain / original</th><th>retain PSNR drop (dB)</th><th>reports</th><th>status</th></tr>"
     )
     rows = []
     for t in sorted(
@@ -341,6 +341,7 @@ def _tune_table(tune: dict) -> str:
             f"<td>{_e(format_number(t.get('objective')))}</td>",
             f"<td>{_e(format_number(t.get('fd_forget_vs_oracle')))}</td>",
             f"<td>{_e(format_number(t.get('fd_retain_vs_original')))}</td>",
+            f"<td>{_e(format_number(t.get('psnr_retain_drop')))}</td>",
             f"<td>{_e(t.get('iterations', '-'))}</td>",
             f"<td class='name'>{_e(t.get('status'))}</td>",
         ]
@@ -361,7 +362,8 @@ def _tune_table(tune: dict) -> str:
     return (
         _method_choice(tune)
         + f"<p>Objective (lower is better): <code>{_e(tune.get('objective', ''))}</code>, "
-        f"w = {_e(tune.get('retain_weight', '-'))}, on held-out validation images. "
+        f"w = {_e(tune.get('retain_weight', '-'))}, v = {_e(tune.get('psnr_weight', '-'))}, on held-out "
+        "validation images. "
         f"Best: alpha {_e(format_number(best.get('alpha')))}, lr {_e(format_number(best.get('lr')))}.{_e(note)}</p>"
         f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
     )
@@ -369,8 +371,8 @@ def _tune_table(tune: dict) -> str:
 
 def _method_choice(tune: dict) -> str:
     """method auto: the method chosen and why, and every trial's objective per method as a picture."""
-    sel = tune.get("selection") or {}
-    if not sel.get("auto"):
+    sel = method_selection({"tune": tune})
+    if sel is None:
         return ""
     trials = tune.get("trials", [])
     rows = [
@@ -382,7 +384,7 @@ def _method_choice(tune: dict) -> str:
                 if t.get("method") == m and t.get("objective") is not None
             ],
         )
-        for m in (tune.get("search") or {}).get("methods") or sel.get("by_method", {})
+        for m in sel["methods"]
     ]
     best = tune.get("best") or {}
     source = (tune.get("baselines") or {}).get("source_objective")
@@ -400,8 +402,7 @@ def _method_choice(tune: dict) -> str:
         else ""
     )
     return (
-        f"<p><b>method auto chose {_e(sel.get('chosen'))}</b>: {_e(sel.get('why'))}.{_e(spent)}</p>"
-        f"<div>{chart}</div>"
+        f"<p><b>method auto chose {_e(sel['chosen'])}</b>: {_e(sel['why'])}.{_e(spent)}</p><div>{chart}</div>"
     )
 
 

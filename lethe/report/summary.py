@@ -106,12 +106,23 @@ def _checkpoint(report: Mapping[str, Any]) -> str | None:
     return None
 
 
-def method_line(report: Mapping[str, Any]) -> str | None:
-    """method auto: which method the search chose, among how many, and why."""
-    sel = (report.get("tune") or {}).get("selection") or {}
+def method_selection(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """method auto's choice as the report's tune section records it (the methods in the order
+    searched, the chosen one, why); None for a fixed method."""
+    tune = report.get("tune") or {}
+    sel = tune.get("selection") or {}
     if not sel.get("auto"):
         return None
-    return f"method auto: chose {sel.get('chosen')} among {len(sel.get('by_method') or {})} methods: {sel.get('why')}"
+    methods = (tune.get("search") or {}).get("methods") or list(sel["by_method"])
+    return {"methods": list(methods), "chosen": sel["chosen"], "why": sel["why"]}
+
+
+def method_line(report: Mapping[str, Any]) -> str | None:
+    """method auto: which method the search chose, among how many, and why."""
+    sel = method_selection(report)
+    if sel is None:
+        return None
+    return f"method auto: chose {sel['chosen']} among {len(sel['methods'])} methods: {sel['why']}"
 
 
 def proxy_line(report: Mapping[str, Any]) -> str | None:

@@ -89,8 +89,14 @@ def test_method_auto_chooses_the_method_runs_it_and_says_why(tuned) -> None:
     trials, chosen = result["trials"], result["selection"]["chosen"]
     assert sorted(t["method"] for t in trials) == sorted(methods)  # smoke: one trial per method
     assert result["search"]["methods"] == methods and result["selection"]["auto"] is True
-    finished = [t for t in trials if t["status"] == "finished"]
-    assert chosen == result["best"]["method"] == min(finished, key=lambda t: t["objective"])["method"]
+    # scored by their best checkpoint (the unlearn step keeps its best), every scored trial competes;
+    # by their last report, only those that ran their whole length
+    pool = [t for t in trials if t["objective"] is not None]
+    if not result["score_best"]:
+        pool = [t for t in pool if t["status"] == "finished"]
+    assert chosen == result["best"]["method"] == min(pool, key=lambda t: t["objective"])["method"]
+    rule = "of any trial's best checkpoint" if result["score_best"] else "lowest validation objective, "
+    assert rule in result["selection"]["why"]
     assert f"tune: method auto chose {chosen}" in r.stderr
 
     report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())

@@ -13,14 +13,13 @@ import pandas as pd
 import pytest
 
 from lethe.catalogue import I2I_METHODS
-from lethe.certificate import _selection
 from lethe.config import build_config
 from lethe.errors import ConfigError, LetheError
 from lethe.execution.tune import TrialOutcome, _best_trial, _trial_outcome
 from lethe.pipeline.auto import method_choice, resolve_method, search_budget, searched_methods
 from lethe.report.charts import candidates_chart_svg
 from lethe.report.html import _method_choice
-from lethe.report.summary import method_line
+from lethe.report.summary import method_line, method_selection
 
 
 def test_auto_is_a_search_over_the_image_to_image_methods() -> None:
@@ -73,10 +72,11 @@ def _trial(tid: str, method: str, objective: float | None, status: str = "finish
 @dataclass
 class _Outcome:
     trials: list[TrialOutcome]
+    score_best: bool = False  # trials scored by their last report
     best: TrialOutcome = field(init=False)
 
     def __post_init__(self) -> None:
-        self.best = _best_trial(self.trials, "tune-x")
+        self.best = _best_trial(self.trials, "tune-x", self.score_best)
 
 
 def test_the_choice_is_the_lowest_objective_and_says_why() -> None:
@@ -118,11 +118,35 @@ def test_a_lower_score_of_a_method_stopped_early_is_named_but_not_chosen() -> No
     assert "next best" not in choice["why"] and "doing nothing" not in choice["why"]
 
 
+def test_scored_by_their_best_checkpoint_trials_stopped_early_compete() -> None:
+    """A trial's best report is a checkpoint the unlearn step reaches too (it runs the same steps and
+    keeps its best), so a lower score of a trial ASHA or the budget stopped wins."""
+    methods = ["encoder_noise", "noisy_label", "decouple_retain"]
+    cfg = build_config("smoke", overrides={"method": "auto", "tune": {"methods": methods}})
+    trials = [
+        _trial("t1", "encoder_noise", 0.44),
+        _trial("t2", "noisy_label", 0.35, "stopped_early"),
+        _trial("t3", "decouple_retain", 0.22, "stopped_early"),
+    ]
+    trials[2].best_step = 35
+    outcome = _Outcome(trials, score_best=True)
+    choice = method_choice(cfg, outcome, source=1.76)
+    assert choice["chosen"] == "decouple_retain" and outcome.best.trial_id == "t3"
+    assert choice["why"].startswith(
+        "lowest validation objective of any trial's best checkpoint, 0.22 (trial t3 at step 35, stopped_early)"
+    )
+    assert "next best: noisy_label at 0.35" in choice["why"] and "stopped before its end" not in choice["why"]
+    # the same trials scored by their last report: only the trial that ran its whole length counts
+    assert method_choice(cfg, _Outcome(trials), source=1.76)["chosen"] == "encoder_noise"
+
+
 def test_a_budget_that_scored_nothing_is_one_clear_error() -> None:
     with pytest.raises(LetheError, match="no tuning trial reported within the search's time budget"):
-        _best_trial([_trial("t1", "max_loss", None, "not_started")], "tune-x")
+        _best_trial([_trial("t1", "max_loss", None, "not_started")], "tune-x", True)
     with pytest.raises(LetheError, match="every tuning trial failed"):
-        _best_trial([TrialOutcome("t1", "max_loss", 0.2, 1e-3, None, "error", 0, 0, 1.0, error="E: x")], "t")
+        _best_trial(
+            [TrialOutcome("t1", "max_loss", 0.2, 1e-3, None, "error", 0, 0, 1.0, error="E: x")], "t", False
+        )
 
 
 def _result(objectives: list[float], method: str = "max_loss") -> Any:
@@ -218,13 +242,15 @@ def test_the_choice_is_shown_in_words_and_as_a_picture() -> None:
     assert "method auto chose retain_label" in html
     assert escape("The search took 48 s; its budget was 50 s (25% of the oracle's 200 s training).") in html
     assert html.count("<circle") == 2 and "r='6'" in html and "doing nothing" in html
-    assert _selection(report) == {
+    assert method_selection(report) == {
         "methods": ["retain_label", "max_loss"],
         "chosen": "retain_label",
         "why": "lowest validation objective, 0.1",
     }
     fixed = _tune_report(auto=False)
-    assert method_line(fixed) is None and _method_choice(fixed["tune"]) == "" and _selection(fixed) is None
+    assert (
+        method_line(fixed) is None and _method_choice(fixed["tune"]) == "" and method_selection(fixed) is None
+    )
 
 
 def test_the_candidates_chart_rings_only_the_chosen_trial() -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lethe.evaluation.reconstruction import model_fd
+from lethe.evaluation.reconstruction import model_scores
 from lethe.evaluation.selection import masks_of, source_objective, validation_scores
 from lethe.metrics import unlearning_objective
 from lethe.models import build_model
@@ -26,26 +26,57 @@ def parts(tiny_model):
     return {"original": original, "oracle": oracle, "featnet": featnet}, x_f, x_r
 
 
-def test_the_objective_averages_the_box_and_the_border(parts) -> None:
+def test_the_objective_is_the_worse_of_the_box_and_the_border(parts) -> None:
     models, x_f, x_r = parts
     p = evaluator_payload(models, x_f, x_r, 0.5, 8, 1.0, border_frac=0.25)
     assert masks_of(p) == ["box", "border"]
     scores = validation_scores(models["original"], models["featnet"], p)
     # the border is scored under its own mask, against the oracle's FD under that mask
-    fd_border = model_fd(
+    fd_border, _ = model_scores(
         models["original"], models["featnet"], x_f, 0.25, p["forget_feats"], 8, kind="border"
     )
     assert fd_border != pytest.approx(p["fd_forget_original"])
     expected_border = abs(math.log(fd_border / p["border_fd_forget_oracle"]))
     assert scores["objective_border"] == pytest.approx(expected_border, rel=1e-6)
-    assert scores["objective"] == pytest.approx((scores["objective_box"] + scores["objective_border"]) / 2)
+    # the worst mask decides (every mask's gates must pass), not the mean of two different scores
+    assert scores["objective_box"] != pytest.approx(scores["objective_border"], rel=1e-3)
+    assert scores["objective"] == max(scores["objective_box"], scores["objective_border"])
     # the untouched original scores the source objective: nothing moved, no retain penalty
     assert source_objective(p) == pytest.approx(scores["objective"], rel=1e-6)
     # the oracle itself is at 0 on the forget side under both masks
     at_oracle = validation_scores(models["oracle"], models["featnet"], p)
+    drop = at_oracle["psnr_retain_drop"]
+    assert drop == pytest.approx(p["psnr_retain_original"] - model_scores(
+        models["oracle"], models["featnet"], x_r, 0.5, p["retain_feats"], 8)[1])  # fmt: skip
     assert at_oracle["objective_box"] == pytest.approx(
-        unlearning_objective(1, 1, at_oracle["fd_retain"], p["fd_retain_original"], 1.0), abs=1e-6
+        unlearning_objective(1, 1, at_oracle["fd_retain"], p["fd_retain_original"], 1.0, drop, 1.0), abs=1e-6
     )
+
+
+def test_a_retain_psnr_drop_costs_its_pixel_error_ratio(parts) -> None:
+    """The same model scored against an original 1 dB better on retain: the box's objective rises by
+    v * (10^(1/10) - 1), and a model better than the original pays nothing."""
+    models, x_f, x_r = parts
+    p = evaluator_payload(models, x_f, x_r, 0.5, 8, 1.0, psnr_weight=2.0)
+    base = validation_scores(models["original"], models["featnet"], p)
+    assert base["psnr_retain_drop"] == pytest.approx(0.0, abs=1e-9)
+    worse = validation_scores(
+        models["original"], models["featnet"], {**p, "psnr_retain_original": p["psnr_retain_original"] + 1.0}
+    )
+    assert worse["objective"] - base["objective"] == pytest.approx(2.0 * (10**0.1 - 1), rel=1e-6)
+    better = validation_scores(
+        models["original"], models["featnet"], {**p, "psnr_retain_original": p["psnr_retain_original"] - 1.0}
+    )
+    assert better["objective"] == pytest.approx(base["objective"], rel=1e-9)
+    # without the PSNR weight the drop is still reported, and costs nothing
+    flat = validation_scores(
+        models["original"],
+        models["featnet"],
+        {**p, "psnr_weight": 0.0, "psnr_retain_original": p["psnr_retain_original"] + 1.0},
+    )
+    assert flat["objective"] == pytest.approx(base["objective"], rel=1e-9) and flat[
+        "psnr_retain_drop"
+    ] == pytest.approx(1.0)
 
 
 def test_without_outpainting_only_the_box_is_scored(parts) -> None:

@@ -106,6 +106,13 @@ def test_objective_is_zero_at_the_oracle_and_penalises_both_directions() -> None
     assert math.isclose(unlearning_objective(2.0, 2.0, 1.5, 1.0, retain_weight=2.0), 1.0)
     assert unlearning_objective(2.0, 2.0, 0.5, 1.0) == 0.0
     assert unlearning_objective(float("nan"), 2.0, 1.0, 1.0) == float("inf")
+    # a retain PSNR drop of 10 dB is a pixel error 10x the original's: 9 with weight 1; a gain is free
+    assert math.isclose(unlearning_objective(2.0, 2.0, 1.0, 1.0, psnr_drop_db=10.0), 9.0)
+    assert math.isclose(
+        unlearning_objective(2.0, 2.0, 1.0, 1.0, psnr_drop_db=3.0, psnr_weight=0.5), 0.5 * (10**0.3 - 1)
+    )
+    assert unlearning_objective(2.0, 2.0, 1.0, 1.0, psnr_drop_db=-2.0) == 0.0
+    assert unlearning_objective(2.0, 2.0, 1.0, 1.0, psnr_drop_db=float("nan")) == float("inf")
 
 
 def test_tune_and_storage_config_validation() -> None:
