@@ -43,7 +43,9 @@ class RunConfig(_Strict):
     cache_dir: str | None = Field(None, description="None: <workdir>/../cache, shared by runs")
     cache: CacheConfig = Field(default_factory=CacheConfig)
     family: str = "mae"
-    method: str = "encoder_noise"
+    # auto: the tune step chooses the method, alpha and lr per request (lethe.pipeline.auto);
+    # a generator family's default is its feature method instead.
+    method: str = Field(catalogue.AUTO, description="an unlearning method, or auto (chosen per request)")
     source_model: str | None = Field(
         None,
         description="models:/NAME/VERSION or models:/NAME@ALIAS: unlearn this registered model "
@@ -129,6 +131,8 @@ class RunConfig(_Strict):
         if self.family == "vqgan" and self.pretrain.epochs < 2:
             raise ValueError("family vqgan needs pretrain.epochs >= 2 (tokenizer, then transformer)")
         generator = catalogue.is_generator(self.family)
+        if generator and self.method == catalogue.AUTO and "method" not in self.model_fields_set:
+            self.method = catalogue.FEATURE_METHODS[0]  # the default, for a family auto does not search
         if self.method == catalogue.AUTO and generator:
             raise ValueError(
                 f"method auto searches the image-to-image methods; family {self.family!r} unlearns "

@@ -24,6 +24,40 @@ def searched_methods(cfg) -> tuple[str, ...]:
     return tuple(cfg.tune.methods) if cfg.method == AUTO else (cfg.method,)
 
 
+def no_search(cfg, man) -> dict[str, Any] | None:
+    """Method auto on a run it cannot search for: what runs instead (the first of tune.methods, at
+    the configured alpha and lr) and why; None when the search can run (or the method is fixed).
+
+    The search scores trials against the oracle on held-out images of what is forgotten: an id
+    request has none apart from the requested images themselves, which the gates grade, and a run
+    without an oracle (cache.oracle = sample, not drawn) has nothing to compare with."""
+    from lethe.pipeline.oracle_audit import oracle_audit
+    from lethe.pipeline.validation import held_back
+
+    if cfg.method != AUTO:
+        return None
+    why = None
+    audit = oracle_audit(cfg, man)
+    if cfg.request.kind == "ids":
+        why = "an id request has no held-out images to choose on apart from the graded ones"
+    elif not audit["audited"]:
+        why = f"no oracle to compare with ({audit['reason']})"
+    else:
+        shard = man.shards.get("heldout_forget")
+        n = 0 if shard is None else held_back(shard.count, cfg.eval.n_forget, cfg.tune.val_forget)
+        if n < 2:
+            why = f"{n} held-out forget images to validate on beside the evaluated ones (2 needed)"
+    if why is None:
+        return None
+    method = cfg.tune.methods[0]
+    return {
+        "searched": False,
+        "methods": [method],
+        "chosen": method,
+        "why": f"no search: {why}; ran {method} with the configured settings",
+    }
+
+
 def samples_per_method(cfg) -> int:
     """Trials of each searched method: tune.samples_per_method for method auto, else tune.num_samples."""
     return cfg.tune.samples_per_method if cfg.method == AUTO else cfg.tune.num_samples
@@ -122,5 +156,11 @@ def resolve_method(ctx, method: str | None = None) -> None:
     if ctx.cfg.method != AUTO:
         return
     method = method or ctx.state.unlearn.get("method") or (ctx.state.tune.get("best") or {}).get("method")
-    if method:
-        ctx.cfg = ctx.cfg.model_copy(update={"method": method})
+    if not method:
+        return
+    update: dict[str, Any] = {"method": method}
+    if ctx.state.tune.get("no_search"):
+        # Nothing was searched: the run is an untuned run of that method in every later step (so
+        # cache.oracle = sample and the held-back validation images answer as they did before).
+        update["tune"] = ctx.cfg.tune.model_copy(update={"enabled": False})
+    ctx.cfg = ctx.cfg.model_copy(update=update)

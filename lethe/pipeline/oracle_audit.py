@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from lethe.catalogue import AUTO
 from lethe.config import RunConfig
 from lethe.errors import ConfigError
 
@@ -25,7 +26,9 @@ def oracle_audit(cfg: RunConfig, man) -> dict[str, Any]:
     h = hashlib.sha256(b"lethe-oracle-audit|" + man.shards["retain"].digest.encode()).hexdigest()
     draw = int(h[:13], 16) / 16**13
     out.update(share=c.oracle_audit_share, draw=round(draw, 6))
-    if cfg.tune.enabled:
+    # A fixed method's tuning needs the oracle; method auto does without (it runs its first method
+    # unsearched, lethe.pipeline.auto.no_search), so the sample policy still saves the oracle's cost.
+    if cfg.tune.enabled and cfg.method != AUTO:
         out["reason"] = "audited: tuning needs the oracle (its objective is the distance to it)"
     elif draw < c.oracle_audit_share:
         out["reason"] = f"audited: drawn ({draw:.3f} < share {c.oracle_audit_share:g})"

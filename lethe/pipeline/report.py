@@ -124,6 +124,8 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
             **({"checkpoint": st.unlearn["checkpoint"]} if "checkpoint" in st.unlearn else {}),
             # what the retain side of the unlearning loss was when it was not the retain shard
             **({"proxy_retain": st.unlearn["proxy_retain"]} if "proxy_retain" in st.unlearn else {}),
+            # method auto that could not search: what ran instead, and why
+            **({"auto": st.unlearn["auto"]} if "auto" in st.unlearn else {}),
         },
         "storage_uri": ctx.lay.remote or str(ctx.lay.root),
         "preset": cfg.preset,

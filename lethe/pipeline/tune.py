@@ -16,7 +16,13 @@ import torch
 from lethe import storage
 from lethe.catalogue import AUTO
 from lethe.evaluation.selection import source_objective
-from lethe.pipeline.auto import method_choice, samples_per_method, search_budget, searched_methods
+from lethe.pipeline.auto import (
+    method_choice,
+    no_search,
+    samples_per_method,
+    search_budget,
+    searched_methods,
+)
 from lethe.pipeline.context import Context
 from lethe.pipeline.decouple import calibrate_decouple
 from lethe.pipeline.families import for_config
@@ -160,6 +166,12 @@ def step_tune(ctx: Context) -> Path:
     fam = for_config(cfg)
     fam.check_tunable(cfg)
     t = cfg.tune
+    fallback = no_search(cfg, ctx.manifest())
+    if fallback is not None:
+        log.warning("tune: method auto: %s", fallback["why"])
+        ctx.state.tune = {"best": {"method": fallback["chosen"]}, "no_search": fallback}
+        ctx.save()
+        return lay.tune_dir
     with ctx.step("tune", {f"tune.{k}": v for k, v in t.model_dump().items() if k != "enabled"}):
         man = ctx.manifest()
         require_oracle(cfg, man, "tuning")

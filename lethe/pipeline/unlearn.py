@@ -11,7 +11,7 @@ from typing import Any
 
 from lethe.errors import ConfigError
 from lethe.execution.tune import METRIC as OBJECTIVE
-from lethe.pipeline.auto import resolve_method
+from lethe.pipeline.auto import no_search, resolve_method
 from lethe.pipeline.context import Context
 from lethe.pipeline.families import for_config
 from lethe.pipeline.family_api import UnlearnPlan
@@ -28,6 +28,8 @@ def effective_unlearn(ctx: Context, man=None) -> tuple[Any, dict[str, Any] | Non
     if not cfg.tune.enabled or not for_config(cfg).tunable:
         return cfg.unlearn, None
     man = man or ctx.manifest()
+    if no_search(cfg, man) is not None:  # method auto without a search: the configured settings
+        return cfg.unlearn, None
     best_path = lay.fetch(lay.tune_dir / "best.json")
     if not best_path.is_file():
         raise ConfigError(
@@ -111,7 +113,11 @@ def step_unlearn(ctx: Context) -> Path:
 
     man = ctx.manifest()
     u, tuned = effective_unlearn(ctx, man)
-    resolve_method(ctx, (tuned or {}).get("method"))  # method auto: the method the search chose
+    fallback = no_search(ctx.cfg, man)
+    if fallback is not None:  # `lethe unlearn` alone has not run the tune step that records it
+        ctx.state.tune = {**ctx.state.tune, "best": {"method": fallback["chosen"]}, "no_search": fallback}
+    # method auto: the method the search chose, or what runs when it cannot search
+    resolve_method(ctx, (tuned or {}).get("method") or (fallback or {}).get("chosen"))
     cfg, lay = ctx.cfg, ctx.lay
     fam = for_config(cfg)
     with ctx.step("unlearn", {**fam.unlearn_params(cfg, u), "tuned": tuned is not None}):
@@ -121,4 +127,6 @@ def step_unlearn(ctx: Context) -> Path:
         plan = fam.plan_unlearn(ctx, man, arch, teacher, u, tuned is not None)
         ctx.start_ray()
         fit_unlearned(ctx, man, plan, original, teacher)
+        if fallback is not None:
+            ctx.state.unlearn["auto"] = fallback  # the report and certificate say why nothing was searched
     return lay.model("unlearned")

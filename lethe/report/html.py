@@ -25,7 +25,7 @@ from lethe.report.schema import (
     oracle_gaps,
     validate_report,
 )
-from lethe.report.summary import method_selection, proxy_line
+from lethe.report.summary import method_line, method_selection, proxy_line
 
 __all__ = ["write_html_report", "format_number", "GRID_CAPTIONS", "IDS_NOTICE"]
 
@@ -369,6 +369,14 @@ def _tune_table(tune: dict) -> str:
     )
 
 
+def _notes(report: dict) -> list[str]:
+    """Under the request: a proxy retain set, and method auto that could not search (what ran)."""
+    out = [f"<p class='verdict-inconclusive'>{_e(proxy_line(report))}</p>"] if proxy_line(report) else []
+    if (report.get("unlearn") or {}).get("auto"):
+        out.append(f"<p>{_e(method_line(report))}</p>")
+    return out
+
+
 def _method_choice(tune: dict) -> str:
     """method auto: the method chosen and why, and every trial's objective per method as a picture."""
     sel = method_selection({"tune": tune})
@@ -480,7 +488,7 @@ def write_html_report(
         f"<tr><td class='name'>retain count</td><td>{_e(req['retain_count'])}</td></tr>"
         f"<tr><td class='name'>forget digest</td><td class='name'><code>{_e(short)}</code></td></tr>"
         "</tbody></table>",
-        *([f"<p class='verdict-inconclusive'>{_e(proxy_line(report))}</p>"] if proxy_line(report) else []),
+        *_notes(report),
         "<h2>Metrics</h2>",
         *(
             [*_no_oracle_note(report), *_feature_section(report)]

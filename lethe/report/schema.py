@@ -254,6 +254,14 @@ def _validate_unlearn(unlearn: Mapping[str, Any], path: str) -> None:
             raise ValueError(
                 f"{path}.proxy_retain: expected {{dataset: name, images: count >= 1}}, got {dict(proxy)!r}"
             )
+    if "auto" in unlearn:  # method auto that could not search: what ran instead, and why
+        auto = _mapping(unlearn["auto"], f"{path}.auto")
+        if auto.get("searched") is not False or not all(
+            isinstance(auto.get(k), str) for k in ("chosen", "why")
+        ):
+            raise ValueError(
+                f"{path}.auto: expected {{searched: false, chosen: method, why: text}}, got {dict(auto)!r}"
+            )
     if "checkpoint" in unlearn:
         _validate_checkpoint(_mapping(unlearn["checkpoint"], f"{path}.checkpoint"), f"{path}.checkpoint")
 

@@ -108,7 +108,10 @@ def _checkpoint(report: Mapping[str, Any]) -> str | None:
 
 def method_selection(report: Mapping[str, Any]) -> dict[str, Any] | None:
     """method auto's choice as the report's tune section records it (the methods in the order
-    searched, the chosen one, why); None for a fixed method."""
+    searched, the chosen one, why), or what ran when it could not search; None for a fixed method."""
+    fallback = (report.get("unlearn") or {}).get("auto")
+    if fallback:
+        return {"methods": list(fallback["methods"]), "chosen": fallback["chosen"], "why": fallback["why"]}
     tune = report.get("tune") or {}
     sel = tune.get("selection") or {}
     if not sel.get("auto"):
@@ -122,6 +125,8 @@ def method_line(report: Mapping[str, Any]) -> str | None:
     sel = method_selection(report)
     if sel is None:
         return None
+    if len(sel["methods"]) == 1:
+        return f"method auto: {sel['why']}"
     return f"method auto: chose {sel['chosen']} among {len(sel['methods'])} methods: {sel['why']}"
 
 

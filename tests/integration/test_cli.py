@@ -332,12 +332,21 @@ def test_one_id_request_finishes_and_keeps_the_id_out_of_mlflow_logs_and_reports
         "--workdir",
         str(work),
         "--method",
-        "retain_label",
+        "auto",  # the default of the demo preset: an id request has nothing to search on
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
     assert report["request"]["kind"] == "ids" and report["request"]["forget_count"] == len(forget_ids)
+    # method auto without a search: the first of tune.methods at the configured settings, and why
+    auto = report["unlearn"]["auto"]
+    assert report["method"] == auto["chosen"] == "encoder_noise" and auto["searched"] is False
+    assert "an id request has no held-out images to choose on" in auto["why"]
+    assert report["unlearn"]["tuned"] is False and "tune" not in report
+    assert "method auto: no search: an id request" in r.stdout + r.stderr
+    assert not (work / "tune" / "best.json").exists()
+    cert = json.loads((work / "certificate" / "certificate.json").read_text())
+    assert cert["method"]["name"] == "encoder_noise" and cert["method"]["selection"]["why"] == auto["why"]
     # nothing held out to choose a checkpoint on apart from the graded images: the last is kept
     assert report["unlearn"]["checkpoint"]["kept"] == "last", report["unlearn"]
     assert "checkpoint: the last step (an id request has no held-out forget images" in r.stderr

@@ -16,7 +16,8 @@ from lethe.catalogue import I2I_METHODS
 from lethe.config import build_config
 from lethe.errors import ConfigError, LetheError
 from lethe.execution.tune import TrialOutcome, _best_trial, _trial_outcome
-from lethe.pipeline.auto import method_choice, resolve_method, search_budget, searched_methods
+from lethe.pipeline.auto import method_choice, no_search, resolve_method, search_budget, searched_methods
+from lethe.pipeline.oracle_audit import oracle_audit
 from lethe.report.charts import candidates_chart_svg
 from lethe.report.html import _method_choice
 from lethe.report.summary import method_line, method_selection
@@ -33,6 +34,61 @@ def test_auto_is_a_search_over_the_image_to_image_methods() -> None:
         "demo", overrides={"method": "auto", "tune": {"methods": ["max_loss", "encoder_noise"]}}
     )
     assert searched_methods(demo) == ("max_loss", "encoder_noise") and demo.tune.budget_frac == 0.5
+
+
+def test_auto_is_the_default_of_the_demo_preset_and_of_the_image_to_image_families() -> None:
+    assert (
+        build_config("demo").method == "auto"
+        and build_config("demo", overrides={"family": "vqgan"}).method == "auto"
+    )
+    # a generator family's default is its feature method (auto searches image-to-image methods)
+    gan = build_config("demo", overrides={"family": "gan", "request": {"kind": "feature", "feature": "x"}})
+    assert gan.method == "latent_feature" and not gan.tune.enabled
+    # the smoke preset runs a fixed method: a search takes longer than a smoke run
+    assert build_config("smoke").method == "encoder_noise" and not build_config("smoke").tune.enabled
+
+
+def _man(heldout_forget: int | None, retain_digest: str = "r" * 64) -> SimpleNamespace:
+    shards = {"retain": SimpleNamespace(digest=retain_digest, count=500)}
+    if heldout_forget is not None:
+        shards["heldout_forget"] = SimpleNamespace(count=heldout_forget)
+    return SimpleNamespace(shards=shards)
+
+
+def test_auto_without_a_search_runs_its_first_method_and_says_why() -> None:
+    auto = build_config("demo", overrides={"tune": {"methods": ["retain_label", "encoder_noise"]}})
+    assert no_search(auto, _man(300)) is None  # a class request with an oracle: it searches
+    assert no_search(build_config("demo", overrides={"method": "max_loss"}), _man(0)) is None  # fixed
+    ids = build_config(
+        "demo",
+        overrides={"request": {"kind": "ids", "ids_file": "ids.txt"}, "tune": {"methods": ["retain_label"]}},
+    )
+    fb = no_search(ids, _man(0))
+    assert fb == {
+        "searched": False,
+        "methods": ["retain_label"],
+        "chosen": "retain_label",
+        "why": "no search: an id request has no held-out images to choose on apart from the graded ones; "
+        "ran retain_label with the configured settings",
+    }
+    assert "0 held-out forget images" in no_search(auto, _man(0))["why"]
+    # cache.oracle = sample, not drawn: method auto does not force an oracle (a fixed method's tuning
+    # does), it runs unsearched instead
+    sample = {"cache": {"oracle": "sample", "oracle_audit_share": 1e-9}}
+    auto_sampled = build_config("demo", overrides=sample)
+    assert not oracle_audit(auto_sampled, _man(300))["audited"]
+    assert "no oracle to compare with" in no_search(auto_sampled, _man(300))["why"]
+    tuned = build_config("demo", overrides={**sample, "method": "max_loss", "tune": {"enabled": True}})
+    assert oracle_audit(tuned, _man(300))["audited"]
+    # the later steps: an untuned run of that method, so the oracle audit answers as it did
+    ctx = SimpleNamespace(cfg=auto_sampled, state=SimpleNamespace(unlearn={}, tune={}))
+    ctx.state.tune = {"best": {"method": "encoder_noise"}, "no_search": no_search(auto_sampled, _man(300))}
+    resolve_method(ctx)
+    assert ctx.cfg.method == "encoder_noise" and not ctx.cfg.tune.enabled
+    assert not oracle_audit(ctx.cfg, _man(300))["audited"]
+    report = {"method": "encoder_noise", "unlearn": {"auto": ctx.state.tune["no_search"]}}
+    assert method_line(report) == "method auto: " + ctx.state.tune["no_search"]["why"]
+    assert method_selection(report)["methods"] == ["encoder_noise"]
 
 
 @pytest.mark.parametrize(
@@ -61,7 +117,7 @@ def test_the_budget_is_a_share_of_the_oracles_training_time() -> None:
     # Unknown oracle time (no oracle trained in this run or recorded): no limit, and it says so.
     assert search_budget(auto, {})["time_budget_s"] is None
     # A fixed method's tuning keeps its trial count as its only bound.
-    fixed = build_config("demo", overrides={"tune": {"enabled": True}})
+    fixed = build_config("demo", overrides={"method": "encoder_noise", "tune": {"enabled": True}})
     assert search_budget(fixed, {"train_wall_s": 200.0})["time_budget_s"] is None
 
 
