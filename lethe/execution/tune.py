@@ -173,8 +173,11 @@ def _best_report(res: Any) -> dict[str, Any] | None:
     return dict(df.loc[df[METRIC].astype(float).idxmin()])
 
 
-def _trial_outcome(res: Any, max_iters: dict[str, int], score_best: bool) -> TrialOutcome:
-    """One trial of the finished search (a ray.tune.Result) as a TrialOutcome."""
+def _trial_outcome(res: Any, max_iters: dict[str, int], score_best: bool) -> TrialOutcome | None:
+    """One trial of the finished search (a ray.tune.Result) as a TrialOutcome; None for a trial the
+    time budget left unstarted before Tune gave it a config (its Result holds nothing)."""
+    if not (res.config or {}).get("method"):
+        return None
     m = dict(res.metrics or {})
     iters = int(m.get("training_iteration", 0) or 0)
     final = _num(m.get(METRIC))
@@ -216,7 +219,7 @@ def _trial_outcome(res: Any, max_iters: dict[str, int], score_best: bool) -> Tri
     )
 
 
-def _best_trial(trials: list[TrialOutcome], name: str, score_best: bool) -> TrialOutcome:
+def _best_trial(trials: list[TrialOutcome], name: str, score_best: bool, unstarted: int = 0) -> TrialOutcome:
     # Scored by its best report, a trial stopped early (by ASHA or the budget) ran the same first steps
     # as the whole run would (same length, same schedule), and the unlearn step keeps its best
     # checkpoint: its score is one the real run reaches, so every scored trial competes. Scored by its
@@ -226,7 +229,7 @@ def _best_trial(trials: list[TrialOutcome], name: str, score_best: bool) -> Tria
     complete = scored if score_best else [x for x in scored if x.status == "finished"] or scored
     if not complete:
         first = next((x.error for x in trials if x.error), None)
-        if first is None and any(x.status == "not_started" for x in trials):
+        if first is None and (unstarted or any(x.status == "not_started" for x in trials)):
             raise LetheError(
                 "no tuning trial reported within the search's time budget",
                 where=f"{name} (tune.budget_frac)",
@@ -308,7 +311,7 @@ def run_tune(
     grid = tuner.fit()
     wall = time.perf_counter() - t0
 
-    trials = [_trial_outcome(res, max_iters, score_best) for res in grid]
-    trials.sort(key=lambda x: x.trial_id)
-    best = _best_trial(trials, name, score_best)
+    outcomes = [_trial_outcome(res, max_iters, score_best) for res in grid]
+    trials = sorted((x for x in outcomes if x is not None), key=lambda x: x.trial_id)
+    best = _best_trial(trials, name, score_best, unstarted=outcomes.count(None))
     return TuneOutcome(trials=trials, best=best, wall_s=wall, max_iterations=max_iter, score_best=score_best)

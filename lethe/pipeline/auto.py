@@ -32,7 +32,7 @@ def no_search(cfg, man) -> dict[str, Any] | None:
     request has none apart from the requested images themselves, which the gates grade, and a run
     without an oracle (cache.oracle = sample, not drawn) has nothing to compare with."""
     from lethe.pipeline.oracle_audit import oracle_audit
-    from lethe.pipeline.validation import held_back
+    from lethe.pipeline.validation import MIN_VALIDATION, held_back_sizes
 
     if cfg.method != AUTO:
         return None
@@ -43,10 +43,13 @@ def no_search(cfg, man) -> dict[str, Any] | None:
     elif not audit["audited"]:
         why = f"no oracle to compare with ({audit['reason']})"
     else:
-        shard = man.shards.get("heldout_forget")
-        n = 0 if shard is None else held_back(shard.count, cfg.eval.n_forget, cfg.tune.val_forget)
-        if n < 2:
-            why = f"{n} held-out forget images to validate on beside the evaluated ones (2 needed)"
+        # as few as the unlearn step needs to choose its checkpoint: fewer, and a score is noise
+        sizes = held_back_sizes(cfg, man)
+        if min(sizes.values()) < MIN_VALIDATION:
+            why = (
+                f"{sizes['forget']} / {sizes['retain']} held-out forget / retain images to validate on "
+                f"beside the evaluated ones ({MIN_VALIDATION} needed)"
+            )
     if why is None:
         return None
     method = cfg.tune.methods[0]

@@ -52,10 +52,11 @@ def uses_validation(cfg, man) -> bool:
 
 def held_back_counts(cfg, man) -> dict[str, int] | None:
     """Validation images per held-out shard, which evaluation leaves out (None: the run uses none)."""
-    return _held_back_sizes(cfg, man) if uses_validation(cfg, man) else None
+    return held_back_sizes(cfg, man) if uses_validation(cfg, man) else None
 
 
-def _held_back_sizes(cfg, man) -> dict[str, int]:
+def held_back_sizes(cfg, man) -> dict[str, int]:
+    """Validation images per held-out shard, were the run to use them."""
     e, t = cfg.eval, cfg.tune
     return {
         "forget": held_back(man.shards["heldout_forget"].count, e.n_forget, t.val_forget),
@@ -73,7 +74,7 @@ def selection_unavailable(cfg, man) -> str | None:
         # The forget side of the objective would be scored on the requested images themselves,
         # which are also what the forget gate and the membership test grade.
         return "an id request has no held-out forget images to choose on apart from the graded ones"
-    sizes = _held_back_sizes(cfg, man)
+    sizes = held_back_sizes(cfg, man)
     if min(sizes.values()) < MIN_VALIDATION:
         return (
             f"fewer than {MIN_VALIDATION} held-out forget or retain images to validate on beside the "

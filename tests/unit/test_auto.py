@@ -49,7 +49,10 @@ def test_auto_is_the_default_of_the_demo_preset_and_of_the_image_to_image_famili
 
 
 def _man(heldout_forget: int | None, retain_digest: str = "r" * 64) -> SimpleNamespace:
-    shards = {"retain": SimpleNamespace(digest=retain_digest, count=500)}
+    shards = {
+        "retain": SimpleNamespace(digest=retain_digest, count=500),
+        "heldout_retain": SimpleNamespace(count=500),
+    }
     if heldout_forget is not None:
         shards["heldout_forget"] = SimpleNamespace(count=heldout_forget)
     return SimpleNamespace(shards=shards)
@@ -71,7 +74,9 @@ def test_auto_without_a_search_runs_its_first_method_and_says_why() -> None:
         "why": "no search: an id request has no held-out images to choose on apart from the graded ones; "
         "ran retain_label with the configured settings",
     }
-    assert "0 held-out forget images" in no_search(auto, _man(0))["why"]
+    # too few validation images for a score that means anything (as the unlearn step's own rule)
+    assert "5 / 100 held-out forget / retain images to validate on" in no_search(auto, _man(25))["why"]
+    assert no_search(auto, _man(40)) is None
     # cache.oracle = sample, not drawn: method auto does not force an oracle (a fixed method's tuning
     # does), it runs unsearched instead
     sample = {"cache": {"oracle": "sample", "oracle_audit_share": 1e-9}}
@@ -234,6 +239,14 @@ def test_a_trial_scores_its_best_report_when_the_unlearn_step_keeps_its_best_che
     last = _trial_outcome(res, {"max_loss": 3}, score_best=False)
     assert last.objective == 0.35 and last.best_step is None
     assert _trial_outcome(_result([0.5]), {"max_loss": 3}, True).status == "stopped_early"
+
+
+def test_a_trial_the_budget_left_without_a_config_is_skipped_and_counts_as_unstarted() -> None:
+    # Tune's Result of a trial still pending when the budget ran out holds no metrics and no config
+    pending = SimpleNamespace(metrics={}, config=None, metrics_dataframe=None, error=None, path="/x/t9")
+    assert _trial_outcome(pending, {"max_loss": 3}, True) is None
+    with pytest.raises(LetheError, match="no tuning trial reported within the search's time budget"):
+        _best_trial([], "tune-x", True, unstarted=2)
 
 
 def test_later_steps_run_report_and_certify_the_chosen_method() -> None:
