@@ -160,6 +160,17 @@ class EvalConfig(_Strict):
     )
 
 
+SEARCH_ORDER: tuple[str, ...] = (
+    "encoder_noise",
+    "decouple_retain",
+    "retain_label",
+    "noisy_label",
+    "finetune_retain",
+    "max_loss",
+    "random_encoder",
+)
+
+
 class TuneConfig(_Strict):
     """Ray Tune search over unlearning alpha and learning rate, ASHA early stopping.
 
@@ -173,9 +184,14 @@ class TuneConfig(_Strict):
         False,
         description="`lethe run` tunes first and unlearns with the best config (always on for method auto)",
     )
-    # method auto: the methods searched; each starts at the configured alpha / lr, then random ones.
+    # method auto: the methods searched, in this order (a short budget reaches only the first ones):
+    # the papers' two methods, then the baselines by their scores on the demo (docs/tuning.md), the
+    # baselines that damage the most last. Each starts at the configured alpha / lr, then random ones.
     methods: tuple[str, ...] = Field(
-        I2I_METHODS, min_length=1, description="method auto: the image-to-image methods it chooses among"
+        SEARCH_ORDER,
+        min_length=1,
+        description="method auto: the image-to-image methods it chooses among, in the order tried; the "
+        "first also runs when there is nothing to search on",
     )
     samples_per_method: int = Field(2, ge=1, description="method auto: trials of each method")
     budget_frac: float | None = Field(
