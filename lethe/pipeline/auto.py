@@ -148,6 +148,8 @@ def method_choice(cfg, outcome, source: float | None) -> dict[str, Any]:
         why += f"; not scored within the budget: {', '.join(unscored)}"
     if source is not None:
         why += f"; doing nothing scores {source:.4g}"
+        if source < chosen.objective:  # type: ignore[operator]
+            why += " (better than every trial: the source is already close to the oracle on these images)"
     return {"auto": cfg.method == AUTO, "chosen": chosen.method, "why": why, "by_method": by_method}
 
 

@@ -165,7 +165,9 @@ def test_the_choice_is_the_lowest_objective_and_says_why() -> None:
     assert choice["by_method"][m3]["scored"] == 0
     assert f"next best that ran its whole length: {m1} at 0.4" in choice["why"]
     assert f"not scored within the budget: {m3}" in choice["why"]
-    assert "doing nothing scores 0.9" in choice["why"]
+    assert "doing nothing scores 0.9" in choice["why"] and "better than every trial" not in choice["why"]
+    near = method_choice(cfg, outcome, source=0.01)  # the source already behaves like the oracle
+    assert "doing nothing scores 0.01 (better than every trial: the source is already close" in near["why"]
     assert "stopped before its end" not in choice["why"]  # m2's own stopped trial is no other method
 
 
