@@ -23,18 +23,15 @@ def masks_of(p: dict[str, Any]) -> list[str]:
     return [m for m, (frac, _) in MASKS.items() if p.get(frac) is not None]
 
 
-def _objective(p: dict[str, Any], prefix: str, fd_f: float, fd_r: float, psnr_r: float | None) -> float:
-    # payloads without a PSNR baseline (psnr_r None) score FD only
-    base = p.get(f"{prefix}psnr_retain_original")
-    drop = None if psnr_r is None or base is None else base - psnr_r
+def _objective(p: dict[str, Any], prefix: str, fd_f: float, fd_r: float, psnr_r: float) -> float:
     return unlearning_objective(
         fd_f,
         p[f"{prefix}fd_forget_oracle"],
         fd_r,
         p[f"{prefix}fd_retain_original"],
         p["retain_weight"],
-        drop,
-        p.get("psnr_weight", 1.0),
+        p[f"{prefix}psnr_retain_original"] - psnr_r,
+        p["psnr_weight"],
     )
 
 
@@ -49,7 +46,7 @@ def source_objective(p: dict[str, Any]) -> float:
                 pre,
                 p[f"{pre}fd_forget_original"],
                 p[f"{pre}fd_retain_original"],
-                p.get(f"{pre}psnr_retain_original"),
+                p[f"{pre}psnr_retain_original"],
             )
         )
     return max(parts)
@@ -73,7 +70,6 @@ def validation_scores(model, featnet, p: dict[str, Any]) -> dict[str, float]:
                 fd_retain=fd_r,
                 fd_forget_vs_oracle=fd_f / max(p["fd_forget_oracle"], 1e-12),
                 fd_retain_vs_original=fd_r / max(p["fd_retain_original"], 1e-12),
+                psnr_retain_drop=p["psnr_retain_original"] - psnr_r,
             )
-            if "psnr_retain_original" in p:
-                out["psnr_retain_drop"] = p["psnr_retain_original"] - psnr_r
     return {"objective": max(parts), **out}

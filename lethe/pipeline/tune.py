@@ -166,14 +166,14 @@ def step_tune(ctx: Context) -> Path:
     fam = for_config(cfg)
     fam.check_tunable(cfg)
     t = cfg.tune
-    fallback = no_search(cfg, ctx.manifest())
+    man = ctx.manifest()
+    fallback = no_search(cfg, man)
     if fallback is not None:
         log.warning("tune: method auto: %s", fallback["why"])
         ctx.state.tune = {"best": {"method": fallback["chosen"]}, "no_search": fallback}
         ctx.save()
         return lay.tune_dir
     with ctx.step("tune", {f"tune.{k}": v for k, v in t.model_dump().items() if k != "enabled"}):
-        man = ctx.manifest()
         require_oracle(cfg, man, "tuning")
         arch = fam.arch(cfg, man)
         paths = {n: lay.fetch(lay.model(n)) for n in ("original", "oracle", "featnet")}

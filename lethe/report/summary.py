@@ -125,7 +125,7 @@ def method_line(report: Mapping[str, Any]) -> str | None:
     sel = method_selection(report)
     if sel is None:
         return None
-    if len(sel["methods"]) == 1:
+    if (report.get("unlearn") or {}).get("auto"):  # no search: the reason says what ran instead
         return f"method auto: {sel['why']}"
     return f"method auto: chose {sel['chosen']} among {len(sel['methods'])} methods: {sel['why']}"
 
