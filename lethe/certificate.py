@@ -225,7 +225,8 @@ def _timestamps(state: Mapping[str, Any]) -> dict[str, Any]:
 def _oracle(state: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
     """Which yardstick this version was judged against: retrained in this run, reused (trained
     earlier on the same retain set, so on the same cumulative forget set), or none (cache.oracle =
-    sample, a run not drawn for an audit: the report's oracle record says so and why)."""
+    sample, a run not drawn for an audit; none, no training data to retrain on: the report's oracle
+    record says so and why)."""
     o = dict(state.get("oracle") or {})
     audit = dict(report.get("oracle") or {})
     out = {
@@ -237,7 +238,7 @@ def _oracle(state: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, An
     }
     if not out["audited"]:
         out.update(retrained_in_this_run=None, cache_key=None, training_wall_s=None)
-    out.update({k: audit[k] for k in ("share", "draw", "reason") if k in audit})
+    out.update({k: audit[k] for k in ("share", "draw", "reason", "trained_on") if k in audit})
     return out
 
 
@@ -459,7 +460,10 @@ def _timestamp_rows(timestamps: Mapping[str, Any]) -> str:
 
 def _oracle_note(o: Mapping[str, Any]) -> str:
     if not oracle_audited(o):
-        return f"none: {o.get('reason', 'not drawn for an audit')} (policy sample, share {o.get('share')})"
+        share = f", share {o['share']}" if o.get("share") is not None else ""
+        return (
+            f"none: {o.get('reason', 'not drawn for an audit')} (policy {o.get('policy', 'sample')}{share})"
+        )
     if o.get("retrained_in_this_run") is None:
         return "none in this run"
     how = (
@@ -467,7 +471,8 @@ def _oracle_note(o: Mapping[str, Any]) -> str:
         if o["retrained_in_this_run"]
         else "reused, trained earlier on the same retain set"
     )
-    return f"{how} (policy {o.get('policy')}; cache key {o.get('cache_key')})"
+    on = f" on {o['trained_on']}" if o.get("trained_on") else ""
+    return f"{how}{on} (policy {o.get('policy')}; cache key {o.get('cache_key')})"
 
 
 def render_html(cert: Mapping[str, Any]) -> str:

@@ -73,9 +73,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--oracle",
-        choices=("reuse", "retrain", "sample"),
-        help="the oracle: reuse the one cached for the same retain set (default), retrain it, or sample: "
-        "only on a keyed random share of runs (--oracle-audit-share), the others judged without it",
+        choices=("reuse", "retrain", "sample", "none"),
+        help="the oracle: reuse the one cached for the same retain set (default), retrain it, sample: "
+        "only on a keyed random share of runs (--oracle-audit-share), the others judged without it, "
+        "or none: the training data is gone, so no oracle can be trained (with --proxy-retain)",
     )
     g.add_argument(
         "--oracle-audit-share",

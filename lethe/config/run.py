@@ -140,7 +140,13 @@ class RunConfig(_Strict):
             )
         if self.method == catalogue.AUTO:
             # auto is a search: the tune step chooses the method (and its alpha / lr) per request.
+            # Without an oracle it has nothing to score against and runs its first method unsearched.
             self.tune.enabled = True
+        elif self.tune.enabled and self.cache.oracle == "none":
+            raise ValueError(
+                "tune.enabled scores trials by their distance to the oracle, and cache.oracle = none "
+                "has none: set unlearn.alpha and unlearn.lr by hand, or use method auto"
+            )
         elif self.method not in catalogue.methods_for(self.family):
             if generator:
                 raise ValueError(

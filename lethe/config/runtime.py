@@ -77,12 +77,14 @@ class CacheConfig(_Strict):
         description="a cached model whose file does not match its cache index entry (size, sha256) or "
         "does not load: rebuild it, or refuse (one line naming the command that clears the entry)",
     )
-    oracle: Literal["reuse", "retrain", "sample"] = Field(
+    oracle: Literal["reuse", "retrain", "sample", "none"] = Field(
         "reuse",
         description="the oracle policy: reuse the oracle cached for the same retain set (the same "
-        "cumulative forget set, so the same yardstick), retrain it every run, or sample: train (or "
+        "cumulative forget set, so the same yardstick), retrain it every run, sample: train (or "
         "reuse) it only on a keyed random share of runs (oracle_audit_share), the others judged "
-        "without it (the gates that need it: not evaluated); the certificate says which",
+        "without it (the gates that need it: not evaluated), or none: no oracle can be trained (the "
+        "training data is no longer kept: see unlearn.proxy_retain), every run judged without one; "
+        "the certificate says which",
     )
     oracle_audit_share: float = Field(
         0.25,

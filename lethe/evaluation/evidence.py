@@ -152,10 +152,16 @@ def attack_figures(
 
 
 NOT_EVALUATED = "not evaluated"
-_NO_ORACLE = "no oracle in this run (cache.oracle = sample, not drawn for an audit)"
 
 
-def membership_not_evaluated(n_members: int, n_nonmembers: int) -> dict[str, object]:
+def no_oracle_why(policy: str) -> str:
+    """Why a run has no oracle, by its cache.oracle policy (the only two that ever go without)."""
+    if policy == "none":
+        return "no oracle in this run (cache.oracle = none: no training data to train one on)"
+    return "no oracle in this run (cache.oracle = sample, not drawn for an audit)"
+
+
+def membership_not_evaluated(n_members: int, n_nonmembers: int, why: str) -> dict[str, object]:
     """evidence.membership of a run without an oracle: the attack is calibrated against the oracle,
     and without that reference it has no power (the source's own AUC is about 0.5), so no verdict."""
     return {
@@ -165,13 +171,13 @@ def membership_not_evaluated(n_members: int, n_nonmembers: int) -> dict[str, obj
         "n_nonmembers": n_nonmembers,
         "power": False,
         "verdict": NOT_EVALUATED,
-        "reason": f"membership not evaluated: {_NO_ORACLE}",
+        "reason": f"membership not evaluated: {why}",
     }
 
 
-def request_not_evaluated(n_images: int) -> dict[str, object]:
+def request_not_evaluated(n_images: int, why: str) -> dict[str, object]:
     """A stored request's evidence in a run without an oracle (its score is measured against it)."""
-    return {"n_images": n_images, "verdict": NOT_EVALUATED, "reason": f"not evaluated: {_NO_ORACLE}"}
+    return {"n_images": n_images, "verdict": NOT_EVALUATED, "reason": f"not evaluated: {why}"}
 
 
 def membership_verdict(

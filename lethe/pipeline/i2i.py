@@ -109,7 +109,7 @@ def requests_evidence(
 ) -> dict[str, dict[str, Any]]:
     """A night's evidence per stored request (this night's and every earlier one): are its own
     images forgotten by the unlearned model? Keyed by request uuid; empty when the run is no night."""
-    from lethe.evaluation.evidence import request_evidence, request_not_evaluated
+    from lethe.evaluation.evidence import no_oracle_why, request_evidence, request_not_evaluated
     from lethe.pipeline.request_groups import read_groups
 
     groups = read_groups(cfg.request.ids_file) if cfg.request.refs else {}
@@ -118,7 +118,7 @@ def requests_evidence(
     for n, ref in enumerate(cfg.request.refs):
         rows = [row[i] for i in groups.get(ref.request_id, []) if i in row]
         if not scores:  # no oracle, no calibrated scores
-            out[ref.request_id] = request_not_evaluated(len(rows))
+            out[ref.request_id] = request_not_evaluated(len(rows), no_oracle_why(cfg.cache.oracle))
             continue
         out[ref.request_id] = request_evidence(
             scores["original"][rows],
@@ -135,10 +135,10 @@ def requests_evidence(
 
 def _membership(cfg: RunConfig, attack: dict[str, Any], n_members: int, n_nonmembers: int) -> dict[str, Any]:
     """The membership verdict from the calibrated attack (not evaluated in a run without an oracle)."""
-    from lethe.evaluation.evidence import membership_not_evaluated, membership_verdict
+    from lethe.evaluation.evidence import membership_not_evaluated, membership_verdict, no_oracle_why
 
     if "oracle" not in attack:
-        return membership_not_evaluated(n_members, n_nonmembers)
+        return membership_not_evaluated(n_members, n_nonmembers, no_oracle_why(cfg.cache.oracle))
     return membership_verdict(
         attack["original"],
         attack["unlearned"],

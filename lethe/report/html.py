@@ -201,7 +201,7 @@ def _fd_callout(metrics: dict) -> str:
 
 
 def _no_oracle_note(report: dict) -> list[str]:
-    """A run without an oracle (cache.oracle = sample) says so where the oracle's column is empty."""
+    """A run without an oracle (cache.oracle = sample or none) says so where the oracle's column is empty."""
     oracle = report.get("oracle") or {}
     if oracle_audited(oracle):
         return []

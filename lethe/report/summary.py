@@ -135,9 +135,14 @@ def proxy_line(report: Mapping[str, Any]) -> str | None:
     proxy = (report.get("unlearn") or {}).get("proxy_retain")
     if not proxy:
         return None
+    oracle = (
+        "the oracle trained on the training data, and every metric uses its held-out images"
+        if oracle_audited(report.get("oracle"))
+        else "no oracle, and every metric uses the data set's held-out images"
+    )
     return (
         f"proxy retain: the unlearning loss's retain side was {proxy['images']} images of "
-        f"{proxy['dataset']}, not the training data; the oracle and every metric use the real data"
+        f"{proxy['dataset']}, not the training data; {oracle}"
     )
 
 

@@ -96,6 +96,17 @@ def test_auto_without_a_search_runs_its_first_method_and_says_why() -> None:
     report = {"method": "encoder_noise", "unlearn": {"auto": ctx.state.tune["no_search"]}}
     assert method_line(report) == "method auto: " + ctx.state.tune["no_search"]["why"]
     assert method_selection(report)["methods"] == ["encoder_noise"]
+    # cache.oracle = none (the training data is gone): never a search, and the run goes on untuned
+    gone = build_config("demo", overrides={"cache": {"oracle": "none"}})
+    assert (
+        "no oracle to compare with (cache.oracle = none: the training data is not kept"
+        in no_search(gone, _man(300))["why"]
+    )
+    ctx = SimpleNamespace(
+        cfg=gone, state=SimpleNamespace(unlearn={}, tune={"no_search": no_search(gone, _man(300))})
+    )
+    resolve_method(ctx, "encoder_noise")  # as the unlearn step calls it
+    assert ctx.cfg.method == "encoder_noise" and not ctx.cfg.tune.enabled
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from lethe.pipeline.oracle_audit import oracle_audit, require_oracle
 
 
 def _man(retain_digest: str) -> SimpleNamespace:
-    return SimpleNamespace(shards={"retain": SimpleNamespace(digest=retain_digest)})
+    return SimpleNamespace(shards={"retain": SimpleNamespace(digest=retain_digest, count=900)})
 
 
 def _cfg(policy: str = "sample", share: float = 0.25, tune: bool = False):
@@ -28,7 +28,31 @@ def _cfg(policy: str = "sample", share: float = 0.25, tune: bool = False):
 
 def test_reuse_and_retrain_always_have_an_oracle() -> None:
     for policy in ("reuse", "retrain"):
-        assert oracle_audit(_cfg(policy, share=0.0), _man("ab" * 32)) == {"policy": policy, "audited": True}
+        audit = oracle_audit(_cfg(policy, share=0.0), _man("ab" * 32))
+        assert audit == {
+            "policy": policy,
+            "audited": True,
+            "trained_on": "the retain shard: the training data without the forget set (900 images)",
+        }
+
+
+def test_none_never_has_an_oracle_and_says_why() -> None:
+    """A team that no longer keeps its training data cannot retrain an oracle (issue 16)."""
+    for digest in (f"{i:064x}" for i in range(20)):
+        audit = oracle_audit(_cfg("none", share=1.0), _man(digest))
+        assert audit["audited"] is False and "trained_on" not in audit
+        assert (
+            audit["reason"]
+            == "cache.oracle = none: the training data is not kept, so no oracle could be trained"
+        )
+    # method auto then runs its first method unsearched; a fixed method's tuning is refused at the edge
+    cfg = build_config("smoke", overrides={"cache": {"oracle": "none"}, "method": "auto"})
+    assert cfg.tune.enabled
+    with pytest.raises(ConfigError, match="cache.oracle = none has none"):
+        build_config("smoke", overrides={"cache": {"oracle": "none"}, "tune": {"enabled": True}})
+    with pytest.raises(ConfigError) as e:
+        require_oracle(_cfg("none"), _man("ab" * 32), "tuning")
+    assert "got none, cache.oracle = none: the training data is not kept" in str(e.value)
 
 
 def test_the_draw_is_the_same_for_the_same_retain_set_and_audits_about_the_share() -> None:
