@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image
 
 from lethe.models import load_checkpoint
@@ -372,99 +370,8 @@ def test_one_id_request_finishes_and_keeps_the_id_out_of_mlflow_logs_and_reports
     assert not leaked, f"{len(leaked)} forget ids leaked into MLflow / reports / logs"
 
 
-# ----------------------------------------------------------------------------------------------
-# the default gates, on a request the membership test can judge
-# ----------------------------------------------------------------------------------------------
-# The default promotion gates on a request the membership test can judge (none of them loosened).
-#
-# A source model that memorised the requested images: 40 digits ids trained 500 epochs among 100
-# images (smoke-sized MAE, 8x8 images in 2x2 patches), so the calibrated attack tells members from
-# unseen images on the source (AUC 0.69-0.80, 95% interval above 0.5). The same source and oracle serve
-# both runs (one cache): decoupling lowers the leak measurably; a run that does not unlearn (a learning
-# rate too small to move a weight) fails the membership gate, is registered but not promoted, and the
-# alias stays where the first run left it.
-#
-# Measured while choosing the setting (docs/evidence.md): decoupling was promoted under the default
-# gates in one of three runs (the others: retain FD 1.46x; under-forgetting by 2.1 dB), and encoder
-# re-targeting at six recipes either kept membership (AUC 0.62-0.69) or cost retain FD 1.18-1.35x:
-# refused every time. Getting either promoted reliably is choosing its recipe per request.
-MEMORISING = {
-    "data": {"max_train": 60, "max_heldout": 400},
-    "model": {
-        "mae": {"dim": 64, "depth": 2, "heads": 2, "dec_dim": 16, "dec_depth": 1, "dec_heads": 2, "patch": 2}
-    },
-    "pretrain": {"epochs": 500, "batch_size": 20, "lr": 3.0e-3, "weight_decay": 0.0, "warmup_frac": 0.02},
-    "unlearn": {"forget_passes": 40, "alpha": 1.0, "lr": 3.0e-3, "max_steps": 60, "checkpoint_every": 30},
-    "eval": {"n_mia": 400, "attack_masks": 8},
-    # a feature net that learnt the digits (smoke's one epoch on 100 images stays at chance), so the
-    # retain FD gate measures the model, not the noise of random features
-    "featnet": {"epochs": 40, "batch_size": 32},
-}
-
-
-def _run(tmp_path: Path, name: str, method: str, ids: Path, db: Path, **unlearn) -> dict:
-    cfg = {**MEMORISING, "unlearn": {**MEMORISING["unlearn"], **unlearn}}
-    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-    r = lethe(
-        "run", "--preset", "smoke", "--dataset", "digits", "--config", str(tmp_path / f"{name}.yaml"),
-        "--forget-ids", str(ids), "--method", method, "--workdir", str(tmp_path / name),
-        "--cache-dir", str(tmp_path / "cache"), "--tracking-uri", f"sqlite:///{db}",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
-    validate_report(report)
-    written = (
-        all_text_under(tmp_path / name) + all_text_under(db.parent) + r.stdout.encode() + r.stderr.encode()
-    )
-    assert not [i for i in ids.read_text().split() if i.encode() in written], "forget ids leaked"
-    return report
-
-
 def _gates(report: dict) -> dict[str, dict]:
     return {g["name"]: g for g in report["promotion"]["gates"]["results"]}
-
-
-def _alias(db: Path) -> str | None:
-    with sqlite3.connect(db) as con:
-        row = con.execute("select version from registered_model_aliases where alias = 'champion'").fetchone()
-    return None if row is None else str(row[0])
-
-
-@pytest.mark.slow
-def test_default_gates_refuse_an_unlearning_that_changed_nothing_on_a_request_with_power(
-    tmp_path: Path,
-) -> None:
-    ids = tmp_path / "ids.txt"
-    ids.write_text("\n".join(f"digits-{i:04d}" for i in random.Random(3).sample(range(1797), 40)) + "\n")
-    db = tmp_path / "mlflow" / "mlflow.db"  # one registry for both runs; artifacts beside it
-    db.parent.mkdir()
-
-    # -- decoupling: the attack has power on the source, and decoupling measurably lowers the leak ---
-    rep = _run(tmp_path, "decouple", "decouple_retain", ids, db)
-    mem = rep["evidence"]["membership"]
-    assert mem["power"] is True and mem["source_auc_ci95"][0] > 0.5, mem  # the test can judge
-    assert mem["unlearned_auc"] < mem["source_auc"] - 0.05, mem
-    forget = rep["metrics"]["original"]["forget"]
-    assert "mia_tpr_at_1pct_fpr" in forget and len(forget["mia_auc_ci95"]) == 2
-    # Whether it is also promoted depends on the run (three runs: promoted once; retain FD 1.46x, or
-    # under-forgetting by 2.1 dB, the others): the gates decide, and the decision follows them.
-    assert rep["promotion"]["promoted"] == (rep["promotion"]["gates"]["verdict"] != "failed")
-    alias = _alias(db)
-    assert alias == ("1" if rep["promotion"]["promoted"] else None)
-
-    # -- the same request, unlearned with a learning rate that moves nothing: the source as it was --
-    rep = _run(tmp_path, "noop", "finetune_retain", ids, db, lr=1e-12)
-    mem = rep["evidence"]["membership"]
-    assert mem["power"] is True and mem["verdict"] == "failed", mem
-    assert "still leaks membership" in mem["reason"]
-    assert mem["unlearned_auc"] > mem["band"][1]
-    gates = _gates(rep)
-    assert gates["mia"]["verdict"] == "failed"
-    assert rep["promotion"]["promoted"] is False
-    assert rep["mlflow"]["model_version"] == "2" and _alias(db) == alias  # registered, alias unmoved
-    cert = json.loads((tmp_path / "noop" / "certificate" / "certificate.json").read_text())
-    assert cert["result_model"]["promoted"] is False
 
 
 # ----------------------------------------------------------------------------------------------
