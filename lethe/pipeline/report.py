@@ -78,6 +78,7 @@ def tune_summary(result: dict[str, Any]) -> dict[str, Any]:
         "selection",
         "validation",
         "baselines",
+        "score_best",
     )
     return {k: result[k] for k in keep if k in result} | {"wall_s": result.get("wall_s")}
 

@@ -171,6 +171,11 @@ def step_tune(ctx: Context) -> Path:
     if fallback is not None:
         log.warning("tune: method auto: %s", fallback["why"])
         ctx.state.tune = {"best": {"method": fallback["chosen"]}, "no_search": fallback}
+        for name in ("best.json", "result.json"):  # an earlier request's search in this work dir
+            stale = lay.tune_dir / name
+            for uri in {str(stale), lay.uri(stale)}:
+                if storage.list_files(uri):
+                    storage.delete(uri)
         ctx.save()
         return lay.tune_dir
     with ctx.step("tune", {f"tune.{k}": v for k, v in t.model_dump().items() if k != "enabled"}):

@@ -73,9 +73,9 @@ def candidates_chart_svg(
     reference: tuple[str, float] | None = None,
     width: int = 520,
 ) -> str:
-    """One row per candidate: (label, its trials as (value, ran its whole length)) as dots on a shared
-    axis, trials stopped before their end in grey, the `best` (label, value) ringed; a `reference`
-    (label, value) is a dashed line down the chart."""
+    """One row per candidate: (label, its trials as (value, competed for the choice)) as dots on a
+    shared axis, trials that could not be chosen in grey, the `best` (label, value) ringed; a
+    `reference` (label, value) is a dashed line down the chart."""
     values = [v for _, vs in rows for v, _ in vs] + ([reference[1]] if reference else [])
     if not values:
         return ""
@@ -94,13 +94,13 @@ def candidates_chart_svg(
             f"<text x='{pad_l - 6}' y='{y + 4}' text-anchor='end' font-size='11'>{escape(label)}</text>"
         )
         parts.append(f"<line x1='{pad_l}' y1='{y}' x2='{width - pad_r}' y2='{y}' stroke='#eee'/>")
-        for v, whole in vs:
+        for v, competed in vs:
             ring = best is not None and label == best[0] and v == best[1]
-            colour = "#1f6feb" if whole else "#999"
+            colour = "#1f6feb" if competed else "#999"
             parts.append(
                 f"<circle cx='{px(v)}' cy='{y}' r='{6 if ring else 3}' fill='{'none' if ring else colour}' "
                 f"stroke='{'#d1242f' if ring else colour}' stroke-width='2'><title>{escape(label)}: "
-                f"{v:.4g}{'' if whole else ' (stopped before its end)'}</title></circle>"
+                f"{v:.4g}{'' if competed else ' (stopped before its end: not a candidate)'}</title></circle>"
             )
     bottom = pad_t + row_h * len(rows)
     parts.append(
@@ -109,8 +109,8 @@ def candidates_chart_svg(
         f"<text x='{width - pad_r}' y='{bottom + 14}' text-anchor='end' font-size='11'>{x1:.3g}</text>"
         f"<text x='{(pad_l + width - pad_r) / 2}' y='{bottom + 26}' text-anchor='middle' "
         f"font-size='11'>{escape(x_label)}</text>"
-        f"<text x='8' y='{bottom + 40}' font-size='11' fill='#555'>blue: ran its whole length; "
-        "grey: stopped early (ASHA or the budget); ringed: chosen</text>"
+        f"<text x='8' y='{bottom + 40}' font-size='11' fill='#555'>blue: a candidate; grey: stopped "
+        "early, scored by its last step, not a candidate; ringed: chosen</text>"
     )
     if reference:
         rx = px(reference[1])

@@ -383,11 +383,14 @@ def _method_choice(tune: dict) -> str:
     if sel is None:
         return ""
     trials = tune.get("trials", [])
+    # Scored by their best checkpoint, trials stopped early compete too (the unlearn step reaches
+    # their score); scored by their last report, only those that ran their whole length.
+    score_best = bool(tune.get("score_best"))
     rows = [
         (
             m,
             [
-                (t["objective"], t.get("status") == "finished")
+                (t["objective"], score_best or t.get("status") == "finished")
                 for t in trials
                 if t.get("method") == m and t.get("objective") is not None
             ],

@@ -8,6 +8,7 @@ with `ray stop` (which would stop every Ray on the machine).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,6 +148,7 @@ def local_ray_head(num_cpus: int = 4, pythonpath: str | None = None, timeout_s: 
         yield url
     finally:
         stop_node(temp)
+        shutil.rmtree(temp, ignore_errors=True)  # the node's sockets, logs and session files
 
 
 def stop_node(temp: str) -> None:

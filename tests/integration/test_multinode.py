@@ -18,6 +18,7 @@ Budget (issue 18, point 6): this one test, ~150 s of the suite's headroom.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -93,6 +94,7 @@ class _Cluster:
     def stop(self) -> None:
         for temp in reversed(self.temps):
             stop_node(temp)
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from html import escape
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -344,5 +345,35 @@ def test_the_candidates_chart_rings_only_the_chosen_trial() -> None:
     assert svg.count("r='6'") == 1 and svg.count("<circle") == 3
     ringed = svg[svg.index("r='6'") :]
     assert "<title>b: 0.1</title>" in ringed.split("</circle>")[0]
-    assert "<title>a: 0.1 (stopped before its end)</title>" in svg and svg.count("fill='#999'") == 1
+    assert "<title>a: 0.1 (stopped before its end: not a candidate)</title>" in svg
+    assert svg.count("fill='#999'") == 1
     assert candidates_chart_svg([], None, "objective") == ""
+
+
+def test_a_run_without_a_search_leaves_no_earlier_search_behind(tmp_path: Path) -> None:
+    """An id request after a class request in the same work dir: the class request's tune/*.json are
+    not this run's and go (nothing reads them then, but a person or a later step could)."""
+    from lethe.pipeline.layout import Layout
+    from lethe.pipeline.tune import step_tune
+
+    lay = Layout(tmp_path / "work", tmp_path / "cache")
+    lay.tune_dir.mkdir(parents=True)
+    for name in ("best.json", "result.json", "other.txt"):
+        (lay.tune_dir / name).write_text("{}")
+    cfg = build_config("demo", overrides={"request": {"kind": "ids", "ids_file": "ids.txt"}})
+    ctx = SimpleNamespace(
+        cfg=cfg, lay=lay, state=SimpleNamespace(tune={}), manifest=lambda: _man(0), save=lambda: None
+    )
+    step_tune(ctx)
+    assert sorted(p.name for p in lay.tune_dir.iterdir()) == ["other.txt"]
+    assert ctx.state.tune["no_search"]["chosen"] == "encoder_noise"
+
+
+def test_the_report_chart_colours_a_stopped_trial_by_whether_it_competed() -> None:
+    """Scored by best checkpoints, a trial ASHA stopped is a candidate (blue); scored by last
+    reports it is not (grey)."""
+    report = _tune_report()
+    report["tune"]["trials"][0]["status"] = "stopped_early"
+    assert _method_choice(report["tune"]).count("fill='#999'") == 1
+    report["tune"]["score_best"] = True
+    assert "fill='#999'" not in _method_choice(report["tune"])
