@@ -10,6 +10,7 @@ is called FD, never FID (which implies Inception-v3 features and is not comparab
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -263,6 +264,8 @@ def unlearning_objective(
     retain_weight: float = 1.0,
     psnr_drop_db: float | None = None,
     psnr_weight: float = 1.0,
+    forget_psnr_gap_db: float | None = None,
+    forget_psnr_scale: float = math.log(2.0),
 ) -> float:
     """Tuning objective, lower is better (0: forgets like the oracle, retain as good as the original).
 
@@ -275,14 +278,27 @@ def unlearning_objective(
     (the original's retain PSNR minus the model's) enters as the pixel-error ratio it stands for,
     10^(drop / 10), so both retain terms read "how much worse than the original, as a ratio - 1": the
     feature distance alone misses a blurrier reconstruction that the retain PSNR gate refuses.
+
+    Too few forget images for a Frechet distance (no more than its feature dimension: the covariance
+    is singular, FD measures noise) and the gate judges per image: |PSNR - PSNR_oracle| within a
+    tolerance. Given `forget_psnr_gap_db` (the model's forget PSNR minus the oracle's), the forget
+    term is `forget_psnr_scale` * |gap| instead, the scale putting the PSNR band's edge where the FD
+    band's is (ln(1 + x) / tolerance), and the FD arguments are not read.
     """
     eps = 1e-12
-    values = (fd_forget, fd_forget_oracle, fd_retain, fd_retain_original)
+    values = (fd_retain, fd_retain_original)
+    if forget_psnr_gap_db is None:
+        values += (fd_forget, fd_forget_oracle)
+    elif not np.isfinite(forget_psnr_gap_db):
+        return float("inf")
     if not all(np.isfinite(v) for v in values) or (
         psnr_drop_db is not None and not np.isfinite(psnr_drop_db)
     ):
         return float("inf")
-    forget_term = abs(float(np.log(max(fd_forget, eps) / max(fd_forget_oracle, eps))))
+    if forget_psnr_gap_db is None:
+        forget_term = abs(float(np.log(max(fd_forget, eps) / max(fd_forget_oracle, eps))))
+    else:
+        forget_term = forget_psnr_scale * abs(float(forget_psnr_gap_db))
     retain_term = max(0.0, max(fd_retain, 0.0) / max(fd_retain_original, eps) - 1.0)
     psnr_term = 0.0 if psnr_drop_db is None else max(0.0, 10.0 ** (psnr_drop_db / 10.0) - 1.0)
     return forget_term + retain_weight * retain_term + psnr_weight * psnr_term

@@ -23,6 +23,9 @@ def _preset(name: str) -> dict[str, Any]:
             "data": {"max_train": 1500, "max_heldout": 400},
             "pretrain": {"epochs": 1, "batch_size": 128},
             "unlearn": {
+                # A smoke original trains a dozen steps: the relative rule would make its unlearning
+                # a no-op, and smoke runs are there to exercise every step.
+                "lr_rule": "fixed",
                 "batch_size": 32,
                 "forget_passes": 1.0,
                 "max_steps": 6,

@@ -23,7 +23,14 @@ def masks_of(p: dict[str, Any]) -> list[str]:
     return [m for m, (frac, _) in MASKS.items() if p.get(frac) is not None]
 
 
-def _objective(p: dict[str, Any], prefix: str, fd_f: float, fd_r: float, psnr_r: float) -> float:
+def _objective(
+    p: dict[str, Any], prefix: str, fd_f: float, psnr_f: float, fd_r: float, psnr_r: float
+) -> float:
+    # too few forget images for FD: per image, as the gate then judges
+    psnr = {
+        "forget_psnr_gap_db": psnr_f - p[f"{prefix}psnr_forget_oracle"],
+        "forget_psnr_scale": p["forget_psnr_scale"],
+    }
     return unlearning_objective(
         fd_f,
         p[f"{prefix}fd_forget_oracle"],
@@ -32,6 +39,7 @@ def _objective(p: dict[str, Any], prefix: str, fd_f: float, fd_r: float, psnr_r:
         p["retain_weight"],
         p[f"{prefix}psnr_retain_original"] - psnr_r,
         p["psnr_weight"],
+        **(psnr if p.get("forget_measure") == "psnr" else {}),
     )
 
 
@@ -45,6 +53,7 @@ def source_objective(p: dict[str, Any]) -> float:
                 p,
                 pre,
                 p[f"{pre}fd_forget_original"],
+                p[f"{pre}psnr_forget_original"],
                 p[f"{pre}fd_retain_original"],
                 p[f"{pre}psnr_retain_original"],
             )
@@ -60,9 +69,9 @@ def validation_scores(model, featnet, p: dict[str, Any]) -> dict[str, float]:
     bs, out, parts = p["batch_size"], {}, []
     for m in masks_of(p):
         frac_key, prefix = MASKS[m]
-        fd_f, _ = model_scores(model, featnet, p["x_forget"], p[frac_key], p["forget_feats"], bs, kind=m)
+        fd_f, psnr_f = model_scores(model, featnet, p["x_forget"], p[frac_key], p["forget_feats"], bs, kind=m)
         fd_r, psnr_r = model_scores(model, featnet, p["x_retain"], p[frac_key], p["retain_feats"], bs, kind=m)
-        parts.append(_objective(p, prefix, fd_f, fd_r, psnr_r))
+        parts.append(_objective(p, prefix, fd_f, psnr_f, fd_r, psnr_r))
         out[f"objective_{m}"] = parts[-1]
         if m == "box":
             out.update(

@@ -79,6 +79,7 @@ def tune_summary(result: dict[str, Any]) -> dict[str, Any]:
         "validation",
         "baselines",
         "score_best",
+        "lr_rule",
     )
     return {k: result[k] for k in keep if k in result} | {"wall_s": result.get("wall_s")}
 
@@ -127,6 +128,8 @@ def build_report(ctx: Context, man, metrics: dict, extra: dict) -> dict[str, Any
             **({"proxy_retain": st.unlearn["proxy_retain"]} if "proxy_retain" in st.unlearn else {}),
             # method auto that could not search: what ran instead, and why
             **({"auto": st.unlearn["auto"]} if "auto" in st.unlearn else {}),
+            # how the data-relative lr rule set the lr (lethe.pipeline.lr_rule)
+            **({"lr_rule": st.unlearn["lr_rule"]} if "lr_rule" in st.unlearn else {}),
         },
         "storage_uri": ctx.lay.remote or str(ctx.lay.root),
         "preset": cfg.preset,

@@ -29,6 +29,7 @@ from lethe.pipeline.families import for_config
 from lethe.pipeline.i2i import i2i_unlearn_job
 from lethe.pipeline.jobs import proxy_retain
 from lethe.pipeline.keys import file_digest, tune_key
+from lethe.pipeline.lr_rule import lr_rule, lr_scaled
 from lethe.pipeline.oracle_audit import require_oracle
 from lethe.pipeline.params import numeric
 from lethe.pipeline.validation import load_models, selection_unavailable, validation_payload
@@ -37,13 +38,14 @@ log = logging.getLogger("lethe")
 REPORTS = 4  # a trial that is not scored like a kept checkpoint reports at least this many times
 
 
-def _search(ctx: Context, man, arch, teacher, payload: dict[str, Any], key: str, budget_s: float | None):
-    """Run the Ray Tune search; returns lethe.execution.tune.TuneOutcome."""
+def _search(ctx: Context, cfg, man, arch, teacher, payload: dict[str, Any], key: str, budget_s: float | None):
+    """Run the Ray Tune search (cfg: the run's, its lr scaled by the lr rule); returns
+    lethe.execution.tune.TuneOutcome."""
     from lethe.execution.fit import retain_rows, unlearn_inputs
     from lethe.execution.job import stage_budgets
     from lethe.execution.tune import run_tune
 
-    cfg, t = ctx.cfg, ctx.cfg.tune
+    t = cfg.tune
     u = cfg.unlearn
     # Trials share the machine: split the cores between the workers that run at once.
     running = t.max_concurrent_trials * t.workers_per_trial
@@ -108,14 +110,14 @@ def _log_trials(ctx: Context, outcome) -> None:
 
 
 def _result_doc(
-    ctx: Context, outcome, key: str, validation: dict, baselines: dict, budget: dict[str, Any]
+    cfg, outcome, key: str, validation: dict, baselines: dict, budget: dict[str, Any]
 ) -> dict[str, Any]:
     """tune/result.json: every trial, the best, how the search ran and, for method auto, which
-    method it chose and why."""
+    method it chose and why (cfg: the one searched with, its lr scaled by the lr rule)."""
     from lethe.execution.tune import OBJECTIVE_TEXT
 
-    t = ctx.cfg.tune
-    methods = list(searched_methods(ctx.cfg))
+    t = cfg.tune
+    methods = list(searched_methods(cfg))
     return {
         **outcome.to_json(),
         "key": key,
@@ -133,14 +135,14 @@ def _result_doc(
             "methods": methods,
             "alpha": {"low": t.alpha_range[0], "high": t.alpha_range[1], "scale": "log"},
             "lr": {"low": t.lr_range[0], "high": t.lr_range[1], "scale": "log"},
-            "num_samples": samples_per_method(ctx.cfg),
+            "num_samples": samples_per_method(cfg),
             "per": "method",
             # each method's first trial: the configured settings
-            "start": {"alpha": ctx.cfg.unlearn.alpha, "lr": ctx.cfg.unlearn.lr},
+            "start": {"alpha": cfg.unlearn.alpha, "lr": cfg.unlearn.lr},
             "max_concurrent_trials": t.max_concurrent_trials,
         },
         "budget": budget,
-        "selection": method_choice(ctx.cfg, outcome, baselines.get("source_objective")),
+        "selection": method_choice(cfg, outcome, baselines.get("source_objective")),
         "validation": validation,
         "baselines": baselines,
     }
@@ -161,6 +163,29 @@ def _reuse(ctx: Context, key: str, best_path: Path, result_path: Path) -> bool:
     return True
 
 
+def _drop_earlier_search(lay) -> None:
+    """A run without a search: an earlier request's tune/*.json in this work dir are not this run's."""
+    for name in ("best.json", "result.json"):
+        stale = lay.tune_dir / name
+        for uri in {str(stale), lay.uri(stale)}:
+            if storage.list_files(uri):
+                storage.delete(uri)
+
+
+def _baselines(payload: dict[str, Any]) -> dict[str, Any]:
+    """What the untouched models score on the validation images, and doing nothing's objective."""
+    keys = (
+        "fd_forget_oracle",
+        "fd_retain_original",
+        "fd_forget_original",
+        "psnr_retain_original",
+        "psnr_forget_oracle",
+        "psnr_forget_original",
+        "forget_measure",
+    )
+    return {k: payload[k] for k in keys} | {"source_objective": source_objective(payload)}
+
+
 def step_tune(ctx: Context) -> Path:
     cfg, lay = ctx.cfg, ctx.lay
     fam = for_config(cfg)
@@ -171,11 +196,7 @@ def step_tune(ctx: Context) -> Path:
     if fallback is not None:
         log.warning("tune: method auto: %s", fallback["why"])
         ctx.state.tune = {"best": {"method": fallback["chosen"]}, "no_search": fallback}
-        for name in ("best.json", "result.json"):  # an earlier request's search in this work dir
-            stale = lay.tune_dir / name
-            for uri in {str(stale), lay.uri(stale)}:
-                if storage.list_files(uri):
-                    storage.delete(uri)
+        _drop_earlier_search(lay)
         ctx.save()
         return lay.tune_dir
     with ctx.step("tune", {f"tune.{k}": v for k, v in t.model_dump().items() if k != "enabled"}):
@@ -192,14 +213,14 @@ def step_tune(ctx: Context) -> Path:
         payload, validation = validation_payload(ctx, man, models)
         ctx.start_ray()
         budget = search_budget(cfg, ctx.state.oracle)
-        outcome = _search(ctx, man, arch, models["original"], payload, key, budget["time_budget_s"])
+        searched = lr_scaled(cfg, man)
+        outcome = _search(ctx, searched, man, arch, models["original"], payload, key, budget["time_budget_s"])
         budget["spent_s"] = round(outcome.wall_s, 3)
         _log_trials(ctx, outcome)
         best = outcome.best
-        keys = ("fd_forget_oracle", "fd_retain_original", "fd_forget_original", "psnr_retain_original")
-        baselines = {k: payload[k] for k in keys}
-        baselines["source_objective"] = source_objective(payload)
-        result = _result_doc(ctx, outcome, key, validation, baselines, budget)
+        baselines = _baselines(payload)
+        result = _result_doc(searched, outcome, key, validation, baselines, budget)
+        result["lr_rule"] = lr_rule(cfg, man)
         best_doc = {
             "key": key,
             "alpha": best.alpha,

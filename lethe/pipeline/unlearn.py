@@ -17,19 +17,21 @@ from lethe.pipeline.families import for_config
 from lethe.pipeline.family_api import UnlearnPlan
 from lethe.pipeline.jobs import fit_kwargs
 from lethe.pipeline.keys import file_digest, unlearn_run_name
+from lethe.pipeline.lr_rule import lr_rule, lr_scaled
 from lethe.pipeline.params import numeric
 
 log = logging.getLogger("lethe")
 
 
 def effective_unlearn(ctx: Context, man=None) -> tuple[Any, dict[str, Any] | None]:
-    """The unlearning settings to use: the config's, or with the tuned alpha and lr (tune.enabled)."""
+    """The unlearning settings to use: the config's (its lr by unlearn.lr_rule), or with the tuned
+    alpha and lr (tune.enabled: the search's range was scaled by the same rule)."""
     cfg, lay = ctx.cfg, ctx.lay
-    if not cfg.tune.enabled or not for_config(cfg).tunable:
-        return cfg.unlearn, None
     man = man or ctx.manifest()
+    if not cfg.tune.enabled or not for_config(cfg).tunable:
+        return lr_scaled(cfg, man).unlearn, None
     if no_search(cfg, man) is not None:  # method auto without a search: the configured settings
-        return cfg.unlearn, None
+        return lr_scaled(cfg, man).unlearn, None
     best_path = lay.fetch(lay.tune_dir / "best.json")
     if not best_path.is_file():
         raise ConfigError(
@@ -129,4 +131,11 @@ def step_unlearn(ctx: Context) -> Path:
         fit_unlearned(ctx, man, plan, original, teacher)
         if fallback is not None:
             ctx.state.unlearn["auto"] = fallback  # the report and certificate say why nothing was searched
+        rule = lr_rule(cfg, man)
+        if rule["scale"] != 1.0:
+            log.warning("unlearn: lr rule: %s", rule["why"])
+        ctx.state.unlearn["lr_rule"] = {
+            **rule,
+            "applied_to": "the search's lr range" if tuned else "unlearn.lr",
+        }
     return lay.model("unlearned")

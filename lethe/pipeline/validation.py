@@ -6,6 +6,7 @@ the first ones, so what chooses a model is not what grades it."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +111,17 @@ def evaluator_payload(
     retain_weight: float,
     border_frac: float | None = None,
     psnr_weight: float = 1.0,
+    forget_psnr_scale: float = math.log(2.0),
 ) -> dict[str, Any]:
     """What the run's evaluator (lethe.evaluation.selection) needs: the validation images
     (N, C, H, W), their features, the feature net, and per mask (the centre box; the outpainting
     border when border_frac is given, as the gates judge both) the baselines the objective compares
-    with: the oracle's forget FD, the original's retain and forget FD and its retain PSNR. models:
-    original, oracle, featnet."""
+    with: the oracle's and the original's forget FD and PSNR, the original's retain FD and PSNR.
+    models: original, oracle, featnet.
+
+    With no more forget images than the feature net has dimensions (FD's covariance is singular: a
+    distance of noise), the objective's forget term is the PSNR gap to the oracle instead, scaled by
+    `forget_psnr_scale` (the gate's own per-image measure for small sets)."""
     from lethe.evaluation.reconstruction import features, model_scores
 
     featnet = models["featnet"]
@@ -132,17 +138,17 @@ def evaluator_payload(
         "batch_size": bs,
         "retain_weight": retain_weight,
         "psnr_weight": psnr_weight,
+        "forget_measure": "fd" if len(x_f) > feats_f.shape[1] else "psnr",
+        "forget_psnr_scale": forget_psnr_scale,
     }
     for kind, frac, prefix in (("box", box_frac, ""), ("border", border_frac, "border_")):
         if frac is None:
             continue
         fd_r, psnr_r = model_scores(models["original"], featnet, x_r, frac, feats_r, bs, kind=kind)
         payload[prefix + "fd_retain_original"], payload[prefix + "psnr_retain_original"] = fd_r, psnr_r
-        for key, model in (
-            ("fd_forget_oracle", models["oracle"]),
-            ("fd_forget_original", models["original"]),
-        ):
-            payload[prefix + key] = model_scores(model, featnet, x_f, frac, feats_f, bs, kind=kind)[0]
+        for who in ("oracle", "original"):
+            fd_f, psnr_f = model_scores(models[who], featnet, x_f, frac, feats_f, bs, kind=kind)
+            payload[f"{prefix}fd_forget_{who}"], payload[f"{prefix}psnr_forget_{who}"] = fd_f, psnr_f
     return payload
 
 
@@ -161,9 +167,24 @@ def validation_payload(ctx: Context, man, models: dict[str, Any]) -> tuple[dict[
             seen=f"{len(x_f)} / {len(x_r)}",
         )
     border = e.outpaint_frac if e.outpaint else None
+    g = ctx.cfg.gates
     payload = evaluator_payload(
-        models, x_f, x_r, e.box_frac, e.batch_size, t.retain_weight, border, t.psnr_weight
+        models,
+        x_f,
+        x_r,
+        e.box_frac,
+        e.batch_size,
+        t.retain_weight,
+        border,
+        t.psnr_weight,
+        # the PSNR band's edge costs what the FD band's does: ln(1 + x) at the tolerance
+        math.log1p(g.forget_oracle_tol) / g.forget_psnr_tol_db,
     )
     # Disjoint from the evaluated images by construction (held_back / evaluated).
-    validation = {"forget_count": len(x_f), "retain_count": len(x_r), "disjoint_from_evaluation": True}
+    validation = {
+        "forget_count": len(x_f),
+        "retain_count": len(x_r),
+        "disjoint_from_evaluation": True,
+        "forget_measure": payload["forget_measure"],
+    }
     return payload, validation

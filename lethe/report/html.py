@@ -25,7 +25,7 @@ from lethe.report.schema import (
     oracle_gaps,
     validate_report,
 )
-from lethe.report.summary import method_line, method_selection, proxy_line
+from lethe.report.summary import lr_rule_line, method_line, method_selection, proxy_line
 
 __all__ = ["write_html_report", "format_number", "GRID_CAPTIONS", "IDS_NOTICE"]
 
@@ -370,8 +370,11 @@ def _tune_table(tune: dict) -> str:
 
 
 def _notes(report: dict) -> list[str]:
-    """Under the request: a proxy retain set, and method auto that could not search (what ran)."""
+    """Under the request: a proxy retain set, method auto that could not search (what ran), and the
+    lr rule when it lowered the configured lr."""
     out = [f"<p class='verdict-inconclusive'>{_e(proxy_line(report))}</p>"] if proxy_line(report) else []
+    if lr_rule_line(report):
+        out.append(f"<p>{_e(lr_rule_line(report))}</p>")
     if (report.get("unlearn") or {}).get("auto"):
         out.append(f"<p>{_e(method_line(report))}</p>")
     return out

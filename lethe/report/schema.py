@@ -262,6 +262,15 @@ def _validate_unlearn(unlearn: Mapping[str, Any], path: str) -> None:
             raise ValueError(
                 f"{path}.auto: expected {{searched: false, chosen: method, why: text}}, got {dict(auto)!r}"
             )
+    if "lr_rule" in unlearn:  # the data-relative lr rule: which, and the lr it gave
+        rule = _mapping(unlearn["lr_rule"], f"{path}.lr_rule")
+        lr, scale = rule.get("lr"), rule.get("scale")
+        if rule.get("rule") not in ("relative", "fixed") or not all(
+            isinstance(v, int | float) and 0 < v for v in (lr, scale)
+        ):
+            raise ValueError(
+                f"{path}.lr_rule: expected {{rule: relative or fixed, lr > 0, scale > 0, ...}}, got {dict(rule)!r}"
+            )
     if "checkpoint" in unlearn:
         _validate_checkpoint(_mapping(unlearn["checkpoint"], f"{path}.checkpoint"), f"{path}.checkpoint")
 

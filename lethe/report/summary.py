@@ -146,6 +146,14 @@ def proxy_line(report: Mapping[str, Any]) -> str | None:
     )
 
 
+def lr_rule_line(report: Mapping[str, Any]) -> str | None:
+    """Says so when the data-relative lr rule lowered the configured learning rate."""
+    rule = (report.get("unlearn") or {}).get("lr_rule") or {}
+    if rule.get("scale", 1.0) == 1.0:
+        return None
+    return f"lr rule: {rule['why']} (applied to {rule.get('applied_to', 'unlearn.lr')})"
+
+
 def summary_lines(report: Mapping[str, Any], certificate: str | None = None) -> list[str]:
     """The summary, one line per entry (no trailing newline); `certificate`: its path, if written."""
     req = report.get("request") or {}
@@ -154,7 +162,8 @@ def summary_lines(report: Mapping[str, Any], certificate: str | None = None) -> 
         f"{req.get('forget_count')} training images ({_what(req)}), kept {req.get('retain_count')}",
         *_table(report),
     ]
-    lines += [line for line in (method_line(report), _checkpoint(report), proxy_line(report)) if line]
+    notes = (method_line(report), _checkpoint(report), lr_rule_line(report), proxy_line(report))
+    lines += [line for line in notes if line]
     oracle = report.get("oracle") or {}
     if not oracle_audited(oracle):
         lines.append(f"oracle: none in this run ({oracle.get('reason')})")

@@ -95,3 +95,21 @@ def test_summary_says_which_checkpoint_became_the_unlearned_model() -> None:
         "checkpoint: the last step (unlearn.keep_best is off)"
     )
     assert not any(line.startswith("checkpoint:") for line in summary_lines(_report()))
+
+
+def test_summary_says_when_the_lr_rule_lowered_the_lr() -> None:
+    from types import SimpleNamespace
+
+    from lethe.config import build_config
+    from lethe.pipeline.lr_rule import lr_rule
+
+    man = SimpleNamespace(
+        shards={"retain": SimpleNamespace(count=3767), "forget": SimpleNamespace(count=400)}
+    )
+    rule = {**lr_rule(build_config("demo"), man), "applied_to": "unlearn.lr"}
+    lines = summary_lines(_report(unlearn={"lr_rule": rule}))
+    line = next(ln for ln in lines if ln.startswith("lr rule: "))
+    assert "of the original's pretraining (51 steps" in line and line.endswith("(applied to unlearn.lr)")
+    same = {**lr_rule(build_config("demo"), SimpleNamespace(shards={
+        "retain": SimpleNamespace(count=54000), "forget": SimpleNamespace(count=6000)})), "applied_to": "unlearn.lr"}  # fmt: skip
+    assert not any(ln.startswith("lr rule: ") for ln in summary_lines(_report(unlearn={"lr_rule": same})))

@@ -85,3 +85,29 @@ def test_without_outpainting_only_the_box_is_scored(parts) -> None:
     assert masks_of(p) == ["box"] and "border_fd_forget_oracle" not in p
     scores = validation_scores(models["original"], models["featnet"], p)
     assert scores["objective"] == scores["objective_box"] and "objective_border" not in scores
+
+
+def test_too_few_forget_images_for_fd_are_scored_by_their_psnr_gap_to_the_oracle(parts) -> None:
+    """Six forget images and 8 feature dimensions: FD's covariance is singular, so the forget term is
+    the PSNR gap to the oracle (as the gate then judges), its band's edge costing what FD's does."""
+    models, x_f, x_r = parts
+    p = evaluator_payload(models, x_f[:6], x_r, 0.5, 8, 1.0, forget_psnr_scale=math.log(2.0) / 1.0)
+    assert (
+        p["forget_measure"] == "psnr"
+        and evaluator_payload(models, x_f, x_r, 0.5, 8, 1.0)["forget_measure"] == "fd"
+    )
+    at_oracle = validation_scores(models["oracle"], models["featnet"], p)
+    drop = at_oracle["psnr_retain_drop"]
+    retain_only = unlearning_objective(1, 1, at_oracle["fd_retain"], p["fd_retain_original"], 1.0, drop, 1.0)
+    assert at_oracle["objective"] == pytest.approx(retain_only, abs=1e-6)  # the oracle's own gap is 0
+    gap = p["psnr_forget_original"] - p["psnr_forget_oracle"]
+    assert abs(gap) > 0.01
+    # the untouched original: only its forget PSNR gap costs, ln 2 per dB at a 1 dB tolerance
+    assert source_objective(p) == pytest.approx(math.log(2.0) * abs(gap), rel=1e-6)
+    assert validation_scores(models["original"], models["featnet"], p)["objective"] == pytest.approx(
+        source_objective(p), rel=1e-6
+    )
+    # an FD the size of the noise does not enter: the FD arguments may even be non-finite
+    assert unlearning_objective(float("nan"), 0.0, 1.0, 1.0, forget_psnr_gap_db=-2.0) == pytest.approx(
+        2 * math.log(2.0)
+    )
