@@ -116,6 +116,9 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         "forget_count": report["request"]["forget_count"],
         "retain_count": report["request"]["retain_count"],
         "method": report["method"],
+        # the unlearning lr, and the data-relative rule's share of the configured one
+        "lr": (report.get("unlearn") or {}).get("lr"),
+        "lr_rule_scale": ((report.get("unlearn") or {}).get("lr_rule") or {}).get("scale"),
         "verdict": gates["verdict"],
         "promoted": report["promotion"]["promoted"],
         "failed_gates": [g["name"] for g in gates["results"] if g.get("verdict") == "failed"],
