@@ -1,5 +1,6 @@
 """Does a run get an oracle? (cache.oracle: reuse / retrain always; sample: a keyed random share of
-runs; none: never, the training data it would be retrained on is gone.) Pure functions of the config and the manifest, used by every step that needs the oracle."""
+runs; none: never, the training data it would be retrained on is gone.) Pure functions of the config
+and the manifest, used by every step that needs the oracle."""
 
 from __future__ import annotations
 
