@@ -38,10 +38,23 @@ def epoch_progress(job: str, epoch: int, epochs: int, done: int, total: int, fig
     progress("%s epoch %d/%d: %d/%d images, %s, %.0f img/s", job, epoch, epochs, done, total, figures, rate)
 
 
+CKPT_TEMP_PREFIX = "lethe-ckpt-"
+
+
+def checkpoint_temp_dirs(run_name: str) -> list[Path]:
+    """This node's staging dirs of a Ray Train run's checkpoints that outlived their worker (one
+    killed between writing and handing them to Ray): cleanup deletes those of forget-trained models."""
+    return sorted(Path(tempfile.gettempdir()).glob(f"{CKPT_TEMP_PREFIX}{run_name}-*"))
+
+
 def save_checkpoint_dir(model, opt, sched, progress_state: dict[str, Any], meta: dict[str, Any]) -> str:
+    import ray.train
+
     from lethe.models.checkpoint import save_checkpoint
 
-    d = tempfile.mkdtemp(prefix="lethe-ckpt-")
+    # Named after the run, so that cleanup can find what a killed worker left behind.
+    run_name = ray.train.get_context().get_experiment_name()
+    d = tempfile.mkdtemp(prefix=f"{CKPT_TEMP_PREFIX}{run_name}-")
     save_checkpoint(Path(d) / MODEL_FILE, model, meta)
     torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(), **progress_state}, Path(d) / STATE_FILE)
     return d

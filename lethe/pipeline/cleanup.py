@@ -55,6 +55,7 @@ def _model_keys(cfg: RunConfig, lay: Layout, state: RunState, name: str) -> list
 
 def _model_targets(cfg: RunConfig, lay: Layout, state: RunState) -> list[tuple[str, str, str]]:
     """(model, which copy, URI) of every place a forget-trained model may lie."""
+    from lethe.execution.worker import checkpoint_temp_dirs
 
     def leftovers(path: Path) -> list[tuple[str, str, str]]:
         # Temp files of an interrupted atomic write (save_checkpoint, stage_file, fit's copy).
@@ -74,6 +75,8 @@ def _model_targets(cfg: RunConfig, lay: Layout, state: RunState) -> list[tuple[s
             # The Ray Train run that trained it: checkpoints (weights) and its finished marker,
             # which would otherwise hand the same weights back to the next run.
             out.append((name, "ray checkpoints", storage.join(lay.ray_storage_uri, f"{name}-{key}")))
+            # a checkpoint a killed worker staged on this node and never handed to Ray
+            out += [(name, "worker temp copy", str(d)) for d in checkpoint_temp_dirs(f"{name}-{key}")]
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -135,7 +136,7 @@ def test_failure_lines() -> None:
 
 
 # -- cleanup of the models trained on the forget set --------------------------------------------------
-def test_cleanup_deletes_every_copy_of_the_forget_trained_models(tmp_path: Path) -> None:
+def test_cleanup_deletes_every_copy_of_the_forget_trained_models(tmp_path: Path, monkeypatch) -> None:
     cfg = _cfg(
         tmp_path,
         family="gan",
@@ -145,7 +146,10 @@ def test_cleanup_deletes_every_copy_of_the_forget_trained_models(tmp_path: Path)
     )
     lay = check_workdir(cfg)
     state = RunState(pretrain={"featnet": {"cache_key": "kf", "feature_clf.cache_key": "kc"}})
+    node_tmp = tmp_path / "node-tmp"  # this node's temp dir, where a killed worker staged checkpoints
+    monkeypatch.setattr(tempfile, "tempdir", str(node_tmp))
     doomed = [
+        _touch(node_tmp / "lethe-ckpt-featnet-kf-x1y2z3" / "model.pt"),
         _touch(lay.model("featnet")),
         _touch(lay.model("feature_clf")),
         _touch(lay.cached("featnet", "kf")),
@@ -161,6 +165,7 @@ def test_cleanup_deletes_every_copy_of_the_forget_trained_models(tmp_path: Path)
         _touch(lay.cached("gan", "ko")),
         _touch(lay.cached("featnet", "another-data-set")),
         _touch(lay.ray_storage / "gan-ko" / "checkpoint_000000" / "model.pt"),
+        _touch(node_tmp / "lethe-ckpt-gan-ko-a1b2c3" / "model.pt"),  # the source's: not forget-trained
     ]
     deleted = delete_forget_models(cfg, lay, state)
     assert not [p for p in doomed if p.exists()]
@@ -170,6 +175,9 @@ def test_cleanup_deletes_every_copy_of_the_forget_trained_models(tmp_path: Path)
     assert all(d["absent_after"] for d in deleted)
     existed = {(d["model"], d["copy"]) for d in deleted if d["existed"]}
     assert ("featnet", "work dir") in existed and ("featnet", "ray checkpoints") in existed
+    assert ("featnet", "worker temp copy") in existed and not (
+        node_tmp / "lethe-ckpt-featnet-kf-x1y2z3"
+    ).exists()
     assert ("feature_clf", "model cache") in existed
     assert ("feature_clf", "model cache numbers") not in existed  # never written: listed, absent
     assert "shard" not in deleted[0] and {"uri", "copy", "at"} <= set(deleted[0])
