@@ -85,18 +85,27 @@ CLASS_REQUEST = {
 }
 
 
-def _class_run(tmp_path: Path, name: str, method: str, data: Path, db: Path, **unlearn) -> dict:
-    cfg = {**CLASS_REQUEST, "unlearn": {**CLASS_REQUEST["unlearn"], **unlearn}}
+def _lethe_run(
+    tmp_path: Path, name: str, base: dict, request: list[str], method: str, db: Path, **unlearn
+) -> tuple[dict, str]:
+    """`lethe run` on the smoke preset with `base` (its unlearn section updated by `unlearn`), one
+    model cache and one registry for every run of a test; the validated report and the output."""
+    cfg = {**base, "unlearn": {**base["unlearn"], **unlearn}}
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     r = lethe(
-        "run", "--preset", "smoke", "--dataset", str(data), "--forget-classes", "v",
-        "--config", str(tmp_path / f"{name}.yaml"), "--method", method, "--workdir", str(tmp_path / name),
-        "--cache-dir", str(tmp_path / "cache"), "--tracking-uri", f"sqlite:///{db}", cwd=tmp_path,
+        "run", "--preset", "smoke", *request, "--config", str(tmp_path / f"{name}.yaml"),
+        "--method", method, "--workdir", str(tmp_path / name), "--cache-dir", str(tmp_path / "cache"),
+        "--tracking-uri", f"sqlite:///{db}", cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
     validate_report(report)
-    return report
+    return report, r.stdout + r.stderr
+
+
+def _class_run(tmp_path: Path, name: str, method: str, data: Path, db: Path, **unlearn) -> dict:
+    request = ["--dataset", str(data), "--forget-classes", "v"]
+    return _lethe_run(tmp_path, name, CLASS_REQUEST, request, method, db, **unlearn)[0]
 
 
 @pytest.mark.slow
@@ -166,20 +175,9 @@ MEMORISING = {
 
 
 def _run(tmp_path: Path, name: str, method: str, ids: Path, db: Path, **unlearn) -> dict:
-    cfg = {**MEMORISING, "unlearn": {**MEMORISING["unlearn"], **unlearn}}
-    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-    r = lethe(
-        "run", "--preset", "smoke", "--dataset", "digits", "--config", str(tmp_path / f"{name}.yaml"),
-        "--forget-ids", str(ids), "--method", method, "--workdir", str(tmp_path / name),
-        "--cache-dir", str(tmp_path / "cache"), "--tracking-uri", f"sqlite:///{db}",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
-    validate_report(report)
-    written = (
-        all_text_under(tmp_path / name) + all_text_under(db.parent) + r.stdout.encode() + r.stderr.encode()
-    )
+    request = ["--dataset", "digits", "--forget-ids", str(ids)]
+    report, output = _lethe_run(tmp_path, name, MEMORISING, request, method, db, **unlearn)
+    written = all_text_under(tmp_path / name) + all_text_under(db.parent) + output.encode()
     assert not [i for i in ids.read_text().split() if i.encode() in written], "forget ids leaked"
     return report
 
