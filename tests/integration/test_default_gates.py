@@ -56,16 +56,21 @@ def _bars(root: Path, side: int = 8, per_class: int = 600, seed: int = 0) -> Pat
     return root
 
 
-# Smoke-sized MAE trained to reconstruct the bars; 300 held-out images of each class, so the forget
-# FD is fitted on 128 images and 64 / 200 validation images choose the checkpoint. Decoupling gets 60
-# knowledge-retention steps (smoke's 5 leave retain FD at 1.21-1.28x the source's).
+# Smoke-sized MAE trained to reconstruct the bars (500 training and 90 held-out images of each class;
+# the forget FD is fitted on the 91 held-out vertical bars that are not validation images, 18 choose
+# the checkpoint, judged by their PSNR gap to the oracle: too few for an FD in 32 dimensions).
+# Decoupling gets 60 knowledge-retention steps (smoke's 5 leave retain FD at 1.21-1.28x the source's)
+# and half the usual lambda: at the full one, its best-scored checkpoint (step 10) costs retain FD
+# 1.19-1.2x.
 #
-# Measured on the 2-core development machine, 2026-12-06 (forget FD as a share of the oracle's; the
-# band is [0.5, 2]): seed 0 (this test), encoder re-targeting 0.59, decoupling 0.56, both promoted;
-# seed 2, 0.58 and 0.75, both promoted; seed 1, 0.17 and 0.19, both refused for under-forgetting (that
-# source is farther from its oracle, fd_rel 0.92, and this fixed recipe does not get there: choosing
-# the recipe per request is what method auto is for). The run that does not unlearn is refused on
-# every seed. Runs are bit-for-bit repeatable on one machine.
+# Measured on the 2-core development machine, 2026-12-06, seed 0 (forget FD as a share of the
+# oracle's; the band is [0.5, 2]): encoder re-targeting 0.59 (retain FD 1.03x), decoupling 0.55 (1.00x),
+# both promoted; the run that does not unlearn 0.19, refused. The margins above the band's lower edge
+# are thin: at this size a recipe passes or not by a few hundredths. Before the objective judged
+# such small validation sets by PSNR (an FD of 18 images in 32 dimensions, that is of noise, chose the
+# checkpoint), seed 2 passed both as well and seed 1 refused both for under-forgetting (that source
+# is farther from its oracle; choosing the recipe per request is what method auto is for). Runs are
+# bit-for-bit repeatable on one machine.
 CLASS_REQUEST = {
     "data": {"max_train": 1500, "max_heldout": 900},
     "model": {
@@ -77,7 +82,7 @@ CLASS_REQUEST = {
         "checkpoint_every": 10,
         "eval_every": 5,
         "forget_passes": 3.0,
-        "decouple": {"retain_steps": 60},
+        "decouple": {"retain_steps": 60, "lambda_factor": 0.5},
     },
     "featnet": {"epochs": 10, "batch_size": 64},
     "eval": {"n_forget": 128, "n_retain": 400},
