@@ -154,13 +154,6 @@ def attack_figures(
 NOT_EVALUATED = "not evaluated"
 
 
-def no_oracle_why(policy: str) -> str:
-    """Why a run has no oracle, by its cache.oracle policy (the only two that ever go without)."""
-    if policy == "none":
-        return "no oracle in this run (cache.oracle = none: no training data to train one on)"
-    return "no oracle in this run (cache.oracle = sample, not drawn for an audit)"
-
-
 def membership_not_evaluated(n_members: int, n_nonmembers: int, why: str) -> dict[str, object]:
     """evidence.membership of a run without an oracle: the attack is calibrated against the oracle,
     and without that reference it has no power (the source's own AUC is about 0.5), so no verdict."""

@@ -28,6 +28,7 @@ from lethe.pipeline.jobs import (
     unlearn_job,
     unlearned_meta,
 )
+from lethe.pipeline.oracle_audit import oracle_audit
 from lethe.pipeline.params import flat_params, numeric, ratio, section_params
 
 log = logging.getLogger("lethe")
@@ -105,11 +106,11 @@ def eval_data(cfg: RunConfig, man, where: str):
 
 
 def requests_evidence(
-    cfg: RunConfig, member_ids: tuple[str, ...], scores: dict[str, Any]
+    cfg: RunConfig, member_ids: tuple[str, ...], scores: dict[str, Any], no_oracle: str
 ) -> dict[str, dict[str, Any]]:
     """A night's evidence per stored request (this night's and every earlier one): are its own
     images forgotten by the unlearned model? Keyed by request uuid; empty when the run is no night."""
-    from lethe.evaluation.evidence import no_oracle_why, request_evidence, request_not_evaluated
+    from lethe.evaluation.evidence import request_evidence, request_not_evaluated
     from lethe.pipeline.request_groups import read_groups
 
     groups = read_groups(cfg.request.ids_file) if cfg.request.refs else {}
@@ -118,7 +119,7 @@ def requests_evidence(
     for n, ref in enumerate(cfg.request.refs):
         rows = [row[i] for i in groups.get(ref.request_id, []) if i in row]
         if not scores:  # no oracle, no calibrated scores
-            out[ref.request_id] = request_not_evaluated(len(rows), no_oracle_why(cfg.cache.oracle))
+            out[ref.request_id] = request_not_evaluated(len(rows), no_oracle)
             continue
         out[ref.request_id] = request_evidence(
             scores["original"][rows],
@@ -133,12 +134,14 @@ def requests_evidence(
     return out
 
 
-def _membership(cfg: RunConfig, attack: dict[str, Any], n_members: int, n_nonmembers: int) -> dict[str, Any]:
+def _membership(
+    cfg: RunConfig, attack: dict[str, Any], n_members: int, n_nonmembers: int, no_oracle: str
+) -> dict[str, Any]:
     """The membership verdict from the calibrated attack (not evaluated in a run without an oracle)."""
-    from lethe.evaluation.evidence import membership_not_evaluated, membership_verdict, no_oracle_why
+    from lethe.evaluation.evidence import membership_not_evaluated, membership_verdict
 
     if "oracle" not in attack:
-        return membership_not_evaluated(n_members, n_nonmembers, no_oracle_why(cfg.cache.oracle))
+        return membership_not_evaluated(n_members, n_nonmembers, no_oracle)
     return membership_verdict(
         attack["original"],
         attack["unlearned"],
@@ -255,9 +258,11 @@ class ImageToImage:
         attack, ratio_cis = extra.pop("attack"), extra.pop("fd_ratio_ci95")
         member_scores = extra.pop("member_scores")
         n_members, n_nonmembers = extra.pop("n_members"), extra.pop("n_nonmembers")
-        membership = _membership(cfg, attack, n_members, n_nonmembers)
+        # the same words as the gates that need the oracle (lethe.gates): the audit's reason
+        no_oracle = f"no oracle in this run ({oracle_audit(cfg, man).get('reason')})"
+        membership = _membership(cfg, attack, n_members, n_nonmembers, no_oracle)
         log.warning("evaluate: %s", membership["reason"])
-        per_request = requests_evidence(cfg, data.member_ids, member_scores)
+        per_request = requests_evidence(cfg, data.member_ids, member_scores, no_oracle)
         by_mask = extra.pop("metrics_by_mask", {})
         for prefix, per_model in [("", metrics), *((f"{k}.", v) for k, v in by_mask.items())]:
             for model, splits in per_model.items():
