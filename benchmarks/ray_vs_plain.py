@@ -13,7 +13,9 @@ forward + backward), and so the share of the GEMM rate the hot step reaches.
 With --run it also runs `make run`'s command (`lethe pipeline run --local`, the preset's whole
 recipe, under a pseudo-terminal so its screen is what a person sees) and sets its wall time against
 the plain loop's time for the same training work (the original's and the oracle's epochs, the feature
-net's, the unlearning), from the plain loops' img/s measured here; the screen is saved beside the JSON.
+net's, and every unlearning step the run trained: method auto's search trials and the unlearn step,
+each at the plain loop's time per step of its method), from the plain loops measured here; the screen
+is saved beside the JSON.
 Prints a table and writes JSON (default benchmarks/results/ray_vs_plain.json).
 """
 
@@ -57,6 +59,9 @@ from lethe.pipeline.pretrain import step_pretrain
 from lethe.pipeline.split import step_split
 from lethe.pipeline.state import RunState
 from lethe.pipeline.unlearn import step_unlearn
+
+PLAIN_METHOD = "encoder_noise"
+STEP_PROBE = 10  # plain-loop steps that time one step of each searched method
 
 
 def _tensor(man, *names: str) -> torch.Tensor:
@@ -116,12 +121,12 @@ class Pretrain:
 class Unlearn:
     """The unlearning job of the Ray worker (same steps, batch size, masks, teacher), in memory."""
 
-    def __init__(self, cfg, man, original: Path, steps: int) -> None:
+    def __init__(self, cfg, man, original: Path, steps: int, method: str | None = None) -> None:
         u = cfg.unlearn
         self.teacher, _ = load_checkpoint(original)
         self.student, _ = load_checkpoint(original)
         self.teacher.eval()
-        self.method = get_method(cfg.method, noise=u.noise)
+        self.method = get_method(method or cfg.method, noise=u.noise)
         self.params = self.method.trainable_parameters(self.student)
         self.steps, self.bs, self.alpha, self.clip = steps, u.batch_size, u.alpha, u.grad_clip
         self.opt, self.sched = make_optimizer(self.params, u.lr, u.weight_decay, steps, u.warmup_frac)
@@ -200,7 +205,26 @@ def make_run(preset: str, screen: Path) -> dict:
     screen.write_text("\n".join(lines) + "\n", encoding="utf-8")
     raw.unlink()
     state = json.loads((work / "state.json").read_text())
-    return {"wall_s": wall, "screen_lines": len(lines), "steps_s": state.get("timing_s", {})}
+    return {
+        "wall_s": wall,
+        "screen_lines": len(lines),
+        "steps_s": state.get("timing_s", {}),
+        "unlearning_steps": unlearning_steps(work, state),
+    }
+
+
+def unlearning_steps(work: Path, state: dict) -> dict[str, int]:
+    """Unlearning steps the run trained, per method: every search trial's and the unlearn step's own
+    (all its steps: it trains its whole length and keeps its best checkpoint)."""
+    steps: dict[str, int] = {}
+    tune = work / "tune" / "result.json"
+    if tune.is_file():
+        for t in json.loads(tune.read_text())["trials"]:
+            steps[t["method"]] = steps.get(t["method"], 0) + int(t.get("steps") or 0)
+    u = state["unlearn"]
+    ran = int((u.get("checkpoint") or {}).get("last_step") or u["step"])
+    steps[u["method"]] = steps.get(u["method"], 0) + ran
+    return steps
 
 
 def print_and_write(title: str, rows: list, result: dict, out: Path) -> None:
@@ -233,7 +257,13 @@ def main() -> None:
     args = ap.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="lethe-bench-")) / "work"
-    over: dict = {"workdir": str(workdir), "pretrain": {"epochs": 1}, "tracking": {"register_model": False}}
+    # The Ray side runs one unlearning job of a fixed method (method auto would first search).
+    over: dict = {
+        "workdir": str(workdir),
+        "method": PLAIN_METHOD,
+        "pretrain": {"epochs": 1},
+        "tracking": {"register_model": False},
+    }
     if args.rows:
         over["data"] = {"max_train": args.rows}
     cfg = build_config(args.preset, overrides=over)
@@ -307,37 +337,45 @@ def main() -> None:
         ("unlearning hot step, share of GEMM rate", result["unlearn_hot_step_share_of_gemm"]),
     ]
     if args.run:
-        rows += _make_run_rows(args, result, man, plain_pre_ips, plain_unl_s)
+        rows += _make_run_rows(args, result, man, plain_pre_ips, ctx.lay.model("original"))
     title = (
         f"Ray Train vs plain loop ({cfg.preset}, {cfg.family}) on {os.cpu_count()} CPUs, {threads} threads"
     )
     print_and_write(title, rows, result, Path(args.out))
 
 
-def _make_run_rows(args, result: dict, man, plain_pre_ips: float, plain_unl_s: float) -> list:
+def _make_run_rows(args, result: dict, man, plain_pre_ips: float, original: Path) -> list:
     """`make run` on the preset's own recipe against the plain loops' time for its training work."""
     full = build_config(args.preset)  # the recipe `make run` uses (all its epochs)
     n_train = man.shards["forget"].count + man.shards["retain"].count
     n_retain = man.shards["retain"].count
     featnet_ips = plain_featnet_epoch(full, man)
+    run = make_run(args.preset, Path(args.out).with_name("make_run_screen.txt"))
+    # One step of each method the run trained (its search's trials and its unlearn step), timed in the
+    # plain loop: the methods' steps differ (a teacher pass or not, a noise draw or not).
+    step_s = {}
+    for method in run["unlearning_steps"]:
+        t, _ = Unlearn(full, man, original, STEP_PROBE, method).run()
+        step_s[method] = t / STEP_PROBE
     plain = {
         "original": full.pretrain.epochs * n_train / plain_pre_ips,
         "featnet": full.featnet.epochs * n_train / featnet_ips,
         "oracle": full.pretrain.epochs * n_retain / plain_pre_ips,
-        "unlearn": plain_unl_s,
+        "unlearning": sum(n * step_s[m] for m, n in run["unlearning_steps"].items()),
     }
-    run = make_run(args.preset, Path(args.out).with_name("make_run_screen.txt"))
     plain_s = sum(plain.values())
     result["make_run"] = {
         **run,
+        "plain_step_s": step_s,
         "plain_training_s": plain,
         "plain_training_total_s": plain_s,
         "wall_over_plain_training": run["wall_s"] / plain_s,
         "plain_featnet_images_per_s": featnet_ips,
         "note": "plain time = the recipe's images per training job / the plain loop's img/s measured in "
-        "this run (pretraining epochs for the original and the oracle, the feature net's own epoch rate, "
-        "the unlearning loop's time); the run's wall time includes split, evaluation, registry and "
-        "cleanup, process and Ray start-up",
+        "this run (pretraining epochs for the original and the oracle, the feature net's own epoch rate) "
+        "+ every unlearning step the run trained (method auto's search trials and the unlearn step) x the "
+        "plain loop's time per step of that method; the run's wall time also includes split, the search's "
+        "and the unlearn step's validation scoring, evaluation, registry and cleanup, process and Ray start-up",
     }
     return [
         ("make run: wall (s)", run["wall_s"]),

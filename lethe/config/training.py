@@ -220,7 +220,9 @@ class TuneConfig(_Strict):
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: int = Field(2, ge=1)
     cpus_per_trial: float = Field(
-        0.25, gt=0, description="the Tune function that drives a trial's TorchTrainer"
+        0.25,
+        gt=0,
+        description="the Tune function that runs a trial (a one-worker CPU trial also holds its cpus_per_worker)",
     )
     workers_per_trial: int = Field(1, ge=1, description="Ray Train workers of each trial")
     cpus_per_worker: float = Field(0.5, gt=0, description="fractional CPUs let trials share small machines")

@@ -177,7 +177,7 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
 
 
-def _train_config(
+def train_config(
     job: TrainJob,
     arrays: dict[str, np.ndarray],
     teacher_state: dict[str, torch.Tensor] | None,
@@ -275,7 +275,7 @@ def fit(
     # numpy arrays (unlearn_inputs) travel through the object store; Ray Datasets are streamed.
     arrays = {k: v for k, v in datasets.items() if isinstance(v, np.ndarray)}
     datasets = {k: v for k, v in datasets.items() if k not in arrays}
-    config = _train_config(job, arrays, teacher_state, eval_payload)
+    config = train_config(job, arrays, teacher_state, eval_payload)
     remote = storage.is_s3(storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -23,6 +23,8 @@ from lethe.execution.worker import (
     frozen_teacher,
     local_rows,
     maybe_fail,
+    placement,
+    prepare_model,
     progress,
     report,
     report_due,
@@ -194,15 +196,10 @@ def _switch_stage(
 
 
 def _unlearn_loop(job: dict[str, Any], student) -> None:
-    import ray.train
-    import ray.train.torch
-
     from lethe import masks
     from lethe.optim import MaskSpec, optimizer_step, unlearn_step
 
-    ctx = ray.train.get_context()
-    world, rank = ctx.get_world_size(), ctx.get_world_rank()
-    device = ray.train.torch.get_device()
+    world, rank, device = placement()
     teacher = frozen_teacher(job, student, device)
     method = job_method(job)
     params = method.trainable_parameters(student)
@@ -216,7 +213,7 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
     start = state["step"] if state else 0
-    student = ray.train.torch.prepare_model(student)
+    student = prepare_model(student)
     spec = MaskSpec(**job["mask"])
     box = masks.box_mask(spec.height, spec.width, spec.box_frac, spec.cell)
     loop_start = time.perf_counter() - (state.get("loop_s", 0.0) if state else 0.0)

@@ -14,6 +14,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,40 @@ import torch.distributed as dist
 
 from lethe.errors import LetheError
 from lethe.execution.job import MODEL_FILE, STATE_FILE
+
+# Set while a one-worker tuning trial runs the unlearning loop in its own Tune actor, without a Ray
+# Train worker group (lethe.execution.tune): then the loop is rank 0 of 1 on the CPU, reports go to
+# Tune and there is no checkpoint to write or restore.
+_TUNE_ACTOR: dict[str, bool] = {}
+
+
+@contextmanager
+def in_tune_actor() -> Iterator[None]:
+    _TUNE_ACTOR["on"] = True
+    try:
+        yield
+    finally:
+        _TUNE_ACTOR.clear()
+
+
+def placement() -> tuple[int, int, torch.device]:
+    """(world size, rank, device) of the loop running here."""
+    if _TUNE_ACTOR:
+        return 1, 0, torch.device("cpu")
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_size(), ctx.get_world_rank(), ray.train.torch.get_device()
+
+
+def prepare_model(model, **kwargs: Any):
+    """Ray Train's DDP wrapping (and device placement); as is in a tuning trial's own actor."""
+    if _TUNE_ACTOR:
+        return model
+    import ray.train.torch
+
+    return ray.train.torch.prepare_model(model, **kwargs)
 
 
 def progress(msg: str, *args: Any) -> None:
@@ -62,6 +98,8 @@ def save_checkpoint_dir(model, opt, sched, progress_state: dict[str, Any], meta:
 
 def restore_model(model) -> dict[str, Any] | None:
     """Load the last reported checkpoint's weights; return its training state (optimiser, progress)."""
+    if _TUNE_ACTOR:
+        return None
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
@@ -83,6 +121,11 @@ def restore(model, opt, sched) -> dict[str, Any] | None:
 
 
 def report(metrics: dict[str, Any], model, opt, sched, progress_state, meta) -> None:
+    if _TUNE_ACTOR:  # ASHA needs the figures; a trial's checkpoints are never used
+        import ray.tune
+
+        ray.tune.report(metrics)
+        return
     import ray.train
 
     if ray.train.get_context().get_world_rank() == 0:

@@ -1,4 +1,5 @@
-"""`lethe tune --preset smoke` finds an alpha with Ray Tune (ASHA, each trial a Ray Train run),
+"""`lethe tune --preset smoke` finds an alpha with Ray Tune (ASHA; a trial of one worker trains in its
+Tune actor, a trial of several is a Ray Train run),
 `lethe run --tune` unlearns with it and shows every trial's objective in report.json and report.html,
 and method auto (the default of the demo preset) chooses the method too, runs it, and says which and
 why: through the Kubeflow pipeline on kfp's local runner, as `make run` runs it.
@@ -49,6 +50,8 @@ def test_tune_then_run_with_the_tuned_alpha(tuned) -> None:
     result = json.loads((work / "tune" / "result.json").read_text())
     trials = result["trials"]
     assert len(trials) == 3  # smoke: tune.num_samples
+    # one-worker trials train in their Tune actors: no Ray Train run of their own
+    assert not list((work / "ray").glob("tune-*-*")), sorted(p.name for p in (work / "ray").iterdir())
     assert len({t["trial_id"] for t in trials}) == 3
     assert all(t["status"] in ("finished", "stopped_early") for t in trials), trials
     assert all(t["objective"] is not None and t["objective"] >= 0 for t in trials)
@@ -125,3 +128,21 @@ def test_method_auto_chooses_the_method_runs_it_and_says_why(tuned) -> None:
             )
         )
     assert tags["lethe.method"] == chosen
+
+
+def test_trials_of_several_workers_are_ray_train_runs(tuned) -> None:
+    """tune.workers_per_trial 2: each trial fits a TorchTrainer of two workers (DDP) and reports
+    through it, and the search ends as a one-worker search does."""
+    work, common, _ = tuned
+    tmp_path = work.parent
+    ddp = tmp_path / "work-ddp"  # beside `work`: the same model cache, so only the search runs
+    conf = tmp_path / "ddp.yaml"
+    conf.write_text("tune:\n  workers_per_trial: 2\n  num_samples: 2\n")
+    args = [a if a != str(work) else str(ddp) for a in common]
+    r = _lethe("tune", *args, "--config", str(conf), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    result = json.loads((ddp / "tune" / "result.json").read_text())
+    scored = [t for t in result["trials"] if t["objective"] is not None]
+    assert len(result["trials"]) == 2 and scored, result["trials"]
+    runs = sorted(p.name for p in (ddp / "ray").glob("tune-*-*"))
+    assert runs == sorted(f"tune-{result['key']}-{t['trial_id']}" for t in result["trials"]), runs
