@@ -222,6 +222,8 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
     evaluate = _evaluator(job, device) if rank == 0 else None
     # Scored checkpoints for best-checkpoint keeping: the same on every rank (reports are collective).
     select_every = job.get("eval_every") if "eval_ref" in job else None
+    # A search's trials, several at once, would drive one bar by turns: the search shows trials done.
+    quiet = job["meta"].get("role") == "tune-trial"
     history = list(state.get("history") or []) if state else []
     student.train()
     t0, seen, parts = time.perf_counter(), 0, {}
@@ -252,7 +254,7 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
                     history.append({"step": done, **{k: metrics[k] for k in SCORE_KEYS if k in metrics}})
                     # The model file says which step it is and how it scored: the kept one is not the last.
                     meta = {**meta, "step": done, "validation_objective": metrics["objective"]}
-            if rank == 0:
+            if rank == 0 and not quiet:
                 progress(
                     "unlearn step %d/%d: loss %.5f, %.0f img/s%s",
                     done,

@@ -2,7 +2,7 @@
 
 A Ray Train worker reports its progress as plain lines (lethe.execution.worker.epoch_progress:
 "lethe: pretrain main epoch 2/8: 6400/54000 images, loss 0.0213, 640 img/s"; "lethe: unlearn step
-30/47: loss 0.0123, 900 img/s"), which Ray
+30/47: loss 0.0123, 900 img/s"; the search's driver: "lethe: search trial 5/14"), which Ray
 forwards to the driver (and kfp's local runner into its log). Where the driver's terminal is a TTY,
 `Bars.feed` renders them as one tqdm bar per job (images or steps, img/s, ETA) instead of lines; where
 it is not (CI logs, tests, a pipe), nothing changes: the lines are the record.
@@ -20,7 +20,8 @@ _EPOCH = re.compile(
     r"(?:, (?P<post>.*))?$"
 )
 _STEP = re.compile(
-    r"lethe: (?P<job>(?:feature )?unlearn|evaluate) step (?P<done>\d+)/(?P<total>\d+)(?:: (?P<post>.*))?$"
+    r"lethe: (?P<job>(?:feature )?unlearn|evaluate|search) (?P<unit>step|trial) (?P<done>\d+)/(?P<total>\d+)"
+    r"(?:: (?P<post>.*))?$"
 )
 
 
@@ -41,7 +42,7 @@ def parse(line: str) -> dict[str, Any] | None:
             "desc": m["job"],
             "done": int(m["done"]),
             "total": int(m["total"]),
-            "unit": "step",
+            "unit": m["unit"],
             "postfix": m["post"] or "",
         }
     return None
@@ -99,15 +100,16 @@ class Bars:
         self._bar, self._key = None, None
 
 
-def in_process(job: str, stream: TextIO | None = None):
-    """progress(done, total) for work in this process (the evaluation): a bar on a terminal; elsewhere
-    a progress line at each quarter, which a local pipeline's screen turns into a bar in turn."""
+def in_process(job: str, stream: TextIO | None = None, unit: str = "step"):
+    """progress(done, total) for work in this process (the evaluation, the search's trials): a bar on
+    a terminal; elsewhere a progress line at each quarter, which a local pipeline's screen turns into
+    a bar in turn."""
     out = stream or sys.stderr
     bars = Bars(out)
     shown = {"quarter": -1}
 
     def report(done: int, total: int) -> None:
-        line = f"lethe: {job} step {done}/{total}"
+        line = f"lethe: {job} {unit} {done}/{total}"
         if bars.feed(line):
             return
         quarter = 4 * done // max(total, 1)

@@ -262,6 +262,26 @@ def _best_trial(trials: list[TrialOutcome], name: str, score_best: bool, unstart
     return min(complete, key=lambda x: x.objective)  # type: ignore[arg-type, return-value]
 
 
+def _trials_done(total: int) -> Any:
+    """A Tune callback that shows the search's progress as trials done (stopped early or not) of
+    `total`: a bar on a terminal, progress lines elsewhere (lethe.execution.progress)."""
+    from ray import tune
+
+    from lethe.execution.progress import in_process
+
+    class TrialsDone(tune.Callback):
+        def __init__(self) -> None:
+            self.done, self.report = 0, in_process("search", unit="trial")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.done += 1
+            self.report(min(self.done, total), total)
+
+        on_trial_error = on_trial_complete
+
+    return TrialsDone()
+
+
 def run_tune(
     *,
     jobs: dict[str, Any],  # method -> its unlearning TrainJob; alpha and lr are searched
@@ -325,7 +345,9 @@ def run_tune(
             ),
             time_budget_s=time_budget_s,
         ),
-        run_config=tune.RunConfig(name=name, verbose=0, **where),
+        run_config=tune.RunConfig(
+            name=name, verbose=0, callbacks=[_trials_done(len(jobs) * samples)], **where
+        ),
     )
     t0 = time.perf_counter()
     grid = tuner.fit()

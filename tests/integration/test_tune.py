@@ -50,6 +50,8 @@ def test_tune_then_run_with_the_tuned_alpha(tuned) -> None:
     result = json.loads((work / "tune" / "result.json").read_text())
     trials = result["trials"]
     assert len(trials) == 3  # smoke: tune.num_samples
+    # the search shows trials done, not the trials' own steps (several at once would share one bar)
+    assert "lethe: search trial 3/3" in r.stderr and "unlearn step" not in r.stderr, r.stderr[-3000:]
     # one-worker trials train in their Tune actors: no Ray Train run of their own
     assert not list((work / "ray").glob("tune-*-*")), sorted(p.name for p in (work / "ray").iterdir())
     assert len({t["trial_id"] for t in trials}) == 3

@@ -34,6 +34,13 @@ def test_the_workers_lines_parse(capsys: pytest.CaptureFixture[str]) -> None:
     assert step is not None and (step["done"], step["total"], step["unit"]) == (30, 47, "step")
     gan = parse("lethe: pretrain gan epoch 1/8: 128/1500 images, gen 0.7, disc 1.3, 90 img/s")
     assert gan is not None and gan["postfix"] == "gen 0.7, disc 1.3, 90 img/s"
+    search = parse("lethe: search trial 5/14")  # the search's driver (lethe.execution.tune)
+    assert search is not None and (search["desc"], search["done"], search["total"], search["unit"]) == (
+        "search",
+        5,
+        14,
+        "trial",
+    )
     assert parse("lethe: unlearn step 3: stage ascent -> retain (lambda 0.2)") is None
     assert parse("lethe: == split") is None
 
