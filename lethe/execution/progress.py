@@ -118,4 +118,5 @@ def in_process(job: str, stream: TextIO | None = None, unit: str = "step"):
             out.write(line + "\n")
             out.flush()
 
+    report.close = bars.close  # type: ignore[attr-defined]  # work that ends short of its total
     return report

@@ -279,6 +279,9 @@ def _trials_done(total: int) -> Any:
 
         on_trial_error = on_trial_complete
 
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            self.report.close()  # a search its budget cut ends its bar short of the total
+
     return TrialsDone()
 
 
