@@ -83,10 +83,11 @@ def _trial(
     eval_payload: dict[str, Any],
     fit_kwargs: dict[str, Any],
     name: str,
+    in_actor: bool,
 ) -> None:
     """One Tune trial: unlearn with this trial's method, alpha and lr.
 
-    A trial of one CPU worker runs the unlearning loop right here, in its Tune actor; others (DDP
+    A trial of one CPU worker (`in_actor`, decided by `_trainable`) runs the unlearning loop right here, in its Tune actor; others (DDP
     trials, GPU trials) run it as a Ray Train run. A Train run per trial starts a controller, a worker
     group and their helper actors, each a new process: measured on the demo on 2 cores, about 25 s of
     CPU per trial, against about 2 s of training in a trial that ASHA stops at its first rung.
@@ -107,7 +108,7 @@ def _trial(
     # scores of the unlearn step's own checkpoints.
     rows = retain_rows(train_job, fit_kwargs["num_workers"])
     data = {**inputs, "retain": inputs["retain"][:rows]}
-    if fit_kwargs["num_workers"] == 1 and not fit_kwargs["use_gpu"]:
+    if in_actor:
         with in_tune_actor():
             train_loop_per_worker(train_config(train_job, data, teacher_state, eval_payload))
         return
@@ -167,6 +168,7 @@ def _trainable(
             eval_payload=eval_payload,
             fit_kwargs=fit_kwargs,
             name=name,
+            in_actor=in_actor,
         ),
         # A trial that trains in its own actor holds its worker's CPUs too: as many trials share the
         # cluster as when each drove a worker group.
