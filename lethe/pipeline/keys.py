@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lethe.config import RunConfig
 from lethe.digests import stream_sha256
+
+if TYPE_CHECKING:
+    import torch
 
 # The config sections that decide a pretrained model (original and oracle use the same recipe).
 RECIPE = ("family", "model", "pretrain", "eval", "seed")
@@ -32,6 +33,8 @@ def file_digest(path: Path) -> str:
 
 def state_digest(model: torch.nn.Module) -> str:
     """sha256 over the weights (names, dtypes, shapes, bytes): equal models, equal digests."""
+    import torch
+
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()

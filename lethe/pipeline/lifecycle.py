@@ -6,6 +6,7 @@ the MLflow run closed."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import threading
@@ -23,33 +24,30 @@ from lethe.pipeline.auto import AFTER_UNLEARN, resolve_method
 from lethe.pipeline.certify import finalize
 from lethe.pipeline.cleanup import delete_forget_data, step_cleanup
 from lethe.pipeline.context import Context, make_context, preflight
-from lethe.pipeline.evaluate import step_evaluate
-from lethe.pipeline.families import for_config
 from lethe.pipeline.layout import Layout, layout
-from lethe.pipeline.oracle import step_oracle
-from lethe.pipeline.pretrain import step_pretrain
-from lethe.pipeline.promote import step_promote
 from lethe.pipeline.provenance import code_version
 from lethe.pipeline.report import add_tune_to_report
-from lethe.pipeline.split import step_split
 from lethe.pipeline.state import RunState, load_state, now_iso, save_state
-from lethe.pipeline.tune import step_tune
-from lethe.pipeline.unlearn import step_unlearn
 from lethe.pipeline.workdir_lock import WorkdirBusy, end_pipeline_lease, hold, start_pipeline_lease
 
 log = logging.getLogger("lethe")
 
 STEPS = ("split", "pretrain", "oracle", "tune", "unlearn", "evaluate", "promote", "cleanup")
-RUNNERS: dict[str, Callable[[Context], Any]] = {
-    "split": step_split,
-    "pretrain": step_pretrain,
-    "oracle": step_oracle,
-    "tune": step_tune,
-    "unlearn": step_unlearn,
-    "evaluate": step_evaluate,
-    "promote": step_promote,
-    "cleanup": step_cleanup,
-}
+
+
+def _step(name: str) -> Callable[[Context], Any]:
+    """`step_<name>` of `lethe.pipeline.<name>`, imported when the step runs: a KFP task is a process
+    of its own, and one that only splits, registers or cleans up need not import the training code
+    (torch, the models, the evaluation) of the steps it does not run."""
+
+    def run(ctx: Context) -> Any:
+        return getattr(importlib.import_module(f"lethe.pipeline.{name}"), f"step_{name}")(ctx)
+
+    run.__name__ = f"step_{name}"
+    return run
+
+
+RUNNERS: dict[str, Callable[[Context], Any]] = {name: _step(name) for name in STEPS}
 # A callable that closes a pipeline's MLflow run: (run id, FINISHED | FAILED, tags).
 CloseRun = Callable[[str, str, dict[str, str]], None]
 
@@ -226,11 +224,11 @@ def _tune_prerequisites(ctx: Context) -> None:
     """`lethe tune` alone: run split / pretrain / oracle first when their outputs are missing."""
     lay = ctx.lay
     if not lay.exists(lay.manifest):
-        step_split(ctx)
+        RUNNERS["split"](ctx)
     if not (lay.exists(lay.model("original")) and lay.exists(lay.model("featnet"))):
-        step_pretrain(ctx)
+        RUNNERS["pretrain"](ctx)
     if not lay.exists(lay.model("oracle")):
-        step_oracle(ctx)
+        RUNNERS["oracle"](ctx)
 
 
 def run_step(
@@ -254,6 +252,8 @@ def _run_step(cfg: RunConfig, name: str, parent_run_id: str | None, standalone: 
     else:
         ctx.parent_run_id = ctx.parent_run_id or ctx.state.run_id
     if standalone and name == "tune":
+        from lethe.pipeline.families import for_config
+
         for_config(cfg).check_tunable(cfg)  # before the prerequisites: fail before training anything
         _tune_prerequisites(ctx)
     if name in AFTER_UNLEARN:

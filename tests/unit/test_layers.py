@@ -6,6 +6,8 @@
 (b) There is no import cycle anywhere in lethe/.
 (c) No module in lethe/ is over 600 lines and no function or method over 80 (from its `def` line to
     its last line, docstring included: `end_lineno - lineno + 1` in the AST).
+(d) A KFP task's first import (the KFP steps, the pipeline's lifecycle) loads no torch, models or
+    evaluation: the training code comes with the step that needs it.
 
 Import graph used by (a) and (b): every `import` / `from ... import` statement in a module's AST, function
 bodies included. `from lethe.x import y` is an edge to the module lethe.x.y when that is a module,
@@ -304,6 +306,24 @@ def test_no_import_cycles():
 def test_module_and_function_sizes():
     found = oversized(lethe())
     assert not found, f"{len(found)} over the size limits in lethe/ (split them):\n" + "\n".join(found)
+
+
+# -- (d) what a KFP task imports before its step ----------------------------------------------------
+
+
+def test_a_kfp_task_imports_no_training_code_before_its_step():
+    # Each KFP task is a process of its own: begin, split, promote and cleanup start with this import,
+    # and torch with the models and the evaluation behind it took about 2 s of each task's start.
+    code = (
+        "import sys\n"
+        "import lethe.orchestration.kfp_steps, lethe.pipeline\n"
+        "from lethe.pipeline import lifecycle\n"
+        "loaded = sorted(m for m in ('torch', 'scipy.stats', 'lethe.models', 'lethe.evaluation') if m in sys.modules)\n"
+        "assert not loaded, f'importing the KFP steps loaded {loaded}'\n"
+        "assert callable(lifecycle.RUNNERS['evaluate']) and lifecycle.run_step is __import__('lethe.pipeline').pipeline.run_step\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 # -- the checker itself, on a made-up package --------------------------------------------------------
