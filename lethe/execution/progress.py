@@ -100,23 +100,26 @@ class Bars:
         self._bar, self._key = None, None
 
 
-def in_process(job: str, stream: TextIO | None = None, unit: str = "step"):
+class InProcess:
     """progress(done, total) for work in this process (the evaluation, the search's trials): a bar on
     a terminal; elsewhere a progress line at each quarter, which a local pipeline's screen turns into
     a bar in turn."""
-    out = stream or sys.stderr
-    bars = Bars(out)
-    shown = {"quarter": -1}
 
-    def report(done: int, total: int) -> None:
-        line = f"lethe: {job} {unit} {done}/{total}"
-        if bars.feed(line):
+    def __init__(self, job: str, stream: TextIO | None = None, unit: str = "step") -> None:
+        self.job, self.unit, self.out = job, unit, stream or sys.stderr
+        self.bars = Bars(self.out)
+        self.quarter = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        line = f"lethe: {self.job} {self.unit} {done}/{total}"
+        if self.bars.feed(line):
             return
         quarter = 4 * done // max(total, 1)
-        if quarter > shown["quarter"]:
-            shown["quarter"] = quarter
-            out.write(line + "\n")
-            out.flush()
+        if quarter > self.quarter:
+            self.quarter = quarter
+            self.out.write(line + "\n")
+            self.out.flush()
 
-    report.close = bars.close  # type: ignore[attr-defined]  # work that ends short of its total
-    return report
+    def close(self) -> None:
+        """Work that ends short of its total (a search its budget cut) ends its bar there."""
+        self.bars.close()

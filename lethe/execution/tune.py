@@ -87,8 +87,8 @@ def _trial(
 ) -> None:
     """One Tune trial: unlearn with this trial's method, alpha and lr.
 
-    A trial of one CPU worker (`in_actor`, decided by `_trainable`) runs the unlearning loop right here, in its Tune actor; others (DDP
-    trials, GPU trials) run it as a Ray Train run. A Train run per trial starts a controller, a worker
+    A trial of one CPU worker (`in_actor`, decided by `_trainable`) runs the unlearning loop right
+    here, in its Tune actor; others (DDP trials, GPU trials) run it as a Ray Train run. A Train run per trial starts a controller, a worker
     group and their helper actors, each a new process: measured on the demo on 2 cores, about 25 s of
     CPU per trial, against about 2 s of training in a trial that ASHA stops at its first rung.
     """
@@ -269,11 +269,11 @@ def _trials_done(total: int) -> Any:
     `total`: a bar on a terminal, progress lines elsewhere (lethe.execution.progress)."""
     from ray import tune
 
-    from lethe.execution.progress import in_process
+    from lethe.execution.progress import InProcess
 
     class TrialsDone(tune.Callback):
         def __init__(self) -> None:
-            self.done, self.report = 0, in_process("search", unit="trial")
+            self.done, self.report = 0, InProcess("search", unit="trial")
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.done += 1

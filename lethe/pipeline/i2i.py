@@ -15,7 +15,7 @@ import torch
 
 from lethe.config import RunConfig
 from lethe.errors import DataError
-from lethe.execution.progress import in_process
+from lethe.execution.progress import InProcess
 from lethe.pipeline.decouple import calibrate_decouple, decouple_check, decouple_summary, method_options
 from lethe.pipeline.family_api import Evaluation, UnlearnPlan
 from lethe.pipeline.jobs import (
@@ -250,7 +250,7 @@ class ImageToImage:
             bootstrap=e.bootstrap,
             attack_masks=e.attack_masks,
             attack_mask_ratio=cfg.pretrain.mask_ratio,
-            progress=in_process("evaluate"),
+            progress=InProcess("evaluate"),
         )
         metrics, grids, extra = evaluate_models(models, featnet, data, settings)
         # The validation images that chose the model (tuning, best checkpoint), left out of all the above.

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lethe.evaluation.reconstruction import EvalData, EvalSettings, evaluate_models
-from lethe.execution.progress import in_process
+from lethe.execution.progress import InProcess
 from lethe.models.checkpoint import build_model
 from lethe.models.featnet import FeatNetArch
 
@@ -55,7 +55,7 @@ def test_progress_counts_every_unit_and_ends_at_its_total(setup, with_oracle: bo
 
 def test_in_process_progress_is_a_bar_on_a_terminal_and_quarter_lines_elsewhere() -> None:
     log = io.StringIO()
-    report = in_process("evaluate", log)
+    report = InProcess("evaluate", log)
     for done in range(1, 21):
         report(done, 20)
     assert log.getvalue().splitlines() == [f"lethe: evaluate step {d}/20" for d in (1, 5, 10, 15, 20)]
@@ -65,7 +65,7 @@ def test_in_process_progress_is_a_bar_on_a_terminal_and_quarter_lines_elsewhere(
             return True
 
     screen = Terminal()
-    report = in_process("evaluate", screen)
+    report = InProcess("evaluate", screen)
     for done in range(1, 21):
         report(done, 20)
     assert "evaluate: 100%" in screen.getvalue() and "lethe: evaluate step" not in screen.getvalue()
