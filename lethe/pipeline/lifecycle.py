@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,6 +79,26 @@ class SigtermGuard:
         self.shielded = True  # once: the clean-up that follows must not be cut short by a second one
         raise Terminated()
 
+    def unraisable(self, hook: Callable[[Any], None]) -> Callable[[Any], None]:
+        """A `sys.unraisablehook` over `hook`. Python runs a signal handler wherever the main thread
+        is, a weakref callback or a `__del__` included, and drops what those raise (a `lethe run` went
+        on to the end after its SIGTERM landed in a WeakSet's callback while pretrain started Ray
+        Train): a `Terminated` dropped there is sent again, to land in the step's own code."""
+
+        def unraisable(arg: Any) -> None:
+            if not isinstance(arg.exc_value, Terminated):
+                hook(arg)
+                return
+            log.debug("SIGTERM landed in %r, which cannot raise: sending it again", arg.object)
+            self.shielded = False
+            # From another thread, a moment later: sent from this one (or while this one waits for
+            # the sender to start), the handler would run here again, inside the hook.
+            resend = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM))
+            resend.daemon = True
+            resend.start()
+
+        return unraisable
+
     def reinstall(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
@@ -106,12 +128,15 @@ def sigterm_raises() -> Iterator[SigtermGuard]:
         return
     previous = signal.getsignal(signal.SIGTERM)
     guard.sigint = _restorable(signal.getsignal(signal.SIGINT))
+    hook = sys.unraisablehook
+    sys.unraisablehook = guard.unraisable(hook)
     guard.reinstall()
     try:
         yield guard
     finally:
         signal.signal(signal.SIGTERM, _restorable(previous))
         signal.signal(signal.SIGINT, guard.sigint)
+        sys.unraisablehook = hook
 
 
 def failure_line(exc: BaseException) -> str:

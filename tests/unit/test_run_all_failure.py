@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +86,43 @@ def test_sigterm_raises_once_and_the_previous_handler_comes_back() -> None:
         assert seen == [signal.SIGTERM]  # the restored handler is the one that runs now
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_sigterm_that_lands_in_a_weakref_callback_still_ends_the_run() -> None:
+    # Python drops what a weakref callback raises. A `lethe run` once finished the whole pipeline
+    # after its SIGTERM landed in a WeakSet's callback as pretrain started Ray Train (and the guard,
+    # already shielded, would have ignored a second one).
+    class Ref:
+        pass
+
+    before = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+    with pytest.raises(Terminated):
+        with sigterm_raises():
+            ref = Ref()
+            # raise_signal runs the handler at once, inside the callback
+            callback = weakref.ref(ref, lambda _: signal.raise_signal(signal.SIGTERM))
+            del ref
+            for _ in range(100):
+                time.sleep(0.05)  # the signal sent again lands here
+    assert callback() is None and (signal.getsignal(signal.SIGTERM), sys.unraisablehook) == before
+
+
+def test_other_unraisable_exceptions_still_reach_the_hook_before() -> None:
+    seen: list[type] = []
+    before = sys.unraisablehook
+    sys.unraisablehook = lambda arg: seen.append(arg.exc_type)
+    try:
+        with sigterm_raises():
+
+            class Ref:
+                pass
+
+            ref = Ref()
+            callback = weakref.ref(ref, lambda _: 1 / 0)
+            del ref
+        assert seen == [ZeroDivisionError] and callback() is None
+    finally:
+        sys.unraisablehook = before
 
 
 def test_shielded_guard_ignores_a_second_sigterm_and_reinstalls_over_ray() -> None:
