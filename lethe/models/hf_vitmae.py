@@ -144,6 +144,43 @@ def _channels(value: Any, channels: int) -> list[float]:
     return values * channels if len(values) == 1 else values
 
 
+def sincos_table(grid: int, dim: int) -> torch.Tensor:
+    """ViT-MAE's fixed position table for a grid x grid patch grid: (1 + grid * grid, dim), a zero row
+    for the CLS token first. Each half of the width encodes one axis as [sin | cos] over dim / 4
+    frequencies, the column first: the layout of the MAE reference code and its checkpoints."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")  # (grid, grid)
+
+    def axis(pos: torch.Tensor) -> torch.Tensor:  # (grid, grid) -> (grid * grid, dim / 2)
+        angles = pos.reshape(-1, 1).double() * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([axis(cols), axis(rows)], dim=1)
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float()
+
+
+def initialise(hf: nn.Module) -> None:
+    """ViT-MAE's own initialisation, on a ViTMAEForPreTraining built from a config.
+
+    transformers 5 builds one with all-zero position tables (fixed, never trained), zero CLS and mask
+    tokens and a Conv2d-initialised patch projection: its encoder init is skipped once the projection
+    counts as initialised, and its decoder init zeroes the decoder's table again. Without positions a
+    hidden patch cannot tell where it is, so the model learns the mean image: on Fashion-MNIST its
+    pretraining loss stayed at the pixel variance (0.127) where lethe's `mae` fell to 0.07 in 60 steps.
+    """
+    emb, dec = hf.vit.embeddings, hf.decoder
+    grid = math.isqrt(emb.patch_embeddings.num_patches)
+    std = hf.config.initializer_range
+    with torch.no_grad():
+        emb.position_embeddings.copy_(sincos_table(grid, emb.position_embeddings.shape[-1]).unsqueeze(0))
+        dec.decoder_pos_embed.copy_(sincos_table(grid, dec.decoder_pos_embed.shape[-1]).unsqueeze(0))
+        w = emb.patch_embeddings.projection.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a Linear over the patch (MAE reference)
+        nn.init.normal_(emb.cls_token, std=std)
+        nn.init.normal_(dec.mask_token, std=std)
+
+
 class HFViTMAE(I2IModel):
     """`ViTMAEForPreTraining` behind lethe's family interface; `self.hf` is the model itself."""
 
@@ -154,7 +191,10 @@ class HFViTMAE(I2IModel):
         from transformers import ViTMAEForPreTraining
 
         self.arch = arch
-        self.hf = hf if hf is not None else ViTMAEForPreTraining(arch.hf_config())
+        if hf is None:
+            hf = ViTMAEForPreTraining(arch.hf_config())
+            initialise(hf)
+        self.hf = hf
         c = arch.channels
         mean = torch.tensor(arch.image_mean or [0.0] * c).view(1, c, 1, 1)
         std = torch.tensor(arch.image_std or [1.0] * c).view(1, c, 1, 1)

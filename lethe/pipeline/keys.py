@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 # The config sections that decide a pretrained model (original and oracle use the same recipe).
 RECIPE = ("family", "model", "pretrain", "eval", "seed")
+# Bumped when a family trains another model from the same recipe (a fix in how it is built), so that
+# models cached before are trained again instead of reused. hf-vitmae 2: ViT-MAE's own initialisation
+# (its position tables had been all zero: lethe.models.hf_vitmae.initialise).
+FAMILY_REVISION = {"hf-vitmae": 2}
 
 
 def key(*parts: str) -> str:
@@ -49,10 +53,13 @@ def _recipe(cfg: RunConfig, man) -> str:
 
     # A run from a source model takes the source's architecture; where that is not the model
     # section's, the key says so (and where it is, a model trained by an earlier run is reused).
+    recipe = cfg.digest(*RECIPE)
+    if cfg.family in FAMILY_REVISION:
+        recipe = key(recipe, f"revision {FAMILY_REVISION[cfg.family]}")
     arch = source_arch(cfg, man)
     if arch is None or arch == config_arch(cfg, man):
-        return cfg.digest(*RECIPE)
-    return key(cfg.digest(*RECIPE), arch_tag(arch))
+        return recipe
+    return key(recipe, arch_tag(arch))
 
 
 def original_key(cfg: RunConfig, man) -> str:

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from lethe import masks
-from lethe.models.hf_vitmae import HFViTMAE, HFViTMAEArch, load_pretrained, save_pretrained
+from lethe.models.hf_vitmae import HFViTMAE, HFViTMAEArch, load_pretrained, save_pretrained, sincos_table
 
 
 def _model(tiny_model, c: int = 1) -> HFViTMAE:
@@ -30,6 +30,42 @@ def test_vitmae_hides_exactly_the_cells_lethe_hides_and_keeps_their_order(tiny_m
         assert out.last_hidden_state.shape[1] == 1 + int((~hidden[0]).sum())
         assert torch.equal(m(x, mask, mode="encode"), m(x, mask, mode="encode"))
     assert m.hf.config.mask_ratio == 0.75  # the model's own setting is back after every call
+
+
+def test_a_new_vitmae_knows_where_its_patches_are(tiny_model) -> None:
+    # transformers 5 builds ViTMAEForPreTraining from a config with all-zero position tables: every
+    # hidden patch then got the same prediction, and pretraining learnt only the mean image.
+    m = _model(tiny_model)
+    emb, dec = m.hf.vit.embeddings, m.hf.decoder
+    grid = 16 // m.arch.patch
+    assert torch.equal(emb.position_embeddings[0], sincos_table(grid, m.arch.hidden_size))
+    assert torch.equal(dec.decoder_pos_embed[0], sincos_table(grid, m.arch.decoder_hidden_size))
+    assert not emb.position_embeddings.requires_grad  # fixed, as ViT-MAE defines them
+    assert emb.cls_token.abs().sum() > 0 and dec.mask_token.abs().sum() > 0
+    mask = masks.box_mask(16, 16, 0.5, m.mask_cell)
+    with torch.no_grad():
+        out = m(torch.zeros(1, 1, 16, 16), mask, mode="predict")  # a blank image: only position differs
+    hidden = out[0, 0][mask[0, 0].bool()]
+    assert hidden.std() > 1e-3
+
+
+def test_the_sin_cos_table_is_vitmaes_own_layout() -> None:
+    # the column's [sin | cos] first, then the row's, a zero row for CLS: what pretrained ViT-MAE
+    # checkpoints were trained with (transformers builds it rotated by half the width to match)
+    from transformers.models.vit_mae import modeling_vit_mae
+
+    build = getattr(modeling_vit_mae, "build_2d_sinusoidal_position_embedding", None)
+    if build is None:
+        pytest.skip("this transformers has no build_2d_sinusoidal_position_embedding")
+    for grid, dim in ((7, 128), (4, 32)):
+        ref = build(height=grid, width=grid, embed_dim=dim, cls_token=True)
+        ref = torch.cat([ref[..., dim // 2 :], ref[..., : dim // 2]], dim=-1)
+        assert torch.allclose(sincos_table(grid, dim), ref.reshape(1 + grid * grid, dim), atol=1e-6)
+    t = sincos_table(3, 8)  # two frequencies per axis (1 and 1/100); patch (row 1, column 2) is index 5
+    assert torch.equal(t[0], torch.zeros(8))
+    col, row = torch.tensor([2.0, 2.0 / 100]).double(), torch.tensor([1.0, 1.0 / 100]).double()
+    expected = torch.cat([col.sin(), col.cos(), row.sin(), row.cos()]).float()
+    assert torch.allclose(t[1 + 5], expected, atol=1e-6)
 
 
 def test_a_batch_that_hides_different_counts_is_refused(tiny_model) -> None:

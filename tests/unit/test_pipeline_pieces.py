@@ -112,3 +112,14 @@ def test_cache_keys_follow_the_data_and_the_recipe() -> None:
         build_config("smoke", None, {"unlearn": {"alpha": 0.9}}), man, ["a"]
     )
     assert tune_key(cfg, man, ["a"]) != tune_key(cfg, man, ["b"])
+
+
+def test_a_family_revision_retrains_what_was_cached_before_it(monkeypatch) -> None:
+    from lethe.pipeline import keys
+
+    man = _manifest()
+    vit, mae = build_config("smoke", None, {"family": "hf-vitmae"}), build_config("smoke")
+    before = {"vit": original_key(vit, man), "oracle": oracle_key(vit, man), "mae": original_key(mae, man)}
+    monkeypatch.setitem(keys.FAMILY_REVISION, "hf-vitmae", keys.FAMILY_REVISION["hf-vitmae"] + 1)
+    assert original_key(vit, man) != before["vit"] and oracle_key(vit, man) != before["oracle"]
+    assert original_key(mae, man) == before["mae"]  # another family's cache is untouched
