@@ -88,9 +88,10 @@ def _trial(
     """One Tune trial: unlearn with this trial's method, alpha and lr.
 
     A trial of one CPU worker (`in_actor`, decided by `_trainable`) runs the unlearning loop right
-    here, in its Tune actor; others (DDP trials, GPU trials) run it as a Ray Train run. A Train run per trial starts a controller, a worker
-    group and their helper actors, each a new process: measured on the demo on 2 cores, about 25 s of
-    CPU per trial, against about 2 s of training in a trial that ASHA stops at its first rung.
+    here, in its Tune actor; others (DDP trials, GPU trials) run it as a Ray Train run. A Train run
+    per trial starts a controller, a worker group and their helper actors, each a new process:
+    measured on the demo on 2 cores, about 25 s of CPU per trial, against about 2 s of training in a
+    trial that ASHA stops at its first rung.
     """
     import ray.tune
 

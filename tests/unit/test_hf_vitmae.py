@@ -52,11 +52,8 @@ def test_a_new_vitmae_knows_where_its_patches_are(tiny_model) -> None:
 def test_the_sin_cos_table_is_vitmaes_own_layout() -> None:
     # the column's [sin | cos] first, then the row's, a zero row for CLS: what pretrained ViT-MAE
     # checkpoints were trained with (transformers builds it rotated by half the width to match)
-    from transformers.models.vit_mae import modeling_vit_mae
+    from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding as build
 
-    build = getattr(modeling_vit_mae, "build_2d_sinusoidal_position_embedding", None)
-    if build is None:
-        pytest.skip("this transformers has no build_2d_sinusoidal_position_embedding")
     for grid, dim in ((7, 128), (4, 32)):
         ref = build(height=grid, width=grid, embed_dim=dim, cls_token=True)
         ref = torch.cat([ref[..., dim // 2 :], ref[..., : dim // 2]], dim=-1)
