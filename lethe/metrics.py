@@ -32,6 +32,7 @@ __all__ = [
     "mia_auc",
     "mia_scores_from_errors",
     "masked_mse_per_image",
+    "retain_gate_excess",
     "unlearning_objective",
 ]
 
@@ -302,3 +303,27 @@ def unlearning_objective(
     retain_term = max(0.0, max(fd_retain, 0.0) / max(fd_retain_original, eps) - 1.0)
     psnr_term = 0.0 if psnr_drop_db is None else max(0.0, 10.0 ** (psnr_drop_db / 10.0) - 1.0)
     return forget_term + retain_weight * retain_term + psnr_weight * psnr_term
+
+
+def retain_gate_excess(
+    fd_retain: float,
+    fd_retain_original: float,
+    psnr_drop_db: float,
+    fd_ratio_ceiling: float,
+    psnr_drop_ceiling_db: float,
+) -> float:
+    """How far a model's retain figures pass ceilings set below the retain gates' limits, in the
+    objective's units ("a ratio to the original, minus one"): max(0, FD ratio - fd_ratio_ceiling)
+    + max(0, 10^(drop / 10) - 10^(ceiling / 10)). 0 inside both ceilings.
+
+    unlearning_objective's retain terms are soft: a step that forgets a little more may pay for a retain
+    PSNR drop past the gate's limit, and the gate then refuses the model whatever it forgot. The search
+    adds this excess, weighted steeply, so it ranks a model that a retain gate would refuse below one
+    that forgets less. The ceilings sit below the limits because validation images are not the
+    evaluated ones (lethe.evaluation.selection)."""
+    if not all(np.isfinite(v) for v in (fd_retain, fd_retain_original, psnr_drop_db)):
+        return float("inf")
+    ratio = max(fd_retain, 0.0) / max(fd_retain_original, 1e-12)
+    fd_excess = max(0.0, ratio - fd_ratio_ceiling)
+    psnr_excess = max(0.0, 10.0 ** (psnr_drop_db / 10.0) - 10.0 ** (psnr_drop_ceiling_db / 10.0))
+    return fd_excess + psnr_excess

@@ -188,7 +188,8 @@ class TuneConfig(_Strict):
     Objective (lower is better), on held-out validation images disjoint from the evaluation ones:
     |log(FD_forget(unlearned) / FD_forget(oracle))| + retain_weight * max(0, FD_retain(unlearned) /
     FD_retain(original) - 1) + psnr_weight * max(0, 10^((PSNR_retain(original) - PSNR_retain(unlearned))
-    / 10) - 1).
+    / 10) - 1), plus gate_weight times how far the retain figures pass ceilings at gate_margin of the
+    retain gates' limits (lethe.metrics.retain_gate_excess).
     """
 
     enabled: bool = Field(
@@ -235,6 +236,19 @@ class TuneConfig(_Strict):
         1.0,
         ge=0,
         description="v in the objective: the retain PSNR drop, as the pixel-error ratio it stands for",
+    )
+    gate_margin: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="a validation retain figure past this share of its gate's limit (retain FD ratio - 1, "
+        "PSNR drop) counts as a gate failure: validation images are not the evaluated ones",
+    )
+    gate_weight: float = Field(
+        10.0,
+        ge=0,
+        description="what the objective adds per unit of retain excess past those ceilings, in its own "
+        "units (0: off, the soft retain terms alone)",
     )
     val_forget: int = Field(200, ge=8, description="validation images from the end of heldout_forget")
     val_retain: int = Field(400, ge=8, description="validation images from the end of heldout_retain")

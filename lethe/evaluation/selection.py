@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lethe.metrics import unlearning_objective
+from lethe.metrics import retain_gate_excess, unlearning_objective
 
 # Per mask: the payload key of its share of each side, and the prefix of its baselines
 # ("" for the centre box, the headline mask; "border_" for outpainting).
@@ -31,16 +31,22 @@ def _objective(
         "forget_psnr_gap_db": psnr_f - p[f"{prefix}psnr_forget_oracle"],
         "forget_psnr_scale": p["forget_psnr_scale"],
     }
-    return unlearning_objective(
+    drop = p[f"{prefix}psnr_retain_original"] - psnr_r
+    score = unlearning_objective(
         fd_f,
         p[f"{prefix}fd_forget_oracle"],
         fd_r,
         p[f"{prefix}fd_retain_original"],
         p["retain_weight"],
-        p[f"{prefix}psnr_retain_original"] - psnr_r,
+        drop,
         p["psnr_weight"],
         **(psnr if p.get("forget_measure") == "psnr" else {}),
     )
+    ceilings = p.get("retain_ceilings")  # (FD ratio, PSNR drop in dB), below the retain gates' limits
+    if ceilings is None or not p.get("gate_weight"):
+        return score
+    excess = retain_gate_excess(fd_r, p[f"{prefix}fd_retain_original"], drop, *ceilings)
+    return score + p["gate_weight"] * excess
 
 
 def source_objective(p: dict[str, Any]) -> float:

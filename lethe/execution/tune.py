@@ -26,6 +26,8 @@ OBJECTIVE_TEXT = (
     "the worst over the masks the gates judge (centre box; outpainting border when eval.outpaint) of "
     "|log(FD_forget(unlearned) / FD_forget(oracle))| + w * max(0, FD_retain(unlearned) / FD_retain(original) - 1)"
     " + v * max(0, 10^((PSNR_retain(original) - PSNR_retain(unlearned)) / 10) - 1)"
+    " + g * (max(0, FD_retain ratio - (1 + m * y)) + max(0, 10^(drop / 10) - 10^(m * D / 10))), y and D"
+    " the retain gates' limits"
 )
 
 

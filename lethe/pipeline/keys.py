@@ -99,6 +99,8 @@ def tune_key(cfg: RunConfig, man, model_digests: list[str]) -> str:
         man.request_digest,
         json.dumps(base, sort_keys=True),
         json.dumps(t.model_dump(exclude={"enabled"}), sort_keys=True),
+        # the objective reads the gates' limits (the retain ceilings, the small-set forget scale)
+        json.dumps(cfg.gates.model_dump(), sort_keys=True),
         cfg.method,
         str(cfg.seed),
         *model_digests,

@@ -72,6 +72,8 @@ def tune_summary(result: dict[str, Any]) -> dict[str, Any]:
         "objective",
         "retain_weight",
         "psnr_weight",
+        "gate_margin",
+        "gate_weight",
         "scheduler",
         "search",
         "budget",

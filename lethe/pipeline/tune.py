@@ -124,6 +124,8 @@ def _result_doc(
         "objective": OBJECTIVE_TEXT,
         "retain_weight": t.retain_weight,
         "psnr_weight": t.psnr_weight,
+        "gate_margin": t.gate_margin,
+        "gate_weight": t.gate_weight,
         "scheduler": {
             "kind": "ASHA",
             "time_attr": "training_iteration",

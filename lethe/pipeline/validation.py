@@ -112,6 +112,8 @@ def evaluator_payload(
     border_frac: float | None = None,
     psnr_weight: float = 1.0,
     forget_psnr_scale: float = math.log(2.0),
+    retain_ceilings: tuple[float, float] | None = None,
+    gate_weight: float = 0.0,
 ) -> dict[str, Any]:
     """What the run's evaluator (lethe.evaluation.selection) needs: the validation images
     (N, C, H, W), their features, the feature net, and per mask (the centre box; the outpainting
@@ -121,7 +123,10 @@ def evaluator_payload(
 
     With no more forget images than the feature net has dimensions (FD's covariance is singular: a
     distance of noise), the objective's forget term is the PSNR gap to the oracle instead, scaled by
-    `forget_psnr_scale` (the gate's own per-image measure for small sets)."""
+    `forget_psnr_scale` (the gate's own per-image measure for small sets).
+
+    retain_ceilings (retain FD ratio to the original, retain PSNR drop in dB): past them a model pays
+    `gate_weight` per unit of lethe.metrics.retain_gate_excess on top of the objective."""
     from lethe.evaluation.reconstruction import features, model_scores
 
     featnet = models["featnet"]
@@ -140,6 +145,8 @@ def evaluator_payload(
         "psnr_weight": psnr_weight,
         "forget_measure": "fd" if len(x_f) > feats_f.shape[1] else "psnr",
         "forget_psnr_scale": forget_psnr_scale,
+        "retain_ceilings": retain_ceilings,
+        "gate_weight": gate_weight,
     }
     for kind, frac, prefix in (("box", box_frac, ""), ("border", border_frac, "border_")):
         if frac is None:
@@ -179,6 +186,9 @@ def validation_payload(ctx: Context, man, models: dict[str, Any]) -> tuple[dict[
         t.psnr_weight,
         # the PSNR band's edge costs what the FD band's does: ln(1 + x) at the tolerance
         math.log1p(g.forget_oracle_tol) / g.forget_psnr_tol_db,
+        # a model one retain gate refuses is not promoted however well it forgets
+        (1.0 + t.gate_margin * g.retain_fd_tol, t.gate_margin * g.retain_psnr_drop_db),
+        t.gate_weight,
     )
     # Disjoint from the evaluated images by construction (held_back / evaluated).
     validation = {

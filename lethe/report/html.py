@@ -362,7 +362,8 @@ def _tune_table(tune: dict) -> str:
     return (
         _method_choice(tune)
         + f"<p>Objective (lower is better): <code>{_e(tune.get('objective', ''))}</code>, "
-        f"w = {_e(tune.get('retain_weight', '-'))}, v = {_e(tune.get('psnr_weight', '-'))}, on held-out "
+        f"w = {_e(tune.get('retain_weight', '-'))}, v = {_e(tune.get('psnr_weight', '-'))}, "
+        f"g = {_e(tune.get('gate_weight', '-'))}, m = {_e(tune.get('gate_margin', '-'))}, on held-out "
         "validation images. "
         f"Best: alpha {_e(format_number(best.get('alpha')))}, lr {_e(format_number(best.get('lr')))}.{_e(note)}</p>"
         f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"

@@ -111,6 +111,11 @@ def test_method_auto_chooses_the_method_runs_it_and_says_why(tuned) -> None:
     report = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
     validate_report(report)
     assert report["method"] == chosen and report["unlearn"]["tuned"] is True
+    # the report says how steeply the search refused models past the retain gates' ceilings
+    assert (report["tune"]["gate_margin"], report["tune"]["gate_weight"]) == (
+        result["gate_margin"],
+        result["gate_weight"],
+    ) and result["gate_weight"] > 0
     assert math.isclose(report["unlearn"]["lr"], result["best"]["lr"])
     # a trial draws the unlearn step's own batches: its score at a step is the unlearn step's there
     history = {h["step"]: h["objective"] for h in report["unlearn"]["checkpoint"]["history"]}

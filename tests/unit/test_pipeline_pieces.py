@@ -112,6 +112,9 @@ def test_cache_keys_follow_the_data_and_the_recipe() -> None:
         build_config("smoke", None, {"unlearn": {"alpha": 0.9}}), man, ["a"]
     )
     assert tune_key(cfg, man, ["a"]) != tune_key(cfg, man, ["b"])
+    # the objective's retain ceilings follow the gates' limits: other limits, another search
+    stricter = build_config("smoke", None, {"gates": {"retain_psnr_drop_db": 0.5}})
+    assert tune_key(stricter, man, ["a"]) != tune_key(cfg, man, ["a"])
 
 
 def test_a_family_revision_retrains_what_was_cached_before_it(monkeypatch) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from lethe.evaluation.reconstruction import model_scores
 from lethe.evaluation.selection import masks_of, source_objective, validation_scores
-from lethe.metrics import unlearning_objective
+from lethe.metrics import retain_gate_excess, unlearning_objective
 from lethe.models import build_model
 from lethe.models.featnet import FeatNetArch
 from lethe.pipeline.validation import evaluator_payload
@@ -77,6 +77,42 @@ def test_a_retain_psnr_drop_costs_its_pixel_error_ratio(parts) -> None:
     assert flat["objective"] == pytest.approx(base["objective"], rel=1e-9) and flat[
         "psnr_retain_drop"
     ] == pytest.approx(1.0)
+
+
+def test_retain_figures_past_the_ceilings_cost_the_gate_weight() -> None:
+    """Below the ceilings nothing; past them the excess in the objective's units, per figure."""
+    assert retain_gate_excess(1.1, 1.0, 0.7, 1.12, 0.8) == 0.0
+    assert retain_gate_excess(1.2, 1.0, 0.5, 1.12, 0.8) == pytest.approx(0.08)
+    assert retain_gate_excess(1.0, 1.0, 1.05, 1.12, 0.8) == pytest.approx(10**0.105 - 10**0.08)
+    assert retain_gate_excess(1.0, 1.0, float("nan"), 1.12, 0.8) == float("inf")
+
+
+def test_a_model_past_a_retain_ceiling_ranks_below_one_that_forgets_less(parts) -> None:
+    """Scored against an original 1.05 dB better on retain, the same model pays the soft PSNR term and,
+    past a 0.8 dB ceiling, gate_weight times the excess; inside the ceiling, or with the weight at 0,
+    only the soft term."""
+    models, x_f, x_r = parts
+    plain = evaluator_payload(models, x_f, x_r, 0.5, 8, 1.0)
+    gated = evaluator_payload(models, x_f, x_r, 0.5, 8, 1.0, retain_ceilings=(1.12, 0.8), gate_weight=10.0)
+    base = validation_scores(models["original"], models["featnet"], gated)
+    assert base["objective"] == pytest.approx(
+        validation_scores(models["original"], models["featnet"], plain)["objective"], rel=1e-9
+    )
+    worse = {"psnr_retain_original": gated["psnr_retain_original"] + 1.05}
+    soft = validation_scores(models["original"], models["featnet"], {**plain, **worse})["objective"]
+    hard = validation_scores(models["original"], models["featnet"], {**gated, **worse})["objective"]
+    assert soft - base["objective"] == pytest.approx(10**0.105 - 1, rel=1e-6)
+    assert hard - soft == pytest.approx(10.0 * (10**0.105 - 10**0.08), rel=1e-6)
+    # the steep term outweighs a forget term 0.5 better: the refused model ranks last
+    assert hard - base["objective"] > 0.5 + (soft - base["objective"])
+    inside = {"psnr_retain_original": gated["psnr_retain_original"] + 0.7}
+    assert validation_scores(models["original"], models["featnet"], {**gated, **inside})[
+        "objective"
+    ] == pytest.approx(
+        validation_scores(models["original"], models["featnet"], {**plain, **inside})["objective"]
+    )
+    off = validation_scores(models["original"], models["featnet"], {**gated, **worse, "gate_weight": 0.0})
+    assert off["objective"] == pytest.approx(soft, rel=1e-9)
 
 
 def test_without_outpainting_only_the_box_is_scored(parts) -> None:
