@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 IMAGE ?= lethe:0.1.0
 
-.PHONY: run run-direct test test-extended install data postgres lint bench bench-retrain bench-scaling bench-methods bench-requests image pipeline clean
+.PHONY: run run-direct test test-extended install data postgres lint bench bench-evaluate bench-retrain bench-scaling bench-methods bench-requests image pipeline clean
 
 install: $(VENV)/.installed
 
@@ -92,6 +92,10 @@ lint: install
 # then `make run`'s command against the plain loops' time for its training work (about 25 min on 2 cores).
 bench: install data
 	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python benchmarks/ray_vs_plain.py --run
+
+# Where the evaluate step's time goes (inpainting, measuring, bootstrap FDs, membership attack), demo sets.
+bench-evaluate: install data
+	LETHE_FASHION_MNIST_DIR=$(FASHION_DIR) $(BIN)/python benchmarks/evaluation.py
 
 # Unlearning vs retraining the oracle (demo preset, the whole recipe).
 bench-retrain: install data

@@ -58,24 +58,60 @@ def _moments(feats: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
 
 
-def _fd_from_moments(mu_a: np.ndarray, sa: np.ndarray, mu_b: np.ndarray, sb: np.ndarray) -> float:
-    # Tr(sqrtm(Sa Sb)) = sum of sqrt(eigenvalues of Sa Sb) (real and >= 0 for two covariances, up to
-    # round-off): three times faster than scipy's sqrtm, which is what B resamples need.
-    ev = np.linalg.eigvals(sa @ sb).real
-    diff = mu_a - mu_b
-    fd = float(diff @ diff + np.trace(sa) + np.trace(sb) - 2.0 * np.sqrt(np.clip(ev, 0.0, None)).sum())
+@dataclass(frozen=True)
+class TruthMoments:
+    """The ground truth's moments under every resample of one split, shared by every model and mask
+    scored against it: means (B, D), symmetric square roots of the covariances (B, D, D), traces (B,)."""
+
+    rs: Resamples
+    mu: np.ndarray
+    root: np.ndarray
+    trace: np.ndarray
+
+    @classmethod
+    def of(cls, feats_truth: np.ndarray, rs: Resamples) -> TruthMoments:
+        t = np.asarray(feats_truth, dtype=np.float64)
+        mus, roots, traces = [], [], []
+        for idx in rs.idx:
+            mu, st = _moments(t, idx)
+            w, v = np.linalg.eigh(st)
+            mus.append(mu)
+            roots.append((v * np.sqrt(np.clip(w, 0.0, None))) @ v.T)
+            traces.append(np.trace(st))
+        d = t.shape[1]
+        return cls(
+            rs,
+            np.array(mus).reshape(-1, d),
+            np.array(roots).reshape(-1, d, d),
+            np.array(traces, dtype=np.float64),
+        )
+
+
+def _fd_from_moments(
+    mu_a: np.ndarray, sa: np.ndarray, mu_t: np.ndarray, root_t: np.ndarray, tr_t: float
+) -> float:
+    # Tr(sqrtm(Sa St)) = Tr(sqrtm(R Sa R)) with R = sqrtm(St): the eigenvalues of a symmetric matrix,
+    # an order of magnitude faster than those of the non-symmetric Sa St, which is what B resamples
+    # of three models under two masks need (R is computed once per resample, in TruthMoments).
+    ev = np.linalg.eigvalsh(root_t @ sa @ root_t)
+    diff = mu_a - mu_t
+    fd = float(diff @ diff + np.trace(sa) + tr_t - 2.0 * np.sqrt(np.clip(ev, 0.0, None)).sum())
     return max(fd, 0.0)
 
 
-def fd_series(feats_out: np.ndarray, feats_truth: np.ndarray, rs: Resamples) -> np.ndarray:
-    """FD between a model's outputs and the ground truth under every resample (paired rows)."""
+def fd_series(
+    feats_out: np.ndarray, feats_truth: np.ndarray, rs: Resamples, truth: TruthMoments | None = None
+) -> np.ndarray:
+    """FD between a model's outputs and the ground truth under every resample (paired rows). `truth`:
+    the ground truth's moments under `rs`, when several models are scored against the same images."""
     a = np.asarray(feats_out, dtype=np.float64)
-    t = np.asarray(feats_truth, dtype=np.float64)
+    if truth is not None and truth.rs is not rs:
+        raise ValueError("fd_series: the truth's moments were taken under other resamples")
+    t = truth if truth is not None else TruthMoments.of(feats_truth, rs)
     out = np.empty(len(rs.idx))
     for b, idx in enumerate(rs.idx):
         mu_a, sa = _moments(a, idx)
-        mu_t, st = _moments(t, idx)
-        out[b] = _fd_from_moments(mu_a, sa, mu_t, st)
+        out[b] = _fd_from_moments(mu_a, sa, t.mu[b], t.root[b], t.trace[b])
     return out
 
 

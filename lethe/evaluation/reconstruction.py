@@ -139,6 +139,7 @@ def measure(
     truth_feats: np.ndarray,
     rs: evidence.Resamples | None,
     bs: int,
+    truth_moments: evidence.TruthMoments | None = None,
 ) -> Measured:
     feats = _features(featnet, out, bs)
     m = masks.expand(mask, len(out))
@@ -153,7 +154,8 @@ def measure(
     if len(out) < metrics.fd_min_samples(feats.shape[1]):
         return Measured(per_image, None, None)
     fd = metrics.frechet_distance(feats, truth_feats)
-    return Measured(per_image, fd, None if rs is None else evidence.fd_series(feats, truth_feats, rs))
+    series = None if rs is None else evidence.fd_series(feats, truth_feats, rs, truth_moments)
+    return Measured(per_image, fd, series)
 
 
 def summarise(m: Measured, rs: evidence.Resamples | None) -> dict[str, object]:
@@ -290,6 +292,20 @@ def _grids(data: EvalData, mask_sets, outputs, models, st: EvalSettings) -> dict
     return grids
 
 
+def _resamples(truth: dict[str, torch.Tensor], truth_feats: dict[str, np.ndarray], st: EvalSettings):
+    """Per split: the bootstrap resamples every model shares, and the truth's moments under them
+    (every model under every mask is compared with the same truth under the same resamples)."""
+    resamples = {
+        split: evidence.Resamples.draw(len(x), st.bootstrap, st.seed + i) if st.bootstrap else None
+        for i, (split, x) in enumerate(truth.items())
+    }
+    moments = {
+        split: None if rs is None else evidence.TruthMoments.of(truth_feats[split], rs)
+        for split, rs in resamples.items()
+    }
+    return resamples, moments
+
+
 def evaluate_models(
     models: dict[str, nn.Module], featnet: nn.Module, data: EvalData, st: EvalSettings
 ) -> tuple[dict, dict[str, Path], dict]:
@@ -305,10 +321,7 @@ def evaluate_models(
         mask_sets["outpaint"] = masks.border_mask(h, w, st.outpaint_frac, cell)
     truth = {"retain": data.retain, "forget": data.forget}
     truth_feats = {k: _features(featnet, v, st.batch_size) for k, v in truth.items()}
-    resamples = {
-        split: evidence.Resamples.draw(len(x), st.bootstrap, st.seed + i) if st.bootstrap else None
-        for i, (split, x) in enumerate(truth.items())
-    }
+    resamples, truth_moments = _resamples(truth, truth_feats, st)
     per_pass = len(mask_sets) * len(models) * len(truth)  # inpainting, then measuring
     tick = _Ticks(st.progress, 2 * per_pass + (len(models) if "oracle" in models else 0))
     outputs = _inpaint_all(models, truth, mask_sets, st.batch_size, st.seed, tick)
@@ -327,6 +340,7 @@ def evaluate_models(
                         truth_feats[split],
                         resamples[split],
                         st.batch_size,
+                        truth_moments[split],
                     )
                 )
                 for split, x in truth.items()

@@ -105,6 +105,25 @@ def eval_data(cfg: RunConfig, man, where: str):
     )
 
 
+def eval_settings(cfg: RunConfig, out_dir, progress=None):
+    """The evaluation's settings (lethe.evaluation.reconstruction.EvalSettings) from the run config."""
+    from lethe.evaluation.reconstruction import EvalSettings
+
+    e = cfg.eval
+    return EvalSettings(
+        box_frac=e.box_frac,
+        grid_rows=e.grid_rows,
+        out_dir=out_dir,
+        batch_size=e.batch_size,
+        outpaint_frac=e.outpaint_frac if e.outpaint else None,
+        seed=cfg.seed,
+        bootstrap=e.bootstrap,
+        attack_masks=e.attack_masks,
+        attack_mask_ratio=cfg.pretrain.mask_ratio,
+        progress=progress,
+    )
+
+
 def requests_evidence(
     cfg: RunConfig, member_ids: tuple[str, ...], scores: dict[str, Any], no_oracle: str
 ) -> dict[str, dict[str, Any]]:
@@ -233,25 +252,14 @@ class ImageToImage:
         return section_params("eval", cfg)
 
     def evaluate(self, ctx, man, arch, models, featnet) -> Evaluation:
-        from lethe.evaluation.reconstruction import EvalSettings, evaluate_models
+        from lethe.evaluation.reconstruction import evaluate_models
         from lethe.pipeline.validation import held_back_counts
         from lethe.report import distance_to_oracle, oracle_gaps
 
-        cfg, e = ctx.cfg, ctx.cfg.eval
+        cfg = ctx.cfg
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         data = eval_data(cfg, man, str(ctx.lay.shards))
-        settings = EvalSettings(
-            box_frac=e.box_frac,
-            grid_rows=e.grid_rows,
-            out_dir=ctx.lay.report_dir,
-            batch_size=e.batch_size,
-            outpaint_frac=e.outpaint_frac if e.outpaint else None,
-            seed=cfg.seed,
-            bootstrap=e.bootstrap,
-            attack_masks=e.attack_masks,
-            attack_mask_ratio=cfg.pretrain.mask_ratio,
-            progress=InProcess("evaluate"),
-        )
+        settings = eval_settings(cfg, ctx.lay.report_dir, InProcess("evaluate"))
         metrics, grids, extra = evaluate_models(models, featnet, data, settings)
         # The validation images that chose the model (tuning, best checkpoint), left out of all the above.
         extra["validation_held_back"] = held_back_counts(cfg, man)

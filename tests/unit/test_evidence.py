@@ -9,6 +9,7 @@ import torch
 from lethe.evaluation.evidence import (
     AttackFigures,
     Resamples,
+    TruthMoments,
     attack_figures,
     calibrated_scores,
     fd_series,
@@ -44,6 +45,24 @@ def test_bootstrap_fd_agrees_with_the_point_fd_and_pairs_ratios() -> None:
     assert lo <= frechet_distance(far, truth) * 1.1 and hi >= frechet_distance(far, truth) * 0.9
     r_lo, r_hi = ratio_ci(s_far, s_near)
     assert r_lo > 1.0  # "far" is farther on every resample: the paired ratio never crosses 1
+
+
+def test_each_resample_fd_is_the_fd_of_its_rows_also_with_shared_truth_moments() -> None:
+    """The fast form (the truth's covariance square root, once per resample, shared by every model) is
+    the Frechet distance of the resampled rows; a rank-deficient truth covariance (a dead feature)
+    included."""
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(300, 16))
+    truth[:, 5] = 0.25  # a feature that never varies: the covariance is singular
+    out = truth @ rng.normal(0, 0.3, (16, 16)) + rng.normal(0.2, 0.5, truth.shape)
+    rs = Resamples.draw(300, 12, seed=4)
+    shared = TruthMoments.of(truth, rs)
+    series = fd_series(out, truth, rs, shared)
+    direct = [frechet_distance(out[idx], truth[idx]) for idx in rs.idx]
+    np.testing.assert_allclose(series, direct, rtol=1e-6)
+    np.testing.assert_array_equal(series, fd_series(out, truth, rs))
+    with pytest.raises(ValueError, match="other resamples"):
+        fd_series(out, truth, Resamples.draw(300, 12, seed=5), shared)
 
 
 def test_tpr_at_one_percent_fpr() -> None:
