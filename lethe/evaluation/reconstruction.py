@@ -294,13 +294,16 @@ def _grids(data: EvalData, mask_sets, outputs, models, st: EvalSettings) -> dict
 
 def _resamples(truth: dict[str, torch.Tensor], truth_feats: dict[str, np.ndarray], st: EvalSettings):
     """Per split: the bootstrap resamples every model shares, and the truth's moments under them
-    (every model under every mask is compared with the same truth under the same resamples)."""
+    (every model under every mask is compared with the same truth under the same resamples); no
+    moments for a split too small for a Frechet distance (one image: no covariance at all)."""
     resamples = {
         split: evidence.Resamples.draw(len(x), st.bootstrap, st.seed + i) if st.bootstrap else None
         for i, (split, x) in enumerate(truth.items())
     }
     moments = {
-        split: None if rs is None else evidence.TruthMoments.of(truth_feats[split], rs)
+        split: evidence.TruthMoments.of(truth_feats[split], rs)
+        if rs is not None and len(truth_feats[split]) >= metrics.fd_min_samples(truth_feats[split].shape[1])
+        else None
         for split, rs in resamples.items()
     }
     return resamples, moments

@@ -53,6 +53,22 @@ def test_progress_counts_every_unit_and_ends_at_its_total(setup, with_oracle: bo
     assert ("mia_auc" in metrics["unlearned"]["forget"]) is with_oracle
 
 
+def test_a_one_image_forget_set_is_evaluated_beside_a_retain_set_with_intervals(setup) -> None:
+    """A data subject's single image: no Frechet distance (nor its bootstrap) on forget, while the
+    retain split, large enough, gets its FD and interval from the shared truth moments."""
+    models, featnet, _, out = setup
+    x = torch.rand(30, 1, 16, 16)
+    data = EvalData(
+        retain=x[:20], forget=x[20:21], members=x[20:21], nonmembers=x[21:], show_forget=False,
+        retain_labels=torch.randint(10, (20,)),
+    )  # fmt: skip
+    metrics, _grids, extra = evaluate_models(models, featnet, data, _settings(out, None))
+    assert extra["fd_min_samples"] == 16  # twice the feature net's 8 dimensions
+    assert metrics["unlearned"]["forget"]["fd"] is None and metrics["unlearned"]["forget"]["fd_ci95"] is None
+    lo, hi = metrics["unlearned"]["retain"]["fd_ci95"]
+    assert lo <= hi and metrics["unlearned"]["retain"]["fd"] > 0
+
+
 def test_in_process_progress_is_a_bar_on_a_terminal_and_quarter_lines_elsewhere() -> None:
     log = io.StringIO()
     report = InProcess("evaluate", log)
