@@ -245,10 +245,10 @@ class TuneConfig(_Strict):
         "PSNR drop) counts as a gate failure: validation images are not the evaluated ones",
     )
     gate_weight: float = Field(
-        10.0,
+        0.0,
         ge=0,
         description="what the objective adds per unit of retain excess past those ceilings, in its own "
-        "units (0: off, the soft retain terms alone)",
+        "units (0, the default: off, the soft retain terms alone; docs/tuning.md has when it helped and hurt)",
     )
     val_forget: int = Field(200, ge=8, description="validation images from the end of heldout_forget")
     val_retain: int = Field(400, ge=8, description="validation images from the end of heldout_retain")

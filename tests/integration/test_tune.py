@@ -115,7 +115,7 @@ def test_method_auto_chooses_the_method_runs_it_and_says_why(tuned) -> None:
     assert (report["tune"]["gate_margin"], report["tune"]["gate_weight"]) == (
         result["gate_margin"],
         result["gate_weight"],
-    ) and result["gate_weight"] > 0
+    )
     assert math.isclose(report["unlearn"]["lr"], result["best"]["lr"])
     # a trial draws the unlearn step's own batches: its score at a step is the unlearn step's there
     history = {h["step"]: h["objective"] for h in report["unlearn"]["checkpoint"]["history"]}
