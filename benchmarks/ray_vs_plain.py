@@ -14,8 +14,10 @@ With --run it also runs `make run`'s command (`lethe pipeline run --local`, the 
 recipe, under a pseudo-terminal so its screen is what a person sees) and sets its wall time against
 the plain loop's time for the same training work (the original's and the oracle's epochs, the feature
 net's, and every unlearning step the run trained: method auto's search trials and the unlearn step,
-each at the plain loop's time per step of its method), from the plain loops measured here; the screen
-is saved beside the JSON.
+each at the plain loop's time per step of its method), from the plain loops measured here (the
+pretraining and feature-net rates once before and once after the run); and against the same work with
+the validation scoring the run's loops did at every report (one scoring timed here, times their
+count). The screen is saved beside the JSON.
 Prints a table and writes JSON (default benchmarks/results/ray_vs_plain.json).
 """
 
@@ -177,6 +179,30 @@ def plain_featnet_epoch(cfg, man) -> float:
     return len(x) / (time.perf_counter() - t0)
 
 
+def plain_scoring_s(cfg, man, lay, threads: int, reps: int = 3) -> float:
+    """Seconds of one validation scoring in this process: the tune objective of one checkpoint on the
+    recipe's validation images under both masks, as a search trial and the unlearn step compute it at
+    every report (lethe.evaluation.selection.validation_scores). Its cost depends on the image counts
+    and the models' shapes, not their weights: the original stands in for the oracle and the student."""
+    from lethe.evaluation.selection import validation_scores
+    from lethe.pipeline.validation import evaluator_payload, validation_images
+
+    torch.set_num_threads(threads)
+    e, t = cfg.eval, cfg.tune
+    model, _ = load_checkpoint(lay.model("original"))
+    featnet, _ = load_checkpoint(lay.model("featnet"))
+    x_f = validation_images(man, "heldout_forget", t.val_forget, e.n_forget)
+    x_r = validation_images(man, "heldout_retain", t.val_retain, e.n_retain)
+    models = {"original": model, "oracle": model, "featnet": featnet}
+    border = e.outpaint_frac if e.outpaint else None
+    payload = evaluator_payload(models, x_f, x_r, e.box_frac, e.batch_size, t.retain_weight, border)
+    validation_scores(model, featnet, payload)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        validation_scores(model, featnet, payload)
+    return (time.perf_counter() - t0) / reps
+
+
 def make_run(preset: str, screen: Path) -> dict:
     """`make run`'s command in a fresh work dir under a pseudo-terminal (util-linux `script`): its
     wall time, its step times (state.json) and its screen, as a person sees it."""
@@ -210,6 +236,7 @@ def make_run(preset: str, screen: Path) -> dict:
         "screen_lines": len(lines),
         "steps_s": state.get("timing_s", {}),
         "unlearning_steps": unlearning_steps(work, state),
+        "validation_scorings": validation_scorings(work, state),
     }
 
 
@@ -225,6 +252,16 @@ def unlearning_steps(work: Path, state: dict) -> dict[str, int]:
     ran = int((u.get("checkpoint") or {}).get("last_step") or u["step"])
     steps[u["method"]] = steps.get(u["method"], 0) + ran
     return steps
+
+
+def validation_scorings(work: Path, state: dict) -> int:
+    """How many times the run scored a checkpoint on its validation images: every report of every
+    search trial (ASHA reads the objective at each) and every scored step of the unlearn step."""
+    n = 0
+    tune = work / "tune" / "result.json"
+    if tune.is_file():
+        n += sum(int(t.get("iterations") or 0) for t in json.loads(tune.read_text())["trials"])
+    return n + len((state["unlearn"].get("checkpoint") or {}).get("history") or [])
 
 
 def print_and_write(title: str, rows: list, result: dict, out: Path) -> None:
@@ -339,20 +376,33 @@ def main() -> None:
         ("unlearning hot step, share of GEMM rate", result["unlearn_hot_step_share_of_gemm"]),
     ]
     if args.run:
-        rows += _make_run_rows(args, result, man, plain_pre_ips, ctx.lay.model("original"))
+        arch = for_config(cfg).arch(cfg, man)
+        rows += _make_run_rows(
+            args, result, man, plain_pre_ips, lambda: Pretrain(cfg, man, arch).epoch(), ctx.lay, threads
+        )
     title = (
         f"Ray Train vs plain loop ({cfg.preset}, {cfg.family}) on {os.cpu_count()} CPUs, {threads} threads"
     )
     print_and_write(title, rows, result, Path(args.out))
 
 
-def _make_run_rows(args, result: dict, man, plain_pre_ips: float, original: Path) -> list:
-    """`make run` on the preset's own recipe against the plain loops' time for its training work."""
+def _make_run_rows(args, result: dict, man, plain_pre_ips: float, pretrain_epoch, lay, threads: int) -> list:
+    """`make run` on the preset's own recipe against the plain loops' time for its training work.
+
+    The plain pretraining and feature-net rates are measured before and after the run (this machine's
+    speed drifts by 10% within minutes): each plain training time uses the mean of the two per-image
+    times."""
     full = build_config(args.preset)  # the recipe `make run` uses (all its epochs)
+    original = lay.model("original")
     n_train = man.shards["forget"].count + man.shards["retain"].count
     n_retain = man.shards["retain"].count
-    featnet_ips = plain_featnet_epoch(full, man)
+    featnet_before = plain_featnet_epoch(full, man)
     run = make_run(args.preset, Path(args.out).with_name("make_run_screen.txt"))
+    after_s, after_n = pretrain_epoch()
+    pre_rates = {"before": plain_pre_ips, "after": after_n / after_s}
+    featnet_rates = {"before": featnet_before, "after": plain_featnet_epoch(full, man)}
+    pre_ips = 2 / sum(1 / r for r in pre_rates.values())  # the mean per-image time, as a rate
+    featnet_ips = 2 / sum(1 / r for r in featnet_rates.values())
     # One step of each method the run trained (its search's trials and its unlearn step), timed in the
     # plain loop: the methods' steps differ (a teacher pass or not, a noise draw or not).
     step_s = {}
@@ -360,29 +410,51 @@ def _make_run_rows(args, result: dict, man, plain_pre_ips: float, original: Path
         t, _ = Unlearn(full, man, original, STEP_PROBE, method).run()
         step_s[method] = t / STEP_PROBE
     plain = {
-        "original": full.pretrain.epochs * n_train / plain_pre_ips,
+        "original": full.pretrain.epochs * n_train / pre_ips,
         "featnet": full.featnet.epochs * n_train / featnet_ips,
-        "oracle": full.pretrain.epochs * n_retain / plain_pre_ips,
+        "oracle": full.pretrain.epochs * n_retain / pre_ips,
         "unlearning": sum(n * step_s[m] for m, n in run["unlearning_steps"].items()),
     }
     plain_s = sum(plain.values())
+    scoring_s = plain_scoring_s(full, man, lay, threads)
+    # The same work with the scoring the training loops do at every report (the search's trials and
+    # the unlearn step's checkpoint keeping): what a plain program choosing the same checkpoints runs.
+    plain_work_s = plain_s + run["validation_scorings"] * scoring_s
     result["make_run"] = {
         **run,
         "plain_step_s": step_s,
         "plain_training_s": plain,
         "plain_training_total_s": plain_s,
         "wall_over_plain_training": run["wall_s"] / plain_s,
-        "plain_featnet_images_per_s": featnet_ips,
+        "plain_scoring_s": scoring_s,
+        "plain_training_and_scoring_s": plain_work_s,
+        "wall_over_plain_training_and_scoring": run["wall_s"] / plain_work_s,
+        "plain_pretrain_images_per_s": {**pre_rates, "used": pre_ips},
+        "plain_featnet_images_per_s": {**featnet_rates, "used": featnet_ips},
         "note": "plain time = the recipe's images per training job / the plain loop's img/s measured in "
-        "this run (pretraining epochs for the original and the oracle, the feature net's own epoch rate) "
+        "this run, the mean per-image time of a measurement before and one after make run (pretraining epochs "
+        "for the original and the oracle, the feature net's own epoch rate) "
         "+ every unlearning step the run trained (method auto's search trials and the unlearn step) x the "
         "plain loop's time per step of that method; the run's wall time also includes split, the search's "
-        "and the unlearn step's validation scoring, evaluation, registry and cleanup, process and Ray start-up",
+        "and the unlearn step's validation scoring, evaluation, registry and cleanup, process and Ray start-up. "
+        "plain_training_and_scoring_s adds the validation scorings the run's loops made (validation_scorings) x "
+        "one scoring's time in this process (plain_scoring_s)",
     }
     return [
+        ("plain pretraining before / after make run (img/s)", pre_rates["before"]),
+        ("", pre_rates["after"]),
+        ("plain feature net before / after make run (img/s)", featnet_rates["before"]),
+        ("", featnet_rates["after"]),
         ("make run: wall (s)", run["wall_s"]),
         ("make run: its training work, plain loop (s)", plain_s),
         ("make run: wall / plain training", result["make_run"]["wall_over_plain_training"]),
+        ("make run: validation scorings (count)", float(run["validation_scorings"])),
+        ("make run: one scoring, plain (s)", scoring_s),
+        ("make run: training + scoring, plain (s)", plain_work_s),
+        (
+            "make run: wall / plain training + scoring",
+            result["make_run"]["wall_over_plain_training_and_scoring"],
+        ),
         ("make run: lines on the screen", float(run["screen_lines"])),
     ]
 

@@ -247,6 +247,9 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
             metrics = _unlearn_metrics(
                 done, loss, parts, method, seen * world / max(dt, 1e-9), time.perf_counter() - loop_start
             )
+            # The run's last report: a multi-stage method (decouple_retain) ends before its step budget,
+            # and a search must not take such a trial for one that ASHA stopped.
+            metrics["ended"] = float(last)
             meta = job["meta"]
             if evaluate is not None:
                 metrics.update(evaluate(student))

@@ -215,7 +215,8 @@ def _trial_outcome(res: Any, max_iters: dict[str, int], score_best: bool) -> Tri
         status = "error"
     elif iters == 0:
         status = "not_started"
-    elif iters < max_iters[method]:
+    elif iters < max_iters[method] and not m.get("ended"):
+        # max_iters counts reports over the step budget; a method that ends sooner says so ("ended")
         status = "stopped_early"
     else:
         status = "finished"

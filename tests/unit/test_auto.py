@@ -257,6 +257,15 @@ def test_a_trial_scores_its_best_report_when_the_unlearn_step_keeps_its_best_che
     assert _trial_outcome(_result([0.5]), {"max_loss": 3}, True).status == "stopped_early"
 
 
+def test_a_trial_whose_method_ended_before_its_step_budget_finished() -> None:
+    # decouple_retain ends once its retain stage is done: 7 reports of a 27-report budget, not ASHA's stop
+    ended = _result([0.5, 0.3], "decouple_retain")
+    ended.metrics["ended"] = 1.0
+    assert _trial_outcome(ended, {"decouple_retain": 27}, True).status == "finished"
+    ended.metrics["ended"] = 0.0
+    assert _trial_outcome(ended, {"decouple_retain": 27}, True).status == "stopped_early"
+
+
 def test_a_trial_the_budget_left_without_a_config_is_skipped_and_counts_as_unstarted() -> None:
     # Tune's Result of a trial still pending when the budget ran out holds no metrics and no config
     pending = SimpleNamespace(metrics={}, config=None, metrics_dataframe=None, error=None, path="/x/t9")
