@@ -179,23 +179,19 @@ def plain_featnet_epoch(cfg, man) -> float:
     return len(x) / (time.perf_counter() - t0)
 
 
-def plain_scoring_s(cfg, man, lay, threads: int, reps: int = 3) -> float:
+def plain_scoring_s(ctx, man, threads: int, reps: int = 3) -> float:
     """Seconds of one validation scoring in this process: the tune objective of one checkpoint on the
     recipe's validation images under both masks, as a search trial and the unlearn step compute it at
-    every report (lethe.evaluation.selection.validation_scores). Its cost depends on the image counts
-    and the models' shapes, not their weights: the original stands in for the oracle and the student."""
+    every report (lethe.evaluation.selection.validation_scores), on the payload the pipeline builds
+    (lethe.pipeline.validation.validation_payload). Its cost depends on the image counts and the models'
+    shapes, not their weights: the original stands in for the oracle and the student."""
     from lethe.evaluation.selection import validation_scores
-    from lethe.pipeline.validation import evaluator_payload, validation_images
+    from lethe.pipeline.validation import validation_payload
 
     torch.set_num_threads(threads)
-    e, t = cfg.eval, cfg.tune
-    model, _ = load_checkpoint(lay.model("original"))
-    featnet, _ = load_checkpoint(lay.model("featnet"))
-    x_f = validation_images(man, "heldout_forget", t.val_forget, e.n_forget)
-    x_r = validation_images(man, "heldout_retain", t.val_retain, e.n_retain)
-    models = {"original": model, "oracle": model, "featnet": featnet}
-    border = e.outpaint_frac if e.outpaint else None
-    payload = evaluator_payload(models, x_f, x_r, e.box_frac, e.batch_size, t.retain_weight, border)
+    model, _ = load_checkpoint(ctx.lay.model("original"))
+    featnet, _ = load_checkpoint(ctx.lay.model("featnet"))
+    payload, _ = validation_payload(ctx, man, {"original": model, "oracle": model, "featnet": featnet})
     validation_scores(model, featnet, payload)  # warm-up
     t0 = time.perf_counter()
     for _ in range(reps):
@@ -231,36 +227,33 @@ def make_run(preset: str, screen: Path) -> dict:
     screen.write_text("\n".join(lines) + "\n", encoding="utf-8")
     raw.unlink()
     state = json.loads((work / "state.json").read_text())
+    tune = work / "tune" / "result.json"
+    trials = json.loads(tune.read_text())["trials"] if tune.is_file() else []  # none: no search ran
     return {
         "wall_s": wall,
         "screen_lines": len(lines),
         "steps_s": state.get("timing_s", {}),
-        "unlearning_steps": unlearning_steps(work, state),
-        "validation_scorings": validation_scorings(work, state),
+        "unlearning_steps": unlearning_steps(trials, state),
+        "validation_scorings": validation_scorings(trials, state),
     }
 
 
-def unlearning_steps(work: Path, state: dict) -> dict[str, int]:
+def unlearning_steps(trials: list[dict], state: dict) -> dict[str, int]:
     """Unlearning steps the run trained, per method: every search trial's and the unlearn step's own
     (all its steps: it trains its whole length and keeps its best checkpoint)."""
     steps: dict[str, int] = {}
-    tune = work / "tune" / "result.json"
-    if tune.is_file():
-        for t in json.loads(tune.read_text())["trials"]:
-            steps[t["method"]] = steps.get(t["method"], 0) + int(t.get("steps") or 0)
+    for t in trials:
+        steps[t["method"]] = steps.get(t["method"], 0) + int(t.get("steps") or 0)
     u = state["unlearn"]
     ran = int((u.get("checkpoint") or {}).get("last_step") or u["step"])
     steps[u["method"]] = steps.get(u["method"], 0) + ran
     return steps
 
 
-def validation_scorings(work: Path, state: dict) -> int:
+def validation_scorings(trials: list[dict], state: dict) -> int:
     """How many times the run scored a checkpoint on its validation images: every report of every
     search trial (ASHA reads the objective at each) and every scored step of the unlearn step."""
-    n = 0
-    tune = work / "tune" / "result.json"
-    if tune.is_file():
-        n += sum(int(t.get("iterations") or 0) for t in json.loads(tune.read_text())["trials"])
+    n = sum(int(t.get("iterations") or 0) for t in trials)
     return n + len((state["unlearn"].get("checkpoint") or {}).get("history") or [])
 
 
@@ -378,7 +371,7 @@ def main() -> None:
     if args.run:
         arch = for_config(cfg).arch(cfg, man)
         rows += _make_run_rows(
-            args, result, man, plain_pre_ips, lambda: Pretrain(cfg, man, arch).epoch(), ctx.lay, threads
+            args, result, man, plain_pre_ips, lambda: Pretrain(cfg, man, arch).epoch(), ctx, threads
         )
     title = (
         f"Ray Train vs plain loop ({cfg.preset}, {cfg.family}) on {os.cpu_count()} CPUs, {threads} threads"
@@ -386,14 +379,14 @@ def main() -> None:
     print_and_write(title, rows, result, Path(args.out))
 
 
-def _make_run_rows(args, result: dict, man, plain_pre_ips: float, pretrain_epoch, lay, threads: int) -> list:
+def _make_run_rows(args, result: dict, man, plain_pre_ips: float, pretrain_epoch, ctx, threads: int) -> list:
     """`make run` on the preset's own recipe against the plain loops' time for its training work.
 
     The plain pretraining and feature-net rates are measured before and after the run (this machine's
     speed drifts by 10% within minutes): each plain training time uses the mean of the two per-image
     times."""
     full = build_config(args.preset)  # the recipe `make run` uses (all its epochs)
-    original = lay.model("original")
+    original = ctx.lay.model("original")
     n_train = man.shards["forget"].count + man.shards["retain"].count
     n_retain = man.shards["retain"].count
     featnet_before = plain_featnet_epoch(full, man)
@@ -416,7 +409,7 @@ def _make_run_rows(args, result: dict, man, plain_pre_ips: float, pretrain_epoch
         "unlearning": sum(n * step_s[m] for m, n in run["unlearning_steps"].items()),
     }
     plain_s = sum(plain.values())
-    scoring_s = plain_scoring_s(full, man, lay, threads)
+    scoring_s = plain_scoring_s(ctx, man, threads)
     # The same work with the scoring the training loops do at every report (the search's trials and
     # the unlearn step's checkpoint keeping): what a plain program choosing the same checkpoints runs.
     plain_work_s = plain_s + run["validation_scorings"] * scoring_s
