@@ -6,7 +6,11 @@ import hashlib
 import hmac
 import logging
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -98,13 +102,48 @@ def test_empty_unreadable_or_odd_key_files_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()  # never created through a dangling link
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+# Loads the key as user nobody: lethe is imported first (as the caller), then the process drops root,
+# which reads a file whatever its mode.
+_LOAD_AS_NOBODY = """
+import os, sys
+from lethe.digests import load_key
+from lethe.errors import ConfigError
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+try:
+    load_key(sys.argv[1])
+except ConfigError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
 def test_unreadable_key_file_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "digest.key"
-    load_key(path)
-    os.chmod(path, 0o000)
-    with pytest.raises(ConfigError, match="cannot read the digest key file"):
+    if os.geteuid() != 0:
+        path = tmp_path / "digest.key"
         load_key(path)
+        os.chmod(path, 0o000)
+        with pytest.raises(ConfigError, match="cannot read the digest key file") as e:
+            load_key(path)
+        assert str(e.value).endswith("got Permission denied")
+        return
+    # root (CI): a folder nobody can pass through but not list, under the world-passable /tmp, so that
+    # nobody finds its file (stat) and cannot open it
+    folder = Path(tempfile.mkdtemp(prefix="lethe-key-"))
+    try:
+        folder.chmod(0o711)
+        path = folder / "digest.key"
+        load_key(path)
+        os.chown(path, 65534, 65534)  # nobody's own key file, which its mode keeps nobody from reading
+        os.chmod(path, 0o000)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), *sys.path])}
+        r = subprocess.run(
+            [sys.executable, "-c", _LOAD_AS_NOBODY, str(path)], env=env, capture_output=True, text=True
+        )
+        assert r.returncode == 3, r.stderr[-2000:]
+        assert r.stdout.startswith(f"cannot read the digest key file; at {path};"), r.stdout
+        assert r.stdout.rstrip().endswith("got Permission denied"), r.stdout
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_env_key_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
