@@ -54,6 +54,9 @@ class TrainJob:
     # Best-checkpoint keeping: with an evaluator (fit's eval_payload), score every eval_every steps
     # too; fit then hands on the checkpoint with the lowest objective. None: checkpoint_every only.
     eval_every: int | None = None
+    # Replaying a search trial (lethe.pipeline.replay): end after this step, scoring only it (the
+    # trial scored the others). The step budget, and with it the lr schedule, stay the whole run's.
+    stop_at: int | None = None
     checkpoint_interval_s: float = 0.0  # epochs: checkpoint when this long since the last; 0: each
     cache_mb: float = 1024.0  # keep a worker's shard in memory after one pass when it fits
     fail_at_step: int | None = None  # fault injection for tests: rank 0 exits once at this step
@@ -64,6 +67,16 @@ class TrainJob:
 
     def to_config(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def scored_steps(last: int, checkpoint_every: int, eval_every: int | None) -> list[int]:
+    """The steps at which an unlearning run that ends after `last` steps reports, scoring its model
+    when it has an evaluator (lethe.execution.loops): every checkpoint_every, every eval_every, the last."""
+    return [
+        s
+        for s in range(1, last + 1)
+        if s % checkpoint_every == 0 or (eval_every and s % eval_every == 0) or s == last
+    ]
 
 
 def job_method(job: dict[str, Any]):

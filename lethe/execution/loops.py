@@ -222,6 +222,7 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
     evaluate = _evaluator(job, device) if rank == 0 else None
     # Scored checkpoints for best-checkpoint keeping: the same on every rank (reports are collective).
     select_every = job.get("eval_every") if "eval_ref" in job else None
+    stop_at = job.get("stop_at")  # a replay: the last step, and the only one scored
     # A search's trials, several at once, would drive one bar by turns: the search shows trials done.
     quiet = job["meta"].get("role") == "tune-trial"
     history = list(state.get("history") or []) if state else []
@@ -241,7 +242,8 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
         seen += len(x_r) + len(x_f)
         done = step + 1
         last = done == total or method.finished()
-        scored = bool(select_every) and done % select_every == 0
+        stop = done == stop_at
+        scored = stop if stop_at else bool(select_every) and done % select_every == 0
         if done % job["checkpoint_every"] == 0 or last or scored:
             dt = time.perf_counter() - t0
             metrics = _unlearn_metrics(
@@ -251,21 +253,16 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
             # and a search must not take such a trial for one that ASHA stopped.
             metrics["ended"] = float(last)
             meta = job["meta"]
-            if evaluate is not None:
+            if stop_at and not stop:
+                metrics["objective"] = float("nan")  # a checkpoint to resume from, never to keep
+            elif evaluate is not None:
                 metrics.update(evaluate(student))
                 if select_every:
                     history.append({"step": done, **{k: metrics[k] for k in SCORE_KEYS if k in metrics}})
                     # The model file says which step it is and how it scored: the kept one is not the last.
                     meta = {**meta, "step": done, "validation_objective": metrics["objective"]}
             if rank == 0 and not quiet:
-                progress(
-                    "unlearn step %d/%d: loss %.5f, %.0f img/s%s",
-                    done,
-                    total,
-                    metrics["loss"],
-                    metrics["images_per_s"],
-                    f", validation objective {metrics['objective']:.4f}" if "objective" in metrics else "",
-                )
+                _step_line(done, stop_at or total, metrics)
             progress_state = {
                 "step": done,
                 "loop_s": metrics["loop_s"],
@@ -273,6 +270,21 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
                 "history": history,
             }
             report(metrics, student, opt, sched, progress_state, meta)
+        if stop:
+            break
+
+
+def _step_line(done: int, total: int, metrics: dict[str, Any]) -> None:
+    score = metrics.get("objective")  # NaN: a replay's checkpoint that is not scored
+    shown = "" if score is None or score != score else f", validation objective {score:.4f}"
+    progress(
+        "unlearn step %d/%d: loss %.5f, %.0f img/s%s",
+        done,
+        total,
+        metrics["loss"],
+        metrics["images_per_s"],
+        shown,
+    )
 
 
 def _unlearn_metrics(

@@ -52,6 +52,9 @@ class TrialOutcome:
     # step keeps its best checkpoint too); its last report's objective is here, and the best's step.
     final_objective: float | None = None
     best_step: int | None = None
+    # Every scored report: step, objective and the figures the unlearn step's history keeps, and
+    # "ended" on the run's last one (lethe.pipeline.replay takes the chosen trial's as its own).
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -198,6 +201,21 @@ def _best_report(res: Any) -> dict[str, Any] | None:
     return dict(df.loc[df[METRIC].astype(float).idxmin()])
 
 
+def _history(res: Any) -> list[dict[str, float]]:
+    """The trial's scored reports, in step order (see TrialOutcome.history)."""
+    from lethe.execution.loops import SCORE_KEYS
+
+    df = res.metrics_dataframe
+    if df is None or METRIC not in df or "step" not in df:
+        return []
+    keys = [k for k in ("step", *SCORE_KEYS, "ended") if k in df]
+    rows = [{k: float(v) for k, v in row.items()} for row in df[keys].to_dict("records")]
+    return sorted(
+        ({**r, "step": int(r["step"])} for r in rows if _num(r.get(METRIC)) is not None),
+        key=lambda r: r["step"],
+    )
+
+
 def _trial_outcome(res: Any, max_iters: dict[str, int], score_best: bool) -> TrialOutcome | None:
     """One trial of the finished search (a ray.tune.Result) as a TrialOutcome; None for a trial the
     time budget left unstarted before Tune gave it a config (its Result holds nothing)."""
@@ -242,6 +260,7 @@ def _trial_outcome(res: Any, max_iters: dict[str, int], score_best: bool) -> Tri
         error=err,
         final_objective=final,
         best_step=None if best is None or _num(best.get("step")) is None else int(best["step"]),
+        history=_history(res),
     )
 
 
@@ -291,6 +310,17 @@ def _trials_done(total: int) -> Any:
     return TrialsDone()
 
 
+def _max_iterations(jobs: dict[str, Any], total_steps: dict[str, int]) -> dict[str, int]:
+    """ASHA counts reports (training_iteration): per method, those of a trial that runs its whole
+    step budget."""
+    from lethe.execution.job import scored_steps
+
+    return {
+        m: max(1, len(scored_steps(total_steps[m], job.checkpoint_every, job.eval_every)))
+        for m, job in jobs.items()
+    }
+
+
 def run_tune(
     *,
     jobs: dict[str, Any],  # method -> its unlearning TrainJob; alpha and lr are searched
@@ -313,7 +343,7 @@ def run_tune(
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     t = tune_cfg
-    max_iters = {m: max(1, math.ceil(total_steps[m] / job.checkpoint_every)) for m, job in jobs.items()}
+    max_iters = _max_iterations(jobs, total_steps)
     max_iter = max(max_iters.values())
     trainable = _trainable(
         jobs=jobs,

@@ -62,10 +62,13 @@ def _search(ctx: Context, cfg, man, arch, teacher, payload: dict[str, Any], key:
         # max_t must not stop a trial before its last stage. The tuned lr does not change them.
         totals[method] = sum(stage_budgets(job.to_config(), t.workers_per_trial).values())
         # Where a trial reports: ASHA's rungs, and the points its best is taken from. When the unlearn
-        # step keeps its best checkpoint, at the same steps it scores (every unlearn.eval_every), so a
-        # trial's score is what that run would keep; else at least REPORTS times.
-        every = u.eval_every if score_best else math.ceil(totals[method] / REPORTS)
-        job.checkpoint_every = max(1, min(job.checkpoint_every, every))
+        # step keeps its best checkpoint, at every step it scores (every checkpoint_every, every
+        # eval_every, the last), so that a trial's best is the checkpoint that run keeps (and the
+        # unlearn step can replay it: lethe.pipeline.replay); else at least REPORTS times.
+        if score_best:
+            job.eval_every = u.eval_every
+        else:
+            job.checkpoint_every = max(1, min(job.checkpoint_every, math.ceil(totals[method] / REPORTS)))
         jobs[method] = job
     # One read of the data for every trial: as many retain rows as the longest method draws.
     widest = max(jobs.values(), key=lambda j: retain_rows(j, t.workers_per_trial))
@@ -188,6 +191,25 @@ def _baselines(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: payload[k] for k in keys} | {"source_objective": source_objective(payload)}
 
 
+def _best_doc(cfg, man, best, key: str, original_digest: str) -> dict[str, Any]:
+    """tune/best.json: the chosen trial's settings, what they belong to, and what the unlearn step
+    needs to replay the trial (lethe.pipeline.replay)."""
+    return {
+        "key": key,
+        "alpha": best.alpha,
+        "lr": best.lr,
+        "objective": best.objective,
+        "trial_id": best.trial_id,
+        "request_digest": man.request_digest,
+        "original_digest": original_digest,
+        "method": best.method,
+        "selection": cfg.method == AUTO,
+        "status": best.status,
+        "history": best.history,
+        "trial_workers": 0 if cfg.resources.use_gpu else cfg.tune.workers_per_trial,
+    }
+
+
 def step_tune(ctx: Context) -> Path:
     cfg, lay = ctx.cfg, ctx.lay
     fam = for_config(cfg)
@@ -223,19 +245,8 @@ def step_tune(ctx: Context) -> Path:
         baselines = _baselines(payload)
         result = _result_doc(searched, outcome, key, validation, baselines, budget)
         result["lr_rule"] = lr_rule(cfg, man)
-        best_doc = {
-            "key": key,
-            "alpha": best.alpha,
-            "lr": best.lr,
-            "objective": best.objective,
-            "trial_id": best.trial_id,
-            "request_digest": man.request_digest,
-            "original_digest": digests["original"],
-            "method": best.method,
-            "selection": cfg.method == AUTO,
-        }
         storage.write_json(str(result_path), result)
-        storage.write_json(str(best_path), best_doc)
+        storage.write_json(str(best_path), _best_doc(cfg, man, best, key, digests["original"]))
         lay.publish(lay.tune_dir)
         ctx.tracker.log_params(
             {

@@ -19,6 +19,7 @@ from lethe.pipeline.jobs import fit_kwargs
 from lethe.pipeline.keys import file_digest, unlearn_run_name
 from lethe.pipeline.lr_rule import lr_rule, lr_scaled
 from lethe.pipeline.params import numeric
+from lethe.pipeline.replay import mismatch, plan_replay, replay_plan, replayed_selection
 
 log = logging.getLogger("lethe")
 
@@ -65,9 +66,12 @@ def checkpoint_record(
     return {"kept": "best", **selection, "source_objective": source}
 
 
-def fit_unlearned(ctx: Context, man, plan: UnlearnPlan, original: Path, teacher) -> Any:
+def fit_unlearned(
+    ctx: Context, man, plan: UnlearnPlan, original: Path, teacher, replay: dict[str, Any] | None = None
+) -> Any:
     """Run an unlearning plan on Ray Train, publish the model, record it in the run state and
-    MLflow; returns fit's result."""
+    MLflow; returns fit's result. With `replay` (lethe.pipeline.replay) the plan trains to the
+    search trial's kept step: None when its score there is not the trial's (nothing is recorded)."""
     from lethe.execution.fit import fit
 
     cfg, lay = ctx.cfg, ctx.lay
@@ -83,6 +87,24 @@ def fit_unlearned(ctx: Context, man, plan: UnlearnPlan, original: Path, teacher)
         select_metric=OBJECTIVE if selecting else None,
         **fit_kwargs(cfg, lay),
     )
+    if replay is not None:
+        why = mismatch(replay, res.selection)
+        if why is not None:
+            log.warning(
+                "unlearn: the replay of search trial %s is not the trial (%s): unlearning in full",
+                replay["trial_id"],
+                why,
+            )
+            return None
+        res.selection = replayed_selection(replay, res.selection)
+        log.warning(
+            "unlearn: replayed search trial %s: trained to its best step %d of %d and scored it %.4f (the trial: %.4f)",
+            replay["trial_id"],
+            replay["stop_at"],
+            replay["last_step"],
+            res.selection[OBJECTIVE],
+            replay["objective"],
+        )
     lay.publish(lay.model("unlearned"))
     ctx.tracker.log_metrics(numeric({"train_wall_s": res.wall_s, **res.metrics}))
     ctx.tracker.set_tags({"lethe.ray_run": name, "lethe.reused_finished_run": str(res.reused).lower()})
@@ -127,8 +149,13 @@ def step_unlearn(ctx: Context) -> Path:
         original = lay.fetch(lay.model("original"))
         teacher, _ = load_checkpoint(original, expected_kind=cfg.family, expected_arch=arch)
         plan = fam.plan_unlearn(ctx, man, arch, teacher, u, tuned is not None)
+        replay = plan_replay(cfg, tuned, plan.job)[0] if plan.eval_payload is not None else None
         ctx.start_ray()
-        fit_unlearned(ctx, man, plan, original, teacher)
+        if (
+            replay is None
+            or fit_unlearned(ctx, man, replay_plan(plan, replay), original, teacher, replay) is None
+        ):
+            fit_unlearned(ctx, man, plan, original, teacher)
         if fallback is not None:
             ctx.state.unlearn["auto"] = fallback  # the report and certificate say why nothing was searched
         rule = lr_rule(cfg, man)

@@ -307,7 +307,19 @@ def _checkpoint_section(ck: dict) -> str:
         f"<strong>{_e(ck.get('step'))}</strong> of {_e(ck.get('last_step'))} "
         f"(objective {_e(format_number(ck.get('objective')))}; the last step's "
         f"{_e(format_number(ck.get('last_objective')))}; the untouched source's "
-        f"{_e(format_number(source))}).</p><figure>{chart}</figure>"
+        f"{_e(format_number(source))}).</p>{_replay_note(ck.get('replay'))}<figure>{chart}</figure>"
+    )
+
+
+def _replay_note(replay: Any) -> str:
+    """A replayed search trial (lethe.pipeline.replay): whose scores the picture shows."""
+    if not isinstance(replay, dict):
+        return ""
+    return (
+        f"<p>The steps' scores are those of search trial {_e(replay.get('trial_id'))}, which trained this "
+        f"method with these settings on the same batches and scored every step this run scores: this run "
+        f"trained only to the kept step and scored it once (the trial scored it "
+        f"{_e(format_number(replay.get('trial_objective')))}).</p>"
     )
 
 

@@ -100,6 +100,11 @@ def _checkpoint(report: Mapping[str, Any]) -> str | None:
             f"checkpoint: kept step {ck.get('step')} of {ck.get('last_step')}, the best validation "
             f"objective ({_num(ck.get('objective'))}; last step {_num(ck.get('last_objective'))}; "
             f"untouched source {_num(ck.get('source_objective'))})"
+            + (
+                f", trained to it only: search trial {ck['replay']['trial_id']} scored the rest"
+                if ck.get("replay")
+                else ""
+            )
         )
     if ck.get("kept") == "last":
         return f"checkpoint: the last step ({ck.get('reason')})"

@@ -122,6 +122,17 @@ def test_method_auto_chooses_the_method_runs_it_and_says_why(tuned) -> None:
     best = result["best"]
     assert best["best_step"] in history, (best, history)
     assert math.isclose(history[best["best_step"]], best["objective"], rel_tol=1e-2), (best, history)
+    # ... so the unlearn step replayed the chosen trial, which ran its whole length: it trained only to
+    # the trial's best step and scored that one, as the trial did
+    ck = report["unlearn"]["checkpoint"]
+    assert best["status"] == "finished" and ck["replay"]["trial_id"] == best["trial_id"], ck
+    assert ck["step"] == ck["replay"]["trained_steps"] == best["best_step"] < ck["last_step"], ck
+    assert abs(ck["objective"] - best["objective"]) < 1e-3 and sorted(history) == [3, 5, 6]
+    assert (
+        f"trained to its best step {ck['step']} of {ck['last_step']}"
+        in (work / "logs" / "pipeline.log").read_text()
+    )
+    assert f"trained to it only: search trial {best['trial_id']} scored the rest" in r.stdout + r.stderr
     assert f"method auto: chose {chosen} among 3 methods" in r.stdout + r.stderr
     html = (work / "report" / "report.html").read_text()
     assert f"method auto chose {chosen}" in html and "per candidate" in html
@@ -144,7 +155,8 @@ def test_trials_of_several_workers_are_ray_train_runs(tuned) -> None:
     tmp_path = work.parent
     ddp = tmp_path / "work-ddp"  # beside `work`: the same model cache, so only the search runs
     conf = tmp_path / "ddp.yaml"
-    conf.write_text("tune:\n  workers_per_trial: 2\n  num_samples: 2\n")
+    # 16 evaluated held-out 3s leave 8 validation images: trials are scored like kept checkpoints
+    conf.write_text("tune:\n  workers_per_trial: 2\n  num_samples: 2\neval:\n  n_forget: 16\n")
     args = [a if a != str(work) else str(ddp) for a in common]
     r = _lethe("tune", *args, "--config", str(conf), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -153,3 +165,24 @@ def test_trials_of_several_workers_are_ray_train_runs(tuned) -> None:
     assert len(result["trials"]) == 2 and scored, result["trials"]
     runs = sorted(p.name for p in (ddp / "ray").glob("tune-*-*"))
     assert runs == sorted(f"tune-{result['key']}-{t['trial_id']}" for t in result["trials"]), runs
+    assert result["score_best"] is True and all(
+        [h["step"] for h in t["history"]] == [3, 5, 6] for t in result["trials"] if t["status"] == "finished"
+    ), result["trials"]
+
+    # The unlearn step runs on one worker: it does not replay a two-worker trial (other batches). Here
+    # best.json is altered to say the chosen trial ran on one worker, its whole length, and scored -1 at
+    # its last step: the unlearn step replays it to that step, scores it near 0.03, and so unlearns in
+    # full (a replay that does not score what the trial scored hands on nothing of its own).
+    best_path = ddp / "tune" / "best.json"
+    best = json.loads(best_path.read_text())
+    assert best["trial_workers"] == 2
+    history = [{"step": s, "objective": 1.0, "ended": 0.0} for s in (3, 5)] + [
+        {"step": 6, "objective": -1.0, "ended": 1.0}
+    ]
+    best_path.write_text(json.dumps({**best, "status": "finished", "trial_workers": 1, "history": history}))
+    r = _lethe("unlearn", *args, "--config", str(conf), "--tune", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    refused = f"the replay of search trial {best['trial_id']} is not the trial (it scored 0.0"
+    assert refused in r.stderr and "at step 6, the trial -1.0000): unlearning in full" in r.stderr, r.stderr
+    ck = json.loads((ddp / "state.json").read_text())["unlearn"]["checkpoint"]
+    assert "replay" not in ck and [h["step"] for h in ck["history"]] == [3, 5, 6], ck
