@@ -8,8 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from lethe.config import build_config
-from lethe.execution.job import TrainJob
-from lethe.execution.job import scored_steps
+from lethe.execution.job import TrainJob, scored_steps
 from lethe.pipeline.replay import MATCH_TOL, mismatch, plan_replay, replayed_selection
 
 # A finished trial of 12 steps that reported every 3 steps and every 5 (the unlearn step's
