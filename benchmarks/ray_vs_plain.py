@@ -240,21 +240,25 @@ def make_run(preset: str, screen: Path) -> dict:
 
 def unlearning_steps(trials: list[dict], state: dict) -> dict[str, int]:
     """Unlearning steps the run trained, per method: every search trial's and the unlearn step's own
-    (all its steps: it trains its whole length and keeps its best checkpoint)."""
+    (its whole length, keeping its best checkpoint; up to the kept step when it replayed the chosen
+    trial: lethe.pipeline.replay)."""
     steps: dict[str, int] = {}
     for t in trials:
         steps[t["method"]] = steps.get(t["method"], 0) + int(t.get("steps") or 0)
     u = state["unlearn"]
-    ran = int((u.get("checkpoint") or {}).get("last_step") or u["step"])
+    ck = u.get("checkpoint") or {}
+    ran = int((ck.get("replay") or {}).get("trained_steps") or ck.get("last_step") or u["step"])
     steps[u["method"]] = steps.get(u["method"], 0) + ran
     return steps
 
 
 def validation_scorings(trials: list[dict], state: dict) -> int:
     """How many times the run scored a checkpoint on its validation images: every report of every
-    search trial (ASHA reads the objective at each) and every scored step of the unlearn step."""
+    search trial (ASHA reads the objective at each) and every scored step of the unlearn step (one
+    when it replayed the chosen trial, whose scores its history shows)."""
     n = sum(int(t.get("iterations") or 0) for t in trials)
-    return n + len((state["unlearn"].get("checkpoint") or {}).get("history") or [])
+    ck = state["unlearn"].get("checkpoint") or {}
+    return n + (1 if ck.get("replay") else len(ck.get("history") or []))
 
 
 def print_and_write(title: str, rows: list, result: dict, out: Path) -> None:

@@ -149,7 +149,9 @@ def step_unlearn(ctx: Context) -> Path:
         original = lay.fetch(lay.model("original"))
         teacher, _ = load_checkpoint(original, expected_kind=cfg.family, expected_arch=arch)
         plan = fam.plan_unlearn(ctx, man, arch, teacher, u, tuned is not None)
-        replay = plan_replay(cfg, tuned, plan.job)[0] if plan.eval_payload is not None else None
+        replay, why = plan_replay(cfg, tuned, plan.job) if plan.eval_payload is not None else (None, "")
+        if tuned is not None and why:
+            log.info("unlearn: not replaying the search's chosen trial: %s", why)
         ctx.start_ray()
         if (
             replay is None
