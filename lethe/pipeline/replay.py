@@ -28,7 +28,9 @@ def plan_replay(cfg, tuned: dict[str, Any] | None, job) -> tuple[dict[str, Any] 
     if not tuned:
         return None, "no search chose the settings"
     history = [h for h in tuned.get("history") or [] if isinstance(h, dict)]
-    if tuned.get("status") != "finished" or not history or history[-1].get("ended") != 1.0:
+    if not history:  # a search recorded before lethe kept the trials' scores
+        return None, "the search did not record the chosen trial's scores"
+    if tuned.get("status") != "finished" or history[-1].get("ended") != 1.0:
         return None, "the chosen trial was stopped before its last step"
     r = cfg.resources
     if r.num_workers != 1 or r.use_gpu or tuned.get("trial_workers") != 1:

@@ -55,6 +55,7 @@ def test_a_finished_trial_is_replayed_to_its_best_step_among_those_the_run_score
         (_tuned(status="stopped_early"), _job(), CFG, "stopped before its last step"),
         # the last report did not end the run: later steps were never scored
         (_tuned(history=_tuned()["history"][:-1]), _job(), CFG, "stopped before its last step"),
+        (_tuned(history=[]), _job(), CFG, "did not record the chosen trial's scores"),
         (_tuned(trial_workers=2), _job(), CFG, "different worker groups"),
         (
             _tuned(),
@@ -65,7 +66,7 @@ def test_a_finished_trial_is_replayed_to_its_best_step_among_those_the_run_score
         # the run would score step 4, which the trial never did
         (_tuned(), _job(checkpoint_every=2), CFG, "did not score every step"),
     ],
-    ids=["no-search", "stopped", "not-ended", "trial-ddp", "run-ddp", "unscored-step"],
+    ids=["no-search", "stopped", "not-ended", "no-history", "trial-ddp", "run-ddp", "unscored-step"],
 )
 def test_what_is_not_replayed_runs_in_full(tuned, job, cfg, reason) -> None:
     replay, why = plan_replay(cfg, tuned, job)
