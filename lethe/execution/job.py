@@ -69,14 +69,16 @@ class TrainJob:
         return asdict(self)
 
 
+def reports_at(step: int, last: bool, checkpoint_every: int, eval_every: int | None) -> bool:
+    """Does an unlearning run report (and, with an evaluator, score) after `step` steps: every
+    checkpoint_every, every eval_every, and its last step. The one rule of the loop, the search's
+    report count and the replay (lethe.execution.loops, lethe.execution.tune, lethe.pipeline.replay)."""
+    return last or step % checkpoint_every == 0 or bool(eval_every) and step % eval_every == 0
+
+
 def scored_steps(last: int, checkpoint_every: int, eval_every: int | None) -> list[int]:
-    """The steps at which an unlearning run that ends after `last` steps reports, scoring its model
-    when it has an evaluator (lethe.execution.loops): every checkpoint_every, every eval_every, the last."""
-    return [
-        s
-        for s in range(1, last + 1)
-        if s % checkpoint_every == 0 or (eval_every and s % eval_every == 0) or s == last
-    ]
+    """The steps at which an unlearning run that ends after `last` steps reports (`reports_at`)."""
+    return [s for s in range(1, last + 1) if reports_at(s, s == last, checkpoint_every, eval_every)]
 
 
 def job_method(job: dict[str, Any]):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lethe.execution.generator_loops import feature_unlearn_loop, generator_pretrain_loop
-from lethe.execution.job import job_method, stage_budgets
+from lethe.execution.job import job_method, reports_at, stage_budgets
 from lethe.execution.worker import (
     ShardEpochs,
     epoch_progress,
@@ -243,8 +243,8 @@ def _unlearn_loop(job: dict[str, Any], student) -> None:
         done = step + 1
         last = done == total or method.finished()
         stop = done == stop_at
-        scored = stop if stop_at else bool(select_every) and done % select_every == 0
-        if done % job["checkpoint_every"] == 0 or last or scored:
+        # a replay scores only its last step: the trial scored the others
+        if stop or reports_at(done, last, job["checkpoint_every"], None if stop_at else select_every):
             dt = time.perf_counter() - t0
             metrics = _unlearn_metrics(
                 done, loss, parts, method, seen * world / max(dt, 1e-9), time.perf_counter() - loop_start
