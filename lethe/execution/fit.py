@@ -1,4 +1,5 @@
-"""Every training in lethe (pretrain, oracle, feature net, unlearning) is a Ray Train TorchTrainer run.
+"""Every model lethe unlearns or compares against (original, oracle, unlearned) is trained in a Ray
+Train TorchTrainer run; the evaluation's small classifiers train in one Ray task (lethe.execution.task).
 
 The driver builds a `TrainJob`, hands Ray Data shards to the trainer, and gets back a lethe
 checkpoint file. Workers report a checkpoint (model + optimiser state) every epoch / every
@@ -117,7 +118,7 @@ def _reuse_finished(done: dict[str, Any], name: str, dest: Path | None) -> FitRe
     )
 
 
-def _plain(metrics: dict[str, Any] | None) -> dict[str, Any]:
+def plain_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in dict(metrics or {}).items() if isinstance(v, (int, float, str, bool))}
 
 
@@ -170,7 +171,7 @@ def _selected(result: Any, metric: str) -> tuple[Any, dict[str, Any], dict[str, 
         f"last_{metric}": float(last[metric]) if _finite(last.get(metric)) else None,
         "history": history,
     }
-    return best[0], _plain(best[1]), selection
+    return best[0], plain_metrics(best[1]), selection
 
 
 def _finite(v: Any) -> bool:
@@ -301,7 +302,7 @@ def fit(
     wall = time.perf_counter() - t0
     if result.checkpoint is None:
         raise LetheError(f"training {name!r} reported no checkpoint", where=storage_path)
-    checkpoint, metrics, selection = result.checkpoint, _plain(result.metrics), None
+    checkpoint, metrics, selection = result.checkpoint, plain_metrics(result.metrics), None
     if select_metric is not None:
         checkpoint, metrics, selection = _selected(result, select_metric)
     if dest is not None:

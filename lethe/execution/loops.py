@@ -2,9 +2,11 @@
 loop (pretraining, oracle, feature net, classifiers), the unlearning loop and its validation
 evaluator (tuning trials, best-checkpoint keeping).
 
-Every training in lethe is a Ray Train TorchTrainer run (lethe.execution.fit starts it). Workers get
-the `TrainJob` as a dict, report a checkpoint (model + optimiser state) every epoch / every
-`checkpoint_every` steps to `storage_path`, and resume from the last one after a failure. The
+Every model lethe unlearns or compares against (original, oracle, unlearned) is trained in a Ray Train
+TorchTrainer run (lethe.execution.fit starts it); the small classifiers of the evaluation run the
+same epoch loop in one Ray task (lethe.execution.task). Workers get the `TrainJob` as a dict, report a
+checkpoint (model + optimiser state) every epoch / every `checkpoint_every` steps to `storage_path`,
+and resume from the last one after a failure. The
 generator families (GAN / VAE) have their own loops in lethe.execution.generator_loops.
 """
 
@@ -77,13 +79,9 @@ def _phase_optimiser(job: dict[str, Any], base, phases: list[str], epoch: int, s
 
 
 def _epoch_loop(job: dict[str, Any], model) -> None:
-    import ray.train
-    import ray.train.torch
-
     from lethe.optim import MaskSpec, classifier_loss, optimizer_step, training_loss
 
-    ctx = ray.train.get_context()
-    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    world, rank, device = placement()
     steps_per_epoch = max(1, -(-job["n_rows"] // (job["batch_size"] * world)))
     phases = list(job.get("phases") or []) or ["main"] * job["epochs"]
     base = model
@@ -98,8 +96,7 @@ def _epoch_loop(job: dict[str, Any], model) -> None:
         sched.load_state_dict(state["sched"])
     # Multi-phase families leave whole sub-networks without gradients in a phase; DDP must expect it.
     ddp_kwargs = {"find_unused_parameters": True} if len(set(phases)) > 1 else {}
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs or None)
-    device = ray.train.torch.get_device()
+    model = prepare_model(model, parallel_strategy_kwargs=ddp_kwargs or None)
     spec = MaskSpec(**job["mask"]) if job["kind"] == "pretrain" else None
     gen = torch.Generator().manual_seed(job["seed"] * 1000 + rank)
     # Time inside the training loop (data loading included, worker start-up excluded), carried

@@ -26,25 +26,39 @@ import torch.distributed as dist
 from lethe.errors import LetheError
 from lethe.execution.job import MODEL_FILE, STATE_FILE
 
-# Set while a one-worker tuning trial runs the unlearning loop in its own Tune actor, without a Ray
-# Train worker group (lethe.execution.tune): then the loop is rank 0 of 1 on the CPU, reports go to
-# Tune and there is no checkpoint to write or restore.
-_TUNE_ACTOR: dict[str, bool] = {}
+# Set while a loop runs in one process of its own rather than in a Ray Train worker group: a
+# one-worker tuning trial in its Tune actor (lethe.execution.tune: reports go to Tune, there is no
+# checkpoint to write or restore), or a small classifier in one Ray task (lethe.execution.task: the
+# last report's weights are the result). Then the loop is rank 0 of 1.
+_LOCAL: dict[str, Any] = {}
 
 
 @contextmanager
 def in_tune_actor() -> Iterator[None]:
-    _TUNE_ACTOR["on"] = True
+    _LOCAL.update(mode="tune", device=torch.device("cpu"))
     try:
         yield
     finally:
-        _TUNE_ACTOR.clear()
+        _LOCAL.clear()
+
+
+@contextmanager
+def in_task(device: torch.device, train: Any = None) -> Iterator[dict[str, Any]]:
+    """Run a loop in this process; yields the dict that holds its last report ("metrics", "state":
+    a copy of the model's weights). `train` is the Ray Dataset of the epochs when the rows did not
+    travel as object-store arrays."""
+    out: dict[str, Any] = {}
+    _LOCAL.update(mode="task", device=device, train=train, out=out)
+    try:
+        yield out
+    finally:
+        _LOCAL.clear()
 
 
 def placement() -> tuple[int, int, torch.device]:
     """(world size, rank, device) of the loop running here."""
-    if _TUNE_ACTOR:
-        return 1, 0, torch.device("cpu")
+    if _LOCAL:
+        return 1, 0, _LOCAL["device"]
     import ray.train
     import ray.train.torch
 
@@ -53,9 +67,9 @@ def placement() -> tuple[int, int, torch.device]:
 
 
 def prepare_model(model, **kwargs: Any):
-    """Ray Train's DDP wrapping (and device placement); as is in a tuning trial's own actor."""
-    if _TUNE_ACTOR:
-        return model
+    """Ray Train's DDP wrapping (and device placement); only placed when the loop runs alone."""
+    if _LOCAL:
+        return model.to(_LOCAL["device"])
     import ray.train.torch
 
     return ray.train.torch.prepare_model(model, **kwargs)
@@ -98,7 +112,7 @@ def save_checkpoint_dir(model, opt, sched, progress_state: dict[str, Any], meta:
 
 def restore_model(model) -> dict[str, Any] | None:
     """Load the last reported checkpoint's weights; return its training state (optimiser, progress)."""
-    if _TUNE_ACTOR:
+    if _LOCAL:
         return None
     import ray.train
 
@@ -121,10 +135,16 @@ def restore(model, opt, sched) -> dict[str, Any] | None:
 
 
 def report(metrics: dict[str, Any], model, opt, sched, progress_state, meta) -> None:
-    if _TUNE_ACTOR:  # ASHA needs the figures; a trial's checkpoints are never used
+    if _LOCAL.get("mode") == "tune":  # ASHA needs the figures; a trial's checkpoints are never used
         import ray.tune
 
         ray.tune.report(metrics)
+        return
+    if _LOCAL:  # a task: its result is the last report (weights copied: training goes on)
+        weights = getattr(model, "module", model).state_dict()
+        _LOCAL["out"].update(
+            metrics=dict(metrics), state={k: v.detach().cpu().clone() for k, v in weights.items()}
+        )
         return
     import ray.train
 
@@ -210,7 +230,8 @@ class ShardEpochs:
             return source
 
         preload = cls.fits(job["n_rows"], world, job["arch"], job["cache_mb"])
-        return cls(ray.train.get_dataset_shard("train"), job["batch_size"], job["seed"], device, preload)
+        shard = _LOCAL["train"] if _LOCAL.get("mode") == "task" else ray.train.get_dataset_shard("train")
+        return cls(shard, job["batch_size"], job["seed"], device, preload)
 
     @staticmethod
     def fits(n_rows: int, world: int, arch: dict[str, Any], cache_mb: float) -> bool:
@@ -255,11 +276,11 @@ def array_share(
     and int64 (N_local,)."""
     from lethe.data import to_chw_float
 
+    if len(images) < world:  # before content_order, which cannot order zero rows
+        raise LetheError("a Ray Train worker received no rows", expected="at least one row per worker")
     x = torch.from_numpy(to_chw_float(images))
     y = torch.from_numpy(np.array(labels, dtype=np.int64))
     mine = content_order(x, y)[rank::world][: len(x) // world]
-    if len(mine) == 0:
-        raise LetheError("a Ray Train worker received no rows", expected="at least one row per worker")
     return x[mine], y[mine]
 
 

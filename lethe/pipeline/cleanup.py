@@ -72,8 +72,9 @@ def _model_targets(cfg: RunConfig, lay: Layout, state: RunState) -> list[tuple[s
             cached = lay.cached(name, key)
             out += [(name, "model cache", str(cached)), *leftovers(cached)]
             out.append((name, "model cache numbers", str(cached.with_suffix(".json"))))
-            # The Ray Train run that trained it: checkpoints (weights) and its finished marker,
-            # which would otherwise hand the same weights back to the next run.
+            # Where a Ray Train run of it left checkpoints (weights) and its finished marker, which
+            # would otherwise hand the same weights back: lethe trained the classifiers that way
+            # before they moved to one Ray task (lethe.execution.task), which checkpoints nothing.
             out.append((name, "ray checkpoints", storage.join(lay.ray_storage_uri, f"{name}-{key}")))
             # a checkpoint a killed worker staged on this node and never handed to Ray
             out += [(name, "worker temp copy", str(d)) for d in checkpoint_temp_dirs(f"{name}-{key}")]

@@ -1,7 +1,8 @@
 """Ray Train jobs from the run configuration: one builder, per-kind recipes and options.
 
 Every training lethe runs (pretraining, oracle, feature net, feature classifier, unlearning) is a
-`TrainJob` handed to `lethe.execution.fit.fit`; the fields every kind shares (seed, threads, cache)
+`TrainJob`, handed to `lethe.execution.fit.fit` (a Ray Train run), or for the two classifiers to
+`lethe.execution.task.train_in_task` (one Ray task); the fields every kind shares (seed, threads, cache)
 and each kind's optimiser recipe are filled in here, once.
 """
 

@@ -116,6 +116,7 @@ def _train(
 
     from lethe.data import shard_dataset
     from lethe.execution.fit import fit, train_arrays
+    from lethe.execution.task import train_in_task
     from lethe.execution.worker import ShardEpochs
 
     cfg, lay = ctx.cfg, ctx.lay
@@ -136,7 +137,13 @@ def _train(
         assert isinstance(ds, ray.data.Dataset)
         datasets = {"train": ds}
     name = f"{kind}-{cache_key}"
-    res = fit(job, datasets, name=name, dest=cached, **fit_kwargs(cfg, lay))
+    if job.kind == "featnet":  # a classifier of the evaluation: one Ray task (lethe.execution.task)
+        res = train_in_task(
+            job, datasets, use_gpu=cfg.resources.use_gpu, cpus_per_worker=cfg.resources.cpus_per_worker,
+            name=name, dest=cached,
+        )  # fmt: skip
+    else:
+        res = fit(job, datasets, name=name, dest=cached, **fit_kwargs(cfg, lay))
     if res.reused and (why := _load_error(cached)) is not None:
         # The finished run's own checkpoint is bad too: train from scratch, not resume from it.
         log.warning(
