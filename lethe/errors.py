@@ -71,3 +71,20 @@ def find_lethe_error(exc: BaseException) -> LetheError | None:
             continue
         cur = cur.__cause__ or cur.__context__
     return None
+
+
+def unwrap_lethe_error(exc: BaseException) -> LetheError | None:
+    """The LetheError behind a Ray failure, as a plain instance whose str() is one line.
+
+    Ray re-raises a task's error as a RayTaskError(DataError) hybrid whose str() is a whole
+    traceback; rebuild the plain lethe class from its fields.
+    """
+    err = find_lethe_error(exc)
+    if err is None:
+        return None
+    cls = next(
+        c for c in type(err).__mro__ if issubclass(c, LetheError) and c.__module__.startswith("lethe.")
+    )
+    if type(err) is cls:
+        return err
+    return cls(err.what, where=err.where, expected=err.expected, seen=err.seen)

@@ -32,7 +32,7 @@ from lethe.data.shards import (
     split_digests,
 )
 from lethe.digests import ALGORITHM, load_key
-from lethe.errors import DataError, LetheError, StorageError, find_lethe_error
+from lethe.errors import DataError, LetheError, StorageError, unwrap_lethe_error
 
 log = logging.getLogger("lethe.data")
 
@@ -302,23 +302,6 @@ def add_parts_batch(batch: pa.Table, plan: SplitPlan) -> pa.Table:
     return batch.append_column("part", pa.array(parts.tolist(), pa.string())).append_column(
         "pixhash", pa.array(pixhash, pa.string())
     )
-
-
-def unwrap_lethe_error(exc: BaseException) -> LetheError | None:
-    """The LetheError behind a Ray failure, as a plain instance whose str() is one line.
-
-    Ray re-raises a task's error as a RayTaskError(DataError) hybrid whose str() is a whole
-    traceback; rebuild the plain lethe class from its fields.
-    """
-    err = find_lethe_error(exc)
-    if err is None:
-        return None
-    cls = next(
-        c for c in type(err).__mro__ if issubclass(c, LetheError) and c.__module__.startswith("lethe.")
-    )
-    if type(err) is cls:
-        return err
-    return cls(err.what, where=err.where, expected=err.expected, seen=err.seen)
 
 
 def _in_ray(what: str, fn: Callable[[], T]) -> T:

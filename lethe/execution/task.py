@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lethe.errors import LetheError, find_lethe_error
+from lethe.errors import LetheError, unwrap_lethe_error
 from lethe.execution.fit import FitResult, plain_metrics, train_config
 from lethe.execution.job import TrainJob
 
@@ -71,7 +71,7 @@ def train_in_task(
     try:
         out = ray.get(task.remote(config, datasets.get("train"), use_gpu))
     except Exception as e:
-        ours = find_lethe_error(e)
+        ours = unwrap_lethe_error(e)  # Ray's RayTaskError(LetheError) hybrid prints a whole traceback
         if ours is not None:
             raise ours from None
         raise
