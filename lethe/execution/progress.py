@@ -19,6 +19,7 @@ _EPOCH = re.compile(
     r"lethe: (?P<job>[\w ]+?) epoch (?P<epoch>\d+)/(?P<epochs>\d+): (?P<done>\d+)/(?P<total>\d+) images"
     r"(?:, (?P<post>.*))?$"
 )
+_RATE = re.compile(r"(?P<rate>\d+(?:\.\d+)?) img/s")
 _STEP = re.compile(
     r"lethe: (?P<job>(?:feature )?unlearn|evaluate|search) (?P<unit>step|trial) (?P<done>\d+)/(?P<total>\d+)"
     r"(?:: (?P<post>.*))?$"
@@ -26,8 +27,10 @@ _STEP = re.compile(
 
 
 def parse(line: str) -> dict[str, Any] | None:
-    """The bar a progress line stands for: {key, desc, done, total, unit, postfix}; None otherwise."""
+    """The bar a progress line stands for: {key, desc, done, total, unit, postfix, elapsed}; None
+    otherwise. elapsed: the seconds the job has run so far, where the line tells (images / img/s)."""
     if m := _EPOCH.search(line):
+        rate = _RATE.search(m["post"] or "")
         return {
             "key": f"{m['job']} epoch {m['epoch']}",
             "desc": f"{m['job']} epoch {m['epoch']}/{m['epochs']}",
@@ -35,6 +38,7 @@ def parse(line: str) -> dict[str, Any] | None:
             "total": int(m["total"]),
             "unit": "img",
             "postfix": m["post"] or "",
+            "elapsed": int(m["done"]) / float(rate["rate"]) if rate and float(rate["rate"]) > 0 else None,
         }
     if m := _STEP.search(line):
         return {
@@ -44,6 +48,7 @@ def parse(line: str) -> dict[str, Any] | None:
             "total": int(m["total"]),
             "unit": m["unit"],
             "postfix": m["post"] or "",
+            "elapsed": None,
         }
     return None
 
@@ -87,6 +92,10 @@ class Bars:
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]",
             )
             self._key = p["key"]
+            if p["elapsed"]:
+                # A worker's first line comes 50 batches (and Ray's log forwarding) into its epoch:
+                # date the bar's start back to the epoch's, so elapsed and ETA count the whole epoch.
+                self._bar.start_t -= p["elapsed"]
         self._bar.n = min(p["done"], p["total"])
         self._bar.set_postfix_str(p["postfix"], refresh=False)
         self._bar.refresh()

@@ -204,7 +204,7 @@ class ShardEpochs:
 
     When the worker's share fits under `cache_mb`, it is read once from Ray Data at full speed and
     every epoch shuffles it in memory. Streaming while training on a small machine makes the data
-    pipeline and the (niced) train worker fight for the same cores: measured here, 248 img/s
+    pipeline and the train worker fight for the same cores: measured here, 248 img/s
     streaming vs 636 img/s from memory for the demo MAE. Larger shards stream every epoch with a
     local shuffle buffer. Every worker holds an equal share (streaming_split(equal=True)), so all
     make the same choice and DDP stays in step.

@@ -56,6 +56,17 @@ def test_bars_only_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     assert not bars.feed("lethe: unlearn step 3: stage ascent -> retain")
 
 
+def test_a_bar_that_starts_mid_epoch_counts_the_epoch_from_its_start() -> None:
+    # The first line a driver sees comes 50 batches into the epoch: 6400 images at 640 img/s, 10 s.
+    screen = Terminal()
+    bars = Bars(screen)
+    assert parse("lethe: pretrain main epoch 1/3: 6400/60000 images, loss 0.1, 640 img/s")["elapsed"] == 10
+    assert parse("lethe: unlearn step 30/47: loss 0.01235, 900 img/s")["elapsed"] is None
+    bars.feed("lethe: pretrain main epoch 1/3: 6400/60000 images, loss 0.1, 640 img/s")
+    bars.feed("lethe: pretrain main epoch 1/3: 60000/60000 images, loss 0.05, 640 img/s")
+    assert "[00:10<" in screen.getvalue()  # not the 00:00 of a bar that started with the line
+
+
 def test_a_local_pipeline_shows_task_lines_and_bars_and_logs_everything(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
