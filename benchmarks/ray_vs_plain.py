@@ -35,6 +35,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import ray
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -306,6 +307,11 @@ def main() -> None:
     threads = worker_threads(cfg.resources)
 
     ctx, man = ray_side(cfg, step_pretrain, step_unlearn)
+    # This process's local Ray goes before anything else is timed: left idle, its ~12 processes woke
+    # often enough to slow `make run`'s training epochs by 5% (638 against 656 and 682 img/s, one
+    # pretraining epoch of `lethe pipeline run --local`, 2-core dev machine, 2026-12-07); a user's
+    # `make run` has no second Ray beside it.
+    ray.shutdown()
     original = ctx.state.pretrain["original"]
     unlearned = ctx.state.unlearn
 
