@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 
 # scheme://userinfo@ : greedy up to the last "@" before the path, so "u:p@ss@host" loses all of "u:p@ss".
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s?#'\"<>]*@")
@@ -88,3 +90,16 @@ def unwrap_lethe_error(exc: BaseException) -> LetheError | None:
     if type(err) is cls:
         return err
     return cls(err.what, where=err.where, expected=err.expected, seen=err.seen)
+
+
+@contextlib.contextmanager
+def lethe_errors_unwrapped() -> Iterator[None]:
+    """Within: an exception with a LetheError behind it (Ray's wrappers of a worker's or a task's
+    failure) is raised as that error, a plain instance (unwrap_lethe_error); any other goes on as is."""
+    try:
+        yield
+    except Exception as e:
+        ours = unwrap_lethe_error(e)
+        if ours is not None:
+            raise ours from None
+        raise

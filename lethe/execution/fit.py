@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lethe.errors import LetheError, find_lethe_error
+from lethe.errors import LetheError, lethe_errors_unwrapped
 from lethe.execution.job import FINISHED_FILE, MODEL_FILE, STATE_FILE, TrainJob, stage_budgets
 from lethe.execution.loops import train_loop_per_worker
 from lethe.execution.worker import TRAIN_IMAGES, TRAIN_LABELS, progress
@@ -211,13 +211,8 @@ def _storage_kwargs(storage_path: str) -> dict[str, Any]:
 
 def _run(trainer: Any) -> Any:
     """trainer.fit(), raising the LetheError a worker raised (not Ray's wrapper of it) when there is one."""
-    try:
+    with lethe_errors_unwrapped():
         return trainer.fit()
-    except Exception as e:
-        ours = find_lethe_error(e)
-        if ours is not None:
-            raise ours from None
-        raise
 
 
 def _copy_model(checkpoint: Any, dest: Path) -> None:

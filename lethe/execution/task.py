@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lethe.errors import LetheError, unwrap_lethe_error
+from lethe.errors import LetheError, lethe_errors_unwrapped
 from lethe.execution.fit import FitResult, plain_metrics, train_config
 from lethe.execution.job import TrainJob
 
@@ -68,13 +68,8 @@ def train_in_task(
         max_retries=RETRIES,
         retry_exceptions=False,  # a LetheError is the job's answer, not a fault to retry
     )
-    try:
+    with lethe_errors_unwrapped():  # Ray's RayTaskError(LetheError) hybrid prints a whole traceback
         out = ray.get(task.remote(config, datasets.get("train"), use_gpu))
-    except Exception as e:
-        ours = unwrap_lethe_error(e)  # Ray's RayTaskError(LetheError) hybrid prints a whole traceback
-        if ours is not None:
-            raise ours from None
-        raise
     model = build_model(job.model_kind, job.arch)
     model.load_state_dict(out["state"])
     save_checkpoint(dest, model, job.meta)
