@@ -27,6 +27,10 @@ def ray_log_path(workdir: str | os.PathLike[str]) -> Path:
     return Path(workdir) / "logs" / "ray.log"
 
 
+# The GCS address of a Ray that a run started itself (no dashboard, so no State API), for this process
+# and its children (kfp's local tasks join it): lethe.execution.ray_env.own_local_ray.
+_OWN_RAY_ENV = "LETHE_OWN_RAY_ADDRESS"
+
 # Read by ray._private.ray_constants at import: "0" makes a Ray that this process (or a child of it:
 # kfp's local tasks) starts or joins use the loopback address for every node, so a local cluster
 # binds and announces 127.0.0.1 only, never the machine's network address.
@@ -95,6 +99,16 @@ def _init_ray(res: ResourcesConfig) -> None:
         configure_logging=True,
         logging_level=logging.WARNING,
     )
+    os.environ[_OWN_RAY_ENV] = ray.get_runtime_context().gcs_address
+
+
+def own_local_ray() -> bool:
+    """Is the Ray this process is connected to one that a run started for itself (this process or
+    the one that started it): a local cluster without a dashboard, that ends with the run."""
+    import ray
+
+    own = os.environ.get(_OWN_RAY_ENV)
+    return bool(own) and ray.is_initialized() and ray.get_runtime_context().gcs_address == own
 
 
 def route_ray_output(path: Path) -> None:
