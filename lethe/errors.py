@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator
 
@@ -93,13 +94,18 @@ def unwrap_lethe_error(exc: BaseException) -> LetheError | None:
 
 
 @contextlib.contextmanager
-def lethe_errors_unwrapped() -> Iterator[None]:
+def lethe_errors_unwrapped(what: str = "") -> Iterator[None]:
     """Within: an exception with a LetheError behind it (Ray's wrappers of a worker's or a task's
-    failure) is raised as that error, a plain instance (unwrap_lethe_error); any other goes on as is."""
+    failure) is raised as that error, a plain instance (unwrap_lethe_error); any other goes on as is,
+    logged as `<what> failed: <type>` when `what` names the step."""
     try:
         yield
     except Exception as e:
         ours = unwrap_lethe_error(e)
+        if ours is e:
+            raise  # already plain: keep its traceback and cause
         if ours is not None:
             raise ours from None
+        if what:
+            logging.getLogger("lethe").error("%s failed: %s", what, type(e).__name__)
         raise

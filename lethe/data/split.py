@@ -32,7 +32,7 @@ from lethe.data.shards import (
     split_digests,
 )
 from lethe.digests import ALGORITHM, load_key
-from lethe.errors import DataError, LetheError, StorageError, unwrap_lethe_error
+from lethe.errors import DataError, LetheError, StorageError, lethe_errors_unwrapped
 
 log = logging.getLogger("lethe.data")
 
@@ -306,19 +306,8 @@ def add_parts_batch(batch: pa.Table, plan: SplitPlan) -> pa.Table:
 
 def _in_ray(what: str, fn: Callable[[], T]) -> T:
     """Run a Ray Data step; a LetheError raised in a task comes back as itself."""
-    try:
+    with lethe_errors_unwrapped(what):
         return fn()
-    except LetheError as e:
-        clean = unwrap_lethe_error(e)
-        if clean is e:
-            raise
-        raise clean from None
-    except Exception as e:  # Ray wraps task exceptions in its own types
-        err = unwrap_lethe_error(e)
-        if err is not None:
-            raise err from None
-        log.error("%s failed: %s", what, type(e).__name__)
-        raise
 
 
 def _write_shard(ds: Any, name: str, folder: str | Path) -> None:

@@ -41,8 +41,16 @@ def test_a_lethe_error_found_through_the_cause_chain() -> None:
     assert caught.value is err
 
 
-def test_any_other_error_goes_on_unchanged() -> None:
+def test_a_plain_lethe_error_keeps_its_cause() -> None:
+    err = DataError("bad row", where="forget")
+    with pytest.raises(DataError) as caught, lethe_errors_unwrapped():
+        raise err from KeyError("id")
+    assert caught.value is err and isinstance(caught.value.__cause__, KeyError)
+
+
+def test_any_other_error_goes_on_unchanged_and_is_logged_by_step(caplog: pytest.LogCaptureFixture) -> None:
     boom = RuntimeError("worker died")
-    with pytest.raises(RuntimeError) as caught, lethe_errors_unwrapped():
+    with pytest.raises(RuntimeError) as caught, lethe_errors_unwrapped("writing shard retain"):
         raise boom
     assert caught.value is boom
+    assert [r.getMessage() for r in caplog.records] == ["writing shard retain failed: RuntimeError"]
