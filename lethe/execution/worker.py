@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,16 @@ _LOCAL: dict[str, Any] = {}
 
 
 @contextmanager
-def in_tune_actor() -> Iterator[None]:
-    _LOCAL.update(mode="tune", device=torch.device("cpu"))
+def _alone(**state: Any) -> Iterator[None]:
+    _LOCAL.update(state)
     try:
         yield
     finally:
         _LOCAL.clear()
+
+
+def in_tune_actor() -> AbstractContextManager[None]:
+    return _alone(mode="tune", device=torch.device("cpu"))
 
 
 @contextmanager
@@ -48,11 +52,8 @@ def in_task(device: torch.device, train: Any = None) -> Iterator[dict[str, Any]]
     a copy of the model's weights). `train` is the Ray Dataset of the epochs when the rows did not
     travel as object-store arrays."""
     out: dict[str, Any] = {}
-    _LOCAL.update(mode="task", device=device, train=train, out=out)
-    try:
+    with _alone(mode="task", device=device, train=train, out=out):
         yield out
-    finally:
-        _LOCAL.clear()
 
 
 def placement() -> tuple[int, int, torch.device]:
