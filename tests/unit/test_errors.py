@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from ray.exceptions import RayTaskError
 
@@ -50,7 +52,8 @@ def test_a_plain_lethe_error_keeps_its_cause() -> None:
 
 def test_any_other_error_goes_on_unchanged_and_is_logged_by_step(caplog: pytest.LogCaptureFixture) -> None:
     boom = RuntimeError("worker died")
-    with pytest.raises(RuntimeError) as caught, lethe_errors_unwrapped("writing shard retain"):
-        raise boom
+    with caplog.at_level(logging.ERROR, logger="lethe"):
+        with pytest.raises(RuntimeError) as caught, lethe_errors_unwrapped("writing shard retain"):
+            raise boom
     assert caught.value is boom
     assert [r.getMessage() for r in caplog.records] == ["writing shard retain failed: RuntimeError"]
